@@ -1,0 +1,6 @@
+"""``python -m cachewatchd``."""
+
+from cachewatchd.cli import run
+
+if __name__ == "__main__":
+    run()

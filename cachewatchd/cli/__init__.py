@@ -1,0 +1,88 @@
+"""Command line: the only place that prints, exits or installs signal handlers.
+
+``main(argv)`` returns an exit code (see :mod:`cachewatchd.errors`); ``run()`` is the console script.
+Each subcommand lives in its own module exposing ``register(subparsers)``; a module imports its heavy
+dependencies inside the handler so that ``cachewatchd scan`` starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from cachewatchd import __version__
+from cachewatchd.cli import _daemon, _doctor, _scan, _service
+from cachewatchd.errors import EXIT_USAGE, CachewatchdError
+
+__all__ = ["main", "run"]
+
+_DEFAULT_COMMAND = "run"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors as one line and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"cachewatchd: error: {message}\n")
+        sys.exit(EXIT_USAGE)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="cachewatchd",
+        description="Keep the Python code that runs equal to the code on disk.",
+        epilog="Without a command, 'run' is assumed: cachewatchd --foreground [PATH ...]",
+    )
+    parser.add_argument("--version", action="version", version=f"cachewatchd {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    _daemon.register(sub)
+    _scan.register(sub)
+    _service.register(sub)
+    _doctor.register(sub)
+    return parser
+
+
+def _split_child_command(argv: list[str]) -> tuple[list[str], list[str]]:
+    if "--" in argv:
+        i = argv.index("--")
+        return argv[:i], argv[i + 1 :]
+    return argv, []
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    own, child = _split_child_command(args_list)
+    parser = build_parser()
+    commands = set(_subcommand_names(parser))
+    if not own or (own[0] not in commands and own[0] not in {"-h", "--help", "--version"}):
+        own.insert(0, _DEFAULT_COMMAND)
+    try:
+        args = parser.parse_args(own)
+    except SystemExit as exc:  # argparse's --help / --version / error
+        return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
+    args.child_command = child
+    if child and args.command != _DEFAULT_COMMAND:
+        sys.stderr.write("cachewatchd: error: '-- COMMAND' is only valid with 'run'\n")
+        return EXIT_USAGE
+    try:
+        code: int = args.handler(args)
+    except CachewatchdError as exc:
+        sys.stderr.write(f"cachewatchd: {exc.message}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+def _subcommand_names(parser: argparse.ArgumentParser) -> list[str]:
+    for action in parser._actions:  # noqa: SLF001 - argparse has no public accessor
+        if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+            return list(action.choices)
+    return []
+
+
+def run() -> NoReturn:
+    """Console-script entry point."""
+    sys.exit(main())

@@ -1,0 +1,26 @@
+"""Terminal helpers for the CLI: colour only on a TTY and never with NO_COLOR."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import TextIO
+
+__all__ = ["colour", "use_colour"]
+
+_CODES = {"red": "31", "green": "32", "yellow": "33", "blue": "34", "bold": "1", "dim": "2"}
+
+
+def use_colour(stream: TextIO) -> bool:
+    if "NO_COLOR" in os.environ:
+        return False
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def colour(text: str, name: str, stream: TextIO = sys.stdout) -> str:
+    if not use_colour(stream):
+        return text
+    return f"\033[{_CODES[name]}m{text}\033[0m"

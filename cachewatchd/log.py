@@ -1,0 +1,53 @@
+"""structlog configuration: console renderer on a TTY, JSON lines otherwise.
+
+Only the CLI calls :func:`configure_logging`; modules call :func:`get_logger`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any, Literal, TextIO
+
+__all__ = ["LogFormat", "configure_logging", "get_logger"]
+
+LogFormat = Literal["auto", "console", "json"]
+
+
+def get_logger(name: str) -> Any:
+    """Return a structlog logger bound to ``logger=name``."""
+    import structlog
+
+    return structlog.get_logger(name)
+
+
+def configure_logging(
+    fmt: LogFormat = "auto", level: str = "info", stream: TextIO | None = None
+) -> None:
+    """Configure structlog to write one event per line to *stream* (default stderr)."""
+    import structlog
+
+    out = stream if stream is not None else sys.stderr
+    numeric = logging.getLevelNamesMapping().get(level.upper()) if hasattr(
+        logging, "getLevelNamesMapping"
+    ) else logging.getLevelName(level.upper())
+    if not isinstance(numeric, int):
+        raise ValueError(f"unknown log level {level!r}")
+    use_console = fmt == "console" or (fmt == "auto" and out.isatty())
+    renderer: Any
+    if use_console:
+        renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
+    else:
+        renderer = structlog.processors.JSONRenderer()
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(file=out),
+        cache_logger_on_first_use=False,
+    )

@@ -1,0 +1,65 @@
+"""Shared fixtures: leak checks, condition waits, real pycs."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+
+import psutil
+import pytest
+
+from tests.helpers import wait_until
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_threads_or_children() -> Iterator[None]:
+    """Every test must stop the threads and child processes it starts."""
+    before_threads = set(threading.enumerate())
+    me = psutil.Process()
+    before_children = {p.pid for p in me.children(recursive=True)}
+    yield
+
+    def no_new_threads() -> bool:
+        return not [t for t in threading.enumerate() if t not in before_threads and t.is_alive()]
+
+    def no_new_children() -> bool:
+        alive = []
+        for p in me.children(recursive=True):
+            if p.pid in before_children:
+                continue
+            try:
+                if p.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(p)
+            except psutil.NoSuchProcess:
+                continue
+        return not alive
+
+    leaked_threads = not wait_until(no_new_threads, timeout=5, raise_on_timeout=False)
+    leaked_children = not wait_until(no_new_children, timeout=5, raise_on_timeout=False)
+    if leaked_children:
+        left = [p for p in me.children(recursive=True) if p.pid not in before_children]
+        for p in left:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(left, timeout=5)
+        pytest.fail(f"test leaked child processes: {[p.pid for p in left]}")
+    if leaked_threads:
+        names = [t.name for t in threading.enumerate() if t not in before_threads]
+        pytest.fail(f"test leaked threads: {names}")
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Remove bytecode-related variables the developer machine may export."""
+    for var in ("PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX", "SOURCE_DATE_EPOCH", "NO_COLOR"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """An environment for child interpreters that may write pycs."""
+    env = {k: v for k, v in os.environ.items() if k not in {"PYTHONDONTWRITEBYTECODE"}}
+    env.update(extra)
+    return env
