@@ -5,13 +5,16 @@ Only the CLI calls :func:`configure_logging`; modules call :func:`get_logger`.
 
 from __future__ import annotations
 
-import logging
 import sys
 from typing import Any, Literal, TextIO
 
-__all__ = ["LogFormat", "configure_logging", "get_logger"]
+from cachewatchd.errors import UsageError
+
+__all__ = ["LEVELS", "LogFormat", "configure_logging", "get_logger"]
 
 LogFormat = Literal["auto", "console", "json"]
+
+LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 
 
 def get_logger(name: str) -> Any:
@@ -28,11 +31,9 @@ def configure_logging(
     import structlog
 
     out = stream if stream is not None else sys.stderr
-    numeric = logging.getLevelNamesMapping().get(level.upper()) if hasattr(
-        logging, "getLevelNamesMapping"
-    ) else logging.getLevelName(level.upper())
-    if not isinstance(numeric, int):
-        raise ValueError(f"unknown log level {level!r}")
+    numeric = LEVELS.get(level.lower())
+    if numeric is None:
+        raise UsageError(f"unknown log level {level!r} (one of: {', '.join(LEVELS)})")
     use_console = fmt == "console" or (fmt == "auto" and out.isatty())
     renderer: Any
     if use_console:

@@ -1,0 +1,236 @@
+"""Judge one cache entry against its source: the seven states of DESIGN.md section 3.
+
+This is the hot path of every scan: a header check costs a few microseconds; the exact check
+(unmarshal + compile + compare) runs only when the cheap evidence cannot settle the question.
+"""
+
+from __future__ import annotations
+
+import marshal
+import os
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Literal
+
+from cachewatchd.pyc import (
+    HEADER_SIZE,
+    RUNNING_MAGIC,
+    HeaderError,
+    Mode,
+    parse_header,
+    source_hash,
+    version_of_tag,
+)
+
+__all__ = ["DANGEROUS", "Entry", "Kind", "State", "Verdict", "judge_legacy", "judge_pycache"]
+
+_MASK = 0xFFFFFFFF
+
+
+class State(str, Enum):
+    """The state of one cache entry; the user-facing vocabulary."""
+
+    FRESH = "fresh"
+    OUTDATED = "outdated"
+    STALE = "stale"
+    SUSPECT = "suspect"
+    ORPHAN = "orphan"
+    SOURCELESS = "sourceless"
+    CORRUPT = "corrupt"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+DANGEROUS = frozenset({State.STALE, State.SOURCELESS, State.CORRUPT})
+
+Kind = Literal["pycache", "legacy", "prefix"]
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One judged cache file."""
+
+    path: Path
+    source: Path | None
+    state: State
+    reason: str
+    tag: str
+    opt: str
+    mode: Mode | None
+    kind: Kind = "pycache"
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    state: State
+    reason: str
+    mode: Mode | None = None
+
+
+class VanishedError(Exception):
+    """The pyc or its source disappeared while being judged."""
+
+
+def _version_text(version: tuple[int, int] | None) -> str:
+    return "?" if version is None else f"{version[0]}.{version[1]}"
+
+
+def _read_header(pyc: str) -> tuple[bytes, int]:
+    """First bytes of *pyc* and its ``st_mtime_ns``."""
+    try:
+        fd = os.open(pyc, os.O_RDONLY)
+    except FileNotFoundError as exc:
+        raise VanishedError(pyc) from exc
+    try:
+        data = os.read(fd, HEADER_SIZE)
+        mtime_ns = os.fstat(fd).st_mtime_ns
+    finally:
+        os.close(fd)
+    return data, mtime_ns
+
+
+def _read_bytes(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError as exc:
+        raise VanishedError(path) from exc
+
+
+def _opt_level(opt: str) -> int:
+    return int(opt) if opt.isdigit() else 0
+
+
+def _exact(pyc: str, source: str, opt: str) -> Verdict | None:
+    """Compare the pyc's code with a fresh compile; ``None`` means identical."""
+    body = _read_bytes(pyc)[HEADER_SIZE:]
+    try:
+        cached = marshal.loads(body)
+    except (EOFError, ValueError, TypeError) as exc:
+        return Verdict(State.CORRUPT, f"body does not unmarshal ({exc})")
+    try:
+        fresh = compile(
+            _read_bytes(source), source, "exec", dont_inherit=True, optimize=_opt_level(opt)
+        )
+    except (SyntaxError, ValueError) as exc:
+        return Verdict(
+            State.STALE,
+            f"the source no longer compiles ({type(exc).__name__}) but the header matches: "
+            "Python runs the old cached code",
+        )
+    if cached == fresh:
+        return None
+    return Verdict(
+        State.STALE,
+        "header matches the source but the code differs (same-second or mtime-restored edit): "
+        "Python runs the old code",
+    )
+
+
+def _unmarshal_check(pyc: str) -> Verdict | None:
+    try:
+        marshal.loads(_read_bytes(pyc)[HEADER_SIZE:])
+    except (EOFError, ValueError, TypeError) as exc:
+        return Verdict(State.CORRUPT, f"body does not unmarshal ({exc})")
+    return None
+
+
+def judge_pycache(
+    pyc: str, source: str, source_stat: os.stat_result, tag: str, opt: str, *, deep: bool = False
+) -> Verdict:
+    """Judge a ``__pycache__`` or prefix-tree entry whose source exists.
+
+    Raises :class:`VanishedError` when a file disappears, :class:`OSError` when unreadable.
+    """
+    data, pyc_mtime_ns = _read_header(pyc)
+    tag_version = version_of_tag(tag)
+    try:
+        header = parse_header(data, any_magic=tag_version is None)
+    except HeaderError as exc:
+        return Verdict(State.CORRUPT, str(exc))
+    if tag_version is not None and header.version != tag_version:
+        return Verdict(
+            State.CORRUPT,
+            f"magic of CPython {_version_text(header.version)} in a {tag} file",
+            header.mode,
+        )
+    ours = header.magic == RUNNING_MAGIC
+    if header.mode != "timestamp":
+        return _judge_hash(pyc, source, header.magic, header.hash, header.mode, ours, deep)
+    if header.mtime != (int(source_stat.st_mtime) & _MASK) or header.size != (
+        source_stat.st_size & _MASK
+    ):
+        what = "mtime" if header.mtime != (int(source_stat.st_mtime) & _MASK) else "size"
+        return Verdict(
+            State.OUTDATED,
+            f"source {what} differs from the header: Python recompiles it on import",
+            "timestamp",
+        )
+    changed_since = source_stat.st_ctime_ns > pyc_mtime_ns
+    if not (changed_since or deep):
+        return Verdict(State.FRESH, "header matches the source", "timestamp")
+    if ours:
+        verdict = _exact(pyc, source, opt)
+        if verdict is not None:
+            return Verdict(verdict.state, verdict.reason, "timestamp")
+        return Verdict(State.FRESH, "code identical to a fresh compile", "timestamp")
+    if not changed_since:
+        return Verdict(State.FRESH, "header matches the source", "timestamp")
+    return Verdict(
+        State.SUSPECT,
+        "header matches but the source changed after the cache was written, and this pyc of "
+        f"CPython {_version_text(header.version)} cannot be compared here",
+        "timestamp",
+    )
+
+
+def _judge_hash(
+    pyc: str, source: str, magic: bytes, stored: bytes, mode: Mode, ours: bool, deep: bool
+) -> Verdict:
+    try:
+        expected = source_hash(magic, _read_bytes(source))
+    except HeaderError as exc:  # another implementation's magic: its hash key is unknown
+        return Verdict(State.SUSPECT, f"cannot hash for this pyc: {exc}", mode)
+    if expected == stored:
+        if deep and ours:
+            bad = _unmarshal_check(pyc)
+            if bad is not None:
+                return Verdict(bad.state, bad.reason, mode)
+        return Verdict(State.FRESH, "source hash matches", mode)
+    if mode == "unchecked-hash":
+        return Verdict(
+            State.STALE,
+            "unchecked-hash pyc whose source changed: Python never checks it and runs the old code",
+            mode,
+        )
+    return Verdict(
+        State.OUTDATED,
+        "checked-hash pyc whose source changed: Python recompiles it on import",
+        mode,
+    )
+
+
+def judge_legacy(pyc: str, has_source: bool) -> Verdict:
+    """Judge a legacy ``m.pyc``/``m.pyo`` lying beside where ``m.py`` would be."""
+    if pyc.endswith(".pyo"):
+        if has_source:
+            return Verdict(State.OUTDATED, "legacy .pyo beside its source: never imported")
+        return Verdict(State.ORPHAN, "legacy .pyo: Python 3.5+ never imports .pyo files")
+    if has_source:
+        return Verdict(
+            State.OUTDATED,
+            "legacy .pyc beside its source: ignored while the source exists, "
+            "imported if the source is deleted",
+        )
+    data, _ = _read_header(pyc)
+    try:
+        header = parse_header(data)
+    except HeaderError as exc:
+        return Verdict(State.CORRUPT, f"sourceless pyc, {exc}")
+    return Verdict(
+        State.SOURCELESS,
+        f"no source beside it: Python {_version_text(header.version)} imports this bytecode",
+        header.mode,
+    )
