@@ -1,13 +1,276 @@
-"""Subcommands (placeholder until implemented)."""
+"""``cachewatchd scan`` and ``cachewatchd clean``: the audit engine run once over trees."""
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import json
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cachewatchd.cli._output import colour
+from cachewatchd.errors import EXIT_FAILURE, EXIT_FINDINGS, EXIT_OK
+
+if TYPE_CHECKING:
+    from cachewatchd.audit import AuditOptions, AuditReport, Entry
 
 __all__ = ["register"]
 
+_STATE_COLOUR = {
+    "fresh": "green",
+    "outdated": "dim",
+    "stale": "red",
+    "suspect": "yellow",
+    "orphan": "dim",
+    "sourceless": "red",
+    "corrupt": "red",
+}
 
-def register(sub: Any) -> None:  # argparse's _SubParsersAction
-    """Add this module's subcommands to *sub*."""
-    _ = sub, argparse
+_ADVICE = {
+    "outdated": "harmless (Python recompiles it); `cachewatchd clean` removes it",
+    "stale": "Python runs OLD code: `cachewatchd clean`, then restart the process that imported it",
+    "suspect": "may be stale: `cachewatchd clean` removes it (or scan with the Python that wrote it)",
+    "orphan": "clutter, never imported: `cachewatchd clean` removes it",
+    "sourceless": "imported although its source is gone: delete it unless shipped on purpose "
+    "(`cachewatchd clean --sourceless`)",
+    "corrupt": "import fails or recompiles: `cachewatchd clean` removes it",
+}
+
+_CLEAN_STATES = frozenset({"outdated", "stale", "suspect", "orphan", "corrupt"})
+
+
+def _audit_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("paths", nargs="*", metavar="PATH", help="directories (default: .)")
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+    parser.add_argument(
+        "--deep",
+        action="store_true",
+        help="compare every pyc of this Python with a fresh compile and unmarshal every body",
+    )
+    parser.add_argument(
+        "--include-venvs", action="store_true", help="also enter virtual environments"
+    )
+    parser.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="skip names or root-relative paths matching GLOB (repeatable)",
+    )
+    parser.add_argument(
+        "--no-default-excludes",
+        action="store_true",
+        help="also enter .git, node_modules, .tox and the other tool directories",
+    )
+    parser.add_argument(
+        "--pycache-prefix",
+        type=Path,
+        metavar="DIR",
+        help="also audit this PYTHONPYCACHEPREFIX tree (default: $PYTHONPYCACHEPREFIX)",
+    )
+
+
+def register(sub: Any) -> None:
+    scan = sub.add_parser(
+        "scan",
+        help="classify every bytecode cache entry",
+        description="Classify every bytecode cache entry under PATH as fresh, outdated, stale, "
+        "suspect, orphan, sourceless or corrupt.",
+        epilog="Exit status: 0 nothing dangerous; 1 stale, sourceless or corrupt entries found; "
+        "2 usage error or unreadable PATH.",
+    )
+    _audit_arguments(scan)
+    scan.set_defaults(handler=_scan)
+
+    clean = sub.add_parser(
+        "clean",
+        help="remove outdated, stale, suspect, orphan and corrupt cache entries",
+        description="Audit, then remove outdated, stale, suspect, orphan and corrupt cache entries "
+        "and the __pycache__ directories left empty. Only cache files are ever deleted.",
+        epilog="Exit status: 0 done; 1 dangerous entries were kept (sourceless without "
+        "--sourceless); 2 usage error; 3 some files could not be removed.",
+    )
+    _audit_arguments(clean)
+    clean.add_argument("--all", action="store_true", help="remove every cache entry, fresh too")
+    clean.add_argument(
+        "--sourceless",
+        action="store_true",
+        help="also remove legacy pycs whose source is gone (they may be a deliberate deployment)",
+    )
+    clean.add_argument("--dry-run", action="store_true", help="say what would go; remove nothing")
+    clean.add_argument(
+        "--recompile", action="store_true", help="compile fresh caches for this Python afterwards"
+    )
+    clean.add_argument(
+        "--invalidation-mode",
+        choices=["timestamp", "checked-hash", "unchecked-hash"],
+        default=None,
+        help="with --recompile (default: timestamp, or checked-hash when SOURCE_DATE_EPOCH is set)",
+    )
+    clean.set_defaults(handler=_clean)
+
+
+def _options(args: argparse.Namespace) -> tuple[list[Path], AuditOptions]:
+    from cachewatchd.audit import AuditOptions, check_root
+
+    roots = [check_root(Path(p)) for p in (args.paths or ["."])]
+    prefix = args.pycache_prefix
+    if prefix is None and os.environ.get("PYTHONPYCACHEPREFIX"):
+        prefix = Path(os.environ["PYTHONPYCACHEPREFIX"])
+    if prefix is not None:
+        prefix = prefix.expanduser().absolute()
+    options = AuditOptions(
+        deep=args.deep,
+        include_venvs=args.include_venvs,
+        excludes=tuple(args.exclude),
+        default_excludes=not args.no_default_excludes,
+        pycache_prefix=prefix,
+    )
+    return roots, options
+
+
+def _entry_json(entry: Entry) -> dict[str, Any]:
+    return {
+        "path": str(entry.path),
+        "source": None if entry.source is None else str(entry.source),
+        "state": entry.state.value,
+        "reason": entry.reason,
+        "tag": entry.tag,
+        "opt": entry.opt,
+        "mode": entry.mode,
+    }
+
+
+def _display(path: Path) -> str:
+    try:
+        rel = path.relative_to(Path.cwd())
+    except ValueError:
+        return str(path)
+    return str(rel)
+
+
+def _print_summary(report: AuditReport) -> None:
+    summary = report.summary()
+    total = sum(summary.values())
+    roots = ", ".join(_display(r) or "." for r in report.roots)
+    print(f"{total} cache entries under {roots}")
+    for state, count in summary.items():
+        label = colour(f"{state:<11}", _STATE_COLOUR[state]) if count else f"{state:<11}"
+        print(f"  {label}{count:>7}")
+
+
+def _print_entries(entries: list[Entry]) -> None:
+    for entry in sorted(entries, key=lambda e: (e.state.value, str(e.path))):
+        state = entry.state.value
+        print()
+        print(f"{colour(state, _STATE_COLOUR[state])}  {_display(entry.path)}")
+        if entry.source is not None:
+            print(f"    source: {_display(entry.source)}")
+        print(f"    why:    {entry.reason}")
+        print(f"    do:     {_ADVICE[state]}")
+
+
+def _print_errors(errors: list[tuple[Path, str]]) -> None:
+    for path, error in errors:
+        sys.stderr.write(f"cachewatchd: {path}: {error}\n")
+
+
+def _scan(args: argparse.Namespace) -> int:
+    from cachewatchd.audit import audit
+
+    roots, options = _options(args)
+    report = audit(roots, options)
+    if args.json:
+        doc = {
+            "version": 1,
+            "roots": [str(r) for r in roots],
+            "summary": report.summary(),
+            "entries": [_entry_json(e) for e in report.non_fresh()],
+            "errors": [{"path": str(e.path), "error": e.error} for e in report.errors],
+        }
+        json.dump(doc, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        _print_summary(report)
+        _print_entries(report.non_fresh())
+        _print_errors([(e.path, e.error) for e in report.errors])
+    return EXIT_FINDINGS if report.dangerous() else EXIT_OK
+
+
+def _clean(args: argparse.Namespace) -> int:
+    from cachewatchd.audit import audit
+    from cachewatchd.invalidate import remove_cache_files
+
+    roots, options = _options(args)
+    report = audit(roots, options)
+    doomed, kept = [], []
+    for entry in report.entries:
+        state = entry.state.value
+        wanted = (
+            (state == "sourceless" and args.sourceless)
+            or (state != "sourceless" and args.all)
+            or state in _CLEAN_STATES
+        )
+        if wanted:
+            doomed.append(entry)
+        elif state != "fresh":
+            kept.append(entry)
+    result = remove_cache_files(
+        [e.path for e in doomed],
+        roots,
+        pycache_prefix=options.pycache_prefix,
+        dry_run=args.dry_run,
+    )
+    errors = [(e.path, e.error) for e in report.errors] + result.errors
+    recompiled: list[Path] = []
+    if args.recompile and not args.dry_run:
+        from cachewatchd.recompile import recompile
+
+        removed = set(result.removed)
+        done, failed = recompile([e for e in doomed if e.path in removed], args.invalidation_mode)
+        recompiled, errors = done, errors + failed
+    if args.json:
+        doc = {
+            "version": 1,
+            "dry_run": args.dry_run,
+            "removed": [str(p) for p in result.removed],
+            "removed_dirs": [str(p) for p in result.removed_dirs],
+            "kept": [_entry_json(e) for e in kept],
+            "recompiled": [str(p) for p in recompiled],
+            "errors": [{"path": str(p), "error": err} for p, err in errors],
+            "summary": report.summary(),
+        }
+        json.dump(doc, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        _print_clean(args.dry_run, result.removed, result.removed_dirs, kept, recompiled)
+        _print_errors(errors)
+    if errors:
+        return EXIT_FAILURE
+    if any(e.state.value == "sourceless" for e in kept):
+        return EXIT_FINDINGS
+    return EXIT_OK
+
+
+def _print_clean(
+    dry_run: bool,
+    removed: list[Path],
+    removed_dirs: list[Path],
+    kept: list[Entry],
+    recompiled: list[Path],
+) -> None:
+    if dry_run:
+        for path in removed:
+            print(f"would remove {_display(path)}")
+        print(f"{len(removed)} cache files would be removed (dry run)")
+    else:
+        print(
+            f"removed {len(removed)} cache files and {len(removed_dirs)} empty __pycache__ "
+            "directories"
+        )
+    if recompiled:
+        print(f"recompiled {len(recompiled)} sources")
+    sourceless = [e for e in kept if e.state.value == "sourceless"]
+    for entry in sourceless:
+        print(f"kept {colour('sourceless', 'red')} {_display(entry.path)} (use --sourceless)")
