@@ -161,7 +161,7 @@ class _Auditor:
         has_source = f"{stem}.py" in sources or f"{stem}.pyw" in sources
         source = os.path.join(os.path.dirname(entry.path), f"{stem}.py")
         try:
-            verdict = judge_legacy(entry.path, has_source)
+            verdict = judge_legacy(entry.path, has_source, deep=self.options.deep)
         except VanishedError:
             return
         except OSError as exc:

@@ -6,8 +6,10 @@ This is the hot path of every scan: a header check costs a few microseconds; the
 
 from __future__ import annotations
 
+import errno
 import marshal
 import os
+import stat
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -77,26 +79,32 @@ def _version_text(version: tuple[int, int] | None) -> str:
     return "?" if version is None else f"{version[0]}.{version[1]}"
 
 
-def _read_header(pyc: str) -> tuple[bytes, int]:
-    """First bytes of *pyc* and its ``st_mtime_ns``."""
-    try:
-        fd = os.open(pyc, os.O_RDONLY)
-    except FileNotFoundError as exc:
-        raise VanishedError(pyc) from exc
+def _read_header(pyc: str) -> tuple[bytes, int, int]:
+    """First bytes of *pyc*, its ``st_mtime_ns`` and its size."""
+    fd = _open_regular(pyc)
     try:
         data = os.read(fd, HEADER_SIZE)
-        mtime_ns = os.fstat(fd).st_mtime_ns
+        st = os.fstat(fd)
     finally:
         os.close(fd)
-    return data, mtime_ns
+    return data, st.st_mtime_ns, st.st_size
+
+
+def _open_regular(path: str) -> int:
+    """Open *path* for reading without blocking on a FIFO; refuse anything but a regular file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError as exc:
+        raise VanishedError(path) from exc
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file", path)
+    return fd
 
 
 def _read_bytes(path: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except FileNotFoundError as exc:
-        raise VanishedError(path) from exc
+    with os.fdopen(_open_regular(path), "rb") as f:
+        return f.read()
 
 
 def _opt_level(opt: str) -> int:
@@ -144,12 +152,14 @@ def judge_pycache(
 
     Raises :class:`VanishedError` when a file disappears, :class:`OSError` when unreadable.
     """
-    data, pyc_mtime_ns = _read_header(pyc)
+    data, pyc_mtime_ns, pyc_size = _read_header(pyc)
     tag_version = version_of_tag(tag)
     try:
         header = parse_header(data, any_magic=tag_version is None)
     except HeaderError as exc:
         return Verdict(State.CORRUPT, str(exc))
+    if pyc_size <= HEADER_SIZE:
+        return Verdict(State.CORRUPT, "header without a body", header.mode)
     if tag_version is not None and header.version != tag_version:
         return Verdict(
             State.CORRUPT,
@@ -212,7 +222,7 @@ def _judge_hash(
     )
 
 
-def judge_legacy(pyc: str, has_source: bool) -> Verdict:
+def judge_legacy(pyc: str, has_source: bool, *, deep: bool = False) -> Verdict:
     """Judge a legacy ``m.pyc``/``m.pyo`` lying beside where ``m.py`` would be."""
     if pyc.endswith(".pyo"):
         if has_source:
@@ -224,11 +234,17 @@ def judge_legacy(pyc: str, has_source: bool) -> Verdict:
             "legacy .pyc beside its source: ignored while the source exists, "
             "imported if the source is deleted",
         )
-    data, _ = _read_header(pyc)
+    data, _, size = _read_header(pyc)
     try:
         header = parse_header(data)
     except HeaderError as exc:
         return Verdict(State.CORRUPT, f"sourceless pyc, {exc}")
+    if size <= HEADER_SIZE:
+        return Verdict(State.CORRUPT, "sourceless pyc, header without a body", header.mode)
+    if deep and header.magic == RUNNING_MAGIC:
+        bad = _unmarshal_check(pyc)
+        if bad is not None:
+            return Verdict(bad.state, f"sourceless pyc, {bad.reason}", header.mode)
     return Verdict(
         State.SOURCELESS,
         f"no source beside it: Python {_version_text(header.version)} imports this bytecode",
