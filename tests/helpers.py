@@ -63,6 +63,7 @@ def compile_pyc(
         optimize=optimize,
         invalidation_mode=modes[mode],
     )
+    assert out is not None
     return Path(out)
 
 
@@ -83,9 +84,15 @@ def find_interpreters() -> dict[str, str]:
             continue
         try:
             out = subprocess.run(
-                [exe, "-c", "import sys; print('%d.%d' % sys.version_info[:2], "
-                 "sys.implementation.name)"],
-                capture_output=True, text=True, timeout=20, check=True,
+                [
+                    exe,
+                    "-c",
+                    "import sys; print('%d.%d' % sys.version_info[:2], sys.implementation.name)",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=20,
+                check=True,
             ).stdout.split()
         except (OSError, subprocess.SubprocessError):
             continue
@@ -93,7 +100,7 @@ def find_interpreters() -> dict[str, str]:
         major, minor = (int(x) for x in version.split("."))
         if impl == "cpython" and (major, minor) >= (3, 7):
             found.setdefault(version, exe)
-    found.setdefault("%d.%d" % sys.version_info[:2], sys.executable)
+    found.setdefault(f"{sys.version_info[0]}.{sys.version_info[1]}", sys.executable)
     return found
 
 

@@ -222,7 +222,7 @@ def test_symlinks_out_of_the_tree_are_not_followed(tmp_path: Path) -> None:
 @pytest.mark.parametrize("version", ["3.7", "3.8", "3.9", "3.10", "3.12", "3.13"])
 def test_pycs_of_other_cpythons(tmp_path: Path, version: str) -> None:
     exe = find_interpreters().get(version)
-    if exe is None or version == "%d.%d" % sys.version_info[:2]:
+    if exe is None or version == f"{sys.version_info[0]}.{sys.version_info[1]}":
         pytest.skip(f"CPython {version} is not installed here (or is the running one)")
     tag = "cpython-" + version.replace(".", "")
     ts = write(tmp_path / "ts.py", "X = 1\n")

@@ -6,6 +6,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -19,7 +20,7 @@ from tests.helpers import compile_pyc
 TAG = sys.implementation.cache_tag
 
 
-def clean(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict[str, object]]:
+def clean(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict[str, Any]]:
     code = main(["clean", "--json", *args])
     return code, json.loads(capsys.readouterr().out)
 
@@ -44,24 +45,25 @@ def test_clean_removes_dangerous_and_clutter_keeps_fresh_and_sourceless(
     files = plant(tmp_path)
     code, doc = clean(capsys, str(tmp_path))
     assert code == 1  # a sourceless pyc was kept
-    assert set(doc["removed"]) == {str(files["stale"]), str(files["orphan"])}  # type: ignore[arg-type]
-    assert files["fresh"].exists() and files["sourceless"].exists()
+    assert set(doc["removed"]) == {str(files["stale"]), str(files["orphan"])}
+    assert files["fresh"].exists()
+    assert files["sourceless"].exists()
     assert not (tmp_path / "pkg" / "__pycache__").exists()  # left empty, removed
-    assert [k["path"] for k in doc["kept"]] == [str(files["sourceless"])]  # type: ignore[index,union-attr]
+    assert [k["path"] for k in doc["kept"]] == [str(files["sourceless"])]
 
 
 def test_clean_sourceless_and_all(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     files = plant(tmp_path)
     code, doc = clean(capsys, "--all", "--sourceless", str(tmp_path))
     assert code == 0
-    assert set(doc["removed"]) == {str(p) for p in files.values()}  # type: ignore[arg-type]
+    assert set(doc["removed"]) == {str(p) for p in files.values()}
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["fresh.py", "pkg", "stale.py"]
 
 
 def test_dry_run_removes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     files = plant(tmp_path)
     _, doc = clean(capsys, "--dry-run", "--all", str(tmp_path))
-    assert len(doc["removed"]) == 3  # type: ignore[arg-type]
+    assert len(doc["removed"]) == 3
     assert all(p.exists() for p in files.values())
 
 
@@ -86,7 +88,8 @@ def test_read_only_and_refusals_are_reported_and_the_rest_goes_on(tmp_path: Path
         "refused: not a .pyc/.pyo file",
         "refused: outside the watched roots",
     ]
-    assert (tmp_path / "fresh.py").exists() and outside.exists()
+    assert (tmp_path / "fresh.py").exists()
+    assert outside.exists()
     outside.unlink()
 
 
@@ -116,7 +119,8 @@ def test_symlinked_pycache_is_not_entered_by_clean(
     clean(capsys, "--all", "--sourceless", str(root))
     assert orphan.exists()
     result = remove_cache_files([root / "__pycache__" / orphan.name], [root])
-    assert result.removed == [] and orphan.exists()
+    assert result.removed == []
+    assert orphan.exists()
 
 
 def test_invalidate_source_removes_every_tag_and_opt_level(tmp_path: Path) -> None:
@@ -137,7 +141,9 @@ names = st.sampled_from(
 )
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(st.lists(st.lists(names, min_size=1, max_size=4), min_size=1, max_size=25), st.data())
 def test_clean_never_removes_a_non_cache_file(
     tmp_path_factory: pytest.TempPathFactory, layout: list[list[str]], data: st.DataObject
@@ -145,10 +151,12 @@ def test_clean_never_removes_a_non_cache_file(
     root = tmp_path_factory.mktemp("tree")
     for parts in layout:
         path = root.joinpath(*parts)
-        if path.exists() or any(p.is_file() for p in path.parents if p != root and p.is_relative_to(root)):
+        if path.exists() or any(
+            p.is_file() for p in path.parents if p != root and p.is_relative_to(root)
+        ):
             continue
         path.parent.mkdir(parents=True, exist_ok=True)
-        if path.name == "__pycache__" or path.name == "f":
+        if path.name in {"__pycache__", "f"}:
             path.mkdir(exist_ok=True)
         else:
             path.write_bytes(data.draw(st.binary(max_size=40)))

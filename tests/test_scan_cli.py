@@ -89,7 +89,10 @@ def test_usage_error_exit_two() -> None:
 def test_python_dash_m_and_help() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "cachewatchd", "scan", "--help"],
-        capture_output=True, text=True, timeout=60, check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
     assert "Exit status" in proc.stdout
 
@@ -111,7 +114,10 @@ def test_pycache_prefix_from_the_environment(tmp_path: Path) -> None:
     prefix = (tmp_path / "prefix").resolve()
     source = write(root / "m.py", "X = 1\n")
     subprocess.run(
-        [sys.executable, "-c", "import m"], cwd=root, check=True, timeout=60,
+        [sys.executable, "-c", "import m"],
+        cwd=root,
+        check=True,
+        timeout=60,
         env={k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
         | {"PYTHONPYCACHEPREFIX": str(prefix)},
     )
