@@ -8,13 +8,14 @@ dependencies inside the handler so that ``cachewatchd scan`` starts fast.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
 from cachewatchd import __version__
 from cachewatchd.cli import _daemon, _doctor, _scan, _service
-from cachewatchd.errors import EXIT_USAGE, CachewatchdError
+from cachewatchd.errors import EXIT_FAILURE, EXIT_USAGE, CachewatchdError
 
 __all__ = ["main", "run"]
 
@@ -73,6 +74,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (``cachewatchd scan | head``): stay quiet, like other Unix tools.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_FAILURE
     return code
 
 

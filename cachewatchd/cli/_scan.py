@@ -37,6 +37,8 @@ _ADVICE = {
     "corrupt": "import fails or recompiles: `cachewatchd clean` removes it",
 }
 
+_DANGER_ORDER = ("stale", "sourceless", "corrupt", "suspect", "outdated", "orphan", "fresh")
+
 _CLEAN_STATES = frozenset({"outdated", "stale", "suspect", "orphan", "corrupt"})
 
 
@@ -161,7 +163,7 @@ def _print_summary(report: AuditReport) -> None:
 
 
 def _print_entries(entries: list[Entry]) -> None:
-    for entry in sorted(entries, key=lambda e: (e.state.value, str(e.path))):
+    for entry in sorted(entries, key=lambda e: (_DANGER_ORDER.index(e.state.value), str(e.path))):
         state = entry.state.value
         print()
         print(f"{colour(state, _STATE_COLOUR[state])}  {_display(entry.path)}")
