@@ -1,0 +1,538 @@
+"""The user's TOML config, a project's ``[tool.cachewatchd]``, and how they combine.
+
+Every problem in the user's config is a :class:`~cachewatchd.errors.ConfigError` naming the file,
+the line and the key (``process[1].supervisor.url``; array indices count from 0). A project's
+``pyproject.toml`` is the project's file, not the user's: it may set ``exclude`` and ``poll`` only,
+and anything wrong or untrusted in it becomes a warning string, never an error (trust model: a
+cloned repository never makes the daemon act on processes or run commands).
+"""
+
+from __future__ import annotations
+
+import json
+import keyword
+import math
+import re
+import signal
+import sys
+import urllib.parse
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, cast, get_args
+
+from cachewatchd.errors import ConfigError
+from cachewatchd.paths import config_dir
+from cachewatchd.spec import ProcessSpec, SupervisorSpec
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
+
+__all__ = [
+    "Config",
+    "KeyPath",
+    "PollMode",
+    "ProjectConfig",
+    "RootSettings",
+    "default_config_path",
+    "format_key",
+    "key_lines",
+    "load_config",
+    "load_project_config",
+    "root_settings",
+]
+
+PollMode = Literal["auto", "always", "never"]
+KeyPath = tuple[str | int, ...]
+POLL_MODES: tuple[str, ...] = get_args(PollMode)
+_TOP_KEYS = ("roots", "poll", "poll_interval", "reconcile_interval", "exclude", "process")
+_SELECTORS = ("supervisor", "pidfile", "match", "systemd")
+_OPTIONS = ("cwd", "root", "grace", "import_check", "health_url", "health_timeout")
+_PROCESS_KEYS = ("name", "action", "signal", *_SELECTORS, *_OPTIONS)
+_SUPERVISOR_KEYS = ("url", "program", "username", "password")
+_PROJECT_KEYS = ("exclude", "poll")
+_UNIT_NAME = re.compile(r"[A-Za-z0-9:_.@\\-]+")
+_AT_LINE = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
+_AT_END = re.compile(r"\s*\(at end of document\)\s*$")
+_COMMAND_REFUSED = (
+    "not allowed in the config file: the daemon's own child comes only from the command line "
+    "(cachewatchd PATH -- COMMAND ARGS...)"
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    """The user's configuration (defaults when no file exists)."""
+
+    roots: tuple[Path, ...] = ()
+    poll: PollMode = "auto"
+    poll_interval: float = 1.0
+    reconcile_interval: float = 300.0
+    exclude: tuple[str, ...] = ()
+    processes: tuple[ProcessSpec, ...] = ()
+    path: Path | None = None
+    """The file this came from; ``None`` for the built-in defaults."""
+    explicit: frozenset[str] = frozenset()
+    """Top-level keys the file set (so ``poll = "auto"`` written out still beats a project's poll)."""
+
+
+@dataclass(frozen=True)
+class ProjectConfig:
+    """What a project's own ``pyproject.toml`` may say: excludes and polling, nothing else."""
+
+    exclude: tuple[str, ...] = ()
+    poll: PollMode | None = None
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RootSettings:
+    """Effective settings for one root after precedence (see :func:`root_settings`)."""
+
+    poll: PollMode
+    exclude: tuple[str, ...]
+    poll_source: str
+    """Where ``poll`` came from: ``"command line"``, ``"config"``, ``"project"`` or ``"default"``."""
+
+
+def default_config_path() -> Path:
+    """``<user config dir>/config.toml``, e.g. ``~/.config/cachewatchd/config.toml``."""
+    return config_dir() / "config.toml"
+
+
+def load_config(path: Path | None = None) -> Config:
+    """Read and validate the user's config.
+
+    With *path* ``None`` the default file is read, and its absence gives the defaults; a *path*
+    given explicitly must exist. Raises :class:`ConfigError` for anything wrong in the file.
+    """
+    file = path if path is not None else default_config_path()
+    try:
+        data = file.read_bytes()
+    except FileNotFoundError:
+        if path is not None:
+            raise ConfigError(str(file), "no such file") from None
+        return Config()
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(str(file), f"cannot read: {reason}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(str(file), "not valid UTF-8 text", line=line) from None
+    return _Validator(file, text).config(_parse_toml(str(file), text))
+
+
+def _parse_toml(file: str, text: str) -> dict[str, Any]:
+    """``tomllib.loads`` with its errors turned into a ConfigError carrying the line."""
+    try:
+        table: dict[str, Any] = tomllib.loads(text)
+    except RecursionError:
+        raise ConfigError(file, "invalid TOML: nested too deeply") from None
+    except ValueError as exc:  # TOMLDecodeError and friends
+        message = str(exc)
+        if m := _AT_LINE.search(message):
+            message, line = f"{message[: m.start()]} (column {m.group(2)})", int(m.group(1))
+        elif m := _AT_END.search(message):
+            message, line = (
+                f"{message[: m.start()]} (at end of file)",
+                text.rstrip().count("\n") + 1,
+            )
+        else:
+            line = None
+        raise ConfigError(file, f"invalid TOML: {message}", line=line) from None
+    return table
+
+
+class _Validator:
+    """Turns the parsed TOML of the user's config into a :class:`Config`, or a ConfigError."""
+
+    def __init__(self, file: Path, text: str) -> None:
+        self.file = file
+        self.base = file.absolute().parent
+        self.lines = key_lines(text)
+
+    def error(self, key: KeyPath, message: str) -> ConfigError:
+        line = next(
+            (self.lines[key[:n]] for n in range(len(key), 0, -1) if key[:n] in self.lines), None
+        )
+        return ConfigError(str(self.file), message, line=line, key=format_key(key) or None)
+
+    def config(self, table: Mapping[str, Any]) -> Config:
+        self.known_keys((), table, _TOP_KEYS)
+        return Config(
+            roots=tuple(
+                self.path(("roots", i), v) for i, v in enumerate(self.array(table, "roots"))
+            ),
+            poll=self.poll(table.get("poll", "auto")),
+            poll_interval=self.seconds(("poll_interval",), table.get("poll_interval", 1.0)),
+            reconcile_interval=self.seconds(
+                ("reconcile_interval",), table.get("reconcile_interval", 300.0)
+            ),
+            exclude=tuple(
+                self.string(("exclude", i), v) for i, v in enumerate(self.array(table, "exclude"))
+            ),
+            processes=self.processes(table),
+            path=self.file,
+            explicit=frozenset(table),
+        )
+
+    # -- typed getters -------------------------------------------------------------------------
+    def known_keys(self, at: KeyPath, table: Mapping[str, Any], allowed: Sequence[str]) -> None:
+        for key in table:
+            if key == "command":
+                raise self.error((*at, key), _COMMAND_REFUSED)
+            if key not in allowed:
+                raise self.error((*at, key), f"unknown key (expected one of: {', '.join(allowed)})")
+
+    def array(self, table: Mapping[str, Any], key: str) -> list[Any]:
+        value = table.get(key, [])
+        if not isinstance(value, list):
+            raise self.error((key,), f"must be an array, not {_type_name(value)}")
+        return value
+
+    def string(self, key: KeyPath, value: object) -> str:
+        if not isinstance(value, str):
+            raise self.error(key, f"must be a string, not {_type_name(value)}")
+        if not value.strip():
+            raise self.error(key, "must not be empty")
+        if "\0" in value:
+            raise self.error(key, "must not contain a NUL character")
+        return value
+
+    def path(self, key: KeyPath, value: object) -> Path:
+        """``~`` is expanded; a relative path is taken relative to the config file's directory."""
+        expanded = Path(self.string(key, value)).expanduser()
+        return expanded if expanded.is_absolute() else self.base / expanded
+
+    def seconds(self, key: KeyPath, value: object) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.error(key, f"must be a number of seconds, not {_type_name(value)}")
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number) or number <= 0:
+            raise self.error(key, f"must be a positive finite number of seconds, not {value}")
+        return number
+
+    def poll(self, value: object) -> PollMode:
+        if value not in POLL_MODES:
+            allowed = ", ".join(f'"{m}"' for m in POLL_MODES)
+            raise self.error(("poll",), f"must be one of {allowed}, not {_show(value)}")
+        return cast(PollMode, value)
+
+    # -- [[process]] ---------------------------------------------------------------------------
+    def processes(self, table: Mapping[str, Any]) -> tuple[ProcessSpec, ...]:
+        if isinstance(table.get("process"), dict):
+            raise self.error(("process",), "use [[process]] tables (an array), not [process]")
+        specs: dict[str, ProcessSpec] = {}
+        for index, item in enumerate(self.array(table, "process")):
+            if not isinstance(item, dict):
+                raise self.error(("process", index), f"must be a table, not {_type_name(item)}")
+            spec = self.process(("process", index), item)
+            if spec.name in specs:
+                first = list(specs).index(spec.name)
+                message = f"duplicate name {spec.name!r} (already used by process[{first}])"
+                raise self.error(("process", index, "name"), message)
+            specs[spec.name] = spec
+        return tuple(specs.values())
+
+    def process(self, at: KeyPath, item: Mapping[str, Any]) -> ProcessSpec:
+        self.known_keys(at, item, _PROCESS_KEYS)
+        if "name" not in item:
+            raise self.error(at, 'needs a name = "..."')
+        chosen = [key for key in _SELECTORS if key in item]
+        if len(chosen) != 1:
+            found = f" (found {' and '.join(chosen)})" if chosen else ""
+            keys = [(*at, key) for key in chosen] or [at]
+            where = max(keys, key=lambda k: self.lines.get(k, 0))
+            raise self.error(where, f"needs exactly one of {', '.join(_SELECTORS)}{found}")
+        for option, needs in (("cwd", "match"), ("health_timeout", "health_url")):
+            if option in item and needs not in item:
+                raise self.error((*at, option), f"only applies together with {needs}")
+        action = item.get("action", "restart")
+        if action not in ("restart", "signal"):
+            raise self.error((*at, "action"), f'must be "restart" or "signal", not {_show(action)}')
+        checks: dict[str, Callable[[KeyPath, Any], object]] = {
+            "name": self.string,
+            "supervisor": self.supervisor,
+            "pidfile": self.path,
+            "match": self.regex,
+            "systemd": self.unit,
+            "cwd": self.path,
+            "root": self.path,
+            "grace": self.seconds,
+            "import_check": self.module,
+            "health_url": self.http_url,
+            "health_timeout": self.seconds,
+        }
+        kwargs = {key: check((*at, key), item[key]) for key, check in checks.items() if key in item}
+        kwargs["signal"] = self.signal_name(at, item, action)
+        return ProcessSpec(action=action, **kwargs)  # type: ignore[arg-type]
+
+    def signal_name(self, at: KeyPath, item: Mapping[str, Any], action: str) -> str | None:
+        if action == "restart":
+            if "signal" in item:
+                raise self.error((*at, "signal"), 'only applies with action = "signal"')
+            return None
+        if "signal" not in item:
+            raise self.error((*at, "action"), 'action = "signal" needs signal = "HUP" (or another)')
+        name = self.string((*at, "signal"), item["signal"]).strip().upper().removeprefix("SIG")
+        if f"SIG{name}" not in signal.Signals.__members__:
+            raise self.error((*at, "signal"), f"unknown signal {item['signal']!r}")
+        return name
+
+    def supervisor(self, key: KeyPath, value: object) -> SupervisorSpec:
+        if not isinstance(value, dict):
+            raise self.error(key, 'must be a table: { url = "unix:///...", program = "..." }')
+        self.known_keys(key, value, _SUPERVISOR_KEYS)
+        for required in ("url", "program"):
+            if required not in value:
+                raise self.error(key, f"needs {required}")
+        if ("username" in value) != ("password" in value):
+            raise self.error(key, "username and password go together")
+        url = self.string((*key, "url"), value["url"])
+        if url.startswith("unix://"):
+            if not url.removeprefix("unix://").startswith("/"):
+                raise self.error(
+                    (*key, "url"), "needs an absolute socket path: unix:///path/x.sock"
+                )
+        else:
+            self.http_url((*key, "url"), url, supervisor=True)
+        strings = {k: self.string((*key, k), value[k]) for k in _SUPERVISOR_KEYS if k in value}
+        return SupervisorSpec(**strings)
+
+    def http_url(self, key: KeyPath, value: object, *, supervisor: bool = False) -> str:
+        text = self.string(key, value)
+        example = "http://127.0.0.1:9001 or unix:///path/x.sock" if supervisor else "http://host/"
+        try:
+            parts = urllib.parse.urlsplit(text)
+            port = parts.port
+        except ValueError as exc:
+            raise self.error(key, f"is not a valid URL ({exc})") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise self.error(key, f"must be a URL like {example}, not {text!r}")
+        if supervisor and (port is None or parts.path not in ("", "/") or parts.query):
+            raise self.error(key, f"must be http(s)://host:port like {example}, not {text!r}")
+        return text
+
+    def regex(self, key: KeyPath, value: object) -> str:
+        pattern = self.string(key, value)
+        try:
+            compiled = re.compile(pattern)
+        except (re.error, OverflowError, RecursionError, ValueError) as exc:
+            raise self.error(key, f"is not a valid regular expression: {exc}") from None
+        if compiled.search("") is not None:
+            raise self.error(key, "matches an empty command line, so it would match every process")
+        return pattern
+
+    def unit(self, key: KeyPath, value: object) -> str:
+        unit = self.string(key, value)
+        if not _UNIT_NAME.fullmatch(unit) or unit.startswith("-"):
+            raise self.error(key, f"is not a systemd unit name: {unit!r}")
+        return unit
+
+    def module(self, key: KeyPath, value: object) -> str:
+        module = self.string(key, value)
+        if not all(p.isidentifier() and not keyword.iskeyword(p) for p in module.split(".")):
+            raise self.error(key, f"is not a dotted module name: {module!r}")
+        return module
+
+
+def _type_name(value: object) -> str:
+    names = {bool: "a boolean", int: "an integer", float: "a float", str: "a string"}
+    names |= {list: "an array", dict: "a table"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _show(value: object) -> str:
+    return f'"{value}"' if isinstance(value, str) else _type_name(value)
+
+
+# -- project config (pyproject.toml [tool.cachewatchd]) and precedence ----------------------------
+
+
+def load_project_config(root: Path) -> ProjectConfig:
+    """Read ``root/pyproject.toml`` ``[tool.cachewatchd]``: only ``exclude`` and ``poll`` count.
+
+    Never raises for the file's content: a broken file, a wrong type or an untrusted key becomes a
+    warning string naming the file (and line where known) and that setting is ignored.
+    """
+    file = root / "pyproject.toml"
+    try:
+        text = file.read_bytes().decode("utf-8")
+        data: dict[str, Any] = tomllib.loads(text)
+    except FileNotFoundError:
+        return ProjectConfig()
+    except (OSError, ValueError, RecursionError) as exc:  # UnicodeDecodeError, TOMLDecodeError
+        return ProjectConfig(warnings=(f"{file}: cannot read [tool.cachewatchd]: {exc}; ignored",))
+    tool = data.get("tool")
+    section = tool.get("cachewatchd") if isinstance(tool, dict) else None
+    if section is None:
+        return ProjectConfig()
+    lines = key_lines(text)
+
+    def warn(key: str, message: str) -> str:
+        line = lines.get(("tool", "cachewatchd", key)) or lines.get(("tool", "cachewatchd"))
+        return f"{file}:{line}: {message}" if line else f"{file}: {message}"
+
+    if not isinstance(section, dict):
+        return ProjectConfig(warnings=(warn("", "[tool.cachewatchd] is not a table; ignored"),))
+    warnings = [
+        warn(
+            key,
+            f"[tool.cachewatchd] {key} ignored: a project's pyproject.toml may set only "
+            "exclude and poll (processes, roots and commands come from your own config)",
+        )
+        for key in section
+        if key not in _PROJECT_KEYS
+    ]
+    exclude = section.get("exclude", [])
+    if not isinstance(exclude, list) or not all(isinstance(p, str) and p for p in exclude):
+        warnings.append(
+            warn(
+                "exclude",
+                "[tool.cachewatchd] exclude must be an array of non-empty strings; ignored",
+            )
+        )
+        exclude = []
+    poll = section.get("poll")
+    if poll is not None and poll not in POLL_MODES:
+        warnings.append(
+            warn(
+                "poll",
+                f"[tool.cachewatchd] poll must be one of "
+                f"{', '.join(POLL_MODES)}, not {_show(poll)}; ignored",
+            )
+        )
+        poll = None
+    return ProjectConfig(exclude=tuple(exclude), poll=poll, warnings=tuple(warnings))
+
+
+def root_settings(
+    config: Config,
+    project: ProjectConfig,
+    *,
+    cli_poll: PollMode | None = None,
+    cli_exclude: Sequence[str] = (),
+) -> RootSettings:
+    """Effective ``poll`` and ``exclude`` for one root.
+
+    ``poll``: the command line beats the user's config (when the file sets ``poll``), which beats
+    the project's ``pyproject.toml``, which beats the default ``"auto"``. ``exclude``: patterns add
+    up (command line, then user config, then project), duplicates dropped.
+    """
+    poll: PollMode
+    if cli_poll is not None:
+        poll, source = cli_poll, "command line"
+    elif "poll" in config.explicit:
+        poll, source = config.poll, "config"
+    elif project.poll is not None:
+        poll, source = project.poll, "project"
+    else:
+        poll, source = config.poll, "default"
+    exclude = tuple(dict.fromkeys([*cli_exclude, *config.exclude, *project.exclude]))
+    return RootSettings(poll=poll, exclude=exclude, poll_source=source)
+
+
+# -- where a key sits in the file: a small line scanner aware of [table] / [[array]] headers ------
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+_QUOTED_KEY = re.compile(r""""((?:[^"\\\n]|\\.)*)"|'([^'\n]*)'""")
+
+
+def format_key(key: KeyPath) -> str:
+    """``("process", 2, "supervisor", "url")`` -> ``process[2].supervisor.url``."""
+    out = ""
+    for part in key:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            shown = part if _BARE_KEY.fullmatch(part) else json.dumps(part)
+            out += f".{shown}" if out else shown
+    return out
+
+
+def key_lines(text: str) -> dict[KeyPath, int]:
+    """Map every key and table header of a (valid) TOML text to the line (1-based) defining it.
+
+    Array-of-tables elements get their index: ``("process", 1, "name")``. Keys inside inline
+    tables and array elements are not listed; callers fall back to the enclosing key's line.
+    """
+    found: dict[KeyPath, int] = {}
+    arrays: dict[KeyPath, int] = {}
+    table: KeyPath = ()
+    closing: str | None = None
+    for number, line in enumerate(text.split("\n"), 1):
+        if closing is not None:
+            closing = None if closing in line else closing
+            continue
+        pos = _skip_blanks(line, 0)
+        if line.startswith("[", pos):
+            is_array = line.startswith("[[", pos)
+            parsed = _read_key(line, pos + (2 if is_array else 1))
+            if parsed is not None:
+                table = _resolve_header(parsed[0], arrays, is_array, found, number)
+                found.setdefault(table, number)
+            continue
+        parsed = _read_key(line, pos)
+        if parsed is None or not line.startswith("=", parsed[1]):
+            continue
+        found.setdefault((*table, *parsed[0]), number)
+        value = line[_skip_blanks(line, parsed[1] + 1) :]
+        if value[:3] in ('"""', "'''") and value[:3] not in value[3:]:
+            closing = value[:3]
+    return found
+
+
+def _resolve_header(
+    parts: list[str],
+    arrays: dict[KeyPath, int],
+    is_array: bool,
+    found: dict[KeyPath, int],
+    line: int,
+) -> KeyPath:
+    """Insert the current index of every array of tables along a header's path."""
+    resolved: list[str | int] = []
+    for i, part in enumerate(parts):
+        resolved.append(part)
+        path = tuple(resolved)
+        if is_array and i == len(parts) - 1:
+            arrays[path] = arrays.get(path, 0) + 1
+            found.setdefault(path, line)
+        if path in arrays:
+            resolved.append(arrays[path] - 1)
+    return tuple(resolved)
+
+
+def _read_key(line: str, pos: int) -> tuple[list[str], int] | None:
+    """A dotted key starting at *pos*: its parts and the position after it and its spaces."""
+    parts: list[str] = []
+    while True:
+        pos = _skip_blanks(line, pos)
+        match = _BARE_KEY.match(line, pos) or _QUOTED_KEY.match(line, pos)
+        if match is None:
+            return None
+        if match.re is _BARE_KEY:
+            parts.append(match.group(0))
+        elif match.group(2) is not None:
+            parts.append(match.group(2))
+        else:
+            try:
+                parts.append(str(json.loads(f'"{match.group(1)}"')))
+            except ValueError:
+                parts.append(match.group(1))
+        pos = _skip_blanks(line, match.end())
+        if not line.startswith(".", pos):
+            return parts, pos
+        pos += 1
+
+
+def _skip_blanks(line: str, pos: int) -> int:
+    while pos < len(line) and line[pos] in " \t":
+        pos += 1
+    return pos

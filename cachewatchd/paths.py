@@ -1,0 +1,76 @@
+"""Where cachewatchd keeps its files: platformdirs locations for the app ``cachewatchd``.
+
+Every function computes its answer from the environment at call time (``XDG_*`` variables are
+honoured through platformdirs), creates the directory on demand with mode ``0o700`` and returns it.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+from pathlib import Path
+
+import platformdirs
+
+__all__ = ["APP_NAME", "config_dir", "log_dir", "runtime_dir", "state_dir"]
+
+APP_NAME = "cachewatchd"
+_DIR_MODE = 0o700
+
+
+def _ensure(path: Path) -> Path:
+    """Create *path* (and missing parents) private to the user; return it."""
+    path.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
+    return path
+
+
+def config_dir() -> Path:
+    """The user's config directory, e.g. ``~/.config/cachewatchd`` (created on demand)."""
+    return _ensure(Path(platformdirs.user_config_dir(APP_NAME)))
+
+
+def state_dir() -> Path:
+    """The user's state directory, e.g. ``~/.local/state/cachewatchd`` (created on demand)."""
+    return _ensure(Path(platformdirs.user_state_dir(APP_NAME)))
+
+
+def log_dir() -> Path:
+    """The user's log directory, e.g. ``~/.local/state/cachewatchd/log`` (created on demand)."""
+    return _ensure(Path(platformdirs.user_log_dir(APP_NAME)))
+
+
+def _usable_xdg_runtime_dir() -> Path | None:
+    """``$XDG_RUNTIME_DIR`` when it is what the XDG spec promises: an absolute directory, not a
+    symlink, owned by this user, mode 0700. ``None`` otherwise."""
+    value = os.environ.get("XDG_RUNTIME_DIR", "")
+    if not value or not os.path.isabs(value):
+        return None
+    try:
+        st = os.lstat(value)
+    except (OSError, ValueError):
+        return None
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+        return None
+    return Path(value)
+
+
+def runtime_dir() -> Path:
+    """The user's runtime directory, e.g. ``$XDG_RUNTIME_DIR/cachewatchd`` (created on demand).
+
+    On Linux and other XDG systems it is used only when ``$XDG_RUNTIME_DIR`` is set and private to
+    the user; otherwise (and when it cannot be created) the state directory stands in. platformdirs'
+    own fallbacks (``/tmp/runtime-<uid>``, with a warning) are not used: the answer must be the same
+    on every call, since the daemon registry lives here.
+    """
+    if sys.platform == "darwin":
+        candidate = Path(platformdirs.user_runtime_dir(APP_NAME))
+    else:
+        base = _usable_xdg_runtime_dir()
+        if base is None:
+            return state_dir()
+        candidate = base / APP_NAME
+    try:
+        return _ensure(candidate)
+    except OSError:
+        return state_dir()

@@ -1,0 +1,300 @@
+"""The daemon registry: one small JSON record per running daemon of this user.
+
+The record is both the "one daemon per set of roots" lock and the status file that
+``cachewatchd status`` reads. It lives in ``<runtime dir>/daemons/<pid>@<host>.json`` (the runtime
+dir falls back to the state dir, see :func:`cachewatchd.paths.runtime_dir`), is private to the user
+(mode 0600) and is always replaced atomically (temporary file in the same directory, then
+``os.replace``), so a reader never sees half a record.
+
+Registration happens under an ``fcntl.flock`` on ``daemons/.lock``: records of dead processes are
+dropped (a recorded ``create_time`` guards against pid reuse), then a daemon whose roots overlap a
+live daemon's roots (equal, ancestor or descendant after ``resolve()``) is refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import fcntl
+import json
+import os
+import re
+import socket
+import tempfile
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import psutil
+
+from cachewatchd import __version__
+from cachewatchd.errors import RuntimeFailure
+from cachewatchd.log import get_logger
+from cachewatchd.paths import runtime_dir
+
+__all__ = [
+    "Registration",
+    "find_daemons",
+    "list_daemons",
+    "process_of",
+    "register_daemon",
+    "registry_dir",
+]
+
+_CORE_KEYS = frozenset({"pid", "create_time", "started", "roots", "host", "uid", "version"})
+_CREATE_TIME_SLACK = 0.05
+"""Seconds: psutil derives create_time from boot time and clock ticks, identically per process."""
+
+
+def registry_dir() -> Path:
+    """``<runtime dir>/daemons`` (created on demand, mode 0700)."""
+    directory = runtime_dir() / "daemons"
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return directory
+
+
+def register_daemon(roots: Sequence[Path]) -> Registration:
+    """Record the calling process as the daemon watching *roots*.
+
+    Raises :class:`RuntimeFailure` naming the other daemon's pid when a live daemon of this user
+    already watches a root equal to, inside or above one of *roots*.
+    """
+    resolved = _resolve(roots)
+    me = psutil.Process()
+    record: dict[str, Any] = {
+        "pid": me.pid,
+        "create_time": me.create_time(),
+        "started": _now(),
+        "roots": [str(root) for root in resolved],
+        "host": _host(),
+        "uid": os.getuid(),
+        "version": __version__,
+    }
+    directory = registry_dir()
+    file = directory / f"{me.pid}@{_host()}.json"
+    with _locked(directory):
+        _refuse_overlap(directory, resolved, me.pid)
+        _write_atomic(file, record)
+    return Registration(file, record)
+
+
+class Registration:
+    """This process's record; :meth:`close` (or leaving the ``with`` block) removes it."""
+
+    def __init__(self, file: Path, record: Mapping[str, Any]) -> None:
+        self.file = file
+        self._record = dict(record)
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @property
+    def pid(self) -> int:
+        return int(self._record["pid"])
+
+    @property
+    def record(self) -> dict[str, Any]:
+        """A copy of the record as last written."""
+        with self._lock:
+            return dict(self._record)
+
+    def update(self, status: Mapping[str, object]) -> bool:
+        """Merge *status* into the record (top-level keys replace) and rewrite it atomically.
+
+        The daemon calls it with e.g. ``observers`` per root, ``counters`` (``invalidations``,
+        ``rescans``, ``errors``), ``last_event``, ``processes``. Paths, datetimes, enums, sets and
+        dataclasses are converted to JSON. Returns ``False`` (and logs ``status-write-failed``)
+        when the file cannot be written: the status file must never stop the daemon. Ignored
+        after :meth:`close`.
+        """
+        reserved = _CORE_KEYS.intersection(status)
+        if reserved:
+            raise ValueError(f"status may not replace {', '.join(sorted(reserved))}")
+        with self._lock:
+            if self._closed:
+                return False
+            self._record.update(status)
+            self._record["updated"] = _now()
+            return self._write()
+
+    def set_roots(self, roots: Sequence[Path]) -> None:
+        """Change the recorded roots (config reload), refusing overlap like :func:`register_daemon`."""
+        resolved = _resolve(roots)
+        with self._lock, _locked(self.file.parent):
+            _refuse_overlap(self.file.parent, resolved, self.pid)
+            self._record["roots"] = [str(root) for root in resolved]
+            self._write()
+
+    def close(self) -> None:
+        """Remove the record (only in the process that registered; a forked child leaves it)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            if os.getpid() == self.pid:
+                self.file.unlink(missing_ok=True)
+
+    def __enter__(self) -> Registration:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _write(self) -> bool:
+        try:
+            _write_atomic(self.file, self._record)
+        except OSError as exc:
+            get_logger(__name__).error("status-write-failed", file=str(self.file), error=str(exc))
+            return False
+        return True
+
+
+def list_daemons() -> list[dict[str, Any]]:
+    """Records of this user's live daemons on this host, oldest first; dead ones are pruned."""
+    directory = registry_dir()
+    with _locked(directory):
+        records = _live_records(directory)
+    return sorted(records, key=lambda r: (r["create_time"], r["pid"]))
+
+
+def find_daemons(paths: Sequence[Path] | None = None) -> list[dict[str, Any]]:
+    """Live daemons whose roots overlap any of *paths* (every live daemon when ``None``)."""
+    daemons = list_daemons()
+    if paths is None:
+        return daemons
+    wanted = _resolve(paths)
+    return [d for d in daemons if any(_overlap(Path(r), w) for r in d["roots"] for w in wanted)]
+
+
+def process_of(record: Mapping[str, Any]) -> psutil.Process | None:
+    """The live process a record describes, or ``None`` (gone, zombie, pid reused, other user)."""
+    try:
+        return _verified(record)
+    except psutil.AccessDenied:
+        return None
+
+
+# -- internals ----------------------------------------------------------------------------------
+
+
+def _resolve(paths: Sequence[Path]) -> list[Path]:
+    return [Path(p).expanduser().resolve() for p in paths]
+
+
+def _overlap(a: Path, b: Path) -> bool:
+    return a == b or a.is_relative_to(b) or b.is_relative_to(a)
+
+
+def _refuse_overlap(directory: Path, roots: Sequence[Path], own_pid: int) -> None:
+    for record in _live_records(directory):
+        if record["pid"] == own_pid:
+            continue
+        for theirs in record["roots"]:
+            for mine in roots:
+                if _overlap(Path(theirs), mine):
+                    raise RuntimeFailure(
+                        f"another cachewatchd (pid {record['pid']}) already watches {theirs}, "
+                        f"which overlaps {mine}"
+                    )
+
+
+def _live_records(directory: Path) -> list[dict[str, Any]]:
+    """Records of live daemons on this host; records of dead ones are removed (call under lock)."""
+    live = []
+    for file in directory.glob(f"*@{_host()}.json"):
+        record = _load(file)
+        try:
+            alive = record is not None and _verified(record) is not None
+        except psutil.AccessDenied:  # cannot tell: keep it rather than drop a live daemon
+            alive = True
+        if alive and record is not None:
+            live.append(record)
+        elif record is not None or not _pid_exists(file.name.partition("@")[0]):
+            file.unlink(missing_ok=True)
+    return live
+
+
+def _verified(record: Mapping[str, Any]) -> psutil.Process | None:
+    """Like :func:`process_of`, but lets ``psutil.AccessDenied`` through."""
+    try:
+        process = psutil.Process(int(record["pid"]))
+        if abs(process.create_time() - float(record["create_time"])) > _CREATE_TIME_SLACK:
+            return None
+        if process.status() == psutil.STATUS_ZOMBIE or process.uids().real != record["uid"]:
+            return None
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return None
+    return process
+
+
+def _load(file: Path) -> dict[str, Any] | None:
+    """A well-formed record, or ``None``."""
+    try:
+        record = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict):
+        return None
+    fields = {"pid": int, "create_time": float, "uid": int, "roots": list}
+    if not all(isinstance(record.get(k), t) for k, t in fields.items()):
+        return None
+    if isinstance(record["pid"], bool) or not all(isinstance(r, str) for r in record["roots"]):
+        return None
+    return record
+
+
+def _pid_exists(text: str) -> bool:
+    """Whether the pid in a broken record's file name still exists (keep its file if so)."""
+    return text.isdigit() and psutil.pid_exists(int(text))
+
+
+@contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _write_atomic(file: Path, record: Mapping[str, Any]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{file.name}.", suffix=".tmp", dir=file.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:  # mkstemp: mode 0600
+            json.dump(record, out, indent=2, sort_keys=True, default=_jsonable)
+            out.write("\n")
+        os.replace(tmp, file)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _jsonable(value: object) -> object:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, set | frozenset):
+        return sorted(value, key=str)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return str(value)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname()) or "localhost"
