@@ -1,0 +1,269 @@
+"""The controller: one worker thread per managed target, restarts coalesced per batch.
+
+``notify(touched)`` never blocks: each target whose root contains a touched path gets a request.
+A worker handles one request at a time; requests arriving while it restarts collapse into exactly
+one more restart. Before a restart the import gate may block it (the old process keeps running);
+after it the health check may fail it. Every fault is one log line and the worker carries on.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Collection, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, TypeVar
+
+from cachewatchd.errors import CachewatchdError
+from cachewatchd.gate import import_check, wait_healthy
+from cachewatchd.log import get_logger
+from cachewatchd.spec import ProcessSpec
+from cachewatchd.stale import SourceClock, stale_reason
+from cachewatchd.targets import ChildTarget, Target, make_target
+
+__all__ = ["Controller"]
+
+REFRESH = 30.0
+"""Seconds between refreshes of a target's pids and stale state while nothing happens."""
+
+_T = TypeVar("_T")
+
+
+def _variants(path: Path) -> tuple[Path, ...]:
+    return tuple({Path(os.path.abspath(path)), Path(os.path.realpath(path))})
+
+
+def _now() -> str:
+    return datetime.now(tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class _Worker:
+    """Runs every action of one target on its own thread."""
+
+    def __init__(
+        self, target: Target, roots: Sequence[Path], clock: SourceClock, cancel: threading.Event
+    ) -> None:
+        self.target = target
+        self.spec: ProcessSpec = target.spec
+        self.roots = [v for r in roots for v in _variants(r)]
+        self._scan_roots = [Path(os.path.abspath(r)) for r in roots]
+        self._clock = clock
+        self._cancel = cancel
+        self._log = get_logger(__name__)
+        self._cond = threading.Condition()
+        self._pending = False
+        self._busy = False
+        self._stopping = False
+        self.state = "starting"
+        self.restarts = 0
+        self.last_action: str | None = None
+        self.last_action_at: str | None = None
+        self.pids: list[int] = []
+        self.stale: str | None = None
+        self._stale_logged: str | None = None
+        self.thread = threading.Thread(
+            target=self._run, name=f"cachewatchd-target-{self.spec.name}", daemon=True
+        )
+
+    # -- called from other threads ------------------------------------------------------------
+    def affected(self, paths: Sequence[Path]) -> bool:
+        return any(p == r or p.is_relative_to(r) for p in paths for r in self.roots)
+
+    def request(self) -> None:
+        with self._cond:
+            self._pending = True
+            self._cond.notify()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+
+    def status(self) -> dict[str, Any]:
+        with self._cond:
+            state = "restarting" if self._busy else self.state
+            if isinstance(self.target, ChildTarget) and not self._busy and state != "stopped":
+                child = self.target.child
+                if child.pid is None and self.state not in ("blocked", "failed", "starting"):
+                    state = "backoff" if child.waiting_until is not None else "exited"
+            return {
+                "name": self.spec.name,
+                "kind": self.target.kind,
+                "pids": list(self.pids),
+                "state": state,
+                "restarts": self.restarts,
+                "last_action": self.last_action,
+                "last_action_at": self.last_action_at,
+                "pending": self._pending,
+                "stale": self.stale is not None,
+                "stale_reason": self.stale,
+            }
+
+    # -- the worker thread --------------------------------------------------------------------
+    def _run(self) -> None:
+        self._guard(self._startup)
+        next_wake: float | None = REFRESH
+        refresh_at = time.monotonic() + REFRESH
+        while True:
+            with self._cond:
+                if not self._pending and not self._stopping:
+                    self._cond.wait(timeout=next_wake)
+                if self._stopping:
+                    break
+                run, self._pending = self._pending, False
+                self._busy = run
+            if run:
+                self._guard(self._handle)
+                with self._cond:
+                    self._busy = False
+            tick = self._guard(self.target.tick)
+            if run or time.monotonic() >= refresh_at:
+                self._guard(self._refresh)
+                refresh_at = time.monotonic() + REFRESH
+            next_wake = min(tick, REFRESH) if tick is not None else REFRESH
+        self._guard(self.target.stop)
+        with self._cond:
+            self.state = "stopped"
+
+    def _guard(self, fn: Callable[[], _T]) -> _T | None:
+        try:
+            return fn()
+        except CachewatchdError as exc:
+            self._log.error("error", target=self.spec.name, error=exc.message)
+        except Exception as exc:  # noqa: BLE001 - one line, and the worker keeps going
+            self._log.error("error", target=self.spec.name, error=f"{type(exc).__name__}: {exc}")
+        return None
+
+    def _startup(self) -> None:
+        try:
+            self.target.start()
+        finally:
+            with self._cond:
+                self.state = "running"
+        problem = self.target.check()
+        if problem:
+            self._log.warning("error", target=self.spec.name, error=problem)
+        for root in self._scan_roots:
+            self._clock.scan(root)
+        self._refresh()
+
+    def _refresh(self) -> None:
+        procs = self.target.processes()
+        reason = stale_reason(procs, self._clock.newest(self._scan_roots))
+        with self._cond:
+            self.pids = [p.pid for p in procs]
+            self.stale = reason
+        if reason is not None and reason != self._stale_logged:
+            self._log.warning("stale-process", target=self.spec.name, reason=reason)
+        self._stale_logged = reason
+
+    def _record(self, state: str, action: str) -> None:
+        with self._cond:
+            self.state = state
+            self.last_action = action
+            self.last_action_at = _now()
+
+    def _gate(self) -> bool:
+        """Run the import gate; ``False`` (and a ``restart-blocked`` line) when it fails."""
+        module = self.spec.import_check
+        if module is None:
+            return True
+        probe = self.target.probe()
+        if probe is None:
+            self._log.warning(
+                "import-check-skipped",
+                target=self.spec.name,
+                module=module,
+                reason="no running Python process to copy the interpreter from",
+            )
+            return True
+        error = import_check(module, probe)
+        if error is None:
+            return True
+        self._log.warning("restart-blocked", target=self.spec.name, module=module, error=error)
+        self._record("blocked", f"blocked: import {module} failed: {error}")
+        return False
+
+    def _handle(self) -> None:
+        name = self.spec.name
+        if not self._gate():
+            return
+        started = time.monotonic()
+        try:
+            result = self.target.act(self._cancel)
+        except CachewatchdError as exc:
+            self._log.error("restart-failed", target=name, error=exc.message)
+            self._record("failed", f"failed: {exc.message}")
+            return
+        if self.spec.health_url:
+            problem = wait_healthy(
+                self.spec.health_url, self.spec.health_timeout, cancel=self._cancel
+            )
+            if problem is not None:
+                self._log.error("restart-failed", target=name, error=problem, pids=result.pids)
+                self._record("failed", f"failed: {problem}")
+                return
+        seconds = round(time.monotonic() - started, 3)
+        with self._cond:
+            self.restarts += 1
+        if result.event == "signalled":
+            self._log.info(
+                "signalled", target=name, signal=self.spec.signal, pids=result.pids, seconds=seconds
+            )
+        else:
+            self._log.info("restarted", target=name, seconds=seconds, pids=result.pids)
+        self._record("running", f"{result.event} in {seconds:g}s")
+
+
+class Controller:
+    """Acts on the managed targets after each batch. See the module docstring."""
+
+    def __init__(self, specs: Sequence[ProcessSpec], roots: Sequence[Path]) -> None:
+        self._roots = [Path(r) for r in roots]
+        self._clock = SourceClock()
+        self._cancel = threading.Event()
+        self._started = False
+        self._workers = [
+            _Worker(
+                make_target(spec),
+                [spec.root] if spec.root else self._roots,
+                self._clock,
+                self._cancel,
+            )
+            for spec in specs
+        ]
+
+    def start(self) -> None:
+        """Start one worker thread per target (the own child is launched by its worker)."""
+        if self._started:
+            return
+        self._started = True
+        for worker in self._workers:
+            worker.thread.start()
+
+    def notify(self, touched: Collection[Path]) -> None:
+        """A batch touched these paths: request one restart of every affected target."""
+        paths = [Path(os.path.abspath(p)) for p in touched]
+        if not paths or not self._workers:
+            return
+        self._clock.touch(paths)
+        for worker in self._workers:
+            if worker.affected(paths):
+                worker.request()
+
+    def stop(self) -> None:
+        """Stop the worker threads (interrupting health waits) and the own child."""
+        self._cancel.set()
+        for worker in self._workers:
+            worker.stop()
+        for worker in self._workers:
+            if worker.thread.is_alive():
+                worker.thread.join()
+            elif not self._started:
+                worker.target.stop()
+
+    def status(self) -> list[dict[str, Any]]:
+        """One dict per target: name, kind, pids, state, restarts, last_action, stale..."""
+        return [worker.status() for worker in self._workers]

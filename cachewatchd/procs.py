@@ -1,0 +1,351 @@
+"""Existing processes: find them, stop them safely, relaunch them detached, signal them.
+
+Every psutil call is guarded (the process may vanish, be a zombie, or be hidden from us); processes of
+another user are never touched; a pid is only signalled while its create_time still matches (psutil's
+own pid-reuse check), so a recycled pid is never hit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from cachewatchd.errors import RuntimeFailure
+
+__all__ = [
+    "ProcessActionError",
+    "Snapshot",
+    "find_by_match",
+    "find_by_pidfile",
+    "launch_detached",
+    "restart_process",
+    "send_signal",
+    "signal_refusal",
+    "snapshot",
+    "terminate_tree",
+    "top_level",
+]
+
+_KILL_WAIT = 10.0
+"""Seconds to wait for processes to vanish after SIGKILL."""
+
+_LAUNCHER = """\
+import os, subprocess, sys
+log = sys.argv[1]
+out = open(log, "ab") if log else subprocess.DEVNULL
+try:
+    p = subprocess.Popen(sys.argv[2:], stdin=subprocess.DEVNULL, stdout=out,
+                         stderr=subprocess.STDOUT, start_new_session=True)
+except OSError as exc:
+    sys.stderr.write("%s\\n" % exc)
+    sys.stderr.flush()
+    os._exit(127)
+sys.stdout.write("%d\\n" % p.pid)
+sys.stdout.flush()
+os._exit(0)
+"""
+"""Run by a throw-away interpreter so the relaunched server is not our child (double fork)."""
+
+
+class ProcessActionError(RuntimeFailure):
+    """Acting on a process failed; the message is one line for the log."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What is needed to start a process again the way it was started."""
+
+    pid: int
+    create_time: float
+    cmdline: tuple[str, ...]
+    cwd: str
+    environ: dict[str, str]
+
+
+def _owned(proc: psutil.Process) -> bool:
+    """True when *proc* belongs to the user running cachewatchd (real uid)."""
+    try:
+        return proc.uids().real == os.getuid()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return False
+
+
+def _describe(proc: psutil.Process) -> str:
+    try:
+        return f"pid {proc.pid} ({' '.join(proc.cmdline())[:80]})"
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return f"pid {proc.pid}"
+
+
+def find_by_pidfile(pidfile: Path) -> list[psutil.Process]:
+    """The process named by *pidfile*; raises :class:`ProcessActionError` when unusable."""
+    try:
+        text = pidfile.read_text(encoding="ascii", errors="replace").strip()
+    except OSError as exc:
+        raise ProcessActionError(f"cannot read pidfile {pidfile}: {exc.strerror or exc}") from None
+    try:
+        pid = int(text.split()[0]) if text else 0
+    except ValueError:
+        pid = 0
+    if pid <= 0:
+        raise ProcessActionError(f"pidfile {pidfile} does not hold a pid: {text[:40]!r}")
+    try:
+        proc = psutil.Process(pid)
+        zombie = proc.status() == psutil.STATUS_ZOMBIE
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        zombie = True
+    except psutil.AccessDenied:
+        raise ProcessActionError(f"pid {pid} from {pidfile}: access denied") from None
+    if zombie:
+        raise ProcessActionError(f"pidfile {pidfile} names pid {pid}, which is not running")
+    if not _owned(proc):
+        raise ProcessActionError(
+            f"pid {pid} from {pidfile} belongs to another user; cachewatchd never touches it"
+        )
+    return [proc]
+
+
+def _cwd_matches(proc: psutil.Process, cwd: Path | None) -> bool:
+    if cwd is None:
+        return True
+    try:
+        return os.path.realpath(proc.cwd()) == os.path.realpath(cwd)
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
+        return False
+
+
+def find_by_match(pattern: str, cwd: Path | None = None) -> list[psutil.Process]:
+    """This user's processes whose joined cmdline matches *pattern* (and whose cwd is *cwd*).
+
+    Only the top of each matching tree is returned (a gunicorn master, not its workers); the
+    calling process and its ancestors are never returned.
+    """
+    regex = re.compile(pattern)
+    me = os.getpid()
+    ours = {me}
+    with contextlib.suppress(psutil.Error):
+        ours.update(p.pid for p in psutil.Process(me).parents())
+    found: list[psutil.Process] = []
+    for proc in psutil.process_iter():
+        if proc.pid in ours or not _owned(proc):
+            continue
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            cmdline = proc.cmdline()
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+        if cmdline and regex.search(" ".join(cmdline)) and _cwd_matches(proc, cwd):
+            found.append(proc)
+    return top_level(found)
+
+
+def top_level(procs: Sequence[psutil.Process]) -> list[psutil.Process]:
+    """Drop every process whose ancestor is also in *procs*."""
+    pids = {p.pid for p in procs}
+    result = []
+    for proc in procs:
+        try:
+            ancestors = {p.pid for p in proc.parents()}
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+        if not ancestors & pids:
+            result.append(proc)
+    return result
+
+
+def snapshot(proc: psutil.Process) -> Snapshot:
+    """Read cmdline, cwd and environment of *proc* (to relaunch it later)."""
+    try:
+        with proc.oneshot():
+            snap = Snapshot(
+                pid=proc.pid,
+                create_time=proc.create_time(),
+                cmdline=tuple(proc.cmdline()),
+                cwd=proc.cwd(),
+                environ=dict(proc.environ()),
+            )
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        raise ProcessActionError(f"pid {proc.pid} exited before it could be restarted") from None
+    except psutil.AccessDenied:
+        raise ProcessActionError(
+            f"pid {proc.pid}: access denied reading its command line, cwd or environment"
+        ) from None
+    if not snap.cmdline:
+        raise ProcessActionError(f"pid {proc.pid} has an empty command line; cannot relaunch it")
+    return snap
+
+
+def _alive(proc: psutil.Process) -> bool:
+    """Still running (a zombie counts as gone: it holds no port and runs no code)."""
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return False
+    except psutil.AccessDenied:
+        return True
+
+
+def _wait_gone(procs: Iterable[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Wait until every process is gone or *timeout* passes; return the survivors."""
+    pending = list(procs)
+    deadline = time.monotonic() + timeout
+    pause = threading.Event()
+    delay = 0.005
+    while True:
+        pending = [p for p in pending if _alive(p)]
+        if not pending or time.monotonic() >= deadline:
+            return pending
+        pause.wait(min(delay, max(0.0, deadline - time.monotonic())))
+        delay = min(delay * 2, 0.1)
+
+
+def _signal_all(procs: Sequence[psutil.Process], group: int | None, sig: int) -> None:
+    if group is not None:
+        try:
+            os.killpg(group, sig)
+        except ProcessLookupError:
+            return
+        except PermissionError:
+            group = None  # someone else's process joined the group: fall back to our own pids
+        else:
+            return
+    for proc in procs:
+        try:
+            proc.send_signal(sig)  # psutil refuses a recycled pid (create_time check)
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue
+        except psutil.AccessDenied:
+            continue
+
+
+def terminate_tree(proc: psutil.Process, grace: float) -> None:
+    """TERM *proc*'s process group (or the process and its descendants), wait *grace*, KILL,
+    then wait until every one of them is gone. Raises :class:`ProcessActionError` if they stay."""
+    if not _owned(proc):
+        raise ProcessActionError(f"pid {proc.pid} belongs to another user; not touching it")
+    try:
+        if not proc.is_running():
+            return
+        tree = [proc, *proc.children(recursive=True)]
+        pgid = os.getpgid(proc.pid)
+    except (psutil.NoSuchProcess, psutil.ZombieProcess, ProcessLookupError):
+        return
+    except psutil.AccessDenied:
+        raise ProcessActionError(f"pid {proc.pid}: access denied") from None
+    tree = [p for p in tree if _owned(p)]
+    # Signal the whole group only when the process leads it and it is not our own group.
+    group = pgid if pgid == proc.pid and pgid != os.getpgrp() else None
+    _signal_all(tree, group, signal.SIGTERM)
+    survivors = _wait_gone(tree, grace)
+    if survivors:
+        _signal_all(survivors, group, signal.SIGKILL)
+        survivors = _wait_gone(survivors, _KILL_WAIT)
+    if survivors:
+        pids = ", ".join(str(p.pid) for p in survivors)
+        raise ProcessActionError(f"pid {pids} still running after SIGKILL")
+
+
+def launch_detached(
+    cmdline: Sequence[str], cwd: str, environ: dict[str, str], log: Path | None = None
+) -> int:
+    """Start *cmdline* in its own session, stdio to /dev/null (or appended to *log*).
+
+    The process is started through a throw-away interpreter, so it is not our child and outlives
+    cachewatchd. Returns its pid; raises :class:`ProcessActionError` when it cannot be started.
+    """
+    argv = [sys.executable, "-I", "-S", "-c", _LAUNCHER, str(log) if log else "", *cmdline]
+    try:
+        done = subprocess.run(
+            argv, cwd=cwd, env=environ, capture_output=True, text=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise ProcessActionError(f"cannot relaunch {cmdline[0]!r} in {cwd}: {exc}") from None
+    if done.returncode != 0:
+        reason = done.stderr.strip().splitlines()[-1:] or [f"exit code {done.returncode}"]
+        raise ProcessActionError(f"cannot relaunch {cmdline[0]!r} in {cwd}: {reason[0]}")
+    return int(done.stdout.strip())
+
+
+def restart_process(proc: psutil.Process, grace: float, log: Path | None = None) -> int:
+    """Stop *proc* (and its group) and start the same cmdline, cwd and environment again."""
+    snap = snapshot(proc)
+    terminate_tree(proc, grace)
+    return launch_detached(snap.cmdline, snap.cwd, snap.environ, log)
+
+
+def _is_uvicorn(cmdline: Sequence[str]) -> bool:
+    head = list(cmdline[:4])
+    if any(os.path.basename(arg) == "uvicorn" for arg in head[:2]):
+        return True
+    return any(a == "-m" and b == "uvicorn" for a, b in itertools.pairwise(head))
+
+
+def _uvicorn_workers(cmdline: Sequence[str], environ: dict[str, str]) -> int:
+    args = list(cmdline)
+    for i, arg in enumerate(args):
+        value = None
+        if arg == "--workers" and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith("--workers="):
+            value = arg.partition("=")[2]
+        if value is not None:
+            return int(value) if value.isdigit() else 1
+    concurrency = environ.get("WEB_CONCURRENCY", "")
+    return int(concurrency) if concurrency.isdigit() else 1
+
+
+def signal_refusal(proc: psutil.Process, signame: str) -> str | None:
+    """Why sending *signame* to *proc* would do harm (a message), or ``None`` when it is fine."""
+    if signame.upper().removeprefix("SIG") != "HUP":
+        return None
+    try:
+        cmdline = proc.cmdline()
+        environ = proc.environ()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return None
+    if not _is_uvicorn(cmdline):
+        return None
+    if any(arg == "--reload" or arg.startswith("--reload=") for arg in cmdline):
+        return (
+            f"refusing to send HUP to the `uvicorn --reload` parent pid {proc.pid}: it would "
+            'orphan the server, which keeps the port; use action = "restart"'
+        )
+    if _uvicorn_workers(cmdline, environ) <= 1:
+        return (
+            f"refusing to send HUP to the single-process uvicorn pid {proc.pid}: HUP stops it; "
+            'use action = "restart" (HUP reloads only `uvicorn --workers N`)'
+        )
+    return None
+
+
+def send_signal(proc: psutil.Process, signame: str) -> None:
+    """Send ``SIG<signame>`` to *proc* after the safety checks; raises on refusal or failure."""
+    name = signame.upper().removeprefix("SIG")
+    try:
+        signum = signal.Signals[f"SIG{name}"]
+    except KeyError:
+        raise ProcessActionError(f"unknown signal {signame!r}") from None
+    if not _owned(proc):
+        raise ProcessActionError(f"pid {proc.pid} belongs to another user; not signalling it")
+    refusal = signal_refusal(proc, name)
+    if refusal:
+        raise ProcessActionError(refusal)
+    try:
+        proc.send_signal(signum)
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        raise ProcessActionError(f"{_describe(proc)} exited before SIG{name}") from None
+    except psutil.AccessDenied:
+        raise ProcessActionError(f"pid {proc.pid}: not permitted to send SIG{name}") from None
