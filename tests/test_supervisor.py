@@ -1,0 +1,209 @@
+"""supervisord programs over XML-RPC: a real supervisord on a unix socket (and 127.0.0.1:port),
+running a real uvicorn. The case that matters: a same-size edit with its mtime restored."""
+
+from __future__ import annotations
+
+import importlib.util
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+from cachewatchd.control import Controller
+from cachewatchd.spec import ProcessSpec, SupervisorSpec
+from cachewatchd.supervisor import SupervisorClient, SupervisorError
+from tests._servers import (
+    Reaper,
+    assert_one_line_faults,
+    events,
+    fetch,
+    free_port,
+    set_value,
+    uvicorn_command,
+    wait_event,
+    wait_value,
+    write_asgi_app,
+)
+from tests.conftest import child_env
+from tests.helpers import compile_pyc, wait_until
+
+USER, PASSWORD = "watcher", "s3cret:with@odd chars"
+SLEEPER = f"{sys.executable} -c 'import time; time.sleep(3600)'"
+
+
+class Supervisord:
+    """A supervisord started for one test, listening on a unix socket and on 127.0.0.1."""
+
+    def __init__(self, base: Path, programs: dict[str, str], reaper: Reaper) -> None:
+        # AF_UNIX paths are short (108 bytes): keep the socket out of pytest's long tmp paths.
+        self._sockdir = Path(tempfile.mkdtemp(prefix="cw-sv-", dir="/tmp"))
+        self.socket = self._sockdir / "s.sock"
+        self.http_port = free_port()
+        conf = base / "supervisord.conf"
+        conf.write_text(self._config(base, programs), encoding="utf-8")
+        self.process = reaper.popen(
+            [sys.executable, "-m", "supervisor.supervisord", "-n", "-c", str(conf)],
+            env=child_env(),  # programs may write pycs, as they would in production
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_until(self._answers, 20, message="supervisord XML-RPC")
+
+    def _config(self, base: Path, programs: dict[str, str]) -> str:
+        auth = f"username = {USER}\npassword = {PASSWORD}\n"
+        text = (
+            f"[unix_http_server]\nfile = {self.socket}\nchmod = 0700\n{auth}\n"
+            f"[inet_http_server]\nport = 127.0.0.1:{self.http_port}\n{auth}\n"
+            f"[supervisord]\nnodaemon = true\nsilent = true\nloglevel = warn\n"
+            f"logfile = {base}/supervisord.log\npidfile = {base}/supervisord.pid\n"
+            f"childlogdir = {base}\n\n"
+            "[rpcinterface:supervisor]\n"
+            "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface\n"
+        )
+        for name, body in programs.items():
+            text += f"\n[program:{name}]\n{body}\nstartsecs = 0\nstartretries = 0\n"
+            text += "stopwaitsecs = 5\nstopasgroup = true\nkillasgroup = true\n"
+            text += f"redirect_stderr = true\nstdout_logfile = {base}/{name}.log\n"
+        return text
+
+    def spec(self, program: str, *, password: str = PASSWORD, http: bool = False) -> SupervisorSpec:
+        url = f"http://127.0.0.1:{self.http_port}" if http else f"unix://{self.socket}"
+        return SupervisorSpec(url=url, program=program, username=USER, password=password)
+
+    def _answers(self) -> bool:
+        try:
+            state = SupervisorClient(self.spec("x"), timeout=2).call("getState")
+        except SupervisorError:
+            return False
+        return bool(state["statename"] == "RUNNING")
+
+    def stop(self) -> None:
+        """TERM supervisord: it stops its programs, then exits."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(timeout=20)
+        self.socket.unlink(missing_ok=True)
+        self._sockdir.rmdir()
+
+
+@pytest.fixture
+def reaper() -> Iterator[Reaper]:
+    with Reaper() as r:
+        yield r
+
+
+def _invalidate(source: Path, root: Path) -> None:
+    """What the daemon does on the event: drop the source's cache entries."""
+    try:
+        from cachewatchd.invalidate import invalidate_source
+    except ImportError:  # TODO(lead): drop this fallback once cachewatchd.invalidate is merged
+        cached = importlib.util.cache_from_source(str(source))
+        Path(cached).unlink()
+        return
+    result = invalidate_source(source, [root])
+    assert result.removed, result
+
+
+def test_restart_after_restored_mtime_edit_serves_new_code_only_after_invalidation(
+    tmp_path: Path, reaper: Reaper
+) -> None:
+    app_dir = tmp_path / "app"
+    app = write_asgi_app(app_dir, "value-1")
+    compile_pyc(app)  # the timestamp pyc the first import would have written
+    port = free_port()
+    command = " ".join(uvicorn_command(port))
+    sv = Supervisord(tmp_path, {"web": f"command = {command}\ndirectory = {app_dir}"}, reaper)
+    try:
+        wait_value(port, "value-1")
+        spec = ProcessSpec(
+            name="web", supervisor=sv.spec("web"), health_url=f"http://127.0.0.1:{port}/", grace=5
+        )
+        controller = Controller([spec], [app_dir])
+        with capture_logs() as logs:
+            controller.start()
+            first_pids = SupervisorClient(sv.spec("web")).pids()
+            before = app.stat()
+            set_value(app, "value-1", "value-2", keep_mtime=True)  # same size, mtime restored
+            assert (app.stat().st_size, app.stat().st_mtime_ns) == (
+                before.st_size,
+                before.st_mtime_ns,
+            )
+
+            controller.notify({app})  # a plain restart...
+            plain = wait_event(logs, "restarted")
+            assert plain["pids"] != first_pids
+            assert fetch(port) == "value-1"  # ...serves the STALE pyc
+
+            _invalidate(app, app_dir)
+            controller.notify({app})  # invalidation, then restart: the NEW code
+            wait_event(logs, "restarted", 2)
+            assert fetch(port) == "value-2"
+            wait_until(lambda: controller.status()[0]["state"] == "running")
+            status = controller.status()[0]
+            controller.stop()
+        assert status["kind"] == "supervisor"
+        assert status["restarts"] == 2
+        assert status["pids"] == SupervisorClient(sv.spec("web")).pids()
+        assert status["stale"] is False
+        assert_one_line_faults(logs)
+        assert not events(logs, "restart-failed")
+    finally:
+        sv.stop()
+
+
+def test_faults_are_one_line_and_the_controller_keeps_working(
+    tmp_path: Path, reaper: Reaper
+) -> None:
+    sv = Supervisord(
+        tmp_path,
+        {
+            "one": f"command = {SLEEPER}",
+            "pair": f"command = {SLEEPER}\nnumprocs = 2\nprocess_name = %(program_name)s_%(process_num)d",
+        },
+        reaper,
+    )
+    try:
+        with pytest.raises(SupervisorError, match="has no program 'nope'"):
+            SupervisorClient(sv.spec("nope")).restart()
+        with pytest.raises(SupervisorError, match=r"refused the username/password \(HTTP 401\)"):
+            SupervisorClient(sv.spec("one", password="wrong")).pids()
+        missing = SupervisorSpec(url=f"unix://{tmp_path}/missing.sock", program="one")
+        with pytest.raises(SupervisorError, match="does not exist"):
+            SupervisorClient(missing).pids()
+        refused = SupervisorSpec(url=f"http://127.0.0.1:{free_port()}", program="one")
+        with pytest.raises(SupervisorError, match="connection refused"):
+            SupervisorClient(refused).pids()
+        over_http = SupervisorClient(sv.spec("one", http=True))  # http:// works too
+        wait_until(lambda: len(over_http.pids()) == 1, 20)
+
+        group = SupervisorClient(sv.spec("pair:*"))
+        wait_until(lambda: len(group.pids()) == 2, 20)
+        pair_before = set(group.pids())
+        specs = [
+            ProcessSpec(name="bad-name", supervisor=sv.spec("nope")),
+            ProcessSpec(name="bad-auth", supervisor=sv.spec("one", password="wrong")),
+            ProcessSpec(name="no-socket", supervisor=missing),
+            ProcessSpec(name="pair", supervisor=sv.spec("pair:*", http=True)),
+        ]
+        controller = Controller(specs, [tmp_path])
+        with capture_logs() as logs:
+            controller.start()
+            controller.notify({tmp_path / "m.py"})
+            wait_event(logs, "restarted")
+            wait_until(lambda: len(events(logs, "restart-failed")) == 3, 20)
+            controller.stop()
+        failures = {e["target"]: e["error"] for e in events(logs, "restart-failed")}
+        assert "has no program 'nope'" in failures["bad-name"]
+        assert "HTTP 401" in failures["bad-auth"]
+        assert "does not exist" in failures["no-socket"]
+        assert_one_line_faults(logs)
+        pair_after = set(group.pids())
+        assert len(pair_after) == 2
+        assert not pair_after & pair_before  # group:* restarted both processes
+    finally:
+        sv.stop()
