@@ -98,29 +98,53 @@ def _error_text(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
+class _Place:
+    """A directory of sources and the directory of their caches; each ``Path`` is made once.
+
+    Building a ``Path`` from a whole string costs twice as much as joining one name to a parent
+    ``Path``, and a scan makes two per entry: this keeps them off the hot path.
+    """
+
+    __slots__ = ("_cache_path", "_source_path", "cache_dir", "source_dir")
+
+    def __init__(self, source_dir: str, cache_dir: str) -> None:
+        self.source_dir = source_dir
+        self.cache_dir = cache_dir
+        self._source_path: Path | None = None
+        self._cache_path: Path | None = None
+
+    def source(self, name: str) -> Path:
+        if self._source_path is None:
+            self._source_path = Path(self.source_dir)
+        return self._source_path / name
+
+    def cache(self, name: str) -> Path:
+        if self._cache_path is None:
+            self._cache_path = Path(self.cache_dir)
+        return self._cache_path / name
+
+
 class _Auditor:
     def __init__(self, options: AuditOptions, report: AuditReport) -> None:
         self.options = options
         self.report = report
         self.seen: set[str] = set()
+        self._entries = report.entries
 
     def on_error(self, path: str, exc: OSError) -> None:
         self.report.errors.append(AuditError(Path(path), _error_text(exc)))
 
     def add(
-        self, path: str, source: str | None, verdict: Verdict, tag: str, opt: str, kind: Kind
+        self,
+        path: Path,
+        source: Path | None,
+        verdict: Verdict,
+        tag: str,
+        opt: str,
+        kind: Kind,
     ) -> None:
-        self.report.entries.append(
-            Entry(
-                Path(path),
-                None if source is None else Path(source),
-                verdict.state,
-                verdict.reason,
-                tag,
-                opt,
-                verdict.mode,
-                kind,
-            )
+        self._entries.append(
+            Entry(path, source, verdict.state, verdict.reason, tag, opt, verdict.mode, kind)
         )
 
     def tree(self, root: str) -> None:
@@ -139,8 +163,10 @@ class _Auditor:
                 legacy.append(entry)
             elif name == "__pycache__":
                 pycache = entry
-        for entry in legacy:
-            self.legacy(entry, sources)
+        if legacy:
+            here = _Place(dirpath, dirpath)
+            for entry in legacy:
+                self.legacy(entry, sources, here)
         if pycache is not None and pycache.is_dir(follow_symlinks=False):
             try:
                 with os.scandir(pycache.path) as it:
@@ -150,16 +176,18 @@ class _Auditor:
             except OSError as exc:
                 self.on_error(pycache.path, exc)
                 return
+            place = _Place(dirpath, pycache.path)
             for entry in cached:
-                self.cached(entry.path, entry.name, dirpath, sources, "pycache")
+                self.cached(entry.path, entry.name, place, sources, "pycache")
 
-    def legacy(self, entry: os.DirEntry[str], sources: dict[str, os.DirEntry[str]]) -> None:
+    def legacy(
+        self, entry: os.DirEntry[str], sources: dict[str, os.DirEntry[str]], here: _Place
+    ) -> None:
         if entry.path in self.seen or not entry.is_file(follow_symlinks=False):
             return
         self.seen.add(entry.path)
         stem = entry.name[:-4]
         has_source = f"{stem}.py" in sources or f"{stem}.pyw" in sources
-        source = os.path.join(os.path.dirname(entry.path), f"{stem}.py")
         try:
             verdict = judge_legacy(entry.path, has_source, deep=self.options.deep)
         except VanishedError:
@@ -167,27 +195,30 @@ class _Auditor:
         except OSError as exc:
             self.on_error(entry.path, exc)
             return
-        self.add(entry.path, source if has_source else None, verdict, "", "", "legacy")
+        source = here.source(f"{stem}.py") if has_source else None
+        self.add(here.cache(entry.name), source, verdict, "", "", "legacy")
 
     def cached(
         self,
         path: str,
         name: str,
-        source_dir: str,
+        place: _Place,
         sources: dict[str, os.DirEntry[str]] | None,
         kind: Kind,
     ) -> None:
-        if path in self.seen:
+        seen = self.seen
+        if path in seen:
             return
-        self.seen.add(path)
+        seen.add(path)
         parsed = parse_cache_name(name)
         if parsed is None:
-            self.add(path, None, Verdict(State.ORPHAN, "not a name CPython imports"), "", "", kind)
+            verdict = Verdict(State.ORPHAN, "not a name CPython imports")
+            self.add(place.cache(name), None, verdict, "", "", kind)
             return
-        source, stat = self._find_source(source_dir, parsed.stem, sources)
+        source, source_name, stat = self._find_source(place.source_dir, parsed.stem, sources)
         if source is None or stat is None:
             verdict = Verdict(State.ORPHAN, f"source {parsed.stem}.py is gone: never imported")
-            self.add(path, None, verdict, parsed.tag, parsed.opt, kind)
+            self.add(place.cache(name), None, verdict, parsed.tag, parsed.opt, kind)
             return
         try:
             verdict = judge_pycache(
@@ -198,27 +229,30 @@ class _Auditor:
         except OSError as exc:
             self.on_error(path, exc)
             return
-        self.add(path, source, verdict, parsed.tag, parsed.opt, kind)
+        self.add(
+            place.cache(name), place.source(source_name), verdict, parsed.tag, parsed.opt, kind
+        )
 
     def _find_source(
         self, source_dir: str, stem: str, sources: dict[str, os.DirEntry[str]] | None
-    ) -> tuple[str | None, os.stat_result | None]:
+    ) -> tuple[str | None, str, os.stat_result | None]:
+        """The source's path, name and stat; ``None`` path when no source can be stat-ed."""
         for suffix in _SOURCE_SUFFIXES:
             name = stem + suffix
             try:
                 if sources is not None:
                     entry = sources.get(name)
                     if entry is not None:
-                        return entry.path, entry.stat()
+                        return entry.path, name, entry.stat()
                 else:
                     path = os.path.join(source_dir, name)
-                    return path, os.stat(path)
+                    return path, name, os.stat(path)
             except FileNotFoundError:
                 continue
             except OSError as exc:
                 self.on_error(os.path.join(source_dir, name), exc)
-                return None, None
-        return None, None
+                return None, "", None
+        return None, "", None
 
     def prefix_tree(self, root: Path, prefix: Path) -> None:
         mirror = mirror_dir(prefix, root)
@@ -235,13 +269,14 @@ class _Auditor:
                 self.on_error(path, exc)
                 continue
             source_dir = os.path.join(str(root), rel) if rel else str(root)
+            place = _Place(source_dir, path)
             for entry in entries:
                 child_rel = f"{rel}/{entry.name}" if rel else entry.name
                 if entry.is_dir(follow_symlinks=False):
                     if not excluder.excluded(entry.name, child_rel):
                         stack.append((entry.path, child_rel))
                 elif entry.name.endswith(".pyc") and entry.is_file(follow_symlinks=False):
-                    self.cached(entry.path, entry.name, source_dir, None, "prefix")
+                    self.cached(entry.path, entry.name, place, None, "prefix")
 
 
 def audit(roots: Sequence[Path], options: AuditOptions | None = None) -> AuditReport:

@@ -71,6 +71,10 @@ class Verdict:
     mode: Mode | None = None
 
 
+_FRESH_HEADER = Verdict(State.FRESH, "header matches the source", "timestamp")
+"""The verdict of nearly every entry of a warm tree, made once (verdicts are immutable)."""
+
+
 class VanishedError(Exception):
     """The pyc or its source disappeared while being judged."""
 
@@ -80,11 +84,19 @@ def _version_text(version: tuple[int, int] | None) -> str:
 
 
 def _read_header(pyc: str) -> tuple[bytes, int, int]:
-    """First bytes of *pyc*, its ``st_mtime_ns`` and its size."""
-    fd = _open_regular(pyc)
+    """First bytes of *pyc*, its ``st_mtime_ns`` and its size.
+
+    The hot path of a scan: open, one ``fstat`` (regular file? mtime, size), read, close.
+    """
     try:
-        data = os.read(fd, HEADER_SIZE)
+        fd = os.open(pyc, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError as exc:
+        raise VanishedError(pyc) from exc
+    try:
         st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", pyc)
+        data = os.read(fd, HEADER_SIZE)
     finally:
         os.close(fd)
     return data, st.st_mtime_ns, st.st_size
@@ -180,14 +192,14 @@ def judge_pycache(
         )
     changed_since = source_stat.st_ctime_ns > pyc_mtime_ns
     if not (changed_since or deep):
-        return Verdict(State.FRESH, "header matches the source", "timestamp")
+        return _FRESH_HEADER
     if ours:
         verdict = _exact(pyc, source, opt)
         if verdict is not None:
             return Verdict(verdict.state, verdict.reason, "timestamp")
         return Verdict(State.FRESH, "code identical to a fresh compile", "timestamp")
     if not changed_since:
-        return Verdict(State.FRESH, "header matches the source", "timestamp")
+        return _FRESH_HEADER
     return Verdict(
         State.SUSPECT,
         "header matches but the source changed after the cache was written, and this pyc of "
