@@ -84,14 +84,16 @@ class _Worker:
     def status(self) -> dict[str, Any]:
         with self._cond:
             state = "restarting" if self._busy else self.state
-            if isinstance(self.target, ChildTarget) and not self._busy and state != "stopped":
-                child = self.target.child
-                if child.pid is None and self.state not in ("blocked", "failed", "starting"):
-                    state = "backoff" if child.waiting_until is not None else "exited"
+            pids = list(self.pids)
+            if isinstance(self.target, ChildTarget) and state != "stopped":
+                child_pid = self.target.child.pid  # cheap: read it live
+                pids = [child_pid] if child_pid is not None else []
+                if child_pid is None and state not in ("restarting", "starting"):
+                    state = "backoff" if self.target.child.waiting_until is not None else "exited"
             return {
                 "name": self.spec.name,
                 "kind": self.target.kind,
-                "pids": list(self.pids),
+                "pids": pids,
                 "state": state,
                 "restarts": self.restarts,
                 "last_action": self.last_action,
@@ -104,7 +106,7 @@ class _Worker:
     # -- the worker thread --------------------------------------------------------------------
     def _run(self) -> None:
         self._guard(self._startup)
-        next_wake: float | None = REFRESH
+        next_wake: float | None = 0.0  # tick once right away
         refresh_at = time.monotonic() + REFRESH
         while True:
             with self._cond:

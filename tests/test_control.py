@@ -1,0 +1,197 @@
+"""The controller: one restart per batch, coalescing, roots, stale processes, systemd, status."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+from structlog.testing import capture_logs
+
+from cachewatchd.control import Controller
+from cachewatchd.spec import ProcessSpec
+from cachewatchd.stale import SourceClock, importers, stale_reason
+from tests._servers import Reaper, assert_one_line_faults, events, wait_event
+from tests.helpers import wait_until
+
+SLEEP = (sys.executable, "-c", "import time; time.sleep(120)")
+
+
+@pytest.fixture
+def reaper() -> Iterator[Reaper]:
+    with Reaper() as r:
+        yield r
+
+
+def _idle(controller: Controller, index: int = 0) -> bool:
+    status = controller.status()[index]
+    return status["state"] == "running" and not status["pending"] and bool(status["pids"])
+
+
+def test_a_burst_of_notifies_gives_one_restart(tmp_path: Path) -> None:
+    controller = Controller([ProcessSpec(name="app", command=SLEEP, grace=5)], [tmp_path])
+    with capture_logs() as logs:
+        controller.start()
+        wait_until(lambda: _idle(controller))
+        for i in range(50):
+            controller.notify({tmp_path / f"m{i}.py"})
+        wait_event(logs, "restarted")
+        wait_until(lambda: _idle(controller))
+        restarts = controller.status()[0]["restarts"]
+        controller.stop()
+    assert restarts in (1, 2)  # 2 only when the burst straddled the start of the restart
+    assert len(events(logs, "restarted")) == restarts
+
+
+def test_a_batch_during_a_restart_coalesces_into_exactly_one_more(tmp_path: Path) -> None:
+    ready = tmp_path / "ready"
+    script = tmp_path / "stubborn.py"
+    script.write_text(
+        "import pathlib, signal, time\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)  # needs the KILL after the grace\n"
+        f"pathlib.Path({str(ready)!r}).touch()\n"
+        "time.sleep(120)\n",
+        encoding="utf-8",
+    )
+    spec = ProcessSpec(name="slow", command=(sys.executable, str(script)), grace=0.5)
+    controller = Controller([spec], [tmp_path])
+    with capture_logs() as logs:
+        controller.start()
+        wait_until(ready.exists)
+        controller.notify({script})
+        wait_until(lambda: controller.status()[0]["state"] == "restarting")
+        for _ in range(5):
+            controller.notify({script})
+        wait_event(logs, "restarted", 2)
+        wait_until(lambda: _idle(controller))
+        status = controller.status()[0]
+        controller.stop()
+    assert status["restarts"] == 2
+    assert len(events(logs, "restarted")) == 2
+
+
+def test_only_targets_whose_root_was_touched_restart(tmp_path: Path) -> None:
+    a, b, elsewhere = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    for d in (a, b, elsewhere):
+        d.mkdir()
+    specs = [
+        ProcessSpec(name="a", command=SLEEP, root=a, grace=5),
+        ProcessSpec(name="b", command=SLEEP, root=b, grace=5),
+        ProcessSpec(name="any", command=SLEEP, grace=5),
+    ]
+    controller = Controller(specs, [a, b])
+    with capture_logs() as logs:
+        controller.start()
+        wait_until(lambda: all(_idle(controller, i) for i in range(3)))
+        controller.notify({elsewhere / "x.py"})  # under no root: nobody restarts
+        controller.notify({a / "pkg" / "x.py"})  # pending is set right here, synchronously
+        wait_until(lambda: len(events(logs, "restarted")) == 2)
+        wait_until(lambda: all(_idle(controller, i) for i in range(3)))
+        by_name = {s["name"]: s for s in controller.status()}
+        controller.stop()
+    assert sorted(e["target"] for e in events(logs, "restarted")) == ["a", "any"]
+    assert by_name["b"]["restarts"] == 0
+    assert by_name["a"]["restarts"] == by_name["any"]["restarts"] == 1
+
+
+def test_a_process_older_than_its_sources_is_stale(tmp_path: Path, reaper: Reaper) -> None:
+    src = tmp_path / "src"
+    (src / "__pycache__").mkdir(parents=True)
+    (src / ".venv").mkdir()
+    old = reaper.popen(list(SLEEP))
+    pidfile = tmp_path / "app.pid"
+    pidfile.write_text(str(old.pid), encoding="ascii")
+    module = src / "mod.py"
+    module.write_text("X = 1\n", encoding="utf-8")
+    later = time.time() + 3600  # a change well after the process started
+    os.utime(module, (later, later))
+    ignored = src / ".venv" / "lib.py"
+    ignored.write_text("", encoding="utf-8")
+    os.utime(ignored, (later + 60, later + 60))
+
+    controller = Controller([ProcessSpec(name="old", pidfile=pidfile)], [src])
+    with capture_logs() as logs:
+        controller.start()
+        logged = wait_event(logs, "stale-process")
+        wait_until(lambda: controller.status()[0]["stale"])
+        status = controller.status()[0]
+        controller.stop()
+    assert status["pids"] == [old.pid]
+    assert f"pid {old.pid} started" in status["stale_reason"]
+    assert f"before {module} changed" in status["stale_reason"]
+    assert logged["reason"] == status["stale_reason"]
+    assert len(events(logs, "stale-process")) == 1
+
+
+def test_source_clock_and_importers(tmp_path: Path, reaper: Reaper) -> None:
+    clock = SourceClock()
+    (tmp_path / "__pycache__").mkdir()
+    (tmp_path / "__pycache__" / "x.py").write_text("")
+    a = tmp_path / "a.py"
+    a.write_text("")
+    clock.scan(tmp_path)
+    newest = clock.newest([tmp_path])
+    assert newest is not None
+    assert newest.path == a
+    gone = tmp_path / "deleted.py"
+    clock.touch([gone, tmp_path / "notes.txt"])
+    latest = clock.newest([tmp_path])
+    assert latest is not None
+    assert latest.path == gone  # a deleted source counts as changed now
+
+    parent = reaper.popen(
+        [sys.executable, "-c", "import subprocess, sys, time\n"
+         "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
+         "time.sleep(120)\n"]
+    )  # fmt: skip
+    proc = psutil.Process(parent.pid)
+    wait_until(lambda: len(proc.children()) == 1)
+    assert [p.pid for p in importers([proc])] == [proc.children()[0].pid]
+    assert stale_reason([proc], latest) is None  # started within the 1 s slack of the change
+
+
+def test_systemd_faults_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = ProcessSpec(name="unit", systemd="cachewatchd-test-does-not-exist.service")
+    if shutil.which("systemctl"):
+        controller = Controller([spec], [tmp_path])
+        with capture_logs() as logs:
+            controller.start()
+            controller.notify({tmp_path / "m.py"})
+            failed = wait_event(logs, "restart-failed")
+            controller.stop()
+        assert failed["error"].startswith(
+            "systemctl --user restart cachewatchd-test-does-not-exist.service failed: "
+        )
+        assert_one_line_faults(logs)
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no systemctl here
+    controller = Controller([spec], [tmp_path])
+    with capture_logs() as logs:
+        controller.start()
+        warned = wait_event(logs, "error")
+        controller.notify({tmp_path / "m.py"})
+        failed = wait_event(logs, "restart-failed")
+        controller.stop()
+    assert warned["error"] == failed["error"]
+    assert failed["error"] == (
+        "systemctl not found: cannot manage systemd unit cachewatchd-test-does-not-exist.service"
+    )
+    assert_one_line_faults(logs)
+
+
+def test_status_shape_and_stop_without_start(tmp_path: Path) -> None:
+    controller = Controller([ProcessSpec(name="app", command=SLEEP)], [tmp_path])
+    (status,) = controller.status()
+    assert set(status) == {
+        "name", "kind", "pids", "state", "restarts", "last_action", "last_action_at",
+        "pending", "stale", "stale_reason",
+    }  # fmt: skip
+    assert status["state"] == "starting"
+    controller.notify({tmp_path / "x.py"})
+    controller.stop()  # never started: nothing to join, no child to stop
+    assert Controller([], [tmp_path]).status() == []
