@@ -83,16 +83,18 @@ class SourceClock:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._scan_lock = threading.Lock()  # one walk at a time: workers share roots
         self._newest: dict[Path, Change | None] = {}
 
     def scan(self, root: Path) -> None:
         """Walk *root* once (later calls are free)."""
-        with self._lock:
-            if root in self._newest:
-                return
-        found = _scan(root)
-        with self._lock:
-            self._newest.setdefault(root, found)
+        with self._scan_lock:
+            with self._lock:
+                if root in self._newest:
+                    return
+            found = _scan(root)
+            with self._lock:
+                self._newest.setdefault(root, found)
 
     def touch(self, paths: Iterable[Path]) -> None:
         """Record changes to *paths* (a deleted source counts as changed now)."""

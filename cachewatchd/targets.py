@@ -69,6 +69,17 @@ def _processes(pids: list[int]) -> list[psutil.Process]:
     return found
 
 
+def _refusal(spec: ProcessSpec, procs: list[psutil.Process]) -> str | None:
+    """For ``action = "signal"``: why the signal would harm one of *procs* (see DESIGN §5)."""
+    if spec.action != "signal":
+        return None
+    for proc in procs:
+        refusal = signal_refusal(proc, spec.signal or "HUP")
+        if refusal:
+            return refusal
+    return None
+
+
 class Target(ABC):
     """One managed target. ``act`` runs on the target's worker thread only."""
 
@@ -165,16 +176,14 @@ class SupervisorTarget(Target):
             self.client.infos()
         except RuntimeFailure as exc:
             return exc.message
-        return None
+        return _refusal(self.spec, self.processes())
 
     def act(self, cancel: threading.Event) -> ActionResult:
         if self.spec.action == "signal":
-            signame = self.spec.signal or "HUP"
-            for proc in _processes(self.client.pids()):
-                refusal = signal_refusal(proc, signame)
-                if refusal:
-                    raise TargetError(refusal)
-            self.client.signal(signame)
+            refusal = _refusal(self.spec, _processes(self.client.pids()))
+            if refusal:
+                raise TargetError(refusal)
+            self.client.signal(self.spec.signal or "HUP")
             return ActionResult("signalled", self.client.pids())
         return ActionResult("restarted", self.client.restart())
 
@@ -219,7 +228,9 @@ class ProcessTarget(Target):
             found = self._find()
         except RuntimeFailure as exc:
             return exc.message
-        return None if found else f"no running process for {self._describe()}"
+        if not found:
+            return f"no running process for {self._describe()}"
+        return _refusal(self.spec, found)
 
     def processes(self) -> list[psutil.Process]:
         try:

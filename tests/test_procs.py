@@ -136,10 +136,12 @@ def test_hup_refused_on_uvicorn_reload_parent_and_single_uvicorn(
     with capture_logs() as logs:
         controller.start()
         controller.notify({tmp_path / "x.py"})
-        failed = wait_event(logs, "restart-failed")
+        warned = wait_event(logs, "error")  # said once at start...
+        failed = wait_event(logs, "restart-failed")  # ...and on every batch
         wait_until(lambda: controller.status()[0]["state"] == "failed")
         controller.stop()
     assert "refusing to send HUP" in failed["error"]
+    assert warned["error"] == failed["error"]
     assert controller.status()[0]["state"] == "stopped"
     assert_one_line_faults(logs)
     assert reload_parent.poll() is None
