@@ -48,7 +48,7 @@ PollMode = Literal["auto", "always", "never"]
 POLL_MODES: tuple[str, ...] = get_args(PollMode)
 _TOP_KEYS = ("roots", "poll", "poll_interval", "reconcile_interval", "exclude", "process")
 _SELECTORS = ("supervisor", "pidfile", "match", "systemd")
-_OPTIONS = ("cwd", "root", "grace", "import_check", "health_url", "health_timeout")
+_OPTIONS = ("cwd", "root", "grace", "import_check", "health_url", "health_timeout", "log")
 _PROCESS_KEYS = ("name", "action", "signal", *_SELECTORS, *_OPTIONS)
 _SUPERVISOR_KEYS = ("url", "program", "username", "password")
 _PROJECT_KEYS = ("exclude", "poll")
@@ -253,6 +253,8 @@ class _Validator:
         for option, needs in (("cwd", "match"), ("health_timeout", "health_url")):
             if option in item and needs not in item:
                 raise self.error((*at, option), f"only applies together with {needs}")
+        if "log" in item and not ("match" in item or "pidfile" in item):
+            raise self.error((*at, "log"), "only applies together with match or pidfile")
         action = item.get("action", "restart")
         if action not in ("restart", "signal"):
             raise self.error((*at, "action"), f'must be "restart" or "signal", not {_show(action)}')
@@ -268,6 +270,7 @@ class _Validator:
             "import_check": self.module,
             "health_url": self.http_url,
             "health_timeout": self.seconds,
+            "log": self.path,
         }
         kwargs = {key: check((*at, key), item[key]) for key, check in checks.items() if key in item}
         kwargs["signal"] = self.signal_name(at, item, action)

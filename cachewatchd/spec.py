@@ -52,3 +52,5 @@ class ProcessSpec:
     import_check: str | None = None
     health_url: str | None = None
     health_timeout: float = 30.0
+    log: Path | None = None
+    """With ``pidfile``/``match`` and ``action = "restart"``: append the relaunched process's output here."""

@@ -201,7 +201,7 @@ class ProcessTarget(Target):
 
     def __init__(self, spec: ProcessSpec, *, log: Path | None = None) -> None:
         super().__init__(spec)
-        self.log = log
+        self.log = log if log is not None else spec.log
         self._launched: list[psutil.Process] = []
         """Processes we relaunched (used when the pidfile is not rewritten by the app)."""
 

@@ -555,3 +555,14 @@ def test_the_documented_example_loads(tmp_path: Path) -> None:
     project = load_project_config(tmp_path / "project")
     assert (project.exclude, project.poll) == (("generated",), "always")
     assert len(project.warnings) == 2
+
+
+def test_process_log_option(tmp_path: Path) -> None:
+    from cachewatchd.config import load_config
+
+    cfg = tmp_path / "config.toml"
+    cfg.write_text('[[process]]\nname = "web"\nmatch = "uvicorn"\nlog = "web.log"\n')
+    assert load_config(cfg).processes[0].log == tmp_path / "web.log"
+    cfg.write_text('[[process]]\nname = "web"\nsystemd = "web.service"\nlog = "web.log"\n')
+    with pytest.raises(ConfigError, match=r"config.toml:4: process\[0\].log: only applies"):
+        load_config(cfg)
