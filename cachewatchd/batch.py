@@ -188,6 +188,10 @@ class Batcher:
             self._flush_now = True
             self._cond.notify_all()
 
+    def alive(self) -> bool:
+        """The batcher thread is running."""
+        return self._thread.is_alive()
+
     def idle(self) -> bool:
         """True when nothing is pending and no batch is being handled."""
         with self._cond:

@@ -1,13 +1,378 @@
-"""Subcommands (placeholder until implemented)."""
+"""``cachewatchd run``, ``stop`` and ``status``: the daemon's command line.
+
+This module is where the daemon's process-wide concerns live: logging setup, signal handlers (they
+only post to the daemon), systemd notification environment, and detaching. Without ``--foreground``
+the daemon is spawned in a new session with ``--foreground``, its output appended to
+``<user log dir>/cachewatchd.log``; this command returns once the daemon reports ready through a
+pipe (or prints the error it reported).
+"""
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+from cachewatchd.errors import EXIT_OK, CachewatchdError, RuntimeFailure, UsageError
+
+if TYPE_CHECKING:
+    from cachewatchd.daemon import ControllerLike, Daemon
+    from cachewatchd.runtime import CommandLine, DaemonSettings
+    from cachewatchd.spec import ProcessSpec
 
 __all__ = ["register"]
 
+READY_FD_ENV = "CACHEWATCHD_READY_FD"
+LOG_FILE_NAME = "cachewatchd.log"
 
-def register(sub: Any) -> None:  # argparse's _SubParsersAction
-    """Add this module's subcommands to *sub*."""
-    _ = sub, argparse
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
+    return value
+
+
+def register(sub: Any) -> None:
+    run = sub.add_parser(
+        "run",
+        help="watch PATHs and keep their bytecode caches true (the default command)",
+        description="Watch PATH (default: the config's roots, else .), invalidate bytecode caches "
+        "the moment their source changes, follow git, and restart managed processes. "
+        "Everything after -- is a COMMAND the daemon runs and restarts after each change.",
+    )
+    run.add_argument("paths", nargs="*", type=Path, metavar="PATH")
+    run.add_argument("--foreground", action="store_true", help="stay attached, log to stderr")
+    run.add_argument("--config", type=Path, metavar="FILE", help="config file to use")
+    run.add_argument("--poll", choices=("auto", "always", "never"), help="polling override")
+    run.add_argument("--poll-interval", type=_seconds, metavar="S", help="seconds between polls")
+    run.add_argument(
+        "--reconcile-interval", type=_seconds, metavar="S", help="seconds between full audits"
+    )
+    run.add_argument("--exclude", action="append", default=[], metavar="GLOB")
+    run.add_argument("--pycache-prefix", type=Path, metavar="DIR")
+    run.add_argument("--log-format", choices=("auto", "console", "json"), default="auto")
+    run.add_argument("--log-level", default="info", metavar="LEVEL")
+    child = run.add_argument_group("the own child (with -- COMMAND ARGS...)")
+    child.add_argument("--grace", type=_seconds, metavar="S", help="seconds before KILL")
+    child.add_argument("--import-check", metavar="MODULE", help="import gate before restarts")
+    child.add_argument("--health-url", metavar="URL", help="poll after a restart until HTTP 200")
+    run.set_defaults(handler=_run)
+
+    stop = sub.add_parser("stop", help="stop this user's daemons (those watching PATH)")
+    stop.add_argument("paths", nargs="*", type=Path, metavar="PATH")
+    stop.add_argument("--timeout", type=_seconds, default=30.0, metavar="S")
+    stop.set_defaults(handler=_stop)
+
+    status = sub.add_parser("status", help="show this user's running daemons")
+    status.add_argument("--json", action="store_true", help="print one JSON document")
+    status.set_defaults(handler=_status)
+
+
+# -- run ------------------------------------------------------------------------------------------
+def _command_line(args: argparse.Namespace) -> CommandLine:
+    from cachewatchd.runtime import CommandLine
+    from cachewatchd.spec import ProcessSpec
+
+    child_command: list[str] = list(getattr(args, "child_command", []) or [])
+    child: ProcessSpec | None = None
+    if child_command:
+        options: dict[str, Any] = {"name": "child", "command": tuple(child_command)}
+        if args.grace is not None:
+            options["grace"] = args.grace
+        options["import_check"] = args.import_check
+        options["health_url"] = args.health_url
+        child = ProcessSpec(**options)
+    elif args.grace is not None or args.import_check or args.health_url:
+        raise UsageError("--grace, --import-check and --health-url need '-- COMMAND ARGS...'")
+    return CommandLine(
+        paths=tuple(args.paths),
+        poll=args.poll,
+        poll_interval=args.poll_interval,
+        reconcile_interval=args.reconcile_interval,
+        exclude=tuple(args.exclude),
+        pycache_prefix=args.pycache_prefix,
+        child=child,
+    )
+
+
+def _settings(args: argparse.Namespace) -> DaemonSettings:
+    from cachewatchd.config import load_config
+    from cachewatchd.runtime import build_settings
+
+    return build_settings(load_config(args.config), _command_line(args))
+
+
+def _run(args: argparse.Namespace) -> int:
+    from cachewatchd.log import LEVELS
+
+    if args.log_level.lower() not in LEVELS:
+        raise UsageError(f"unknown log level {args.log_level!r} (one of: {', '.join(LEVELS)})")
+    ready_fd = _take_ready_fd()
+    try:
+        settings = _settings(args)  # bad config or root: one line, before detaching
+        if not args.foreground:
+            return _detach(_detached_argv(args))
+        return _foreground(args, settings, ready_fd)
+    except CachewatchdError as exc:
+        _tell_parent(ready_fd, f"error {exc.exit_code} {exc.message}")
+        raise
+
+
+def _foreground(args: argparse.Namespace, settings: DaemonSettings, ready_fd: int | None) -> int:
+    from cachewatchd.daemon import Daemon
+    from cachewatchd.log import configure_logging
+    from cachewatchd.notify import NOTIFY_ENV_VARS, Notifier, WatchdogPinger
+
+    configure_logging(args.log_format, args.log_level.lower())
+    notifier = Notifier.from_env()
+    for var in NOTIFY_ENV_VARS:  # managed processes must not talk to systemd in our name
+        os.environ.pop(var, None)
+    daemon = Daemon(
+        settings,
+        reload_settings=lambda: _settings(args),
+        make_controller=_make_controller,
+        notifier=notifier,
+        on_ready=lambda: _tell_parent(ready_fd, f"ready {os.getpid()}"),
+    )
+    pinger = WatchdogPinger(notifier, healthy=daemon.healthy)
+    with _signals(daemon), _library_logs(), pinger:
+        return daemon.run()
+
+
+def _make_controller(specs: Sequence[ProcessSpec], roots: Sequence[Path]) -> ControllerLike:
+    from cachewatchd.control import Controller
+
+    controller: ControllerLike = Controller(specs, roots)
+    return controller
+
+
+@contextlib.contextmanager
+def _signals(daemon: Daemon) -> Iterator[None]:
+    """SIGTERM/SIGINT ask the daemon to stop, SIGHUP to reload; previous handlers come back after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    wanted = {
+        signal.SIGTERM: daemon.request_stop,
+        signal.SIGINT: daemon.request_stop,
+        signal.SIGHUP: daemon.request_reload,
+    }
+    previous = {}
+    for signum, action in wanted.items():
+        previous[signum] = signal.signal(signum, _poster(action))
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _poster(action: Callable[[], None]) -> Callable[[int, FrameType | None], None]:
+    def handler(signum: int, frame: FrameType | None) -> None:
+        action()
+
+    return handler
+
+
+class _ToStructlog(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        from cachewatchd.log import get_logger
+
+        get_logger(record.name).warning("library-warning", message=record.getMessage())
+
+
+@contextlib.contextmanager
+def _library_logs() -> Iterator[None]:
+    """watchdog's own warnings (stdlib logging) become structlog lines instead of bare stderr text."""
+    logger = logging.getLogger("watchdog")
+    handler = _ToStructlog(logging.WARNING)
+    logger.addHandler(handler)
+    propagate, logger.propagate = logger.propagate, False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+
+
+def _take_ready_fd() -> int | None:
+    value = os.environ.pop(READY_FD_ENV, None)
+    if value is None or not value.isdigit():
+        return None
+    return int(value)
+
+
+def _tell_parent(fd: int | None, message: str) -> None:
+    if fd is None:
+        return
+    with contextlib.suppress(OSError):
+        os.write(fd, (" ".join(message.splitlines()) + "\n").encode())
+        os.close(fd)
+
+
+def _detached_argv(args: argparse.Namespace) -> list[str]:
+    argv = [sys.executable, "-m", "cachewatchd", "run", "--foreground"]
+    argv += ["--log-format", "json" if args.log_format == "auto" else args.log_format]
+    argv += ["--log-level", args.log_level]
+    options = {
+        "--config": args.config,
+        "--poll": args.poll,
+        "--poll-interval": args.poll_interval,
+        "--reconcile-interval": args.reconcile_interval,
+        "--pycache-prefix": args.pycache_prefix,
+        "--grace": args.grace,
+        "--import-check": args.import_check,
+        "--health-url": args.health_url,
+    }
+    for flag, value in options.items():
+        if value is not None:
+            argv += [flag, str(Path(value).absolute()) if isinstance(value, Path) else str(value)]
+    for pattern in args.exclude:
+        argv += ["--exclude", pattern]
+    argv += [str(Path(p).absolute()) for p in args.paths]
+    child = list(getattr(args, "child_command", []) or [])
+    return argv + (["--", *child] if child else [])
+
+
+def _detach(argv: list[str]) -> int:
+    """Spawn the daemon in a new session; return once it is ready, or raise the error it reported."""
+    from cachewatchd.paths import log_dir
+
+    log_file = log_dir() / LOG_FILE_NAME
+    read_end, write_end = os.pipe()
+    log_fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    null_fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    os.set_inheritable(write_end, True)
+    try:
+        pid = os.posix_spawn(
+            argv[0],
+            argv,
+            {**os.environ, READY_FD_ENV: str(write_end)},
+            file_actions=[
+                (os.POSIX_SPAWN_DUP2, null_fd, 0),
+                (os.POSIX_SPAWN_DUP2, log_fd, 1),
+                (os.POSIX_SPAWN_DUP2, log_fd, 2),
+            ],
+            setsid=True,
+        )
+    finally:
+        for fd in (write_end, log_fd, null_fd):
+            os.close(fd)
+    with os.fdopen(read_end, "rb") as pipe:  # EOF: ready (the daemon closes it) or exited
+        reply = pipe.read().decode("utf-8", "replace").strip()
+    if reply.startswith("ready"):
+        print(f"cachewatchd running in the background (pid {pid}); log: {log_file}")
+        return EXIT_OK
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    if reply.startswith("error "):
+        _, code_text, message = [*reply.split(" ", 2), "", ""][:3]
+        error = RuntimeFailure(message)
+        error.exit_code = int(code_text) if code_text.isdigit() else code
+        raise error
+    raise RuntimeFailure(
+        f"the daemon exited before it was ready (exit code {code}); see {log_file}"
+    )
+
+
+# -- stop and status --------------------------------------------------------------------------------
+def _stop(args: argparse.Namespace) -> int:
+    import psutil
+
+    from cachewatchd.registry import find_daemons, process_of
+
+    daemons = find_daemons(list(args.paths) or None)
+    if not daemons:
+        where = f" for {', '.join(str(p) for p in args.paths)}" if args.paths else ""
+        print(f"no cachewatchd daemon running{where}")
+        return EXIT_OK
+    procs = []
+    for record in daemons:
+        proc = process_of(record)
+        if proc is None:
+            continue
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.send_signal(signal.SIGTERM)
+            procs.append(proc)
+    gone, alive = _wait_gone(procs, args.timeout)
+    for proc in gone:
+        print(f"stopped cachewatchd (pid {proc.pid})")
+    if alive:
+        pids = ", ".join(str(p.pid) for p in alive)
+        raise RuntimeFailure(f"daemon(s) still running after {args.timeout:g}s: pid {pids}")
+    return EXIT_OK
+
+
+def _wait_gone(procs: list[Any], timeout: float) -> tuple[list[Any], list[Any]]:
+    """Wait until every process exited (a zombie counts: its parent may not be us)."""
+    import time
+
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    alive = list(procs)
+    gone: list[Any] = []
+    pause = threading.Event()
+    while alive:
+        for proc in list(alive):
+            try:
+                finished = proc.status() == psutil.STATUS_ZOMBIE
+            except psutil.NoSuchProcess:
+                finished = True
+            if finished:
+                alive.remove(proc)
+                gone.append(proc)
+        if not alive or time.monotonic() >= deadline:
+            break
+        pause.wait(0.05)
+    return gone, alive
+
+
+def _status(args: argparse.Namespace) -> int:
+    from cachewatchd.registry import list_daemons
+
+    daemons = list_daemons()
+    if args.json:
+        print(json.dumps({"version": 1, "daemons": daemons}, indent=2, sort_keys=True))
+        return EXIT_OK
+    if not daemons:
+        print("no cachewatchd daemon running")
+        return EXIT_OK
+    for record in daemons:
+        print("\n".join(_describe(record)))
+    return EXIT_OK
+
+
+def _describe(record: dict[str, Any]) -> list[str]:
+    lines = [
+        f"cachewatchd pid {record['pid']} ({record.get('state', '?')}), since {record['started']}"
+    ]
+    observers = record.get("observers") or {}
+    for root in record["roots"]:
+        info = observers.get(root, {})
+        kind = info.get("observer", "?")
+        detached = "" if info.get("attached", True) else ", waiting for the root to come back"
+        lines.append(f"  {root}: {kind} ({info.get('reason', '')}{detached})")
+    counters = record.get("counters") or {}
+    lines.append(
+        f"  invalidated {counters.get('invalidations', 0)}, rescans {counters.get('rescans', 0)}, "
+        f"errors {counters.get('errors', 0)}; last event {record.get('last_event') or 'none'}"
+    )
+    for proc in record.get("processes") or []:
+        stale = f", STALE: {proc['stale']}" if proc.get("stale") else ""
+        pids = ",".join(str(p) for p in proc.get("pids") or []) or "-"
+        lines.append(f"  process {proc.get('name')}: {proc.get('state')} pid {pids}{stale}")
+    return lines

@@ -1,0 +1,341 @@
+"""The daemon loop: watchers -> batches -> invalidation -> managed processes; reconcile; status.
+
+Threads: the batcher hands every batch to :class:`~cachewatchd.handler.BatchHandler` on its own
+thread, so invalidations and audits never run concurrently. The thread calling :meth:`Daemon.run`
+owns the lifecycle: it waits on an inbox for ``stop`` / ``reload`` requests (posted by signal
+handlers in the CLI through :meth:`request_stop` and :meth:`request_reload`; ``queue.SimpleQueue`` is
+safe to use from a signal handler) and runs the periodic reconciliation.
+
+Start: register in the daemon registry (refusing overlapping roots), attach every root, audit every
+root once, then log ``ready`` (each root's observer and why), tell systemd ``READY=1``, and only then
+start the managed processes, so that none of them imports a stale cache. Stop: detach the watchers,
+finish the batch under way plus what is pending, stop the managed processes, remove the record.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from cachewatchd.batch import Batch, Batcher
+from cachewatchd.errors import CachewatchdError
+from cachewatchd.gitwatch import GitWatcher
+from cachewatchd.handler import BatchHandler, Counters
+from cachewatchd.log import get_logger
+from cachewatchd.runtime import DaemonSettings, RootPlan
+from cachewatchd.spec import ProcessSpec
+from cachewatchd.walk import WalkOptions
+from cachewatchd.watch import Watcher
+
+__all__ = ["ControllerLike", "Daemon"]
+
+
+class ControllerLike(Protocol):
+    """What the daemon needs from :class:`cachewatchd.control.Controller`."""
+
+    def start(self) -> None: ...
+    def notify(self, touched: Sequence[Path]) -> None: ...
+    def stop(self) -> None: ...
+    def status(self) -> list[dict[str, Any]]: ...
+
+
+STATUS_REFRESH = 10.0
+"""Seconds between status-record refreshes while nothing happens."""
+
+ControllerFactory = Callable[[Sequence[ProcessSpec], Sequence[Path]], ControllerLike]
+
+
+class _Notifier(Protocol):
+    def ready(self, status: str | None = None) -> bool: ...
+    def reloading(self, status: str | None = None) -> bool: ...
+    def stopping(self, status: str | None = None) -> bool: ...
+    def status(self, text: str) -> bool: ...
+
+
+class _Watching:
+    """The watchers of one settings generation (rebuilt on reload)."""
+
+    def __init__(self, settings: DaemonSettings, batcher: Batcher) -> None:
+        groups: dict[tuple[str, tuple[str, ...]], list[RootPlan]] = {}
+        for plan in settings.roots:
+            groups.setdefault((plan.poll, plan.exclude), []).append(plan)
+        self.watchers: list[Watcher] = []
+        self.gits: list[GitWatcher] = []
+        for (_, exclude), plans in groups.items():
+            paths, poll = [p.path for p in plans], plans[0].poll
+            self.watchers.append(
+                Watcher(
+                    paths,
+                    poll_mode=poll,
+                    poll_interval=settings.poll_interval,
+                    excludes=exclude,
+                    batcher=batcher,
+                )
+            )
+            self.gits.append(
+                GitWatcher(
+                    paths,
+                    sink=batcher,
+                    poll_mode=poll,
+                    poll_interval=settings.poll_interval,
+                    options=WalkOptions(excludes=exclude),
+                )
+            )
+
+    def start(self) -> None:
+        for watcher in self.watchers:
+            watcher.start()
+        for git in self.gits:
+            git.start()
+
+    def stop(self) -> None:
+        for git in self.gits:
+            git.stop()
+        for watcher in self.watchers:
+            watcher.stop()
+
+    def refresh_git(self) -> None:
+        for git in self.gits:
+            git.refresh()
+
+    def observers(self) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for watcher in self.watchers:
+            attached = watcher.attached()
+            for root, choice in watcher.observers().items():
+                out[str(root)] = {
+                    "observer": choice.kind,
+                    "reason": choice.reason,
+                    "attached": attached.get(root, False),
+                }
+        return out
+
+
+class Daemon:
+    """One daemon run. Construct, then call :meth:`run` (blocks until stopped; returns 0)."""
+
+    def __init__(
+        self,
+        settings: DaemonSettings,
+        *,
+        reload_settings: Callable[[], DaemonSettings] | None = None,
+        make_controller: ControllerFactory | None = None,
+        notifier: _Notifier | None = None,
+        on_ready: Callable[[], None] | None = None,
+        quiet: float = 0.05,
+        max_window: float = 1.0,
+    ) -> None:
+        self.settings = settings
+        self._reload_settings = reload_settings
+        self._make_controller = make_controller
+        self._notifier = notifier
+        self._on_ready = on_ready
+        self._inbox: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._counters = Counters()
+        self._handler = self._new_handler(settings)
+        self._batcher = Batcher(self._on_batch, quiet=quiet, max_window=max_window)
+        self._watching: _Watching | None = None
+        self._controller: ControllerLike | None = None
+        self._registration: Any = None
+        self._state = "starting"
+        self._pending_start: set[Path] = set()
+        self._state_lock = threading.Lock()
+        self._log = get_logger(__name__)
+
+    # -- requests (any thread, signal handlers included) ------------------------------------------
+    def request_stop(self) -> None:
+        self._inbox.put("stop")
+
+    def request_reload(self) -> None:
+        self._inbox.put("reload")
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def run(self) -> int:
+        from cachewatchd.registry import register_daemon
+
+        for warning in self.settings.warnings:
+            self._log.warning("config-warning", warning=warning)
+        self._registration = register_daemon(self.settings.paths)
+        try:
+            self._batcher.start()
+            self._start_watching()
+            if self._wait_for_start():
+                self._become_ready()
+                self._loop()
+        finally:
+            self._shutdown()
+        return 0
+
+    def _start_watching(self) -> None:
+        self._watching = _Watching(self.settings, self._batcher)
+        self._watching.start()
+        with self._state_lock:
+            self._pending_start = set(self.settings.paths)
+        for root in self.settings.paths:
+            self._batcher.rescan(root, "start")
+        self._batcher.flush()
+
+    def _wait_for_start(self) -> bool:
+        """Wait for the first audit of every root; False when a stop came first."""
+        while True:
+            with self._state_lock:
+                if not self._pending_start:
+                    return True
+            message = self._inbox.get()
+            if message == "stop":
+                return False
+            if message == "reload":
+                self._inbox.put("reload")  # after start: handled by the loop
+                return True
+
+    def _become_ready(self) -> None:
+        self._state = "ready"
+        observers = self._watching.observers() if self._watching else {}
+        plans = {str(p.path): p for p in self.settings.roots}
+        for root, info in observers.items():
+            plan = plans.get(root)
+            if plan is not None:
+                info["poll"] = f"{plan.poll} ({plan.poll_source})"
+        self._log.info("ready", pid=os.getpid(), roots=list(observers), observers=observers)
+        self._start_controller()
+        self._publish()
+        if self._notifier is not None:
+            self._notifier.ready(self._status_line())
+        if self._on_ready is not None:
+            self._on_ready()
+
+    def _loop(self) -> None:
+        next_reconcile = time.monotonic() + self.settings.reconcile_interval
+        while True:
+            now = time.monotonic()
+            wait = max(0.0, min(next_reconcile - now, STATUS_REFRESH))
+            try:
+                message = self._inbox.get(timeout=wait)
+            except queue.Empty:
+                message = "tick"
+            if message == "stop":
+                return
+            if message == "reload":
+                self._reload()
+                next_reconcile = time.monotonic() + self.settings.reconcile_interval
+            elif time.monotonic() >= next_reconcile:
+                for root in self.settings.paths:
+                    self._batcher.rescan(root, "reconcile interval")
+                next_reconcile = time.monotonic() + self.settings.reconcile_interval
+            elif message == "tick":
+                self._publish()  # processes may have turned stale, roots may have come back
+
+    def _shutdown(self) -> None:
+        self._state = "stopping"
+        self._log.info("stopping")
+        if self._notifier is not None:
+            self._notifier.stopping()
+        if self._watching is not None:
+            self._watching.stop()
+        self._batcher.stop()  # finishes the batch under way and hands over what is pending
+        if self._controller is not None:
+            self._controller.stop()
+        if self._registration is not None:
+            self._registration.close()
+
+    # -- reload (SIGHUP) ---------------------------------------------------------------------------
+    def _reload(self) -> None:
+        if self._reload_settings is None:
+            return
+        if self._notifier is not None:
+            self._notifier.reloading("reloading the configuration")
+        try:
+            new = self._reload_settings()
+            if new.paths != self.settings.paths:
+                self._registration.set_roots(new.paths)
+        except CachewatchdError as exc:
+            self._log.error("error", error=f"reload failed, keeping the old settings: {exc}")
+            if self._notifier is not None:
+                self._notifier.ready(self._status_line())
+            return
+        old = self.settings
+        for warning in new.warnings:
+            self._log.warning("config-warning", warning=warning)
+        if new != old:
+            if self._watching is not None:
+                self._watching.stop()
+            self.settings = new
+            self._handler = self._new_handler(new)
+            self._start_watching()
+            if new.processes != old.processes:
+                if self._controller is not None:
+                    self._controller.stop()
+                    self._controller = None
+                self._start_controller()
+        observers = self._watching.observers() if self._watching else {}
+        self._log.info("reloaded", changed=new != old, roots=list(observers), observers=observers)
+        self._publish()
+        if self._notifier is not None:
+            self._notifier.ready(self._status_line())
+
+    # -- batches (batcher thread) ------------------------------------------------------------------
+    def _on_batch(self, batch: Batch) -> None:
+        try:
+            if batch.rescans and self._watching is not None:
+                self._watching.refresh_git()
+            outcome = self._handler.handle(batch)
+            controller = self._controller
+            if controller is not None and outcome.touched:
+                controller.notify(sorted(outcome.touched))
+        finally:
+            with self._state_lock:
+                was_pending = bool(self._pending_start)
+                self._pending_start -= {rescan.root for rescan in batch.rescans}
+                started = was_pending and not self._pending_start
+            self._publish()
+            if started:
+                self._inbox.put("started")
+
+    # -- helpers -----------------------------------------------------------------------------------
+    def _new_handler(self, settings: DaemonSettings) -> BatchHandler:
+        excludes = {plan.path: plan.exclude for plan in settings.roots}
+        return BatchHandler(
+            excludes, pycache_prefix=settings.pycache_prefix, counters=self._counters
+        )
+
+    def _start_controller(self) -> None:
+        if self._controller is None and self.settings.processes and self._make_controller:
+            self._controller = self._make_controller(self.settings.processes, self.settings.paths)
+            self._controller.start()
+
+    def healthy(self) -> bool:
+        """The batcher thread is alive (the systemd watchdog pings only then)."""
+        return self._batcher.alive()
+
+    def status(self) -> dict[str, Any]:
+        """What ``cachewatchd status`` shows for this daemon."""
+        with self._handler.lock:
+            counters = self._counters.as_dict()
+            last_event = self._counters.last_event
+        controller = self._controller
+        return {
+            "state": self._state,
+            "observers": self._watching.observers() if self._watching else {},
+            "counters": counters,
+            "last_event": last_event,
+            "processes": controller.status() if controller is not None else [],
+            "config": str(self.settings.config_path) if self.settings.config_path else None,
+        }
+
+    def _status_line(self) -> str:
+        status = self.status()
+        counters = status["counters"]
+        kinds = sorted({o["observer"] for o in status["observers"].values()})
+        return (
+            f"watching {len(status['observers'])} root(s) ({', '.join(kinds) or 'none'}); "
+            f"{counters['invalidations']} invalidated, {counters['rescans']} rescans"
+        )
+
+    def _publish(self) -> None:
+        if self._registration is not None:
+            self._registration.update(self.status())
