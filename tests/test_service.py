@@ -464,7 +464,7 @@ def test_bad_path_is_a_usage_error(
     fake_home: Path, bin_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["install-service", str(tmp_path / "missing")]) == 2
-    assert capsys.readouterr().err == f"cachewatchd: {tmp_path / 'missing'}: not a directory\n"
+    assert capsys.readouterr().err == f"cachewatchd: {tmp_path / 'missing'}: no such directory\n"
     assert all_files(fake_home) == []
 
 
@@ -535,3 +535,19 @@ def test_pre_commit_hook_runs_a_real_command(capsys: pytest.CaptureFixture[str])
     assert command[0] == "cachewatchd"
     assert main([*command[1:], "--help"]) == 0
     assert "usage: cachewatchd scan" in capsys.readouterr().out
+
+
+def test_install_without_path_or_config_roots_watches_the_current_directory(
+    fake_home: Path,
+    bin_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    monkeypatch.chdir(project)
+    assert main(["install-service", "--dry-run", "--manager", "systemd"]) == 0
+    out = capsys.readouterr().out
+    assert f"the service will watch {project.resolve()}" in out
+    assert f"--foreground {project.resolve()}" in out

@@ -40,7 +40,11 @@ def register(sub: Any) -> None:  # argparse's _SubParsersAction
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     install.add_argument(
-        "paths", nargs="*", type=Path, metavar="PATH", help="roots to watch (default: the config's)"
+        "paths",
+        nargs="*",
+        type=Path,
+        metavar="PATH",
+        help="roots to watch (default: the config's roots, else the current directory)",
     )
     install.add_argument("--dry-run", action="store_true", help="print the file and the steps only")
     install.add_argument("--manager", choices=("systemd", "launchd"), help=manager_help)
@@ -59,9 +63,16 @@ def register(sub: Any) -> None:  # argparse's _SubParsersAction
 
 
 def _install(args: argparse.Namespace) -> int:
+    from cachewatchd.audit import check_root
+    from cachewatchd.config import load_config
     from cachewatchd.service import install_service
 
-    result = install_service(args.paths, dry_run=args.dry_run, platform=args.manager)
+    roots = [check_root(p) for p in args.paths]
+    if not roots and not load_config().roots:
+        # A user service starts in $HOME: without roots it would watch the whole home directory.
+        roots = [check_root(Path.cwd())]
+        print(f"No PATH given and no roots in the config: the service will watch {roots[0]}")
+    result = install_service(roots, dry_run=args.dry_run, platform=args.manager)
     if result.dry_run:
         assert result.plan.content is not None
         print(f"Dry run, nothing changed. {result.plan.path} would contain:\n")
