@@ -23,8 +23,9 @@ from typing import Any
 
 from cachewatchd.audit import AuditOptions, AuditReport, State, audit, mirror_dir
 from cachewatchd.batch import Batch, GitMove
-from cachewatchd.invalidate import RemoveResult, invalidate_source, remove_cache_files
+from cachewatchd.invalidate import RemoveResult, remove_cache_files
 from cachewatchd.log import get_logger
+from cachewatchd.pyc import parse_cache_name
 
 __all__ = ["BatchHandler", "Counters", "Outcome"]
 
@@ -82,10 +83,9 @@ class BatchHandler:
 
     def handle(self, batch: Batch) -> Outcome:
         outcome = Outcome()
-        for source in sorted(batch.changed):
-            self._invalidate(source, legacy=False, outcome=outcome)
-        for source in sorted(batch.removed - batch.changed):
-            self._invalidate(source, legacy=not os.path.lexists(source), outcome=outcome)
+        gone = batch.removed - batch.changed
+        ghosts = {source for source in gone if not os.path.lexists(source)}
+        self._invalidate(sorted(batch.changed | gone), ghosts, outcome)
         for directory in sorted(batch.dirs_removed):
             self._prefix_tree(directory, outcome)
         for move in sorted(batch.git_moves, key=lambda m: str(m.repo)):
@@ -101,14 +101,38 @@ class BatchHandler:
         return outcome
 
     # -- events ----------------------------------------------------------------------------------
-    def _invalidate(self, source: Path, *, legacy: bool, outcome: Outcome) -> None:
-        result = invalidate_source(source, self.roots, pycache_prefix=self._prefix, legacy=legacy)
+    def _invalidate(self, sources: Sequence[Path], ghosts: set[Path], outcome: Outcome) -> None:
+        """Remove every cache entry of *sources* (legacy pycs too for *ghosts*), one listing per
+        directory: a 10k-file checkout must not list a 10k-entry ``__pycache__`` 10k times."""
+        owner: dict[Path, Path] = {}
+        by_dir: dict[Path, list[Path]] = {}
+        for source in sources:
+            by_dir.setdefault(source.parent, []).append(source)
+        for directory, members in by_dir.items():
+            index = _index(directory / "__pycache__")
+            if self._prefix is not None and directory.is_absolute():
+                for stem, files in _index(mirror_dir(self._prefix, directory)).items():
+                    index.setdefault(stem, []).extend(files)
+            for source in members:
+                stem = source.name.rsplit(".", 1)[0]
+                files = list(index.get(stem, ()))
+                if source in ghosts:
+                    files += [
+                        directory / (stem + suffix)
+                        for suffix in (".pyc", ".pyo")
+                        if os.path.lexists(directory / (stem + suffix))
+                    ]
+                owner.update(dict.fromkeys(files, source))
+        if not owner:
+            return
+        result = remove_cache_files(owner, self.roots, pycache_prefix=self._prefix)
         self._report(result)
-        if result.removed:
-            outcome.removed += len(result.removed)
-            self._log.info(
-                "invalidated", source=str(source), removed=[str(p) for p in result.removed]
-            )
+        outcome.removed += len(result.removed)
+        removed: dict[Path, list[str]] = {}
+        for path in result.removed:
+            removed.setdefault(owner[path], []).append(str(path))
+        for source, names in sorted(removed.items()):
+            self._log.info("invalidated", source=str(source), removed=names)
 
     def _prefix_tree(self, directory: Path, outcome: Outcome) -> None:
         if self._prefix is None or not directory.is_absolute():
@@ -205,3 +229,17 @@ class BatchHandler:
         if count:
             with self.lock:
                 self.counters.errors += count
+
+
+def _index(directory: Path) -> dict[str, list[Path]]:
+    """Cache files in *directory* by source stem (``m.cpython-311.opt-1.pyc`` -> ``m``)."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return {}
+    index: dict[str, list[Path]] = {}
+    for name in names:
+        parsed = parse_cache_name(name)
+        if parsed is not None:
+            index.setdefault(parsed.stem, []).append(directory / name)
+    return index

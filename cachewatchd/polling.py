@@ -28,9 +28,11 @@ __all__ = ["SourceLister", "change_stat", "make_polling_observer"]
 def change_stat(path: str) -> os.stat_result:
     """``os.lstat`` whose ``st_mtime`` is ``max(st_mtime, st_ctime)`` for non-directories."""
     st = os.lstat(path)
-    if stat.S_ISDIR(st.st_mode):
-        return st  # a directory's own times only say that an entry changed: the listing shows that
-    stamp_ns = max(st.st_mtime_ns, st.st_ctime_ns)
+    if st.st_ctime_ns <= st.st_mtime_ns or stat.S_ISDIR(st.st_mode):
+        # nothing hidden (an ordinary write sets both); a directory's own times only say that an
+        # entry changed, which the listing shows anyway
+        return st
+    stamp_ns = st.st_ctime_ns
     stamp = stamp_ns / 1e9
     extra = {
         "st_atime": st.st_atime,
