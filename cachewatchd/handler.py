@@ -77,6 +77,7 @@ class BatchHandler:
         self._excludes = excludes
         self._prefix = pycache_prefix
         self.counters = counters
+        self._reported: set[tuple[Path, str]] = set()
         self.lock = threading.Lock()
         """Held while counters change (status readers take it too)."""
         self._log = get_logger(__name__)
@@ -193,9 +194,7 @@ class BatchHandler:
         for part in reports:
             report.entries += part.entries
             report.errors += part.errors
-        for error in report.errors[:_MAX_ERROR_LINES]:
-            self._log.warning("error", path=str(error.path), error=error.error, during="audit")
-        self._count_errors(len(report.errors))
+        self._errors(((e.path, e.error) for e in report.errors), during="audit")
         doomed = [e for e in report.non_fresh() if e.state is not State.SOURCELESS]
         if not doomed:
             return report, 0
@@ -215,20 +214,23 @@ class BatchHandler:
 
     # -- errors ----------------------------------------------------------------------------------
     def _report(self, result: RemoveResult) -> None:
-        self._errors(result.errors)
+        self._errors(result.errors, during="removal")
 
-    def _errors(self, errors: Iterable[tuple[Path, str]]) -> None:
-        count = 0
+    def _errors(self, errors: Iterable[tuple[Path, str]], *, during: str) -> None:
+        """Log each problem once (a reconcile finds the same unreadable directory every time)."""
+        fresh = []
         for path, error in errors:
-            count += 1
-            if count <= _MAX_ERROR_LINES:
-                self._log.warning("error", path=str(path), error=error)
-        self._count_errors(count)
-
-    def _count_errors(self, count: int) -> None:
-        if count:
+            if (path, error) not in self._reported:
+                self._reported.add((path, error))
+                fresh.append((path, error))
+        for path, error in fresh[:_MAX_ERROR_LINES]:
+            self._log.warning("error", path=str(path), error=error, during=during)
+        if len(fresh) > _MAX_ERROR_LINES:
+            more = len(fresh) - _MAX_ERROR_LINES
+            self._log.warning("error", error=f"{more} more problems", during=during)
+        if fresh:
             with self.lock:
-                self.counters.errors += count
+                self.counters.errors += len(fresh)
 
 
 def _index(directory: Path) -> dict[str, list[Path]]:

@@ -435,3 +435,20 @@ def test_handler_events_git_moves_and_rescans(proj: Path) -> None:
     assert counters.git_moves == 1
     assert counters.invalidations == 3
     assert State.SOURCELESS.value == "sourceless"
+
+
+def test_handler_reports_the_same_problem_once(proj: Path) -> None:
+    from structlog.testing import capture_logs
+
+    handler = BatchHandler({proj: ()}, pycache_prefix=None, counters=Counters())
+    ghost = proj / "pkg" / "ghost.py"
+    (proj / "pkg" / "ghost.pyc").symlink_to(proj / "pkg" / "mod.py")  # refused: not a regular file
+    batch = Batch(removed=frozenset({ghost}), events=1)
+    with capture_logs() as logs:
+        handler.handle(batch)
+        handler.handle(batch)
+    errors = [e for e in logs if e["event"] == "error"]
+    assert len(errors) == 1
+    assert "refused" in errors[0]["error"]
+    assert handler.counters.errors == 1
+    assert (proj / "pkg" / "ghost.pyc").is_symlink()
