@@ -182,16 +182,18 @@ class Daemon:
 
     def _wait_for_start(self) -> bool:
         """Wait for the first audit of every root; False when a stop came first."""
+        reload = False
         while True:
             with self._state_lock:
                 if not self._pending_start:
-                    return True
+                    break
             message = self._inbox.get()
             if message == "stop":
                 return False
-            if message == "reload":
-                self._inbox.put("reload")  # after start: handled by the loop
-                return True
+            reload = reload or message == "reload"
+        if reload:
+            self._inbox.put("reload")  # handled by the loop, once ready
+        return True
 
     def _become_ready(self) -> None:
         self._state = "ready"
