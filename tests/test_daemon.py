@@ -452,3 +452,23 @@ def test_handler_reports_the_same_problem_once(proj: Path) -> None:
     assert "refused" in errors[0]["error"]
     assert handler.counters.errors == 1
     assert (proj / "pkg" / "ghost.pyc").is_symlink()
+
+
+def test_sd_notify_ready_reloading_stopping(proj: Path, tmp_path: Path) -> None:
+    import socket
+
+    path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(path))
+        sock.settimeout(30)
+        env = isolated_env(tmp_path / "home", NOTIFY_SOCKET=str(path))
+        with DaemonProc([str(proj)], env) as daemon:
+            daemon.ready()
+            ready = sock.recv(4096).decode()
+            assert "READY=1" in ready
+            assert "STATUS=watching 1 root(s) (native)" in ready
+            daemon.send(signal.SIGHUP)
+            assert "RELOADING=1" in sock.recv(4096).decode()
+            assert "READY=1" in sock.recv(4096).decode()
+            assert daemon.stop() == 0
+            assert "STOPPING=1" in sock.recv(4096).decode()
