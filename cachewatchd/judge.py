@@ -10,6 +10,7 @@ import errno
 import marshal
 import os
 import stat
+import sys
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -28,6 +29,8 @@ from cachewatchd.pyc import (
 __all__ = ["DANGEROUS", "Entry", "Kind", "State", "Verdict", "judge_legacy", "judge_pycache"]
 
 _MASK = 0xFFFFFFFF
+_RUNNING_TAG = sys.implementation.cache_tag
+_RUNNING_TAG_VERSION = None if _RUNNING_TAG is None else version_of_tag(_RUNNING_TAG)
 
 
 class State(str, Enum):
@@ -165,7 +168,7 @@ def judge_pycache(
     Raises :class:`VanishedError` when a file disappears, :class:`OSError` when unreadable.
     """
     data, pyc_mtime_ns, pyc_size = _read_header(pyc)
-    tag_version = version_of_tag(tag)
+    tag_version = _RUNNING_TAG_VERSION if tag == _RUNNING_TAG else version_of_tag(tag)
     try:
         header = parse_header(data, any_magic=tag_version is None)
     except HeaderError as exc:
