@@ -60,6 +60,8 @@ class DaemonProc:
         self.cwd = cwd
         self.lines: list[dict[str, Any]] = []
         self.raw: list[str] = []
+        self.garbage: list[str] = []
+        """stderr lines that are not JSON objects."""
         self._lock = threading.Lock()
         self.proc: subprocess.Popen[str] | None = None
         self._reader: threading.Thread | None = None
@@ -106,9 +108,11 @@ class DaemonProc:
                 try:
                     parsed = json.loads(line)
                 except ValueError:
-                    continue
+                    parsed = None
                 if isinstance(parsed, dict):
                     self.lines.append(parsed)
+                else:
+                    self.garbage.append(line)
 
     @property
     def pid(self) -> int:
