@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,33 +72,42 @@ def _within(path: str, bases: Sequence[str]) -> bool:
     return any(path == base or path.startswith(base.rstrip(os.sep) + os.sep) for base in bases)
 
 
+class _Safety:
+    """Decides whether a path may be deleted; the roots are resolved once per removal run."""
+
+    def __init__(self, roots: Sequence[Path], pycache_prefix: Path | None) -> None:
+        self.roots = [os.path.realpath(r) for r in roots]
+        self.prefix = None if pycache_prefix is None else [os.path.realpath(pycache_prefix)]
+
+    def refusal(self, path: Path) -> str | None:
+        name = path.name
+        if not name.endswith((".pyc", ".pyo")):
+            return "not a .pyc/.pyo file"
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return "already gone"
+        except OSError as exc:
+            return exc.strerror or str(exc)
+        if not stat.S_ISREG(st.st_mode):
+            return "not a regular file"
+        parent = os.path.realpath(path.parent)
+        if self.prefix is not None and _within(parent, self.prefix):
+            return None if name.endswith(".pyc") else "not a .pyc file"
+        if not _within(parent, self.roots):
+            return "outside the watched roots"
+        if path.parent.name == "__pycache__" and (
+            os.path.islink(path.parent) or parse_cache_name(name) is None
+        ):
+            return "not a cache entry"
+        return None  # a __pycache__ entry, or a legacy m.pyc / m.pyo inside a root
+
+
 def is_cache_file(
     path: Path, roots: Sequence[Path], pycache_prefix: Path | None = None
 ) -> str | None:
     """``None`` when *path* is a cache file that may be deleted, else why not."""
-    name = path.name
-    if not name.endswith((".pyc", ".pyo")):
-        return "not a .pyc/.pyo file"
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return "already gone"
-    except OSError as exc:
-        return exc.strerror or str(exc)
-    if not os.path.isfile(path) or os.path.islink(path):
-        return "not a regular file"
-    del st
-    parent = os.path.realpath(path.parent)
-    real_roots = [os.path.realpath(r) for r in roots]
-    if pycache_prefix is not None and _within(parent, [os.path.realpath(pycache_prefix)]):
-        return None if name.endswith(".pyc") else "not a .pyc file"
-    if not _within(parent, real_roots):
-        return "outside the watched roots"
-    if path.parent.name == "__pycache__":
-        if os.path.islink(path.parent) or parse_cache_name(name) is None:
-            return "not a cache entry"
-        return None
-    return None  # a legacy m.pyc / m.pyo inside a root
+    return _Safety(roots, pycache_prefix).refusal(path)
 
 
 def remove_cache_files(
@@ -110,8 +120,9 @@ def remove_cache_files(
     """Delete each cache file of *paths*; refuse anything else. One failure never stops the rest."""
     result = RemoveResult()
     parents: set[Path] = set()
+    safety = _Safety(roots, pycache_prefix)
     for path in paths:
-        refused = is_cache_file(path, roots, pycache_prefix)
+        refused = safety.refusal(path)
         if refused == "already gone":
             continue
         if refused is not None:
