@@ -264,11 +264,11 @@ def test_clock_skew_between_machine_and_filesystem(
 ) -> None:
     import types
 
-    import cachewatchd.doctor
+    import cachewatchd.probes
 
     real = time.time
     assert "clock-skew" not in by_id(doctor(project))
-    monkeypatch.setattr(cachewatchd.doctor, "time", types.SimpleNamespace(time=lambda: real() + 90))
+    monkeypatch.setattr(cachewatchd.probes, "time", types.SimpleNamespace(time=lambda: real() + 90))
     (finding,) = by_id(doctor(project))["clock-skew"]
     assert finding.severity == "warning"
     assert finding.message.startswith("a file written now gets an mtime -9")

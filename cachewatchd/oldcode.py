@@ -1,0 +1,229 @@
+"""``doctor`` checks for old code: what keeps or runs code older than the sources under the roots.
+
+Dangerous and suspect cache entries (the audit), this user's Python processes started before the
+newest source change (and the files processes hold open under the roots), environment variables that
+change how Python writes or trusts its caches, and roots no cachewatchd daemon keeps fresh.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from cachewatchd.audit import AuditOptions, State, audit
+from cachewatchd.findings import MAX_DETAILS, Finding, RootSettings, Severity
+from cachewatchd.walk import WalkOptions, walk
+
+__all__ = [
+    "SourceScan",
+    "check_caches",
+    "check_daemon",
+    "check_environment",
+    "check_processes",
+    "scan_sources",
+]
+
+# -- caches ---------------------------------------------------------------------------------------
+
+# fmt: off
+_CACHE_ADVICE: dict[State, tuple[Severity, str, str]] = {
+    State.STALE: ("error", "Python loads them although the source changed: it runs OLD code",
+                  "cachewatchd clean {roots}, then restart the processes that imported them"),
+    State.CORRUPT: ("error", "the import fails or recompiles every time", "cachewatchd clean {roots}"),
+    State.SOURCELESS: ("error", "legacy pycs whose .py is gone: Python still imports them",
+                       "delete them unless shipped on purpose: cachewatchd clean --sourceless {roots}"),
+    State.SUSPECT: ("warning", "written by another Python version before their source changed: they "
+                    "may be stale", "cachewatchd clean {roots} (or scan with the Python that wrote them)"),
+}
+# fmt: on
+
+
+def check_caches(
+    roots: Sequence[Path], settings: Mapping[Path, RootSettings], prefix: str | None
+) -> list[Finding]:
+    """Dangerous and suspect cache entries, plus a one-line summary of the audit."""
+    excludes = tuple(dict.fromkeys(x for r in roots for x in settings[r].exclude))
+    options = AuditOptions(excludes=excludes, pycache_prefix=Path(prefix) if prefix else None)
+    report = audit(list(roots), options)
+    findings = []
+    where = shlex.join(str(r) for r in roots)
+    for state, (severity, why, action) in _CACHE_ADVICE.items():
+        entries = [e for e in report.entries if e.state is state]
+        if entries:
+            message = f"{len(entries)} {state.value} cache entries: {why}"
+            details = tuple(f"{e.path}: {e.reason}" for e in entries[:MAX_DETAILS])
+            todo = action.format(roots=where)
+            findings.append(
+                Finding(f"{state.value}-caches", severity, message, todo, None, details)
+            )
+    counts = ", ".join(f"{n} {state}" for state, n in report.summary().items() if n)
+    findings.append(
+        Finding("caches", "info", f"{len(report.entries)} cache entries: {counts or 'none'}")
+    )
+    return findings
+
+
+# -- processes ------------------------------------------------------------------------------------
+
+_PYTHON_EXE = re.compile(r"^(python|pypy)[0-9.]*[dmtw]*$")
+
+
+@dataclass
+class SourceScan:
+    """The newest source change under the roots, and how many directories they hold."""
+
+    newest: float = 0.0
+    newest_path: Path | None = None
+    directories: int = 0
+
+
+def scan_sources(roots: Sequence[Path], settings: Mapping[Path, RootSettings]) -> SourceScan:
+    """The newest ``max(mtime, ctime)`` of the sources under *roots*, and how many directories."""
+    scan = SourceScan()
+    for root in roots:
+        options = WalkOptions(excludes=settings[root].exclude)
+        for _dirpath, entries in walk(str(root), options, lambda _path, _exc: None):
+            scan.directories += 1
+            for entry in entries:
+                if not entry.name.endswith((".py", ".pyw")):
+                    continue
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                if max(st.st_mtime, st.st_ctime) > scan.newest:
+                    scan.newest, scan.newest_path = max(st.st_mtime, st.st_ctime), Path(entry.path)
+    return scan
+
+
+def _under(path: str | None, roots: Sequence[Path]) -> bool:
+    return path is not None and any(Path(path).is_relative_to(r) for r in roots)
+
+
+def _involved(info: Mapping[str, Any], opened: list[str], roots: Sequence[Path]) -> bool:
+    args = [a for a in (info["cmdline"] or [])[1:] if os.path.isabs(a)]
+    return bool(opened) or _under(info["cwd"], roots) or any(_under(a, roots) for a in args)
+
+
+def check_processes(roots: Sequence[Path], scan: SourceScan) -> list[Finding]:
+    """This user's processes with files open under *roots*; Python ones older than the newest edit.
+
+    Of a Python process working under a root, the processes that imported the code are the leaves of
+    its tree (the worker, not the reloader): :func:`cachewatchd.stale.importers`.
+    """
+    from cachewatchd.stale import SLACK, importers
+
+    me, uid = os.getpid(), os.getuid()
+    holding: list[str] = []
+    candidates: list[psutil.Process] = []
+    attrs = ["pid", "name", "exe", "cmdline", "cwd", "uids"]
+    for proc in psutil.process_iter(attrs, ad_value=None):
+        info = proc.info
+        if info["pid"] == me or info["uids"] is None or info["uids"].real != uid:
+            continue
+        try:
+            opened = sorted({f.path for f in proc.open_files() if _under(f.path, roots)})
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            opened = []
+        holding += [f"{_label(proc)}: {path}" for path in opened[:3]]
+        exe = os.path.basename(info["exe"] or (info["cmdline"] or [""])[0])
+        if _PYTHON_EXE.match(exe) and _involved(info, opened, roots):
+            candidates.append(proc)
+    stale: dict[int, str] = {}
+    for leaf in importers(candidates):
+        try:
+            created = leaf.create_time()
+            mine = leaf.uids().real == uid
+        except psutil.Error:
+            continue
+        if leaf.pid != me and mine and created + SLACK < scan.newest:
+            stale[leaf.pid] = f"{_label(leaf)} (started {_clock(created)})"
+    findings = []
+    if stale:
+        message = (
+            f"{len(stale)} Python processes started before the newest source change "
+            f"({scan.newest_path}, {_clock(scan.newest)}): they may run old code"
+        )
+        action = "restart them, or let cachewatchd restart them (see `cachewatchd run --help`)"
+        details = tuple(stale.values())[:MAX_DETAILS]
+        findings.append(Finding("stale-processes", "warning", message, action, None, details))
+    if holding:
+        message = f"{len(holding)} files under the roots are held open by processes"
+        details = tuple(holding[:MAX_DETAILS])
+        findings.append(Finding("open-files", "info", message, "", None, details))
+    return findings
+
+
+def _label(proc: psutil.Process) -> str:
+    try:
+        command = " ".join(proc.cmdline()) or proc.name()
+    except psutil.Error:
+        command = "?"
+    return f"pid {proc.pid} {command[:120]}"
+
+
+def _clock(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp).isoformat(sep=" ", timespec="seconds")
+
+
+# -- environment ----------------------------------------------------------------------------------
+
+# fmt: off
+_ENV_ADVICE: tuple[tuple[str, str, Severity, str, str], ...] = (
+    ("PYTHONDONTWRITEBYTECODE", "env-dont-write-bytecode", "info",
+     "PYTHONDONTWRITEBYTECODE={value}: Python writes no new caches but still READS those on disk, "
+     "stale ones included",
+     "keep them honest with `cachewatchd scan` or the daemon, or unset the variable"),
+    ("PYTHONPYCACHEPREFIX", "env-pycache-prefix", "info",
+     "PYTHONPYCACHEPREFIX={value}: caches live in that tree (audited too), not in __pycache__; "
+     "processes started without it still use __pycache__",
+     "give every process of the project, and cachewatchd, the same value"),
+    ("SOURCE_DATE_EPOCH", "env-source-date-epoch", "info",
+     "SOURCE_DATE_EPOCH={value}: py_compile and compileall write checked-hash pycs; tools that "
+     "honour it also clamp file mtimes, which defeats timestamp pycs",
+     "unset it outside reproducible builds"),
+    ("PYTHONCHECKHASHBASEDPYCS", "env-check-hash-pycs", "warning",
+     "PYTHONCHECKHASHBASEDPYCS={value}: hash-based pycs are never checked against their source",
+     "unset PYTHONCHECKHASHBASEDPYCS"),
+)
+# fmt: on
+
+
+def check_environment(env: Mapping[str, str]) -> list[Finding]:
+    """Variables that change how Python writes or trusts its caches."""
+    findings = []
+    for var, id_, severity, message, action in _ENV_ADVICE:
+        value = env.get(var, "")
+        if value and (var != "PYTHONCHECKHASHBASEDPYCS" or value == "never"):
+            findings.append(Finding(id_, severity, message.format(value=value), action))
+    return findings
+
+
+# -- daemon ---------------------------------------------------------------------------------------
+
+
+def check_daemon(roots: Sequence[Path]) -> list[Finding]:
+    """Whether a cachewatchd daemon of this user watches each root."""
+    from cachewatchd.registry import find_daemons
+
+    findings = []
+    for root in roots:
+        pids = ", ".join(str(d["pid"]) for d in find_daemons([root]))
+        if pids:
+            findings.append(
+                Finding("daemon", "info", f"watched by cachewatchd (pid {pids})", "", str(root))
+            )
+        else:
+            message = "no cachewatchd daemon watches this root: caches can go stale again"
+            quoted = shlex.quote(str(root))
+            action = f"cachewatchd {quoted}   (or: cachewatchd install-service {quoted})"
+            findings.append(Finding("daemon", "info", message, action, str(root)))
+    return findings
