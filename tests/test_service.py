@@ -19,17 +19,19 @@ from hypothesis import strategies as st
 from cachewatchd.cli import main
 from cachewatchd.errors import RuntimeFailure, UsageError
 from cachewatchd.service import (
-    LABEL,
-    UNIT_NAME,
     detect_manager,
     install_service,
     plan_install,
+    uninstall_service,
+)
+from cachewatchd.servicefiles import (
+    LABEL,
+    UNIT_NAME,
     render_plist,
     render_unit,
     service_command,
     service_file_path,
     systemd_quote,
-    uninstall_service,
 )
 
 REPO = Path(__file__).resolve().parent.parent
