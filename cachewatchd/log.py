@@ -1,16 +1,20 @@
 """structlog configuration: console renderer on a TTY, JSON lines otherwise.
 
-Only the CLI calls :func:`configure_logging`; modules call :func:`get_logger`.
+Only the CLI calls :func:`configure_logging` and :func:`route_stdlib_logging`; modules call
+:func:`get_logger`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import sys
+from collections.abc import Iterator
 from typing import Any, Literal, TextIO
 
 from cachewatchd.errors import UsageError
 
-__all__ = ["LEVELS", "LogFormat", "configure_logging", "get_logger"]
+__all__ = ["LEVELS", "LogFormat", "configure_logging", "get_logger", "route_stdlib_logging"]
 
 LogFormat = Literal["auto", "console", "json"]
 
@@ -52,3 +56,27 @@ def configure_logging(
         logger_factory=structlog.PrintLoggerFactory(file=out),
         cache_logger_on_first_use=False,
     )
+
+
+class _ToStructlog(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        get_logger(record.name).warning("library-warning", message=record.getMessage())
+
+
+@contextlib.contextmanager
+def route_stdlib_logging(name: str = "watchdog") -> Iterator[None]:
+    """Route the stdlib logger *name*'s warnings (watchdog's own) into structlog while inside.
+
+    Each record at WARNING or above becomes a ``library-warning`` event with ``logger=<record's
+    logger>`` and ``message=<its text>`` instead of bare stderr text; the logger's handlers and
+    ``propagate`` are restored on exit.
+    """
+    logger = logging.getLogger(name)
+    handler = _ToStructlog(logging.WARNING)
+    logger.addHandler(handler)
+    propagate, logger.propagate = logger.propagate, False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate

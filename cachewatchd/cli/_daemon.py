@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import logging
 import os
 import signal
 import sys
@@ -133,7 +132,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _foreground(args: argparse.Namespace, settings: DaemonSettings, ready_fd: int | None) -> int:
     from cachewatchd.daemon import Daemon
-    from cachewatchd.log import configure_logging
+    from cachewatchd.log import configure_logging, route_stdlib_logging
     from cachewatchd.notify import NOTIFY_ENV_VARS, Notifier, WatchdogPinger
 
     configure_logging(args.log_format, args.log_level.lower())
@@ -148,7 +147,7 @@ def _foreground(args: argparse.Namespace, settings: DaemonSettings, ready_fd: in
         on_ready=lambda: _tell_parent(ready_fd, f"ready {os.getpid()}"),
     )
     pinger = WatchdogPinger(notifier, healthy=daemon.healthy)
-    with _signals(daemon), _library_logs(), pinger:
+    with _signals(daemon), route_stdlib_logging(), pinger:
         return daemon.run()
 
 
@@ -185,27 +184,6 @@ def _poster(action: Callable[[], None]) -> Callable[[int, FrameType | None], Non
         action()
 
     return handler
-
-
-class _ToStructlog(logging.Handler):
-    def emit(self, record: logging.LogRecord) -> None:
-        from cachewatchd.log import get_logger
-
-        get_logger(record.name).warning("library-warning", message=record.getMessage())
-
-
-@contextlib.contextmanager
-def _library_logs() -> Iterator[None]:
-    """watchdog's own warnings (stdlib logging) become structlog lines instead of bare stderr text."""
-    logger = logging.getLogger("watchdog")
-    handler = _ToStructlog(logging.WARNING)
-    logger.addHandler(handler)
-    propagate, logger.propagate = logger.propagate, False
-    try:
-        yield
-    finally:
-        logger.removeHandler(handler)
-        logger.propagate = propagate
 
 
 def _take_ready_fd() -> int | None:
