@@ -43,9 +43,16 @@ class _Worker:
     """Runs every action of one target on its own thread."""
 
     def __init__(
-        self, target: Target, roots: Sequence[Path], clock: SourceClock, cancel: threading.Event
+        self,
+        target: Target,
+        roots: Sequence[Path],
+        clock: SourceClock,
+        cancel: threading.Event,
+        on_change: Callable[[], None] = lambda: None,
     ) -> None:
         self.target = target
+        self._on_change = on_change
+        self._shown: dict[str, Any] | None = None
         self.spec: ProcessSpec = target.spec
         self.roots = [v for r in roots for v in _variants(r)]
         self._scan_roots = [Path(os.path.abspath(r)) for r in roots]
@@ -109,6 +116,7 @@ class _Worker:
         next_wake: float | None = 0.0  # tick once right away
         refresh_at = time.monotonic() + REFRESH
         while True:
+            self._guard(self._changed)
             with self._cond:
                 if not self._pending and not self._stopping:
                     self._cond.wait(timeout=next_wake)
@@ -117,6 +125,7 @@ class _Worker:
                 run, self._pending = self._pending, False
                 self._busy = run
             if run:
+                self._guard(self._changed)  # now "restarting"
                 self._guard(self._handle)
                 with self._cond:
                     self._busy = False
@@ -128,6 +137,14 @@ class _Worker:
         self._guard(self.target.stop)
         with self._cond:
             self.state = "stopped"
+
+    def _changed(self) -> None:
+        """Call ``on_change`` when what :meth:`status` shows differs from the last call."""
+        shown = self.status()
+        shown.pop("pending")  # set by notify(), whose caller publishes anyway
+        if shown != self._shown:
+            self._shown = shown
+            self._on_change()
 
     def _guard(self, fn: Callable[[], _T]) -> _T | None:
         try:
@@ -227,15 +244,27 @@ class Controller:
         self._clock = SourceClock()
         self._cancel = threading.Event()
         self._started = False
+        self._subscribers: list[Callable[[], None]] = []
         self._workers = [
             _Worker(
                 make_target(spec),
                 [spec.root] if spec.root else self._roots,
                 self._clock,
                 self._cancel,
+                self._changed,
             )
             for spec in specs
         ]
+
+    def subscribe(self, callback: Callable[[], None]) -> None:
+        """Call *callback* (from a worker thread; keep it short) whenever a target's status
+        changes: restarting, restarted, blocked, failed, new pids, turned stale... Call before
+        :meth:`start`."""
+        self._subscribers.append(callback)
+
+    def _changed(self) -> None:
+        for callback in self._subscribers:
+            callback()
 
     def start(self) -> None:
         """Start one worker thread per target (the own child is launched by its worker)."""

@@ -38,6 +38,7 @@ __all__ = ["ControllerLike", "Daemon"]
 class ControllerLike(Protocol):
     """What the daemon needs from :class:`cachewatchd.control.Controller`."""
 
+    def subscribe(self, callback: Callable[[], None]) -> None: ...
     def start(self) -> None: ...
     def notify(self, touched: Sequence[Path]) -> None: ...
     def stop(self) -> None: ...
@@ -45,7 +46,8 @@ class ControllerLike(Protocol):
 
 
 STATUS_REFRESH = 10.0
-"""Seconds between status-record refreshes while nothing happens."""
+"""Seconds between status-record refreshes while nothing happens (a batch, a reload or a change
+in a managed target's status publishes at once)."""
 
 ControllerFactory = Callable[[Sequence[ProcessSpec], Sequence[Path]], ControllerLike]
 
@@ -229,8 +231,8 @@ class Daemon:
                 for root in self.settings.paths:
                     self._batcher.rescan(root, "reconcile interval")
                 next_reconcile = time.monotonic() + self.settings.reconcile_interval
-            elif message == "tick":
-                self._publish()  # processes may have turned stale, roots may have come back
+            elif message in ("tick", "publish"):
+                self._publish()  # a target changed; or roots may have come back
 
     def _shutdown(self) -> None:
         self._state = "stopping"
@@ -308,6 +310,7 @@ class Daemon:
     def _start_controller(self) -> None:
         if self._controller is None and self.settings.processes and self._make_controller:
             self._controller = self._make_controller(self.settings.processes, self.settings.paths)
+            self._controller.subscribe(lambda: self._inbox.put("publish"))
             self._controller.start()
 
     def healthy(self) -> bool:
