@@ -3,7 +3,9 @@
 ``notify(touched)`` never blocks: each target whose root contains a touched path gets a request.
 A worker handles one request at a time; requests arriving while it restarts collapse into exactly
 one more restart. Before a restart the import gate may block it (the old process keeps running);
-after it the health check may fail it. Every fault is one log line and the worker carries on.
+after it the health check may fail it. After a signal, the processes that ran the old code get
+``grace`` seconds to be replaced before the target is looked at again (stale or not). Every fault
+is one log line and the worker carries on.
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
+import psutil
+
 from cachewatchd.errors import CachewatchdError
 from cachewatchd.gate import import_check, wait_healthy
 from cachewatchd.log import get_logger
 from cachewatchd.spec import ProcessSpec
-from cachewatchd.stale import SourceClock, stale_reason
+from cachewatchd.stale import SourceClock, importers, stale_reason
 from cachewatchd.targets import ChildTarget, Target, make_target
 
 __all__ = ["Controller"]
@@ -210,12 +214,15 @@ class _Worker:
         if not self._gate():
             return
         started = time.monotonic()
+        old = importers(self.target.processes()) if self.spec.action == "signal" else []
         try:
             result = self.target.act(self._cancel)
         except CachewatchdError as exc:
             self._log.error("restart-failed", target=name, error=exc.message)
             self._record("failed", f"failed: {exc.message}")
             return
+        if result.event == "signalled":
+            self._wait_replaced(old)
         if self.spec.health_url:
             problem = wait_healthy(
                 self.spec.health_url, self.spec.health_timeout, cancel=self._cancel
@@ -234,6 +241,25 @@ class _Worker:
         else:
             self._log.info("restarted", target=name, seconds=seconds, pids=result.pids)
         self._record("running", f"{result.event} in {seconds:g}s")
+
+    def _wait_replaced(self, old: Sequence[psutil.Process]) -> None:
+        """After a signal, give the processes that ran the old code up to ``grace`` seconds to be
+        replaced (gunicorn's HUP swaps its workers), so that the refresh which follows does not
+        call the target stale while the swap is under way."""
+        deadline = time.monotonic() + self.spec.grace
+        while any(_running(proc) for proc in old):
+            left = deadline - time.monotonic()
+            if left <= 0 or self._cancel.wait(min(0.05, left)):
+                return
+
+
+def _running(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return False
+    except psutil.AccessDenied:
+        return True
 
 
 class Controller:

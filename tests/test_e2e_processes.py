@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import pytest
 
 from cachewatchd.audit import audit
 from cachewatchd.daemon import STATUS_REFRESH
+from cachewatchd.stale import SLACK
 from tests._daemon_util import cli
 from tests._e2e_util import (
     E2E,
@@ -151,6 +153,10 @@ def test_gunicorn_master_found_by_match_takes_hup_and_its_new_workers_serve_new_
     )  # fmt: skip
     with e2e.daemon(["--config", str(config), str(e2e.proj)]) as daemon:
         daemon.ready()
+        # Make the edit unmistakably newer than the workers (stale means older by more than
+        # SLACK; Linux create_time is coarse), so that a worker seen after the HUP would count.
+        born = max(p.create_time() for p in master_proc.children())
+        wait_until(lambda: time.time() > born + SLACK + 0.25, 10, message="workers past SLACK")
         set_value(app, "old-3", "new-3", keep_mtime=True)
         signalled = daemon.wait_event("signalled")
         assert signalled["target"] == "api"
@@ -164,6 +170,10 @@ def test_gunicorn_master_found_by_match_takes_hup_and_its_new_workers_serve_new_
         wait_until(replaced, 30, message="both workers replaced")
         assert [fetch(port) for _ in range(4)] == ["new-3"] * 4
         assert master.poll() is None, "HUP reloads gunicorn, it does not stop it"
+        target = e2e.published(daemon)["processes"][0]
+        assert target["pids"] == [master.pid]
+        assert target["stale"] is False, "the workers (the importers) are new"
+        assert not daemon.events("stale-process"), "the swap under way is not a stale process"
     _no_tracebacks(daemon.stderr())
 
 
@@ -225,6 +235,14 @@ def test_import_gate_keeps_the_old_server_on_a_syntax_error_and_the_fix_restarts
         assert f"{app}, line 1" in blocked["error"]
         assert fetch(port) == "old-5", "the old server keeps answering"
         assert psutil.Process(pid).is_running()
+
+        def shown_blocked() -> bool:
+            target = e2e.record(daemon)["processes"][0]
+            return bool(target["state"] == "blocked" and target["pids"] == [pid])
+
+        wait_until(shown_blocked, STATUS_REFRESH / 2, message="`blocked` in the status record")
+        last_action = e2e.record(daemon)["processes"][0]["last_action"]
+        assert last_action.startswith("blocked: import app failed: SyntaxError")
         assert not daemon.events("restarted")
 
         app.write_text(good.replace("old-5", "new-5"), encoding="utf-8")
