@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -165,3 +167,35 @@ def test_clean_never_removes_a_non_cache_file(
     main(["clean", "--all", "--sourceless", "--json", "--no-default-excludes", str(root)])
     after = {p for p in root.rglob("*") if p.is_file()}
     assert keep <= after
+
+
+def _can_bind_mount() -> bool:
+    if os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("mount") is None:
+        return False
+    probe = subprocess.run(["unshare", "-m", "true"], capture_output=True, check=False)
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not _can_bind_mount(), reason="needs root and mount namespaces")
+def test_read_only_filesystem_is_reported_and_the_rest_goes_on(tmp_path: Path) -> None:
+    ro_src = write(tmp_path / "ro" / "m.py", "X = 1\n")
+    ro_pyc = compile_pyc(ro_src)
+    restore_mtime_edit(ro_src, "X = 2\n")
+    rw_src = write(tmp_path / "rw" / "m.py", "X = 1\n")
+    rw_pyc = compile_pyc(rw_src)
+    restore_mtime_edit(rw_src, "X = 2\n")
+    ro = tmp_path / "ro"
+    script = (
+        f"mount --bind {ro} {ro} && mount -o remount,bind,ro {ro} && "
+        f"exec {sys.executable} -m cachewatchd clean --json {tmp_path}"
+    )
+    # A private mount namespace: the read-only mount never leaks out of this command.
+    proc = subprocess.run(
+        ["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 3, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["removed"] == [str(rw_pyc)]
+    assert doc["errors"] == [{"path": str(ro_pyc), "error": "read-only file system"}]
+    assert ro_pyc.exists()
+    assert not rw_pyc.exists()
