@@ -160,8 +160,8 @@ class E2E:
 
     def published(self, daemon: DaemonProc) -> dict[str, Any]:
         """A record published after this call: SIGHUP makes the daemon reload (the same config:
-        nothing restarts) and publish its status, which it otherwise does only after a batch or
-        every few seconds."""
+        nothing restarts) and publish its status. It also publishes after each batch and each
+        change of a target, but only this says "everything up to now" (the batch counter)."""
         seen = len(daemon.events("reloaded"))
         daemon.send(signal.SIGHUP)
         wait_until(lambda: len(daemon.events("reloaded")) > seen, 20, message="reloaded")
