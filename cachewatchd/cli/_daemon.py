@@ -68,6 +68,9 @@ def register(sub: Any) -> None:
     child.add_argument("--grace", type=_seconds, metavar="S", help="seconds before KILL")
     child.add_argument("--import-check", metavar="MODULE", help="import gate before restarts")
     child.add_argument("--health-url", metavar="URL", help="poll after a restart until HTTP 200")
+    child.add_argument(
+        "--health-timeout", type=_seconds, metavar="S", help="with --health-url (default 30)"
+    )
     run.set_defaults(handler=_run)
 
     stop = sub.add_parser("stop", help="stop this user's daemons (those watching PATH)")
@@ -93,9 +96,15 @@ def _command_line(args: argparse.Namespace) -> CommandLine:
             options["grace"] = args.grace
         options["import_check"] = args.import_check
         options["health_url"] = args.health_url
+        if args.health_timeout is not None:
+            if args.health_url is None:
+                raise UsageError("--health-timeout needs --health-url")
+            options["health_timeout"] = args.health_timeout
         child = ProcessSpec(**options)
-    elif args.grace is not None or args.import_check or args.health_url:
-        raise UsageError("--grace, --import-check and --health-url need '-- COMMAND ARGS...'")
+    elif args.grace is not None or args.import_check or args.health_url or args.health_timeout:
+        raise UsageError(
+            "--grace, --import-check, --health-url and --health-timeout need '-- COMMAND ARGS...'"
+        )
     return CommandLine(
         paths=tuple(args.paths),
         poll=args.poll,
@@ -214,6 +223,7 @@ def _detached_argv(args: argparse.Namespace) -> list[str]:
         "--grace": args.grace,
         "--import-check": args.import_check,
         "--health-url": args.health_url,
+        "--health-timeout": args.health_timeout,
     }
     for flag, value in options.items():
         if value is not None:
@@ -350,7 +360,11 @@ def _describe(record: dict[str, Any]) -> list[str]:
         f"errors {counters.get('errors', 0)}; last event {record.get('last_event') or 'none'}"
     )
     for proc in record.get("processes") or []:
-        stale = f", STALE: {proc['stale']}" if proc.get("stale") else ""
+        stale = (
+            f", STALE: {proc.get('stale_reason') or 'started before the code changed'}"
+            if proc.get("stale")
+            else ""
+        )
         pids = ",".join(str(p) for p in proc.get("pids") or []) or "-"
         lines.append(f"  process {proc.get('name')}: {proc.get('state')} pid {pids}{stale}")
     return lines
