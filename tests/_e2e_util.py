@@ -14,16 +14,12 @@ import os
 import re
 import signal
 import subprocess
-import sys
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-from cachewatchd.spec import SupervisorSpec
-from cachewatchd.supervisor import SupervisorClient, SupervisorError
 from tests._daemon_util import DaemonProc, isolated_env
 from tests._servers import Reaper
 from tests.conftest import child_env
@@ -31,7 +27,6 @@ from tests.helpers import wait_until
 
 __all__ = [
     "E2E",
-    "Supervisord",
     "app_body",
     "child_command",
     "toml_config",
@@ -184,66 +179,3 @@ def _stop_daemon(daemon: DaemonProc) -> None:
     for child in tree:
         reaper.track(child.pid)
     reaper.stop_all()  # nothing is left after a clean stop; after a KILL, the orphans go too
-
-
-class Supervisord:
-    """A supervisord for one test on a unix socket (auth on), its programs allowed to write pycs."""
-
-    USER, PASSWORD = "watcher", "pa ss:w@rd"
-
-    def __init__(self, base: Path, programs: Mapping[str, str], reaper: Reaper) -> None:
-        # AF_UNIX paths are short (108 bytes): keep the socket out of pytest's long tmp paths.
-        self._sockdir = Path(tempfile.mkdtemp(prefix="cw-e2e-", dir="/tmp"))
-        self.socket = self._sockdir / "s.sock"
-        conf = base / "supervisord.conf"
-        conf.write_text(self._config(base, programs), encoding="utf-8")
-        self.process = reaper.popen(
-            [sys.executable, "-m", "supervisor.supervisord", "-n", "-c", str(conf)],
-            env=child_env(),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_until(self._answers, 30, message="supervisord XML-RPC")
-
-    def _config(self, base: Path, programs: Mapping[str, str]) -> str:
-        auth = f"username = {self.USER}\npassword = {self.PASSWORD}\n"
-        text = (
-            f"[unix_http_server]\nfile = {self.socket}\nchmod = 0700\n{auth}\n"
-            f"[supervisord]\nnodaemon = true\nsilent = true\nloglevel = warn\n"
-            f"logfile = {base}/supervisord.log\npidfile = {base}/supervisord.pid\n"
-            f"childlogdir = {base}\n\n"
-            "[rpcinterface:supervisor]\n"
-            "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface\n"
-        )
-        for name, body in programs.items():
-            text += f"\n[program:{name}]\n{body}\nstartsecs = 0\nstartretries = 0\n"
-            text += "stopwaitsecs = 5\nstopasgroup = true\nkillasgroup = true\n"
-            text += f"redirect_stderr = true\nstdout_logfile = {base}/{name}.log\n"
-        return text
-
-    def table(self, program: str) -> dict[str, str]:
-        """The ``supervisor = {...}`` inline table of a ``[[process]]``."""
-        return {
-            "url": f"unix://{self.socket}",
-            "program": program,
-            "username": self.USER,
-            "password": self.PASSWORD,
-        }
-
-    def pids(self, program: str) -> list[int]:
-        return SupervisorClient(SupervisorSpec(**self.table(program)), timeout=10).pids()
-
-    def _answers(self) -> bool:
-        try:
-            state = SupervisorClient(SupervisorSpec(**self.table("x")), timeout=2).call("getState")
-        except SupervisorError:
-            return False
-        return bool(state["statename"] == "RUNNING")
-
-    def stop(self) -> None:
-        """TERM supervisord: it stops its programs, then exits."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            self.process.wait(timeout=30)
-        self.socket.unlink(missing_ok=True)
-        self._sockdir.rmdir()

@@ -24,7 +24,6 @@ from cachewatchd.stale import SLACK
 from tests._daemon_util import cli
 from tests._e2e_util import (
     E2E,
-    Supervisord,
     app_body,
     child_command,
     toml_config,
@@ -32,6 +31,7 @@ from tests._e2e_util import (
 )
 from tests._servers import (
     Reaper,
+    Supervisord,
     fetch,
     free_port,
     gunicorn_command,

@@ -4,10 +4,7 @@ running a real uvicorn. The case that matters: a same-size edit with its mtime r
 from __future__ import annotations
 
 import importlib.util
-import signal
-import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +16,7 @@ from cachewatchd.spec import ProcessSpec, SupervisorSpec
 from cachewatchd.supervisor import SupervisorClient, SupervisorError
 from tests._servers import (
     Reaper,
+    Supervisord,
     assert_one_line_faults,
     events,
     fetch,
@@ -29,66 +27,9 @@ from tests._servers import (
     wait_value,
     write_asgi_app,
 )
-from tests.conftest import child_env
 from tests.helpers import compile_pyc, wait_until
 
-USER, PASSWORD = "watcher", "s3cret:with@odd chars"
 SLEEPER = f"{sys.executable} -c 'import time; time.sleep(3600)'"
-
-
-class Supervisord:
-    """A supervisord started for one test, listening on a unix socket and on 127.0.0.1."""
-
-    def __init__(self, base: Path, programs: dict[str, str], reaper: Reaper) -> None:
-        # AF_UNIX paths are short (108 bytes): keep the socket out of pytest's long tmp paths.
-        self._sockdir = Path(tempfile.mkdtemp(prefix="cw-sv-", dir="/tmp"))
-        self.socket = self._sockdir / "s.sock"
-        self.http_port = free_port()
-        conf = base / "supervisord.conf"
-        conf.write_text(self._config(base, programs), encoding="utf-8")
-        self.process = reaper.popen(
-            [sys.executable, "-m", "supervisor.supervisord", "-n", "-c", str(conf)],
-            env=child_env(),  # programs may write pycs, as they would in production
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_until(self._answers, 20, message="supervisord XML-RPC")
-
-    def _config(self, base: Path, programs: dict[str, str]) -> str:
-        auth = f"username = {USER}\npassword = {PASSWORD}\n"
-        text = (
-            f"[unix_http_server]\nfile = {self.socket}\nchmod = 0700\n{auth}\n"
-            f"[inet_http_server]\nport = 127.0.0.1:{self.http_port}\n{auth}\n"
-            f"[supervisord]\nnodaemon = true\nsilent = true\nloglevel = warn\n"
-            f"logfile = {base}/supervisord.log\npidfile = {base}/supervisord.pid\n"
-            f"childlogdir = {base}\n\n"
-            "[rpcinterface:supervisor]\n"
-            "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface\n"
-        )
-        for name, body in programs.items():
-            text += f"\n[program:{name}]\n{body}\nstartsecs = 0\nstartretries = 0\n"
-            text += "stopwaitsecs = 5\nstopasgroup = true\nkillasgroup = true\n"
-            text += f"redirect_stderr = true\nstdout_logfile = {base}/{name}.log\n"
-        return text
-
-    def spec(self, program: str, *, password: str = PASSWORD, http: bool = False) -> SupervisorSpec:
-        url = f"http://127.0.0.1:{self.http_port}" if http else f"unix://{self.socket}"
-        return SupervisorSpec(url=url, program=program, username=USER, password=password)
-
-    def _answers(self) -> bool:
-        try:
-            state = SupervisorClient(self.spec("x"), timeout=2).call("getState")
-        except SupervisorError:
-            return False
-        return bool(state["statename"] == "RUNNING")
-
-    def stop(self) -> None:
-        """TERM supervisord: it stops its programs, then exits."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            self.process.wait(timeout=20)
-        self.socket.unlink(missing_ok=True)
-        self._sockdir.rmdir()
 
 
 @pytest.fixture
