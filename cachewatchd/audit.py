@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,30 +11,50 @@ from pathlib import Path
 from cachewatchd.errors import UsageError
 from cachewatchd.judge import (
     DANGEROUS,
+    FAST_TAG,
+    FRESH_HEADER,
+    MASK,
     Entry,
     Kind,
     State,
     VanishedError,
     Verdict,
+    judge_header,
     judge_legacy,
     judge_pycache,
+    read_header,
 )
-from cachewatchd.pyc import parse_cache_name
-from cachewatchd.walk import Excluder, WalkOptions, walk
+from cachewatchd.pyc import HEADER_SIZE, RUNNING_MAGIC, Mode, parse_cache_name
+from cachewatchd.walk import Excluder, WalkOptions, list_directory, walk_stack
 
 __all__ = [
     "DANGEROUS",
     "AuditError",
     "AuditOptions",
     "AuditReport",
+    "Auditor",
     "Entry",
+    "Result",
+    "Row",
     "State",
     "audit",
+    "build_report",
     "check_root",
     "mirror_dir",
 ]
 
 _SOURCE_SUFFIXES = (".py", ".pyw")
+_STATES = {state.value: state for state in State}
+_TIMESTAMP_HEADER = struct.Struct("<4sIII")
+"""magic, flags, source mtime, source size: the header of a timestamp pyc."""
+
+_FAST_NAMES: dict[str, str] = (
+    {f"{FAST_TAG}.pyc": "", f"{FAST_TAG}.opt-1.pyc": "1", f"{FAST_TAG}.opt-2.pyc": "2"}
+    if FAST_TAG is not None
+    else {}
+)
+"""``__pycache__`` name after the stem -> opt level, for the pycs the shortcut may settle."""
+_FAST_TAG = FAST_TAG or ""
 
 
 @dataclass(frozen=True)
@@ -44,6 +65,8 @@ class AuditOptions:
     default_excludes: bool = True
     pycache_prefix: Path | None = None
     """Also audit the ``PYTHONPYCACHEPREFIX`` tree mirroring each root."""
+    keep_fresh: bool = False
+    """Keep an :class:`Entry` for every fresh entry too (``clean --all``); else only count them."""
 
     def walk_options(self) -> WalkOptions:
         return WalkOptions(self.include_venvs, self.excludes, self.default_excludes)
@@ -57,12 +80,20 @@ class AuditError:
 
 @dataclass
 class AuditReport:
+    """The judged entries: every entry that is not fresh, and fresh ones too with ``keep_fresh``.
+
+    :meth:`summary` counts every judged entry, the fresh ones not kept included.
+    """
+
     roots: list[Path]
     entries: list[Entry] = field(default_factory=list)
     errors: list[AuditError] = field(default_factory=list)
+    omitted_fresh: int = 0
+    """Fresh entries judged but not kept in :attr:`entries`."""
 
     def summary(self) -> dict[str, int]:
         counts = {state.value: 0 for state in State}
+        counts[State.FRESH.value] = self.omitted_fresh
         for entry in self.entries:
             counts[entry.state.value] += 1
         return counts
@@ -72,6 +103,12 @@ class AuditReport:
 
     def dangerous(self) -> bool:
         return any(e.state in DANGEROUS for e in self.entries)
+
+    def merge(self, other: AuditReport) -> None:
+        """Add *other*'s entries, errors and counts (its roots are not added)."""
+        self.entries += other.entries
+        self.errors += other.errors
+        self.omitted_fresh += other.omitted_fresh
 
 
 def check_root(path: Path) -> Path:
@@ -94,62 +131,87 @@ def mirror_dir(prefix: Path, directory: Path) -> Path:
     return prefix / directory.relative_to(directory.anchor)
 
 
+def _open_dirs(source_dir: str, cache_dir: str) -> tuple[int, int] | None:
+    """Open both directories for ``*at`` calls; ``None`` when either cannot be opened."""
+    flags = os.O_RDONLY | os.O_DIRECTORY
+    try:
+        source_fd = os.open(source_dir, flags)
+    except OSError:
+        return None
+    try:
+        return source_fd, os.open(cache_dir, flags | os.O_NOFOLLOW)
+    except OSError:
+        os.close(source_fd)
+        return None
+
+
 def _error_text(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
-class _Place:
-    """A directory of sources and the directory of their caches; each ``Path`` is made once.
+Row = tuple[str, str | None, str, str, str, str, Mode | None, Kind]
+"""One judged entry as plain data: path, source, state value, reason, tag, opt, mode, kind."""
 
-    Building a ``Path`` from a whole string costs twice as much as joining one name to a parent
-    ``Path``, and a scan makes two per entry: this keeps them off the hot path.
+Result = tuple[list[Row], list[tuple[str, str]], int]
+"""What an audit (or a part of one) found: rows, ``(path, error)`` pairs, fresh entries not kept."""
+
+
+class Auditor:
+    """Judges directories and trees; collects plain rows until :meth:`take`.
+
+    Fresh entries are only counted unless ``keep_fresh``. With *dedup*, an entry reached twice
+    (overlapping roots, a prefix tree inside a root) is judged once.
     """
 
-    __slots__ = ("_cache_path", "_source_path", "cache_dir", "source_dir")
-
-    def __init__(self, source_dir: str, cache_dir: str) -> None:
-        self.source_dir = source_dir
-        self.cache_dir = cache_dir
-        self._source_path: Path | None = None
-        self._cache_path: Path | None = None
-
-    def source(self, name: str) -> Path:
-        if self._source_path is None:
-            self._source_path = Path(self.source_dir)
-        return self._source_path / name
-
-    def cache(self, name: str) -> Path:
-        if self._cache_path is None:
-            self._cache_path = Path(self.cache_dir)
-        return self._cache_path / name
-
-
-class _Auditor:
-    def __init__(self, options: AuditOptions, report: AuditReport) -> None:
+    def __init__(self, options: AuditOptions, *, dedup: bool = True) -> None:
         self.options = options
-        self.report = report
-        self.seen: set[str] = set()
-        self._entries = report.entries
+        self.excluder = Excluder(options.walk_options())
+        self._seen: set[str] | None = set() if dedup else None
+        self.rows: list[Row] = []
+        self.errors: list[tuple[str, str]] = []
+        self.fresh = 0
+
+    def take(self) -> Result:
+        """What was found since the last call."""
+        result = (self.rows, self.errors, self.fresh)
+        self.rows, self.errors, self.fresh = [], [], 0
+        return result
 
     def on_error(self, path: str, exc: OSError) -> None:
-        self.report.errors.append(AuditError(Path(path), _error_text(exc)))
+        self.errors.append((path, _error_text(exc)))
 
     def add(
-        self,
-        path: Path,
-        source: Path | None,
-        verdict: Verdict,
-        tag: str,
-        opt: str,
-        kind: Kind,
+        self, path: str, source: str | None, verdict: Verdict, tag: str, opt: str, kind: Kind
     ) -> None:
-        self._entries.append(
-            Entry(path, source, verdict.state, verdict.reason, tag, opt, verdict.mode, kind)
+        if verdict.state is State.FRESH and not self.options.keep_fresh:
+            self.fresh += 1
+            return
+        self.rows.append(
+            (path, source, verdict.state.value, verdict.reason, tag, opt, verdict.mode, kind)
         )
 
-    def tree(self, root: str) -> None:
-        for dirpath, entries in walk(root, self.options.walk_options(), self.on_error):
+    def first_visit(self, path: str) -> bool:
+        seen = self._seen
+        if seen is None:
+            return True
+        if path in seen:
+            return False
+        seen.add(path)
+        return True
+
+    def tree(self, path: str, rel: str = "", *, root: bool = True) -> None:
+        """Judge the tree at *path* (*rel* below its root), as a root or as a walk's subtree."""
+        for dirpath, entries in walk_stack(
+            [(path, rel)], self.excluder, self.on_error, top_is_root=root
+        ):
             self.directory(dirpath, entries)
+
+    def listed(self, path: str, *, root: bool) -> list[os.DirEntry[str]] | None:
+        """List *path* as the walk would, judge its entries; ``None`` when the walk skips it."""
+        entries = list_directory(path, self.excluder, self.on_error, root=root)
+        if entries is not None:
+            self.directory(path, entries)
+        return entries
 
     def directory(self, dirpath: str, entries: list[os.DirEntry[str]]) -> None:
         sources: dict[str, os.DirEntry[str]] = {}
@@ -163,29 +225,103 @@ class _Auditor:
                 legacy.append(entry)
             elif name == "__pycache__":
                 pycache = entry
-        if legacy:
-            here = _Place(dirpath, dirpath)
-            for entry in legacy:
-                self.legacy(entry, sources, here)
+        for entry in legacy:
+            self.legacy(entry, sources, dirpath)
         if pycache is not None and pycache.is_dir(follow_symlinks=False):
+            self.pycache(dirpath, pycache.path, sources)
+
+    def pycache(
+        self, source_dir: str, cache_dir: str, sources: dict[str, os.DirEntry[str]]
+    ) -> None:
+        try:
+            with os.scandir(cache_dir) as it:
+                names = [e.name for e in it if e.name.endswith(".pyc")]
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            self.on_error(cache_dir, exc)
+            return
+        fds = _open_dirs(source_dir, cache_dir) if _FAST_NAMES else None
+        stats: dict[str, os.stat_result] = {}  # a source with pycs of several opt levels
+        try:
+            for name in names:
+                path = f"{cache_dir}/{name}"
+                if not self.first_visit(path):
+                    continue
+                stem, _, rest = name.partition(".")
+                opt = _FAST_NAMES.get(rest)
+                source = sources.get(stem + ".py") if opt is not None and stem else None
+                if (
+                    fds is None
+                    or source is None
+                    or opt is None
+                    or not self._timestamp(path, name, source, opt, fds, stats)
+                ):
+                    self.cached(path, name, source_dir, sources, "pycache")
+        finally:
+            if fds is not None:
+                os.close(fds[0])
+                os.close(fds[1])
+
+    def _timestamp(
+        self,
+        path: str,
+        name: str,
+        source: os.DirEntry[str],
+        opt: str,
+        fds: tuple[int, int],
+        stats: dict[str, os.stat_result],
+    ) -> bool:
+        """Judge a pyc of this Python's tag whose source exists: the hot path of every scan.
+
+        Reads relative to the directories' fds (no path lookups); a fresh pyc costs one bytes
+        compare. False when the general path must judge it (the source cannot be stat-ed).
+        """
+        st = stats.get(source.name)
+        if st is None:
             try:
-                with os.scandir(pycache.path) as it:
-                    cached = [e for e in it if e.name.endswith(".pyc")]
-            except FileNotFoundError:
-                return
-            except OSError as exc:
-                self.on_error(pycache.path, exc)
-                return
-            place = _Place(dirpath, pycache.path)
-            for entry in cached:
-                self.cached(entry.path, entry.name, place, sources, "pycache")
+                st = stats[source.name] = os.stat(source.name, dir_fd=fds[0])
+            except OSError:
+                return False
+        try:
+            data, mtime_ns, size = read_header(name, fds[1])
+        except VanishedError:
+            return True
+        except OSError as exc:
+            self.on_error(path, exc)
+            return True
+        if (
+            size > HEADER_SIZE
+            and st.st_ctime_ns <= mtime_ns
+            and not self.options.deep
+            and data
+            == _TIMESTAMP_HEADER.pack(RUNNING_MAGIC, 0, int(st.st_mtime) & MASK, st.st_size & MASK)
+        ):
+            if self.options.keep_fresh:
+                self.add(path, source.path, FRESH_HEADER, _FAST_TAG, opt, "pycache")
+            else:
+                self.fresh += 1
+            return True
+        try:
+            verdict = judge_header(
+                path, source.path, st, _FAST_TAG, opt, data, mtime_ns, size, deep=self.options.deep
+            )
+        except VanishedError:
+            return True
+        except OSError as exc:
+            self.on_error(path, exc)
+            return True
+        self.add(path, source.path, verdict, _FAST_TAG, opt, "pycache")
+        return True
 
     def legacy(
-        self, entry: os.DirEntry[str], sources: dict[str, os.DirEntry[str]], here: _Place
+        self, entry: os.DirEntry[str], sources: dict[str, os.DirEntry[str]], dirpath: str
     ) -> None:
-        if entry.path in self.seen or not entry.is_file(follow_symlinks=False):
+        seen = self._seen
+        if (seen is not None and entry.path in seen) or not entry.is_file(follow_symlinks=False):
             return
-        self.seen.add(entry.path)
+        if seen is not None:
+            seen.add(entry.path)
         stem = entry.name[:-4]
         has_source = f"{stem}.py" in sources or f"{stem}.pyw" in sources
         try:
@@ -195,30 +331,26 @@ class _Auditor:
         except OSError as exc:
             self.on_error(entry.path, exc)
             return
-        source = here.source(f"{stem}.py") if has_source else None
-        self.add(here.cache(entry.name), source, verdict, "", "", "legacy")
+        source = os.path.join(dirpath, f"{stem}.py") if has_source else None
+        self.add(entry.path, source, verdict, "", "", "legacy")
 
     def cached(
         self,
         path: str,
         name: str,
-        place: _Place,
+        source_dir: str,
         sources: dict[str, os.DirEntry[str]] | None,
         kind: Kind,
     ) -> None:
-        seen = self.seen
-        if path in seen:
-            return
-        seen.add(path)
+        """Judge any ``__pycache__`` or prefix-tree pyc (already counted by :meth:`first_visit`)."""
         parsed = parse_cache_name(name)
         if parsed is None:
-            verdict = Verdict(State.ORPHAN, "not a name CPython imports")
-            self.add(place.cache(name), None, verdict, "", "", kind)
+            self.add(path, None, Verdict(State.ORPHAN, "not a name CPython imports"), "", "", kind)
             return
-        source, source_name, stat = self._find_source(place.source_dir, parsed.stem, sources)
+        source, source_name, stat = self._find_source(source_dir, parsed.stem, sources)
         if source is None or stat is None:
             verdict = Verdict(State.ORPHAN, f"source {parsed.stem}.py is gone: never imported")
-            self.add(place.cache(name), None, verdict, parsed.tag, parsed.opt, kind)
+            self.add(path, None, verdict, parsed.tag, parsed.opt, kind)
             return
         try:
             verdict = judge_pycache(
@@ -229,9 +361,8 @@ class _Auditor:
         except OSError as exc:
             self.on_error(path, exc)
             return
-        self.add(
-            place.cache(name), place.source(source_name), verdict, parsed.tag, parsed.opt, kind
-        )
+        source_path = os.path.join(source_dir, source_name)
+        self.add(path, source_path, verdict, parsed.tag, parsed.opt, kind)
 
     def _find_source(
         self, source_dir: str, stem: str, sources: dict[str, os.DirEntry[str]] | None
@@ -256,7 +387,6 @@ class _Auditor:
 
     def prefix_tree(self, root: Path, prefix: Path) -> None:
         mirror = mirror_dir(prefix, root)
-        excluder = Excluder(self.options.walk_options())
         stack = [(str(mirror), "")]
         while stack:
             path, rel = stack.pop()
@@ -269,23 +399,55 @@ class _Auditor:
                 self.on_error(path, exc)
                 continue
             source_dir = os.path.join(str(root), rel) if rel else str(root)
-            place = _Place(source_dir, path)
             for entry in entries:
                 child_rel = f"{rel}/{entry.name}" if rel else entry.name
                 if entry.is_dir(follow_symlinks=False):
-                    if not excluder.excluded(entry.name, child_rel):
+                    if not self.excluder.excluded(entry.name, child_rel):
                         stack.append((entry.path, child_rel))
-                elif entry.name.endswith(".pyc") and entry.is_file(follow_symlinks=False):
-                    self.cached(entry.path, entry.name, place, None, "prefix")
+                elif (
+                    entry.name.endswith(".pyc")
+                    and entry.is_file(follow_symlinks=False)
+                    and self.first_visit(entry.path)
+                ):
+                    self.cached(entry.path, entry.name, source_dir, None, "prefix")
+
+
+class _Paths:
+    """``Path`` objects for many strings of few directories: joining to a parent is cheaper."""
+
+    def __init__(self) -> None:
+        self._parents: dict[str, Path] = {}
+
+    def __call__(self, path: str) -> Path:
+        head, tail = os.path.split(path)
+        parent = self._parents.get(head)
+        if parent is None:
+            parent = self._parents[head] = Path(head)
+        return parent / tail
+
+
+def build_report(roots: Sequence[Path], results: Sequence[Result]) -> AuditReport:
+    """The report of *results*, in their order."""
+    report = AuditReport(roots=list(roots))
+    paths = _Paths()
+    entries = report.entries
+    for rows, errors, fresh in results:
+        report.omitted_fresh += fresh
+        for path, source, state, reason, tag, opt, mode, kind in rows:
+            source_path = None if source is None else paths(source)
+            entries.append(
+                Entry(paths(path), source_path, _STATES[state], reason, tag, opt, mode, kind)
+            )
+        report.errors += [AuditError(Path(p), error) for p, error in errors]
+    return report
 
 
 def audit(roots: Sequence[Path], options: AuditOptions | None = None) -> AuditReport:
     """Judge every cache entry under *roots* (already resolved directories)."""
     opts = options if options is not None else AuditOptions()
-    report = AuditReport(roots=list(roots))
-    auditor = _Auditor(opts, report)
+    auditor = Auditor(opts)
     for root in roots:
         auditor.tree(str(root))
         if opts.pycache_prefix is not None:
             auditor.prefix_tree(root, opts.pycache_prefix)
-    return report
+    return build_report(roots, [auditor.take()])

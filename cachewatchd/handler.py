@@ -192,8 +192,7 @@ class BatchHandler:
         reports = [self._audit(target) for target in targets if target.is_dir()]
         report = AuditReport(roots=list(targets))
         for part in reports:
-            report.entries += part.entries
-            report.errors += part.errors
+            report.merge(part)
         self._errors(((e.path, e.error) for e in report.errors), during="audit")
         doomed = [e for e in report.non_fresh() if e.state is not State.SOURCELESS]
         if not doomed:

@@ -23,14 +23,47 @@ from cachewatchd.pyc import (
     Mode,
     parse_header,
     source_hash,
+    version_of_magic,
     version_of_tag,
 )
 
-__all__ = ["DANGEROUS", "Entry", "Kind", "State", "Verdict", "judge_legacy", "judge_pycache"]
+__all__ = [
+    "DANGEROUS",
+    "FAST_TAG",
+    "FRESH_HEADER",
+    "MASK",
+    "Entry",
+    "Kind",
+    "State",
+    "VanishedError",
+    "Verdict",
+    "judge_header",
+    "judge_legacy",
+    "judge_pycache",
+    "read_header",
+]
 
-_MASK = 0xFFFFFFFF
+MASK = 0xFFFFFFFF
+"""CPython stores the source mtime and size modulo 2**32."""
 _RUNNING_TAG = sys.implementation.cache_tag
 _RUNNING_TAG_VERSION = None if _RUNNING_TAG is None else version_of_tag(_RUNNING_TAG)
+
+FAST_TAG: str | None = (
+    _RUNNING_TAG
+    if _RUNNING_TAG is not None
+    and "." not in _RUNNING_TAG
+    and _RUNNING_TAG_VERSION is not None
+    and version_of_magic(RUNNING_MAGIC) == _RUNNING_TAG_VERSION
+    else None
+)
+"""The running interpreter's tag when a caller may settle its timestamp pycs by comparing bytes.
+
+For a pyc of this tag whose source exists, :func:`judge_header` says ``fresh`` with
+:data:`FRESH_HEADER` exactly when the pyc is a regular file longer than its header, its first 16
+bytes are ``RUNNING_MAGIC``, flags 0, ``int(st_mtime) & MASK`` and ``st_size & MASK`` of the
+source, the source's ``st_ctime_ns`` is not after the pyc's ``st_mtime_ns``, and the audit is not
+deep. ``None`` when that shortcut does not hold (an interpreter the magic table does not know).
+"""
 
 
 class State(str, Enum):
@@ -74,7 +107,7 @@ class Verdict:
     mode: Mode | None = None
 
 
-_FRESH_HEADER = Verdict(State.FRESH, "header matches the source", "timestamp")
+FRESH_HEADER = Verdict(State.FRESH, "header matches the source", "timestamp")
 """The verdict of nearly every entry of a warm tree, made once (verdicts are immutable)."""
 
 
@@ -86,13 +119,14 @@ def _version_text(version: tuple[int, int] | None) -> str:
     return "?" if version is None else f"{version[0]}.{version[1]}"
 
 
-def _read_header(pyc: str) -> tuple[bytes, int, int]:
-    """First bytes of *pyc*, its ``st_mtime_ns`` and its size.
+def read_header(pyc: str, dir_fd: int | None = None) -> tuple[bytes, int, int]:
+    """First bytes of *pyc* (relative to *dir_fd* if given), its ``st_mtime_ns`` and its size.
 
     The hot path of a scan: open, one ``fstat`` (regular file? mtime, size), read, close.
+    Raises :class:`VanishedError` when *pyc* is gone, :class:`OSError` when it cannot be read.
     """
     try:
-        fd = os.open(pyc, os.O_RDONLY | os.O_NONBLOCK)
+        fd = os.open(pyc, os.O_RDONLY | os.O_NONBLOCK, dir_fd=dir_fd)
     except FileNotFoundError as exc:
         raise VanishedError(pyc) from exc
     try:
@@ -167,7 +201,23 @@ def judge_pycache(
 
     Raises :class:`VanishedError` when a file disappears, :class:`OSError` when unreadable.
     """
-    data, pyc_mtime_ns, pyc_size = _read_header(pyc)
+    data, pyc_mtime_ns, pyc_size = read_header(pyc)
+    return judge_header(pyc, source, source_stat, tag, opt, data, pyc_mtime_ns, pyc_size, deep=deep)
+
+
+def judge_header(
+    pyc: str,
+    source: str,
+    source_stat: os.stat_result,
+    tag: str,
+    opt: str,
+    data: bytes,
+    pyc_mtime_ns: int,
+    pyc_size: int,
+    *,
+    deep: bool = False,
+) -> Verdict:
+    """:func:`judge_pycache` once the header has been read with :func:`read_header`."""
     tag_version = _RUNNING_TAG_VERSION if tag == _RUNNING_TAG else version_of_tag(tag)
     try:
         header = parse_header(data, any_magic=tag_version is None)
@@ -184,10 +234,10 @@ def judge_pycache(
     ours = header.magic == RUNNING_MAGIC
     if header.mode != "timestamp":
         return _judge_hash(pyc, source, header.magic, header.hash, header.mode, ours, deep)
-    if header.mtime != (int(source_stat.st_mtime) & _MASK) or header.size != (
-        source_stat.st_size & _MASK
+    if header.mtime != (int(source_stat.st_mtime) & MASK) or header.size != (
+        source_stat.st_size & MASK
     ):
-        what = "mtime" if header.mtime != (int(source_stat.st_mtime) & _MASK) else "size"
+        what = "mtime" if header.mtime != (int(source_stat.st_mtime) & MASK) else "size"
         return Verdict(
             State.OUTDATED,
             f"source {what} differs from the header: Python recompiles it on import",
@@ -195,14 +245,14 @@ def judge_pycache(
         )
     changed_since = source_stat.st_ctime_ns > pyc_mtime_ns
     if not (changed_since or deep):
-        return _FRESH_HEADER
+        return FRESH_HEADER
     if ours:
         verdict = _exact(pyc, source, opt)
         if verdict is not None:
             return Verdict(verdict.state, verdict.reason, "timestamp")
         return Verdict(State.FRESH, "code identical to a fresh compile", "timestamp")
     if not changed_since:
-        return _FRESH_HEADER
+        return FRESH_HEADER
     return Verdict(
         State.SUSPECT,
         "header matches but the source changed after the cache was written, and this pyc of "
@@ -249,7 +299,7 @@ def judge_legacy(pyc: str, has_source: bool, *, deep: bool = False) -> Verdict:
             "legacy .pyc beside its source: ignored while the source exists, "
             "imported if the source is deleted",
         )
-    data, _, size = _read_header(pyc)
+    data, _, size = read_header(pyc)
     try:
         header = parse_header(data)
     except HeaderError as exc:

@@ -64,9 +64,10 @@ def check_caches(
             findings.append(
                 Finding(f"{state.value}-caches", severity, message, todo, None, details)
             )
-    counts = ", ".join(f"{n} {state}" for state, n in report.summary().items() if n)
+    summary = report.summary()
+    counts = ", ".join(f"{n} {state}" for state, n in summary.items() if n)
     findings.append(
-        Finding("caches", "info", f"{len(report.entries)} cache entries: {counts or 'none'}")
+        Finding("caches", "info", f"{sum(summary.values())} cache entries: {counts or 'none'}")
     )
     return findings
 

@@ -12,7 +12,15 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-__all__ = ["DEFAULT_EXCLUDES", "Excluder", "WalkOptions", "walk"]
+__all__ = [
+    "DEFAULT_EXCLUDES",
+    "Excluder",
+    "WalkOptions",
+    "list_directory",
+    "subdirectories",
+    "walk",
+    "walk_stack",
+]
 
 DEFAULT_EXCLUDES: tuple[str, ...] = (
     ".git",
@@ -68,34 +76,71 @@ def walk(
     ``__pycache__`` directories are listed among the entries but not descended into: the caller
     reads them. The root itself is always walked, even when it is a virtual environment.
     """
-    excluder = Excluder(options)
-    stack: list[tuple[str, str]] = [(root, "")]
-    first = True
+    return walk_stack([(root, "")], Excluder(options), on_error, top_is_root=True)
+
+
+def walk_stack(
+    stack: list[tuple[str, str]],
+    excluder: Excluder,
+    on_error: Callable[[str, OSError], None],
+    *,
+    top_is_root: bool = False,
+) -> Iterator[tuple[str, list[os.DirEntry[str]]]]:
+    """:func:`walk` from a stack of ``(path, path relative to the root)``, popped from the end.
+
+    Every directory is judged as a directory below the root (a virtual environment is skipped),
+    except the first one popped when *top_is_root*. Walking ``[(d, rel)]`` yields exactly the
+    part of a whole walk that starts at ``d``, in the same order.
+    """
+    root = top_is_root
     while stack:
         path, rel = stack.pop()
-        try:
-            with os.scandir(path) as it:
-                entries = list(it)
-        except FileNotFoundError:
+        entries = list_directory(path, excluder, on_error, root=root)
+        root = False
+        if entries is None:
             continue
-        except OSError as exc:
-            on_error(path, exc)
-            continue
-        if not first and excluder.is_venv([e.name for e in entries]):
-            continue
-        first = False
         yield path, entries
-        for entry in entries:
-            name = entry.name
-            if name == "__pycache__":
-                continue
-            try:
-                is_dir = entry.is_dir(follow_symlinks=False)
-            except OSError:
-                continue
-            if not is_dir:
-                continue
-            child_rel = f"{rel}/{name}" if rel else name
-            if excluder.excluded(name, child_rel):
-                continue
-            stack.append((entry.path, child_rel))
+        stack += subdirectories(entries, rel, excluder)
+
+
+def list_directory(
+    path: str,
+    excluder: Excluder,
+    on_error: Callable[[str, OSError], None],
+    *,
+    root: bool = False,
+) -> list[os.DirEntry[str]] | None:
+    """The entries of *path*; ``None`` when it is gone, unreadable (reported) or a venv below a root."""
+    try:
+        with os.scandir(path) as it:
+            entries = list(it)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        on_error(path, exc)
+        return None
+    if not root and excluder.is_venv([e.name for e in entries]):
+        return None
+    return entries
+
+
+def subdirectories(
+    entries: list[os.DirEntry[str]], rel: str, excluder: Excluder
+) -> list[tuple[str, str]]:
+    """``(path, relpath)`` of the directories a walk enters below *entries*, in push order."""
+    found = []
+    for entry in entries:
+        name = entry.name
+        if name == "__pycache__":
+            continue
+        try:
+            is_dir = entry.is_dir(follow_symlinks=False)
+        except OSError:
+            continue
+        if not is_dir:
+            continue
+        child_rel = f"{rel}/{name}" if rel else name
+        if excluder.excluded(name, child_rel):
+            continue
+        found.append((entry.path, child_rel))
+    return found

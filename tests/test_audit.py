@@ -18,9 +18,14 @@ from tests.helpers import compile_pyc, find_interpreters
 
 
 def states(root: Path, **options: object) -> dict[str, State]:
-    report = audit([root.resolve()], AuditOptions(**options))  # type: ignore[arg-type]
-    assert not report.errors, report.errors
-    return {str(e.path.relative_to(root.resolve())): e.state for e in report.entries}
+    """State of every entry (fresh ones kept), checked against an audit that only counts fresh."""
+    full = audit([root.resolve()], AuditOptions(keep_fresh=True, **options))  # type: ignore[arg-type]
+    assert not full.errors, full.errors
+    counted = audit([root.resolve()], AuditOptions(**options))  # type: ignore[arg-type]
+    assert counted.entries == full.non_fresh()
+    assert counted.summary() == full.summary()
+    assert counted.errors == full.errors
+    return {str(e.path.relative_to(root.resolve())): e.state for e in full.entries}
 
 
 def run_import(root: Path, code: str, **env: str) -> str:
@@ -247,9 +252,13 @@ def test_unreadable_pyc_goes_to_errors_and_the_scan_carries_on(tmp_path: Path) -
     write(tmp_path / "a.py", "X = 1\n")
     fifo = tmp_path / "__pycache__" / f"a.{TAG}.pyc"
     os.mkfifo(fifo)  # would block a naive open(); must be reported, not hang
-    report = audit([tmp_path.resolve()])
+    report = audit([tmp_path.resolve()], AuditOptions(keep_fresh=True))
     assert [(e.path.name, e.error) for e in report.errors] == [(fifo.name, "not a regular file")]
     assert [e.path.name for e in report.entries] == [f"b.{TAG}.pyc"]
+    counted = audit([tmp_path.resolve()])
+    assert counted.errors == report.errors
+    assert counted.entries == []
+    assert counted.summary()["fresh"] == 1
 
 
 def test_permission_denied_goes_to_errors(tmp_path: Path) -> None:
@@ -260,7 +269,7 @@ def test_permission_denied_goes_to_errors(tmp_path: Path) -> None:
     bad.chmod(0)
     report = audit([tmp_path.resolve()])
     assert [e.path.name for e in report.errors] == [bad.name]
-    assert len(report.entries) == 1
+    assert sum(report.summary().values()) == 1
 
 
 def test_running_magic_sanity() -> None:

@@ -113,7 +113,9 @@ def register(sub: Any) -> None:
     clean.set_defaults(handler=_clean)
 
 
-def _options(args: argparse.Namespace) -> tuple[list[Path], AuditOptions]:
+def _options(
+    args: argparse.Namespace, *, keep_fresh: bool = False
+) -> tuple[list[Path], AuditOptions]:
     from cachewatchd.audit import AuditOptions, check_root
 
     roots = [check_root(Path(p)) for p in (args.paths or ["."])]
@@ -128,6 +130,7 @@ def _options(args: argparse.Namespace) -> tuple[list[Path], AuditOptions]:
         excludes=tuple(args.exclude),
         default_excludes=not args.no_default_excludes,
         pycache_prefix=prefix,
+        keep_fresh=keep_fresh,
     )
     return roots, options
 
@@ -204,7 +207,7 @@ def _clean(args: argparse.Namespace) -> int:
     from cachewatchd.audit import audit
     from cachewatchd.invalidate import remove_cache_files
 
-    roots, options = _options(args)
+    roots, options = _options(args, keep_fresh=args.all)
     report = audit(roots, options)
     doomed, kept = [], []
     for entry in report.entries:
