@@ -199,3 +199,32 @@ def test_read_only_filesystem_is_reported_and_the_rest_goes_on(tmp_path: Path) -
     assert doc["errors"] == [{"path": str(ro_pyc), "error": "read-only file system"}]
     assert ro_pyc.exists()
     assert not rw_pyc.exists()
+
+
+def plant_wide(root: Path) -> None:
+    """plant() in 16 packages below *root*: big enough for --jobs 2 to fork."""
+    for i in range(4):
+        for j in range(4):
+            plant(root / f"a{i}" / f"b{j}")
+
+
+@pytest.mark.parametrize("args", [["--all", "--sourceless"], [], ["--sourceless"]])
+def test_clean_with_jobs_does_what_one_process_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str]
+) -> None:
+    plant_wide(tmp_path)
+    dry = {jobs: clean(capsys, "--dry-run", "--jobs", jobs, *args, str(tmp_path)) for jobs in "123"}
+    assert dry["2"] == dry["1"] == dry["3"]
+    assert dry["1"][1]["removed"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    plant_wide(one)
+    plant_wide(two)
+    code_one, doc_one = clean(capsys, "--jobs", "1", *args, str(one))
+    code_two, doc_two = clean(capsys, "--jobs", "2", *args, str(two))
+    assert code_two == code_one
+    assert json.dumps(doc_two).replace(str(two), "ROOT") == json.dumps(doc_one).replace(
+        str(one), "ROOT"
+    )
+    assert sorted(p.relative_to(two) for p in two.rglob("*")) == sorted(
+        p.relative_to(one) for p in one.rglob("*")
+    )
