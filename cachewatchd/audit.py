@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from cachewatchd.errors import UsageError
 from cachewatchd.judge import (
@@ -57,8 +57,7 @@ _FAST_NAMES: dict[str, str] = (
 _FAST_TAG = FAST_TAG or ""
 
 
-@dataclass(frozen=True)
-class AuditOptions:
+class AuditOptions(NamedTuple):
     deep: bool = False
     include_venvs: bool = False
     excludes: tuple[str, ...] = ()
@@ -72,24 +71,35 @@ class AuditOptions:
         return WalkOptions(self.include_venvs, self.excludes, self.default_excludes)
 
 
-@dataclass(frozen=True)
-class AuditError:
+class AuditError(NamedTuple):
     path: Path
     error: str
 
 
-@dataclass
 class AuditReport:
     """The judged entries: every entry that is not fresh, and fresh ones too with ``keep_fresh``.
 
-    :meth:`summary` counts every judged entry, the fresh ones not kept included.
+    :meth:`summary` counts every judged entry, the fresh ones not kept included
+    (``omitted_fresh``: fresh entries judged but not kept in ``entries``).
     """
 
-    roots: list[Path]
-    entries: list[Entry] = field(default_factory=list)
-    errors: list[AuditError] = field(default_factory=list)
-    omitted_fresh: int = 0
-    """Fresh entries judged but not kept in :attr:`entries`."""
+    def __init__(
+        self,
+        roots: list[Path],
+        entries: list[Entry] | None = None,
+        errors: list[AuditError] | None = None,
+        omitted_fresh: int = 0,
+    ) -> None:
+        self.roots = roots
+        self.entries: list[Entry] = [] if entries is None else entries
+        self.errors: list[AuditError] = [] if errors is None else errors
+        self.omitted_fresh = omitted_fresh
+
+    def __repr__(self) -> str:
+        return (
+            f"AuditReport(roots={self.roots!r}, entries={self.entries!r}, "
+            f"errors={self.errors!r}, omitted_fresh={self.omitted_fresh!r})"
+        )
 
     def summary(self) -> dict[str, int]:
         counts = {state.value: 0 for state in State}

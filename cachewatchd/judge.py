@@ -11,10 +11,9 @@ import marshal
 import os
 import stat
 import sys
-from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from cachewatchd.pyc import (
     HEADER_SIZE,
@@ -86,8 +85,7 @@ DANGEROUS = frozenset({State.STALE, State.SOURCELESS, State.CORRUPT})
 Kind = Literal["pycache", "legacy", "prefix"]
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(NamedTuple):
     """One judged cache file."""
 
     path: Path
@@ -100,8 +98,7 @@ class Entry:
     kind: Kind = "pycache"
 
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
+class Verdict(NamedTuple):
     state: State
     reason: str
     mode: Mode | None = None

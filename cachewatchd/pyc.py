@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 __all__ = [
     "HEADER_SIZE",
@@ -78,8 +77,7 @@ class HeaderError(ValueError):
     """The first bytes of a pyc are not a valid 3.7+ header."""
 
 
-@dataclass(frozen=True, slots=True)
-class Header:
+class Header(NamedTuple):
     """A parsed pyc header."""
 
     magic: bytes
@@ -136,8 +134,7 @@ def source_hash(magic: bytes, source: bytes) -> bytes:
     return siphash(key, 0, source, c_rounds=c, d_rounds=d).to_bytes(8, "little")
 
 
-@dataclass(frozen=True, slots=True)
-class CacheName:
+class CacheName(NamedTuple):
     """The parts of a ``__pycache__`` file name: ``<stem>.<tag>[.opt-N].pyc``."""
 
     stem: str

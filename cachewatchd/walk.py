@@ -10,7 +10,7 @@ from __future__ import annotations
 import fnmatch
 import os
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = [
     "DEFAULT_EXCLUDES",
@@ -37,8 +37,7 @@ DEFAULT_EXCLUDES: tuple[str, ...] = (
 VENV_MARKER = "pyvenv.cfg"
 
 
-@dataclass(frozen=True)
-class WalkOptions:
+class WalkOptions(NamedTuple):
     include_venvs: bool = False
     excludes: tuple[str, ...] = ()
     """Globs matched against a name and against the path relative to the root."""
