@@ -11,7 +11,6 @@ from typing import NamedTuple
 from cachewatchd.errors import UsageError
 from cachewatchd.judge import (
     DANGEROUS,
-    FAST_TAG,
     FRESH_HEADER,
     MASK,
     Entry,
@@ -47,14 +46,6 @@ _SOURCE_SUFFIXES = (".py", ".pyw")
 _STATES = {state.value: state for state in State}
 _TIMESTAMP_HEADER = struct.Struct("<4sIII")
 """magic, flags, source mtime, source size: the header of a timestamp pyc."""
-
-_FAST_NAMES: dict[str, str] = (
-    {f"{FAST_TAG}.pyc": "", f"{FAST_TAG}.opt-1.pyc": "1", f"{FAST_TAG}.opt-2.pyc": "2"}
-    if FAST_TAG is not None
-    else {}
-)
-"""``__pycache__`` name after the stem -> opt level, for the pycs the shortcut may settle."""
-_FAST_TAG = FAST_TAG or ""
 
 
 class AuditOptions(NamedTuple):
@@ -180,6 +171,10 @@ class Auditor:
         self.rows: list[Row] = []
         self.errors: list[tuple[str, str]] = []
         self.fresh = 0
+        self._tag_opt: dict[str, tuple[str, str]] = {}
+        """``__pycache__`` name after the stem -> tag and opt level."""
+        self._magic: dict[str, bytes] = {}
+        """Tag -> the magic of a pyc of that tag found fresh by its header."""
 
     def take(self) -> Result:
         """What was found since the last call."""
@@ -251,7 +246,7 @@ class Auditor:
         except OSError as exc:
             self.on_error(cache_dir, exc)
             return
-        fds = _open_dirs(source_dir, cache_dir) if _FAST_NAMES else None
+        fds = _open_dirs(source_dir, cache_dir)
         stats: dict[str, os.stat_result] = {}  # a source with pycs of several opt levels
         try:
             for name in names:
@@ -259,13 +254,13 @@ class Auditor:
                 if not self.first_visit(path):
                     continue
                 stem, _, rest = name.partition(".")
-                opt = _FAST_NAMES.get(rest)
-                source = sources.get(stem + ".py") if opt is not None and stem else None
+                tag_opt = (self._tag_opt.get(rest) or self._parse_rest(rest)) if stem else None
+                source = sources.get(stem + ".py") if tag_opt is not None else None
                 if (
                     fds is None
                     or source is None
-                    or opt is None
-                    or not self._timestamp(path, name, source, opt, fds, stats)
+                    or tag_opt is None
+                    or not self._beside_source(path, name, source, tag_opt, fds, stats)
                 ):
                     self.cached(path, name, source_dir, sources, "pycache")
         finally:
@@ -273,19 +268,30 @@ class Auditor:
                 os.close(fds[0])
                 os.close(fds[1])
 
-    def _timestamp(
+    def _parse_rest(self, rest: str) -> tuple[str, str] | None:
+        """Tag and opt level of ``<stem>.<rest>`` (same for every stem); remembered when valid."""
+        parsed = parse_cache_name(f"x.{rest}")
+        if parsed is None:
+            return None
+        self._tag_opt[rest] = parsed.tag, parsed.opt
+        return parsed.tag, parsed.opt
+
+    def _beside_source(
         self,
         path: str,
         name: str,
         source: os.DirEntry[str],
-        opt: str,
+        tag_opt: tuple[str, str],
         fds: tuple[int, int],
         stats: dict[str, os.stat_result],
     ) -> bool:
-        """Judge a pyc of this Python's tag whose source exists: the hot path of every scan.
+        """Judge a ``__pycache__`` pyc whose ``.py`` is listed: the hot path of every scan.
 
-        Reads relative to the directories' fds (no path lookups); a fresh pyc costs one bytes
-        compare. False when the general path must judge it (the source cannot be stat-ed).
+        Reads relative to the directories' fds (no path lookups). Once a pyc of a tag has been
+        judged fresh by its header, a pyc with the same magic, flags 0 and the mtime and size of
+        its source (not changed since, not an exact check of this Python's pyc with ``deep``) is
+        fresh by the same rules: one bytes compare. False when the general path must judge it
+        (the source cannot be stat-ed).
         """
         st = stats.get(source.name)
         if st is None:
@@ -300,28 +306,29 @@ class Auditor:
         except OSError as exc:
             self.on_error(path, exc)
             return True
+        tag, opt = tag_opt
+        magic = self._magic.get(tag)
         if (
-            size > HEADER_SIZE
+            magic is not None
+            and size > HEADER_SIZE
             and st.st_ctime_ns <= mtime_ns
-            and not self.options.deep
-            and data
-            == _TIMESTAMP_HEADER.pack(RUNNING_MAGIC, 0, int(st.st_mtime) & MASK, st.st_size & MASK)
+            and (magic != RUNNING_MAGIC or not self.options.deep)
+            and data == _TIMESTAMP_HEADER.pack(magic, 0, int(st.st_mtime) & MASK, st.st_size & MASK)
         ):
-            if self.options.keep_fresh:
-                self.add(path, source.path, FRESH_HEADER, _FAST_TAG, opt, "pycache")
-            else:
-                self.fresh += 1
-            return True
-        try:
-            verdict = judge_header(
-                path, source.path, st, _FAST_TAG, opt, data, mtime_ns, size, deep=self.options.deep
-            )
-        except VanishedError:
-            return True
-        except OSError as exc:
-            self.on_error(path, exc)
-            return True
-        self.add(path, source.path, verdict, _FAST_TAG, opt, "pycache")
+            verdict = FRESH_HEADER
+        else:
+            try:
+                verdict = judge_header(
+                    path, source.path, st, tag, opt, data, mtime_ns, size, deep=self.options.deep
+                )
+            except VanishedError:
+                return True
+            except OSError as exc:
+                self.on_error(path, exc)
+                return True
+            if verdict is FRESH_HEADER:
+                self._magic[tag] = data[:4]
+        self.add(path, source.path, verdict, tag, opt, "pycache")
         return True
 
     def legacy(

@@ -22,13 +22,11 @@ from cachewatchd.pyc import (
     Mode,
     parse_header,
     source_hash,
-    version_of_magic,
     version_of_tag,
 )
 
 __all__ = [
     "DANGEROUS",
-    "FAST_TAG",
     "FRESH_HEADER",
     "MASK",
     "Entry",
@@ -46,23 +44,6 @@ MASK = 0xFFFFFFFF
 """CPython stores the source mtime and size modulo 2**32."""
 _RUNNING_TAG = sys.implementation.cache_tag
 _RUNNING_TAG_VERSION = None if _RUNNING_TAG is None else version_of_tag(_RUNNING_TAG)
-
-FAST_TAG: str | None = (
-    _RUNNING_TAG
-    if _RUNNING_TAG is not None
-    and "." not in _RUNNING_TAG
-    and _RUNNING_TAG_VERSION is not None
-    and version_of_magic(RUNNING_MAGIC) == _RUNNING_TAG_VERSION
-    else None
-)
-"""The running interpreter's tag when a caller may settle its timestamp pycs by comparing bytes.
-
-For a pyc of this tag whose source exists, :func:`judge_header` says ``fresh`` with
-:data:`FRESH_HEADER` exactly when the pyc is a regular file longer than its header, its first 16
-bytes are ``RUNNING_MAGIC``, flags 0, ``int(st_mtime) & MASK`` and ``st_size & MASK`` of the
-source, the source's ``st_ctime_ns`` is not after the pyc's ``st_mtime_ns``, and the audit is not
-deep. ``None`` when that shortcut does not hold (an interpreter the magic table does not know).
-"""
 
 
 class State(str, Enum):

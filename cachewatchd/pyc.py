@@ -8,6 +8,7 @@ and size (each ``& 0xFFFFFFFF``) or an 8-byte SipHash of the source keyed by the
 from __future__ import annotations
 
 import importlib.util
+import struct
 import sys
 from typing import Literal, NamedTuple
 
@@ -50,17 +51,18 @@ _MAGIC_RANGES: tuple[tuple[int, int, tuple[int, int]], ...] = (
     (3600, 3650, (3, 14)),
     (3650, 3700, (3, 15)),
 )
+_MAGIC_VERSIONS: dict[bytes, tuple[int, int]] = {
+    number.to_bytes(2, "little") + b"\r\n": version
+    for start, end, version in _MAGIC_RANGES
+    for number in range(start, end)
+}
+_HEADER = struct.Struct("<4sIII")
+"""magic, flags, then the source mtime and size (timestamp pyc) or the source hash."""
 
 
 def version_of_magic(magic: bytes) -> tuple[int, int] | None:
     """CPython ``(major, minor)`` that writes *magic*, or ``None`` when no CPython 3 does."""
-    if len(magic) != 4 or magic[2:] != b"\r\n":
-        return None
-    number = int.from_bytes(magic[:2], "little")
-    for start, end, version in _MAGIC_RANGES:
-        if start <= number < end:
-            return version
-    return None
+    return _MAGIC_VERSIONS.get(bytes(magic))
 
 
 def version_of_tag(tag: str) -> tuple[int, int] | None:
@@ -96,26 +98,18 @@ def parse_header(data: bytes, *, any_magic: bool = False) -> Header:
     """
     if len(data) < HEADER_SIZE:
         raise HeaderError(f"header truncated ({len(data)} of {HEADER_SIZE} bytes)")
-    magic = data[:4]
-    version = version_of_magic(magic)
+    magic, flags, mtime, size = _HEADER.unpack_from(data)
+    version = _MAGIC_VERSIONS.get(magic)
     if version is None and not any_magic:
         raise HeaderError(f"magic {magic.hex()} matches no CPython 3")
     if version is not None and version < (3, 7):
         raise HeaderError(f"pyc of CPython {version[0]}.{version[1]} (pre-3.7 header)")
-    flags = int.from_bytes(data[4:8], "little")
     if flags & ~0b11:
         raise HeaderError(f"unknown flag bits 0x{flags:x}")
     if flags & 0b01:
         mode: Mode = "checked-hash" if flags & 0b10 else "unchecked-hash"
         return Header(magic, version, flags, mode, hash=bytes(data[8:16]))
-    return Header(
-        magic,
-        version,
-        flags,
-        "timestamp",
-        mtime=int.from_bytes(data[8:12], "little"),
-        size=int.from_bytes(data[12:16], "little"),
-    )
+    return Header(magic, version, flags, "timestamp", mtime, size)
 
 
 def source_hash(magic: bytes, source: bytes) -> bytes:

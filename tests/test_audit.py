@@ -41,6 +41,7 @@ def run_import(root: Path, code: str, **env: str) -> str:
 
 
 TAG = sys.implementation.cache_tag
+RUNNING = f"{sys.version_info[0]}.{sys.version_info[1]}"
 
 
 def test_fresh_pyc(tmp_path: Path) -> None:
@@ -274,3 +275,38 @@ def test_permission_denied_goes_to_errors(tmp_path: Path) -> None:
 
 def test_running_magic_sanity() -> None:
     assert importlib.util.MAGIC_NUMBER[2:] == b"\r\n"
+
+
+def test_the_shortcut_agrees_with_the_general_judge(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fresh pycs after the first of each tag are settled by a bytes compare: same verdicts."""
+    others = [exe for version, exe in find_interpreters().items() if version != RUNNING][:2]
+    for d in range(6):
+        pkg = tmp_path / f"p{d}"
+        for i, text in enumerate(["X = 1\n", "X = 22\n", "X = 333\n"]):
+            source = write(pkg / f"m{i}.py", text)
+            compile_pyc(source)
+            compile_pyc(source, optimize=2)
+            for exe in others:
+                compile_with(exe, source)
+        if d == 1:
+            restore_mtime_edit(pkg / "m0.py", "X = 9\n")  # stale here, suspect for the others
+        elif d == 2:
+            os.utime(pkg / "m1.py", (1, 1))  # outdated for every tag
+        elif d == 3:
+            pyc = pkg / "__pycache__" / f"m2.{TAG}.pyc"
+            pyc.write_bytes(pyc.read_bytes()[:16])  # header without a body
+        elif d == 4:
+            pyc = pkg / "__pycache__" / f"m0.{TAG}.opt-2.pyc"
+            pyc.write_bytes(pyc.read_bytes()[:4] + b"\x02\x00\x00\x00" + pyc.read_bytes()[8:])
+    root = tmp_path.resolve()
+    for deep in (False, True):
+        options = AuditOptions(deep=deep, keep_fresh=True)
+        fast = audit([root], options)
+        monkeypatch.setattr("cachewatchd.audit._open_dirs", lambda *_: None)
+        general = audit([root], options)
+        monkeypatch.undo()
+        assert fast.entries == general.entries
+        assert fast.errors == general.errors == []
+        assert {e.state for e in fast.entries} >= {State.FRESH, State.STALE, State.OUTDATED}
