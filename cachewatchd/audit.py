@@ -24,7 +24,7 @@ from cachewatchd.judge import (
     read_header,
 )
 from cachewatchd.pyc import HEADER_SIZE, RUNNING_MAGIC, Mode, parse_cache_name
-from cachewatchd.walk import Excluder, WalkOptions, list_directory, walk_stack
+from cachewatchd.walk import Excluder, WalkOptions, walk_stack
 
 __all__ = [
     "DANGEROUS",
@@ -210,13 +210,6 @@ class Auditor:
             [(path, rel)], self.excluder, self.on_error, top_is_root=root
         ):
             self.directory(dirpath, entries)
-
-    def listed(self, path: str, *, root: bool) -> list[os.DirEntry[str]] | None:
-        """List *path* as the walk would, judge its entries; ``None`` when the walk skips it."""
-        entries = list_directory(path, self.excluder, self.on_error, root=root)
-        if entries is not None:
-            self.directory(path, entries)
-        return entries
 
     def directory(self, dirpath: str, entries: list[os.DirEntry[str]]) -> None:
         sources: dict[str, os.DirEntry[str]] = {}

@@ -274,7 +274,7 @@ tree_layouts = st.lists(
 @settings(
     max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(tree_layouts, st.booleans(), st.integers(2, 3), st.integers(0, 2))
+@given(tree_layouts, st.booleans(), st.integers(2, 3), st.integers(0, 2), st.integers(0, 2))
 def test_random_trees_give_the_same_report_with_any_jobs(
     tmp_path_factory: pytest.TempPathFactory,
     monkeypatch: pytest.MonkeyPatch,
@@ -282,8 +282,12 @@ def test_random_trees_give_the_same_report_with_any_jobs(
     keep_fresh: bool,
     jobs: int,
     pieces: int,
+    listed_depth: int,
 ) -> None:
-    monkeypatch.setattr(_parallel, "PIECES_PER_JOB", pieces)  # 0: split below the roots at once
+    # Split small trees too, at various depths (0 pieces: only the always-listed levels).
+    monkeypatch.setattr(_parallel, "PIECES_PER_JOB", pieces)
+    monkeypatch.setattr(_parallel, "_ALWAYS_LISTED", listed_depth)
+    monkeypatch.setattr(_parallel, "_SMALL", 0)
     root = tmp_path_factory.mktemp("random")
     for i, (parts, kind) in enumerate(layout):
         plant(root.joinpath(*parts), f"m{i}", kind)

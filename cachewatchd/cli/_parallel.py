@@ -1,9 +1,10 @@
 """``scan``/``clean --jobs N``: one audit shared by N processes, for big one-shot trees.
 
-The parent lists the first directories breadth-first, judging their entries itself, until the rest
-of the walk is at least ``PIECES_PER_JOB * N`` subtrees; a small tree is finished by then and
-nothing forks. The subtrees, shallowest (likely biggest) first, go through a pipe that serves as a
-work queue for the parent and N-1 forked children. A child sends back what it found (rows of the
+The parent lists the first directories breadth-first (the roots and their children at least)
+until the rest of the walk is at least ``PIECES_PER_JOB * N`` subtrees; a small tree is listed
+whole by then and nothing forks. The pieces (subtrees, shallowest first as likely the biggest, and
+the listed directories' own entries) go through a pipe that serves as a work queue for the parent
+and N-1 forked children. A child sends back what it found (rows of the
 entries kept, errors, the count of fresh entries) with :mod:`marshal` and exits. The parent puts
 every part back in the order of a one-process walk, so the report is the one ``--jobs 1`` gives.
 
@@ -33,12 +34,27 @@ from cachewatchd.audit import (
     mirror_dir,
 )
 from cachewatchd.errors import RuntimeFailure
-from cachewatchd.walk import subdirectories
+from cachewatchd.walk import list_directory, subdirectories
 
 __all__ = ["PIECES_PER_JOB", "audit_jobs", "default_jobs"]
 
 PIECES_PER_JOB = 8
 """Subtrees per process before forking: the queue balances their unknown sizes."""
+
+_ALWAYS_LISTED = 1
+"""Directories this shallow are listed before forking, however many subtrees there are: a
+root's one huge child (a site-packages among small modules) is split too."""
+
+_MAX_LISTED = 256
+"""At most this many directories are listed before forking (listing is cheap, but serial)."""
+
+_SMALL = 400
+"""Fewer sources and pycs than this in the listed directories, and at most one subtree left: the
+tree is small, and forking would cost more than it saves."""
+
+_LEGACY = (".pyc", ".pyo")
+_SIZED = (".py", ".pyw", ".pyc", ".pyo")
+"""A listed directory's work is estimated by its sources and legacy pycs."""
 
 _MAX_ITEMS = 1024
 """Queue records: all of them are written before the fork, so they must fit in the pipe buffer."""
@@ -60,10 +76,10 @@ def audit_jobs(roots: Sequence[Path], options: AuditOptions, jobs: int) -> Audit
     if jobs <= 1 or threading.active_count() > 1 or _overlapping(roots, options):
         return audit(roots, options)
     plan = _Plan(roots, options, PIECES_PER_JOB * jobs)
-    if len(plan.pending) < 2:
-        results = {i: plan.run(i) for i in range(len(plan.pending))}
-    else:
+    if plan.worth_forking:
         results = _run_forked(plan, min(jobs, len(plan.pending)))
+    else:
+        results = {i: plan.run(i) for i in range(len(plan.pending))}
     return plan.report(results)
 
 
@@ -79,10 +95,21 @@ def _overlapping(roots: Sequence[Path], options: AuditOptions) -> bool:
 
 
 class _Node:
-    """A part of the walk: a subtree to audit, a prefix tree, or a directory already judged
-    (``result``) whose subtrees (``children``, in walk order) follow it."""
+    """A part of the walk: a subtree to audit, a prefix tree, or a listed directory whose
+    entries are judged as one piece (``entries``) and whose subtrees (``children``, in walk
+    order) follow it. ``result`` is set once the part has been judged."""
 
-    __slots__ = ("children", "depth", "path", "prefix_of", "rel", "result", "root")
+    __slots__ = (
+        "children",
+        "depth",
+        "entries",
+        "path",
+        "prefix_of",
+        "rel",
+        "result",
+        "root",
+        "size",
+    )
 
     def __init__(
         self, path: str, rel: str, depth: int, *, root: bool = False, prefix_of: Path | None = None
@@ -92,8 +119,16 @@ class _Node:
         self.depth = depth
         self.root = root
         self.prefix_of = prefix_of
+        self.entries: list[os.DirEntry[str]] | None = None
+        self.size = 0
         self.result: Result | None = None
         self.children: list[_Node] = []
+
+    def order(self) -> tuple[int, int]:
+        """Queue order, likely biggest first: shallow subtrees, then big listed directories."""
+        if self.entries is None:
+            return self.depth, 0
+        return self.depth + 1, -self.size
 
 
 class _Plan:
@@ -110,22 +145,42 @@ class _Plan:
                 self.top.append(_Node(str(root), "", 0, prefix_of=root))
         self._expand(pieces)
         pending = [node for node in self._walk_order() if node.result is None]
-        self.pending = sorted(pending, key=lambda node: node.depth)
+        self.pending = sorted(pending, key=_Node.order)
+        subtrees = sum(node.entries is None for node in pending)
+        listed = sum(node.size for node in pending)
+        self.worth_forking = len(pending) > 1 and (subtrees > 1 or listed >= _SMALL)
 
     def _expand(self, pieces: int) -> None:
-        """Judge directories breadth-first (every root at least) until *pieces* subtrees remain."""
+        """List directories breadth-first (the shallowest always) until *pieces* subtrees remain.
+
+        A listed directory with caches to read becomes a piece of its own; one without is
+        judged here (no I/O).
+        """
+        auditor = self.auditor
         queue = deque(node for node in self.top if node.prefix_of is None)
-        remaining = len(self.top)
-        while queue and (remaining < pieces or queue[0].depth == 0):
+        subtrees = len(queue)
+        listed = 0
+        while (
+            queue
+            and listed < _MAX_LISTED
+            and (subtrees < pieces or queue[0].depth <= _ALWAYS_LISTED)
+        ):
             node = queue.popleft()
-            entries = self.auditor.listed(node.path, root=node.root)
+            subtrees -= 1
+            listed += 1
+            entries = list_directory(node.path, auditor.excluder, auditor.on_error, root=node.root)
             if entries is not None:
-                found = subdirectories(entries, node.rel, self.auditor.excluder)
+                found = subdirectories(entries, node.rel, auditor.excluder)
                 # a walk pops its stack from the end: the last subdirectory comes first
                 node.children = [_Node(p, rel, node.depth + 1) for p, rel in reversed(found)]
-            node.result = self.auditor.take()
-            queue.extend(node.children)
-            remaining += len(node.children) - 1
+                queue.extend(node.children)
+                subtrees += len(node.children)
+                if any(e.name == "__pycache__" or e.name.endswith(_LEGACY) for e in entries):
+                    node.entries = entries
+                    node.size = sum(e.name.endswith(_SIZED) for e in entries)
+                    continue
+                auditor.directory(node.path, entries)
+            node.result = auditor.take()
 
     def _walk_order(self) -> Iterator[_Node]:
         stack = list(reversed(self.top))
@@ -139,6 +194,8 @@ class _Plan:
         if node.prefix_of is not None:
             assert self.options.pycache_prefix is not None
             self.auditor.prefix_tree(node.prefix_of, self.options.pycache_prefix)
+        elif node.entries is not None:
+            self.auditor.directory(node.path, node.entries)
         else:
             self.auditor.tree(node.path, node.rel, root=node.root)
         return self.auditor.take()
