@@ -36,6 +36,8 @@ __all__ = [
 DEFAULT_QUIET = 0.05
 DEFAULT_MAX_WINDOW = 1.0
 SOURCE_SUFFIXES = (".py", ".pyw")
+_NOT_NORMAL = frozenset(("", os.curdir, os.pardir))
+"""Path components that ``os.path.normpath`` would rewrite."""
 
 
 @dataclass(frozen=True)
@@ -304,6 +306,9 @@ class EventMapper:
         self.sink = sink
         self.excluder = Excluder(options)
         self.on_root_gone = on_root_gone
+        self._fast_root: Path | None = None
+        self._fast: tuple[str, str] | None = None
+        """``(normalized root, its prefix)`` for :meth:`_relative`, when the root is absolute."""
 
     def dispatch(self, event: Any) -> None:
         kind = event.event_type
@@ -338,9 +343,29 @@ class EventMapper:
     def _is_source(self, path: str) -> bool:
         return bool(path) and path.endswith(SOURCE_SUFFIXES) and not self._ignored(path)
 
+    def _relative(self, path: str) -> str:
+        """``os.path.relpath(path, self.root)``, cheaply in the common case: an absolute, normalized
+        path below an absolute root, as observers report them (a 10k-file checkout brings 30k
+        events; relpath alone cost 0.1 s CPU of them)."""
+        root = self.root
+        if root is not self._fast_root:
+            self._fast_root = root
+            text = os.fspath(root)
+            base = os.path.normpath(text) if os.path.isabs(text) else None
+            self._fast = None if base is None else (base, base.rstrip(os.sep) + os.sep)
+        if self._fast is not None:
+            base, prefix = self._fast
+            if path == base:
+                return os.curdir
+            if path.startswith(prefix):
+                rel = path[len(prefix) :]
+                if _NOT_NORMAL.isdisjoint(rel.split(os.sep)):
+                    return rel
+        return os.path.relpath(path, root)
+
     def _ignored(self, path: str, *, is_dir: bool = False) -> bool:
         """Below ``__pycache__``, an excluded directory, or outside the root."""
-        rel = os.path.relpath(path, self.root)
+        rel = self._relative(path)
         if rel.startswith(os.pardir):
             return True
         parts = rel.split(os.sep)
