@@ -217,13 +217,17 @@ class Daemon:
         next_reconcile = time.monotonic() + self.settings.reconcile_interval
         while True:
             now = time.monotonic()
-            wait = max(0.0, min(next_reconcile - now, STATUS_REFRESH))
+            recheck = self._handler.rechecker.next_due()
+            wait = min(next_reconcile - now, STATUS_REFRESH)
+            if recheck is not None:
+                wait = min(wait, recheck - now)
             try:
-                message = self._inbox.get(timeout=wait)
+                message = self._inbox.get(timeout=max(0.0, wait))
             except queue.Empty:
                 message = "tick"
             if message == "stop":
                 return
+            self._recheck()
             if message == "reload":
                 self._reload()
                 next_reconcile = time.monotonic() + self.settings.reconcile_interval
@@ -282,12 +286,23 @@ class Daemon:
         if self._notifier is not None:
             self._notifier.ready(self._status_line())
 
+    def _recheck(self) -> None:
+        """Remove caches written with old code during an edit; restart their importers again."""
+        touched = self._handler.recheck()
+        controller = self._controller
+        if touched and controller is not None:
+            controller.notify(sorted(touched))
+        if touched:
+            self._publish()
+
     # -- batches (batcher thread) ------------------------------------------------------------------
     def _on_batch(self, batch: Batch) -> None:
         try:
             if batch.rescans and self._watching is not None:
                 self._watching.refresh_git()
             outcome = self._handler.handle(batch)
+            if self._handler.rechecker.next_due() is not None:
+                self._inbox.put("recheck")  # the loop's next wake-up moves to the second look
             controller = self._controller
             if controller is not None and outcome.touched:
                 controller.notify(sorted(outcome.touched))

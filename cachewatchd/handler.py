@@ -26,6 +26,7 @@ from cachewatchd.batch import Batch, GitMove
 from cachewatchd.invalidate import RemoveResult, remove_cache_files
 from cachewatchd.log import get_logger
 from cachewatchd.pyc import parse_cache_name
+from cachewatchd.recheck import Rechecker
 
 __all__ = ["BatchHandler", "Counters", "Outcome"]
 
@@ -80,6 +81,7 @@ class BatchHandler:
         self._reported: set[tuple[Path, str]] = set()
         self.lock = threading.Lock()
         """Held while counters change (status readers take it too)."""
+        self.rechecker = Rechecker(pycache_prefix=pycache_prefix)
         self._log = get_logger(__name__)
 
     def handle(self, batch: Batch) -> Outcome:
@@ -124,6 +126,7 @@ class BatchHandler:
                         if os.path.lexists(directory / (stem + suffix))
                     ]
                 owner.update(dict.fromkeys(files, source))
+        self.rechecker.schedule(s for s in sources if s not in ghosts)
         if not owner:
             return
         result = remove_cache_files(owner, self.roots, pycache_prefix=self._prefix)
@@ -154,6 +157,28 @@ class BatchHandler:
             self._log.info(
                 "invalidated", source=str(directory), removed=[str(p) for p in result.removed]
             )
+
+    def recheck(self) -> set[Path]:
+        """Second look at recently invalidated sources; returns those whose caches went."""
+        owner = {
+            pyc: source
+            for source in self.rechecker.take_due()
+            for pyc in self.rechecker.wrong_caches(source)
+        }
+        if not owner:
+            return set()
+        result = remove_cache_files(owner, self.roots, pycache_prefix=self._prefix)
+        self._report(result)
+        with self.lock:
+            self.counters.invalidations += len(result.removed)
+        for path in result.removed:
+            self._log.info(
+                "invalidated",
+                source=str(owner[path]),
+                removed=[str(path)],
+                reason="written with the old code while the source was being edited",
+            )
+        return {owner[path] for path in result.removed}
 
     # -- audits ----------------------------------------------------------------------------------
     def _git_move(self, move: GitMove, outcome: Outcome) -> None:
