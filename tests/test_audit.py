@@ -304,7 +304,7 @@ def test_the_shortcut_agrees_with_the_general_judge(
     for deep in (False, True):
         options = AuditOptions(deep=deep, keep_fresh=True)
         fast = audit([root], options)
-        monkeypatch.setattr("cachewatchd.audit._open_dirs", lambda *_: None)
+        monkeypatch.setattr("cachewatchd._auditor._open_dirs", lambda *_: None)
         general = audit([root], options)
         monkeypatch.undo()
         assert fast.entries == general.entries

@@ -24,15 +24,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from cachewatchd.audit import (
-    AuditOptions,
-    Auditor,
-    AuditReport,
-    Result,
-    audit,
-    build_report,
-    mirror_dir,
-)
+from cachewatchd._auditor import Auditor, Result, mirror_dir
+from cachewatchd.audit import AuditOptions, AuditReport, audit, build_report
 from cachewatchd.errors import RuntimeFailure
 from cachewatchd.walk import list_directory, subdirectories
 
