@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -10,6 +11,21 @@ import psutil
 import pytest
 
 from tests.helpers import wait_until
+
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _adopt_orphans() -> None:
+    """Make this pytest process a child subreaper (Linux): processes the tests detach — the
+    daemon without --foreground, servers relaunched after a restart — are re-parented here instead
+    of to init, so the leak check below sees them too."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
 
 @pytest.fixture(autouse=True)
@@ -36,6 +52,7 @@ def _no_leaked_threads_or_children() -> Iterator[None]:
         return not alive
 
     leaked_threads = not wait_until(no_new_threads, timeout=5, raise_on_timeout=False)
+    _reap_adopted_zombies(me)
     leaked_children = not wait_until(no_new_children, timeout=5, raise_on_timeout=False)
     if leaked_children:
         left = [p for p in me.children(recursive=True) if p.pid not in before_children]
@@ -49,6 +66,16 @@ def _no_leaked_threads_or_children() -> Iterator[None]:
     if leaked_threads:
         names = [t.name for t in threading.enumerate() if t not in before_threads]
         pytest.fail(f"test leaked threads: {names}")
+
+
+def _reap_adopted_zombies(me: psutil.Process) -> None:
+    """Collect the exit status of orphans re-parented here that have died (see _adopt_orphans)."""
+    for child in me.children():
+        try:
+            if child.status() == psutil.STATUS_ZOMBIE:
+                os.waitpid(child.pid, os.WNOHANG)
+        except (psutil.NoSuchProcess, ChildProcessError):
+            continue
 
 
 @pytest.fixture
