@@ -23,6 +23,7 @@ import psutil
 from cachewatchd.errors import CachewatchdError
 from cachewatchd.gate import import_check, wait_healthy
 from cachewatchd.log import get_logger
+from cachewatchd.paths import is_under
 from cachewatchd.spec import ProcessSpec
 from cachewatchd.stale import SourceClock, importers, stale_reason
 from cachewatchd.targets import ChildTarget, Target, make_target
@@ -80,7 +81,7 @@ class _Worker:
 
     # -- called from other threads ------------------------------------------------------------
     def affected(self, paths: Sequence[Path]) -> bool:
-        return any(p == r or p.is_relative_to(r) for p in paths for r in self.roots)
+        return any(is_under(p, r) for p in paths for r in self.roots)
 
     def request(self) -> None:
         with self._cond:

@@ -25,6 +25,7 @@ from cachewatchd.audit import AuditOptions, AuditReport, State, audit, mirror_di
 from cachewatchd.batch import Batch, GitMove
 from cachewatchd.invalidate import RemoveResult, remove_cache_files
 from cachewatchd.log import get_logger
+from cachewatchd.paths import is_under
 from cachewatchd.pyc import parse_cache_name
 from cachewatchd.recheck import Rechecker
 
@@ -183,8 +184,8 @@ class BatchHandler:
     # -- audits ----------------------------------------------------------------------------------
     def _git_move(self, move: GitMove, outcome: Outcome) -> None:
         repo = move.repo
-        targets = [r for r in self.roots if r == repo or r.is_relative_to(repo)]
-        if not targets and any(repo.is_relative_to(r) for r in self.roots):
+        targets = [r for r in self.roots if is_under(r, repo)]
+        if not targets and any(is_under(repo, r) for r in self.roots):
             targets = [repo]
         report, removed = self._audit_and_clean(targets, outcome)
         with self.lock:
@@ -232,7 +233,7 @@ class BatchHandler:
         return report, len(removed)
 
     def _audit(self, target: Path) -> AuditReport:
-        root = next((r for r in self.roots if target == r or target.is_relative_to(r)), target)
+        root = next((r for r in self.roots if is_under(target, r)), target)
         options = AuditOptions(excludes=self._excludes.get(root, ()), pycache_prefix=self._prefix)
         return audit([target], options)
 

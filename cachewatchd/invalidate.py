@@ -9,6 +9,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cachewatchd.paths import is_under
 from cachewatchd.pyc import parse_cache_name
 
 __all__ = [
@@ -69,7 +70,7 @@ def cache_files_for_source(
 
 
 def _within(path: str, bases: Sequence[str]) -> bool:
-    return any(path == base or path.startswith(base.rstrip(os.sep) + os.sep) for base in bases)
+    return any(is_under(path, base) for base in bases)
 
 
 class _Safety:
@@ -78,6 +79,13 @@ class _Safety:
     def __init__(self, roots: Sequence[Path], pycache_prefix: Path | None) -> None:
         self.roots = [os.path.realpath(r) for r in roots]
         self.prefix = None if pycache_prefix is None else [os.path.realpath(pycache_prefix)]
+
+    def in_prefix(self, directory: Path) -> bool:
+        """*directory* lies strictly inside the prefix tree."""
+        if self.prefix is None:
+            return False
+        real = os.path.realpath(directory)
+        return real != self.prefix[0] and _within(real, self.prefix)
 
     def refusal(self, path: Path) -> str | None:
         name = path.name
@@ -137,16 +145,27 @@ def remove_cache_files(
                 result.errors.append((path, _describe(exc)))
                 continue
         result.removed.append(path)
-        if path.parent.name == "__pycache__":
+        if path.parent.name == "__pycache__" or safety.in_prefix(path.parent):
             parents.add(path.parent)
     if not dry_run:
-        for directory in sorted(parents):
-            try:
-                os.rmdir(directory)
-            except OSError:
-                continue
-            result.removed_dirs.append(directory)
+        _prune(parents, safety, result)
     return result
+
+
+def _prune(directories: set[Path], safety: _Safety, result: RemoveResult) -> None:
+    """Remove the ``__pycache__`` directories left empty, and the prefix tree's empty mirrors up
+    to (not including) the prefix itself."""
+    for directory in sorted(directories, key=lambda d: (-len(d.parts), d)):
+        current = directory
+        while current.name == "__pycache__" or safety.in_prefix(current):
+            try:
+                os.rmdir(current)
+            except OSError:
+                break
+            result.removed_dirs.append(current)
+            if current.name == "__pycache__":
+                break
+            current = current.parent
 
 
 def _describe(exc: OSError) -> str:

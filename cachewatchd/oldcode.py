@@ -20,6 +20,7 @@ import psutil
 
 from cachewatchd.audit import AuditOptions, State, audit
 from cachewatchd.findings import MAX_DETAILS, Finding, RootSettings, Severity
+from cachewatchd.paths import is_under
 from cachewatchd.walk import WalkOptions, walk
 
 __all__ = [
@@ -106,7 +107,7 @@ def scan_sources(roots: Sequence[Path], settings: Mapping[Path, RootSettings]) -
 
 
 def _under(path: str | None, roots: Sequence[Path]) -> bool:
-    return path is not None and any(Path(path).is_relative_to(r) for r in roots)
+    return path is not None and any(is_under(os.path.normpath(path), r) for r in roots)
 
 
 def _involved(info: Mapping[str, Any], opened: list[str], roots: Sequence[Path]) -> bool:

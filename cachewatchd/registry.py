@@ -34,7 +34,7 @@ import psutil
 from cachewatchd import __version__
 from cachewatchd.errors import RuntimeFailure
 from cachewatchd.log import get_logger
-from cachewatchd.paths import runtime_dir
+from cachewatchd.paths import is_under, runtime_dir
 
 __all__ = [
     "Registration",
@@ -190,7 +190,7 @@ def _resolve(paths: Sequence[Path]) -> list[Path]:
 
 
 def _overlap(a: Path, b: Path) -> bool:
-    return a == b or a.is_relative_to(b) or b.is_relative_to(a)
+    return is_under(a, b) or is_under(b, a)
 
 
 def _refuse_overlap(directory: Path, roots: Sequence[Path], own_pid: int) -> None:

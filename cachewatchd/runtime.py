@@ -15,6 +15,7 @@ from pathlib import Path
 
 from cachewatchd.audit import check_root
 from cachewatchd.config import Config, PollMode, load_project_config, root_settings
+from cachewatchd.paths import is_under
 from cachewatchd.spec import ProcessSpec
 
 __all__ = ["CommandLine", "DaemonSettings", "RootPlan", "build_settings"]
@@ -65,7 +66,7 @@ def _outermost(roots: Sequence[Path]) -> tuple[list[Path], list[str]]:
     kept: list[Path] = []
     dropped: list[str] = []
     for root in sorted(dict.fromkeys(roots), key=lambda p: len(p.parts)):
-        outer = next((k for k in kept if root == k or root.is_relative_to(k)), None)
+        outer = next((k for k in kept if is_under(root, k)), None)
         if outer is None:
             kept.append(root)
         else:

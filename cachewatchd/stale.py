@@ -18,6 +18,8 @@ from pathlib import Path
 
 import psutil
 
+from cachewatchd.paths import is_under
+
 __all__ = ["SLACK", "Change", "SourceClock", "importers", "stale_reason"]
 
 SLACK = 1.0
@@ -74,10 +76,6 @@ def _scan(root: Path) -> Change | None:
     return newest
 
 
-def _within(path: Path, root: Path) -> bool:
-    return path == root or path.is_relative_to(root)
-
-
 class SourceClock:
     """The newest source change per root: one walk per root, then updated from touched paths."""
 
@@ -105,7 +103,7 @@ class SourceClock:
             change = Change(time.time() if when is None else when, path)
             with self._lock:
                 for root, known in self._newest.items():
-                    if _within(path, root) and (known is None or change.time > known.time):
+                    if is_under(path, root) and (known is None or change.time > known.time):
                         self._newest[root] = change
 
     def newest(self, roots: Sequence[Path]) -> Change | None:
