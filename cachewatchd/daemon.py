@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from cachewatchd.batch import Batch, Batcher
+from cachewatchd.batch import DEFAULT_MAX_WINDOW, DEFAULT_QUIET, Batch, Batcher
 from cachewatchd.errors import CachewatchdError
 from cachewatchd.gitwatch import GitWatcher
 from cachewatchd.handler import BatchHandler, Counters
@@ -129,8 +129,8 @@ class Daemon:
         make_controller: ControllerFactory | None = None,
         notifier: _Notifier | None = None,
         on_ready: Callable[[], None] | None = None,
-        quiet: float = 0.05,
-        max_window: float = 1.0,
+        quiet: float = DEFAULT_QUIET,
+        max_window: float = DEFAULT_MAX_WINDOW,
     ) -> None:
         self.settings = settings
         self._reload_settings = reload_settings
