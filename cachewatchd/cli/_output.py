@@ -20,7 +20,8 @@ def use_colour(stream: TextIO) -> bool:
         return False
 
 
-def colour(text: str, name: str, stream: TextIO = sys.stdout) -> str:
-    if not use_colour(stream):
+def colour(text: str, name: str, stream: TextIO | None = None) -> str:
+    """*text* in colour *name* when *stream* (default: ``sys.stdout`` at call time) takes colour."""
+    if not use_colour(sys.stdout if stream is None else stream):
         return text
     return f"\033[{_CODES[name]}m{text}\033[0m"
