@@ -228,3 +228,18 @@ def test_clean_with_jobs_does_what_one_process_does(
     assert sorted(p.relative_to(two) for p in two.rglob("*")) == sorted(
         p.relative_to(one) for p in one.rglob("*")
     )
+
+
+def test_clean_prunes_the_emptied_prefix_mirror_but_not_the_prefix(tmp_path: Path) -> None:
+    from cachewatchd.audit import mirror_dir
+
+    root = (tmp_path / "proj").resolve()
+    prefix = (tmp_path / "prefix").resolve()
+    gone = write(root / "pkg" / "gone.py", "X = 1\n")
+    mirror = mirror_dir(prefix, gone.parent)
+    mirror.mkdir(parents=True)
+    compile_pyc(gone, cfile=mirror / f"gone.{TAG}.pyc")
+    gone.unlink()
+    assert main(["clean", "--pycache-prefix", str(prefix), str(root)]) == 0
+    assert prefix.is_dir()
+    assert list(prefix.iterdir()) == []
