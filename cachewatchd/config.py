@@ -1,10 +1,8 @@
-"""The user's TOML config, a project's ``[tool.cachewatchd]``, and how they combine.
+"""The user's TOML config: roots, polling, excludes and the managed processes.
 
 Every problem in the user's config is a :class:`~cachewatchd.errors.ConfigError` naming the file,
-the line and the key (``process[1].supervisor.url``; array indices count from 0). A project's
-``pyproject.toml`` is the project's file, not the user's: it may set ``exclude`` and ``poll`` only,
-and anything wrong or untrusted in it becomes a warning string, never an error (trust model: a
-cloned repository never makes the daemon act on processes or run commands).
+the line and the key (``process[1].supervisor.url``; array indices count from 0). A project's own
+``pyproject.toml`` and how it combines with this config: :mod:`cachewatchd.projectconfig`.
 """
 
 from __future__ import annotations
@@ -13,7 +11,6 @@ import keyword
 import math
 import re
 import signal
-import sys
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,26 +20,9 @@ from typing import Any, Literal, cast, get_args
 from cachewatchd.errors import ConfigError
 from cachewatchd.paths import config_dir
 from cachewatchd.spec import ProcessSpec, SupervisorSpec
-from cachewatchd.tomlkeys import KeyPath, format_key, key_lines
+from cachewatchd.tomlkeys import KeyPath, format_key, key_lines, loads, show_value, value_name
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on 3.10 only
-    import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
-
-__all__ = [
-    "Config",
-    "KeyPath",
-    "PollMode",
-    "ProjectConfig",
-    "RootSettings",
-    "default_config_path",
-    "format_key",
-    "key_lines",
-    "load_config",
-    "load_project_config",
-    "root_settings",
-]
+__all__ = ["POLL_MODES", "Config", "PollMode", "default_config_path", "load_config"]
 
 PollMode = Literal["auto", "always", "never"]
 POLL_MODES: tuple[str, ...] = get_args(PollMode)
@@ -51,7 +31,6 @@ _SELECTORS = ("supervisor", "pidfile", "match", "systemd")
 _OPTIONS = ("cwd", "root", "grace", "import_check", "health_url", "health_timeout", "log")
 _PROCESS_KEYS = ("name", "action", "signal", *_SELECTORS, *_OPTIONS)
 _SUPERVISOR_KEYS = ("url", "program", "username", "password")
-_PROJECT_KEYS = ("exclude", "poll")
 _UNIT_NAME = re.compile(r"[A-Za-z0-9:_.@\\-]+")
 _AT_LINE = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
 _AT_END = re.compile(r"\s*\(at end of document\)\s*$")
@@ -75,25 +54,6 @@ class Config:
     """The file this came from; ``None`` for the built-in defaults."""
     explicit: frozenset[str] = frozenset()
     """Top-level keys the file set (so ``poll = "auto"`` written out still beats a project's poll)."""
-
-
-@dataclass(frozen=True)
-class ProjectConfig:
-    """What a project's own ``pyproject.toml`` may say: excludes and polling, nothing else."""
-
-    exclude: tuple[str, ...] = ()
-    poll: PollMode | None = None
-    warnings: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class RootSettings:
-    """Effective settings for one root after precedence (see :func:`root_settings`)."""
-
-    poll: PollMode
-    exclude: tuple[str, ...]
-    poll_source: str
-    """Where ``poll`` came from: ``"command line"``, ``"config"``, ``"project"`` or ``"default"``."""
 
 
 def default_config_path() -> Path:
@@ -128,7 +88,7 @@ def load_config(path: Path | None = None) -> Config:
 def _parse_toml(file: str, text: str) -> dict[str, Any]:
     """``tomllib.loads`` with its errors turned into a ConfigError carrying the line."""
     try:
-        table: dict[str, Any] = tomllib.loads(text)
+        table: dict[str, Any] = loads(text)
     except RecursionError:
         raise ConfigError(file, "invalid TOML: nested too deeply") from None
     except ValueError as exc:  # TOMLDecodeError and friends
@@ -190,12 +150,12 @@ class _Validator:
     def array(self, table: Mapping[str, Any], key: str) -> list[Any]:
         value = table.get(key, [])
         if not isinstance(value, list):
-            raise self.error((key,), f"must be an array, not {_type_name(value)}")
+            raise self.error((key,), f"must be an array, not {value_name(value)}")
         return value
 
     def string(self, key: KeyPath, value: object) -> str:
         if not isinstance(value, str):
-            raise self.error(key, f"must be a string, not {_type_name(value)}")
+            raise self.error(key, f"must be a string, not {value_name(value)}")
         if not value.strip():
             raise self.error(key, "must not be empty")
         if "\0" in value:
@@ -209,7 +169,7 @@ class _Validator:
 
     def seconds(self, key: KeyPath, value: object) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise self.error(key, f"must be a number of seconds, not {_type_name(value)}")
+            raise self.error(key, f"must be a number of seconds, not {value_name(value)}")
         try:
             number = float(value)
         except OverflowError:
@@ -221,7 +181,7 @@ class _Validator:
     def poll(self, value: object) -> PollMode:
         if value not in POLL_MODES:
             allowed = ", ".join(f'"{m}"' for m in POLL_MODES)
-            raise self.error(("poll",), f"must be one of {allowed}, not {_show(value)}")
+            raise self.error(("poll",), f"must be one of {allowed}, not {show_value(value)}")
         return cast(PollMode, value)
 
     # -- [[process]] ---------------------------------------------------------------------------
@@ -231,7 +191,7 @@ class _Validator:
         specs: dict[str, ProcessSpec] = {}
         for index, item in enumerate(self.array(table, "process")):
             if not isinstance(item, dict):
-                raise self.error(("process", index), f"must be a table, not {_type_name(item)}")
+                raise self.error(("process", index), f"must be a table, not {value_name(item)}")
             spec = self.process(("process", index), item)
             if spec.name in specs:
                 first = list(specs).index(spec.name)
@@ -257,7 +217,9 @@ class _Validator:
             raise self.error((*at, "log"), "only applies together with match or pidfile")
         action = item.get("action", "restart")
         if action not in ("restart", "signal"):
-            raise self.error((*at, "action"), f'must be "restart" or "signal", not {_show(action)}')
+            raise self.error(
+                (*at, "action"), f'must be "restart" or "signal", not {show_value(action)}'
+            )
         checks: dict[str, Callable[[KeyPath, Any], object]] = {
             "name": self.string,
             "supervisor": self.supervisor,
@@ -343,99 +305,3 @@ class _Validator:
         if not all(p.isidentifier() and not keyword.iskeyword(p) for p in module.split(".")):
             raise self.error(key, f"is not a dotted module name: {module!r}")
         return module
-
-
-def _type_name(value: object) -> str:
-    names = {bool: "a boolean", int: "an integer", float: "a float", str: "a string"}
-    names |= {list: "an array", dict: "a table"}
-    return names.get(type(value), type(value).__name__)
-
-
-def _show(value: object) -> str:
-    return f'"{value}"' if isinstance(value, str) else _type_name(value)
-
-
-# -- project config (pyproject.toml [tool.cachewatchd]) and precedence ----------------------------
-
-
-def load_project_config(root: Path) -> ProjectConfig:
-    """Read ``root/pyproject.toml`` ``[tool.cachewatchd]``: only ``exclude`` and ``poll`` count.
-
-    Never raises for the file's content: a broken file, a wrong type or an untrusted key becomes a
-    warning string naming the file (and line where known) and that setting is ignored.
-    """
-    file = root / "pyproject.toml"
-    try:
-        text = file.read_bytes().decode("utf-8")
-        data: dict[str, Any] = tomllib.loads(text)
-    except FileNotFoundError:
-        return ProjectConfig()
-    except (OSError, ValueError, RecursionError) as exc:  # UnicodeDecodeError, TOMLDecodeError
-        return ProjectConfig(warnings=(f"{file}: cannot read [tool.cachewatchd]: {exc}; ignored",))
-    tool = data.get("tool")
-    section = tool.get("cachewatchd") if isinstance(tool, dict) else None
-    if section is None:
-        return ProjectConfig()
-    lines = key_lines(text)
-
-    def warn(key: str, message: str) -> str:
-        line = lines.get(("tool", "cachewatchd", key)) or lines.get(("tool", "cachewatchd"))
-        return f"{file}:{line}: {message}" if line else f"{file}: {message}"
-
-    if not isinstance(section, dict):
-        return ProjectConfig(warnings=(warn("", "[tool.cachewatchd] is not a table; ignored"),))
-    warnings = [
-        warn(
-            key,
-            f"[tool.cachewatchd] {key} ignored: a project's pyproject.toml may set only "
-            "exclude and poll (processes, roots and commands come from your own config)",
-        )
-        for key in section
-        if key not in _PROJECT_KEYS
-    ]
-    exclude = section.get("exclude", [])
-    if not isinstance(exclude, list) or not all(isinstance(p, str) and p for p in exclude):
-        warnings.append(
-            warn(
-                "exclude",
-                "[tool.cachewatchd] exclude must be an array of non-empty strings; ignored",
-            )
-        )
-        exclude = []
-    poll = section.get("poll")
-    if poll is not None and poll not in POLL_MODES:
-        warnings.append(
-            warn(
-                "poll",
-                f"[tool.cachewatchd] poll must be one of "
-                f"{', '.join(POLL_MODES)}, not {_show(poll)}; ignored",
-            )
-        )
-        poll = None
-    return ProjectConfig(exclude=tuple(exclude), poll=poll, warnings=tuple(warnings))
-
-
-def root_settings(
-    config: Config,
-    project: ProjectConfig,
-    *,
-    cli_poll: PollMode | None = None,
-    cli_exclude: Sequence[str] = (),
-) -> RootSettings:
-    """Effective ``poll`` and ``exclude`` for one root.
-
-    ``poll``: the command line beats the user's config (when the file sets ``poll``), which beats
-    the project's ``pyproject.toml``, which beats the default ``"auto"``. ``exclude``: patterns add
-    up (command line, then user config, then project), duplicates dropped.
-    """
-    poll: PollMode
-    if cli_poll is not None:
-        poll, source = cli_poll, "command line"
-    elif "poll" in config.explicit:
-        poll, source = config.poll, "config"
-    elif project.poll is not None:
-        poll, source = project.poll, "project"
-    else:
-        poll, source = config.poll, "default"
-    exclude = tuple(dict.fromkeys([*cli_exclude, *config.exclude, *project.exclude]))
-    return RootSettings(poll=poll, exclude=exclude, poll_source=source)

@@ -98,7 +98,8 @@ def _settings(
     roots: Sequence[Path], cli_poll: PollMode | None, add: Callable[[list[Finding]], None]
 ) -> dict[Path, RootSettings]:
     """Per root: poll mode, where it came from, excludes (command line > config > project)."""
-    from cachewatchd.config import Config, load_config, load_project_config, root_settings
+    from cachewatchd.config import Config, load_config
+    from cachewatchd.projectconfig import load_project_config, root_settings
 
     try:
         config = load_config()

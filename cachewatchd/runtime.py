@@ -1,6 +1,6 @@
 """What a daemon runs with: roots and their effective settings, computed from config and command line.
 
-Precedence per root (see :func:`cachewatchd.config.root_settings`): the command line beats the user's
+Precedence per root (see :func:`cachewatchd.projectconfig.root_settings`): the command line beats the user's
 config, which beats the project's own ``pyproject.toml`` (``exclude`` and ``poll`` only), which beats
 the defaults. Roots come from the command line, else the config's ``roots``, else the current
 directory; a root inside another root is dropped (the outer one already covers it).
@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cachewatchd.audit import check_root
-from cachewatchd.config import Config, PollMode, load_project_config, root_settings
+from cachewatchd.config import Config, PollMode
 from cachewatchd.paths import is_under
+from cachewatchd.projectconfig import load_project_config, root_settings
 from cachewatchd.spec import ProcessSpec
 
 __all__ = ["CommandLine", "DaemonSettings", "RootPlan", "build_settings"]

@@ -1,4 +1,5 @@
-"""Where a key sits in a TOML file: a small line scanner aware of ``[table]``/``[[array]]`` headers.
+"""Reading TOML for messages: where a key sits (a small line scanner aware of ``[table]`` and
+``[[array]]`` headers), how to name a value, and the one ``tomllib``/``tomli`` import.
 
 tomllib reports line numbers for syntax errors only; config validation uses this to name the line of
 a key whose value is wrong.
@@ -8,13 +9,38 @@ from __future__ import annotations
 
 import json
 import re
+import sys
+from typing import Any
 
-__all__ = ["KeyPath", "format_key", "key_lines"]
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
+
+__all__ = ["KeyPath", "format_key", "key_lines", "loads", "show_value", "value_name"]
 
 KeyPath = tuple[str | int, ...]
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _QUOTED_KEY = re.compile(r""""((?:[^"\\\n]|\\.)*)"|'([^'\n]*)'""")
+
+
+def loads(text: str) -> dict[str, Any]:
+    """``tomllib.loads`` (``tomli`` on Python 3.10); raises ``ValueError`` for invalid TOML."""
+    table: dict[str, Any] = tomllib.loads(text)
+    return table
+
+
+def value_name(value: object) -> str:
+    """What a TOML value is, for a message: ``"an integer"``, ``"a table"``..."""
+    names = {bool: "a boolean", int: "an integer", float: "a float", str: "a string"}
+    names |= {list: "an array", dict: "a table"}
+    return names.get(type(value), type(value).__name__)
+
+
+def show_value(value: object) -> str:
+    """A string quoted, anything else by :func:`value_name`."""
+    return f'"{value}"' if isinstance(value, str) else value_name(value)
 
 
 def format_key(key: KeyPath) -> str:

@@ -13,18 +13,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cachewatchd import paths
-from cachewatchd.config import (
-    Config,
-    ProjectConfig,
-    default_config_path,
-    format_key,
-    key_lines,
-    load_config,
-    load_project_config,
-    root_settings,
-)
+from cachewatchd.config import Config, default_config_path, load_config
 from cachewatchd.errors import EXIT_USAGE, ConfigError
+from cachewatchd.projectconfig import ProjectConfig, load_project_config, root_settings
 from cachewatchd.spec import ProcessSpec, SupervisorSpec
+from cachewatchd.tomlkeys import format_key, key_lines
 
 
 @pytest.fixture(autouse=True)
