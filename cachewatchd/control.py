@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
@@ -266,9 +266,17 @@ def _running(proc: psutil.Process) -> bool:
 class Controller:
     """Acts on the managed targets after each batch. See the module docstring."""
 
-    def __init__(self, specs: Sequence[ProcessSpec], roots: Sequence[Path]) -> None:
+    def __init__(
+        self,
+        specs: Sequence[ProcessSpec],
+        roots: Sequence[Path],
+        excludes: Mapping[Path, Sequence[str]] | None = None,
+    ) -> None:
+        """*excludes*: each root's exclude globs, left out when dating its sources (stale)."""
         self._roots = [Path(r) for r in roots]
-        self._clock = SourceClock()
+        self._clock = SourceClock(
+            {Path(os.path.abspath(r)): globs for r, globs in (excludes or {}).items()}
+        )
         self._cancel = threading.Event()
         self._started = False
         self._subscribers: list[Callable[[], None]] = []

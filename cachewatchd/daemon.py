@@ -18,7 +18,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -49,7 +49,10 @@ STATUS_REFRESH = 10.0
 """Seconds between status-record refreshes while nothing happens (a batch, a reload or a change
 in a managed target's status publishes at once)."""
 
-ControllerFactory = Callable[[Sequence[ProcessSpec], Sequence[Path]], ControllerLike]
+ControllerFactory = Callable[
+    [Sequence[ProcessSpec], Sequence[Path], Mapping[Path, tuple[str, ...]]], ControllerLike
+]
+"""``(specs, roots, each root's exclude globs)`` -> a controller (not started)."""
 
 
 class _Notifier(Protocol):
@@ -275,7 +278,7 @@ class Daemon:
             self.settings = new
             self._handler = self._new_handler(new)
             self._start_watching()
-            if new.processes != old.processes:
+            if _controller_inputs(new) != _controller_inputs(old):
                 if self._controller is not None:
                     self._controller.stop()
                     self._controller = None
@@ -324,7 +327,9 @@ class Daemon:
 
     def _start_controller(self) -> None:
         if self._controller is None and self.settings.processes and self._make_controller:
-            self._controller = self._make_controller(self.settings.processes, self.settings.paths)
+            settings = self.settings
+            excludes = {plan.path: plan.exclude for plan in settings.roots}
+            self._controller = self._make_controller(settings.processes, settings.paths, excludes)
             self._controller.subscribe(lambda: self._inbox.put("publish"))
             self._controller.start()
 
@@ -359,3 +364,10 @@ class Daemon:
     def _publish(self) -> None:
         if self._registration is not None:
             self._registration.update(self.status())
+
+
+def _controller_inputs(
+    settings: DaemonSettings,
+) -> tuple[tuple[ProcessSpec, ...], tuple[tuple[Path, tuple[str, ...]], ...]]:
+    """What the controller is built from: the targets, and each root with its exclude globs."""
+    return settings.processes, tuple((plan.path, plan.exclude) for plan in settings.roots)

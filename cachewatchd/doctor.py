@@ -30,9 +30,9 @@ from cachewatchd.oldcode import (
     check_daemon,
     check_environment,
     check_processes,
-    scan_sources,
 )
 from cachewatchd.probes import check_inotify, check_root
+from cachewatchd.stale import scan_sources
 
 __all__ = ["DoctorOptions", "DoctorReport", "Finding", "Severity", "run_doctor"]
 
@@ -71,7 +71,7 @@ def run_doctor(roots: Sequence[Path], options: DoctorOptions | None = None) -> D
     settings = _settings(roots, opts.poll, add)
     prefix = env.get("PYTHONPYCACHEPREFIX") or None
     add(_guard("caches", lambda: check_caches(roots, settings, prefix)))
-    scan = scan_sources(roots, settings)
+    scan = scan_sources({root: settings[root].exclude for root in roots})
     add(_guard("processes", lambda: check_processes(roots, scan)))
     add(check_environment(env))
     for root in roots:

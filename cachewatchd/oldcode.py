@@ -11,7 +11,6 @@ import os
 import re
 import shlex
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -21,15 +20,13 @@ import psutil
 from cachewatchd.audit import AuditOptions, State, audit
 from cachewatchd.findings import MAX_DETAILS, Finding, RootSettings, Severity
 from cachewatchd.paths import is_under
-from cachewatchd.walk import WalkOptions, walk
+from cachewatchd.stale import SLACK, SourceScan, importers
 
 __all__ = [
-    "SourceScan",
     "check_caches",
     "check_daemon",
     "check_environment",
     "check_processes",
-    "scan_sources",
 ]
 
 # -- caches ---------------------------------------------------------------------------------------
@@ -78,34 +75,6 @@ def check_caches(
 _PYTHON_EXE = re.compile(r"^(python|pypy)[0-9.]*[dmtw]*$")
 
 
-@dataclass
-class SourceScan:
-    """The newest source change under the roots, and how many directories they hold."""
-
-    newest: float = 0.0
-    newest_path: Path | None = None
-    directories: int = 0
-
-
-def scan_sources(roots: Sequence[Path], settings: Mapping[Path, RootSettings]) -> SourceScan:
-    """The newest ``max(mtime, ctime)`` of the sources under *roots*, and how many directories."""
-    scan = SourceScan()
-    for root in roots:
-        options = WalkOptions(excludes=settings[root].exclude)
-        for _dirpath, entries in walk(str(root), options, lambda _path, _exc: None):
-            scan.directories += 1
-            for entry in entries:
-                if not entry.name.endswith((".py", ".pyw")):
-                    continue
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                except OSError:
-                    continue
-                if max(st.st_mtime, st.st_ctime) > scan.newest:
-                    scan.newest, scan.newest_path = max(st.st_mtime, st.st_ctime), Path(entry.path)
-    return scan
-
-
 def _under(path: str | None, roots: Sequence[Path]) -> bool:
     return path is not None and any(is_under(os.path.normpath(path), r) for r in roots)
 
@@ -119,10 +88,9 @@ def check_processes(roots: Sequence[Path], scan: SourceScan) -> list[Finding]:
     """This user's processes with files open under *roots*; Python ones older than the newest edit.
 
     Of a Python process working under a root, the processes that imported the code are the leaves of
-    its tree (the worker, not the reloader): :func:`cachewatchd.stale.importers`.
+    its tree (the worker, not the reloader): :func:`cachewatchd.stale.importers`. *scan* is
+    :func:`cachewatchd.stale.scan_sources` of the roots.
     """
-    from cachewatchd.stale import SLACK, importers
-
     me, uid = os.getpid(), os.getuid()
     holding: list[str] = []
     candidates: list[psutil.Process] = []
@@ -140,19 +108,20 @@ def check_processes(roots: Sequence[Path], scan: SourceScan) -> list[Finding]:
         if _PYTHON_EXE.match(exe) and _involved(info, opened, roots):
             candidates.append(proc)
     stale: dict[int, str] = {}
+    newest = scan.newest
     for leaf in importers(candidates):
         try:
             created = leaf.create_time()
             mine = leaf.uids().real == uid
         except psutil.Error:
             continue
-        if leaf.pid != me and mine and created + SLACK < scan.newest:
+        if newest is not None and leaf.pid != me and mine and created + SLACK < newest.time:
             stale[leaf.pid] = f"{_label(leaf)} (started {_clock(created)})"
     findings = []
-    if stale:
+    if stale and newest is not None:
         message = (
             f"{len(stale)} Python processes started before the newest source change "
-            f"({scan.newest_path}, {_clock(scan.newest)}): they may run old code"
+            f"({newest.path}, {_clock(newest.time)}): they may run old code"
         )
         action = "restart them, or let cachewatchd restart them (see `cachewatchd run --help`)"
         details = tuple(stale.values())[:MAX_DETAILS]

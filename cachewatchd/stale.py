@@ -2,8 +2,13 @@
 
 The process that imports the code is the worker or the spawned child, not a reloader or master:
 the leaves of the target's process tree. It is stale when its ``create_time`` is older than the
-newest ``max(st_mtime, st_ctime)`` of the ``.py`` sources under its root, with 1 s of slack
+newest ``max(st_mtime, st_ctime)`` of the ``.py``/``.pyw`` sources under its root, with 1 s of slack
 (Linux create_time is coarse). ``utime`` cannot set ctime, so restored mtimes are caught too.
+
+The sources are found by the walk every component shares (:func:`cachewatchd.walk.walk`): version
+control and tool caches, virtual environments (by their ``pyvenv.cfg``) and the root's own exclude
+globs are left out. :func:`scan_sources` is the one implementation, for the daemon's
+:class:`SourceClock` and for ``doctor``.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,30 +24,22 @@ from pathlib import Path
 import psutil
 
 from cachewatchd.paths import is_under
+from cachewatchd.walk import WalkOptions, walk
 
-__all__ = ["SLACK", "Change", "SourceClock", "importers", "stale_reason"]
+__all__ = [
+    "SLACK",
+    "Change",
+    "SourceClock",
+    "SourceScan",
+    "importers",
+    "scan_sources",
+    "stale_reason",
+]
 
 SLACK = 1.0
 """Seconds a process may predate a change and still count as fresh."""
 
-_SKIP_DIRS = frozenset(
-    {
-        ".git",
-        ".hg",
-        ".svn",
-        "__pycache__",
-        "node_modules",
-        ".venv",
-        "venv",
-        ".tox",
-        ".nox",
-        ".mypy_cache",
-        ".ruff_cache",
-        ".pytest_cache",
-        "site-packages",
-        "dist-packages",
-    }
-)
+_SOURCES = (".py", ".pyw")
 _HELPERS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver", "semaphore_tracker")
 
 
@@ -54,32 +51,48 @@ class Change:
     path: Path
 
 
-def _changed_at(path: Path) -> float | None:
+@dataclass
+class SourceScan:
+    """What a walk of the roots found: the newest source change, and how many directories."""
+
+    newest: Change | None = None
+    directories: int = 0
+
+
+def _changed_at(path: str | os.PathLike[str]) -> float | None:
     try:
-        st = path.stat()
+        st = os.stat(path)
     except OSError:
         return None
     return max(st.st_mtime, st.st_ctime)
 
 
-def _scan(root: Path) -> Change | None:
-    newest: Change | None = None
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if d not in _SKIP_DIRS]
-        for name in filenames:
-            if not name.endswith(".py"):
-                continue
-            path = Path(dirpath, name)
-            when = _changed_at(path)
-            if when is not None and (newest is None or when > newest.time):
-                newest = Change(when, path)
-    return newest
+def _unreadable(_path: str, _exc: OSError) -> None:
+    """An unreadable directory holds no source we could date: skip it."""
+
+
+def scan_sources(roots: Mapping[Path, Sequence[str]]) -> SourceScan:
+    """Walk each root with its exclude globs: the newest source change under any of them."""
+    scan = SourceScan()
+    for root, excludes in roots.items():
+        options = WalkOptions(excludes=tuple(excludes))
+        for _dirpath, entries in walk(str(root), options, _unreadable):
+            scan.directories += 1
+            for entry in entries:
+                if not entry.name.endswith(_SOURCES):
+                    continue
+                when = _changed_at(entry.path)
+                if when is not None and (scan.newest is None or when > scan.newest.time):
+                    scan.newest = Change(when, Path(entry.path))
+    return scan
 
 
 class SourceClock:
     """The newest source change per root: one walk per root, then updated from touched paths."""
 
-    def __init__(self) -> None:
+    def __init__(self, excludes: Mapping[Path, Sequence[str]] | None = None) -> None:
+        self._excludes = dict(excludes or {})
+        """Exclude globs per root: a walked root uses those of the root it lies in."""
         self._lock = threading.Lock()
         self._scan_lock = threading.Lock()  # one walk at a time: workers share roots
         self._newest: dict[Path, Change | None] = {}
@@ -90,14 +103,18 @@ class SourceClock:
             with self._lock:
                 if root in self._newest:
                     return
-            found = _scan(root)
+            found = scan_sources({root: self._excludes_of(root)}).newest
             with self._lock:
                 self._newest.setdefault(root, found)
+
+    def _excludes_of(self, root: Path) -> Sequence[str]:
+        within = [known for known in self._excludes if is_under(root, known)]
+        return self._excludes[max(within, key=lambda p: len(p.parts))] if within else ()
 
     def touch(self, paths: Iterable[Path]) -> None:
         """Record changes to *paths* (a deleted source counts as changed now)."""
         for path in paths:
-            if path.suffix not in (".py", ".pyw"):
+            if path.suffix not in _SOURCES:
                 continue
             when = _changed_at(path)
             change = Change(time.time() if when is None else when, path)

@@ -15,7 +15,7 @@ from structlog.testing import capture_logs
 
 from cachewatchd.control import Controller
 from cachewatchd.spec import ProcessSpec
-from cachewatchd.stale import SourceClock, importers, stale_reason
+from cachewatchd.stale import SourceClock, importers, scan_sources, stale_reason
 from tests._servers import Reaper, assert_one_line_faults, events, wait_event
 from tests.helpers import wait_until
 
@@ -103,6 +103,7 @@ def test_a_process_older_than_its_sources_is_stale(tmp_path: Path, reaper: Reape
     src = tmp_path / "src"
     (src / "__pycache__").mkdir(parents=True)
     (src / ".venv").mkdir()
+    (src / ".venv" / "pyvenv.cfg").write_text("home = /usr/bin\n", encoding="utf-8")
     old = reaper.popen(list(SLEEP))
     pidfile = tmp_path / "app.pid"
     pidfile.write_text(str(old.pid), encoding="ascii")
@@ -126,6 +127,42 @@ def test_a_process_older_than_its_sources_is_stale(tmp_path: Path, reaper: Reape
     assert f"before {module} changed" in status["stale_reason"]
     assert logged["reason"] == status["stale_reason"]
     assert len(events(logs, "stale-process")) == 1
+
+
+def test_sources_are_dated_by_the_shared_walk_with_the_roots_excludes(
+    tmp_path: Path, reaper: Reaper
+) -> None:
+    old = reaper.popen(list(SLEEP))
+    pidfile = tmp_path / "app.pid"
+    pidfile.write_text(str(old.pid), encoding="ascii")
+    src = tmp_path / "src"
+    later = time.time() + 3600  # changes well after the process started, all in skipped places
+    for skipped in ("env/lib.py", "generated/out.py", "node_modules/pkg/x.py", ".tox/py/y.py"):
+        (src / skipped).parent.mkdir(parents=True, exist_ok=True)
+        (src / skipped).write_text("", encoding="utf-8")
+        os.utime(src / skipped, (later, later))
+    (src / "env" / "pyvenv.cfg").write_text("home = /usr/bin\n", encoding="utf-8")  # any name
+    (src / "mod.py").write_text("X = 1\n", encoding="utf-8")
+    past = psutil.Process(old.pid).create_time() - 60
+    os.utime(src / "mod.py", (past, past))
+
+    scan = scan_sources({src: ("generated",)})
+    assert scan.newest is not None
+    assert scan.newest.path == src / "mod.py"
+    assert scan.directories == 1  # the root only: everything else is skipped
+
+    spec = ProcessSpec(name="old", pidfile=pidfile)
+    controller = Controller([spec], [src], {src: ("generated",)})
+    unexcluded = Controller([spec], [src])
+    controller.start()
+    unexcluded.start()
+    wait_until(lambda: controller.status()[0]["pids"] == [old.pid])
+    wait_until(lambda: unexcluded.status()[0]["stale"])
+    status, other = controller.status()[0], unexcluded.status()[0]
+    controller.stop()
+    unexcluded.stop()
+    assert not status["stale"], status["stale_reason"]
+    assert f"before {src / 'generated' / 'out.py'} changed" in other["stale_reason"]
 
 
 def test_source_clock_and_importers(tmp_path: Path, reaper: Reaper) -> None:

@@ -3,9 +3,56 @@
 from __future__ import annotations
 
 import inspect
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
 
 from cachewatchd import batch
 from cachewatchd.daemon import Daemon
+from tests._daemon_util import DaemonProc, cli, isolated_env
+from tests._e2e_util import toml_config
+from tests._servers import Reaper
+from tests.helpers import wait_until
+
+SLEEP = [sys.executable, "-c", "import time; time.sleep(120)"]
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    return isolated_env(tmp_path / "home")
+
+
+@pytest.fixture
+def proj(tmp_path: Path) -> Path:
+    root = (tmp_path / "proj").resolve()
+    (root / "pkg").mkdir(parents=True)
+    (root / "pkg" / "mod.py").write_text("X = 1\n", encoding="utf-8")
+    return root
+
+
+@pytest.fixture
+def reaper() -> Iterator[Reaper]:
+    with Reaper() as r:
+        yield r
+
+
+def published(env: dict[str, str]) -> dict[str, Any]:
+    """The one daemon's record, as `cachewatchd status --json` prints it."""
+    (record,) = json.loads(cli(["status", "--json"], env).stdout)["daemons"]
+    return dict(record)
+
+
+def target(env: dict[str, str]) -> dict[str, Any]:
+    """The first managed target in the published status (``{}`` until the controller runs)."""
+    shown = published(env).get("processes") or [{}]
+    return dict(shown[0])
 
 
 def test_debounce_defaults_are_the_batchers_own() -> None:
@@ -13,3 +60,27 @@ def test_debounce_defaults_are_the_batchers_own() -> None:
     # The very objects batch.py defines, not copies of their values that could drift apart.
     assert defaults["quiet"].default is batch.DEFAULT_QUIET
     assert defaults["max_window"].default is batch.DEFAULT_MAX_WINDOW
+
+
+def test_stale_detection_honours_the_roots_excludes(
+    proj: Path, env: dict[str, str], tmp_path: Path, reaper: Reaper
+) -> None:
+    old = reaper.popen(SLEEP)
+    pidfile = tmp_path / "app.pid"
+    pidfile.write_text(f"{old.pid}\n", encoding="ascii")
+    past = psutil.Process(old.pid).create_time() - 60
+    os.utime(proj / "pkg" / "mod.py", (past, past))
+    generated = proj / "generated" / "out.py"  # rewritten all the time, never imported
+    generated.parent.mkdir()
+    generated.write_text("", encoding="utf-8")
+    later = time.time() + 3600
+    os.utime(generated, (later, later))
+    config = toml_config(tmp_path / "config.toml", [{"name": "app", "pidfile": pidfile}])
+    args = ["--config", str(config), "--exclude", "generated", str(proj)]
+    with DaemonProc(args, env) as daemon:
+        daemon.ready()
+        wait_until(lambda: target(env).get("pids") == [old.pid], 20, message="target found")
+        shown = target(env)
+        assert daemon.stop() == 0
+    assert not shown["stale"], shown["stale_reason"]
+    assert not daemon.events("stale-process")

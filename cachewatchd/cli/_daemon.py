@@ -16,7 +16,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -160,10 +160,12 @@ def _foreground(args: argparse.Namespace, settings: DaemonSettings, ready_fd: in
         return daemon.run()
 
 
-def _make_controller(specs: Sequence[ProcessSpec], roots: Sequence[Path]) -> ControllerLike:
+def _make_controller(
+    specs: Sequence[ProcessSpec], roots: Sequence[Path], excludes: Mapping[Path, tuple[str, ...]]
+) -> ControllerLike:
     from cachewatchd.control import Controller
 
-    controller: ControllerLike = Controller(specs, roots)
+    controller: ControllerLike = Controller(specs, roots, excludes)
     return controller
 
 
