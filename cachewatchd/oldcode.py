@@ -84,20 +84,47 @@ def _involved(info: Mapping[str, Any], opened: list[str], roots: Sequence[Path])
     return bool(opened) or _under(info["cwd"], roots) or any(_under(a, roots) for a in args)
 
 
+def _cachewatchd_pids() -> set[int]:
+    """This process and every running cachewatchd daemon of this user, with the copies of itself
+    a daemon forked (same command line). Not a daemon's managed processes: the own child runs the
+    project's code and can be stale like any other."""
+    from cachewatchd.registry import list_daemons, process_of
+
+    own = {os.getpid()}
+    for record in list_daemons():
+        daemon = process_of(record)
+        if daemon is None:
+            continue
+        own.add(daemon.pid)
+        try:
+            command = daemon.cmdline()
+            descendants = daemon.children(recursive=True)
+        except psutil.Error:
+            continue
+        for proc in descendants:
+            try:
+                if proc.cmdline() == command:
+                    own.add(proc.pid)
+            except psutil.Error:
+                continue
+    return own
+
+
 def check_processes(roots: Sequence[Path], scan: SourceScan) -> list[Finding]:
     """This user's processes with files open under *roots*; Python ones older than the newest edit.
 
     Of a Python process working under a root, the processes that imported the code are the leaves of
     its tree (the worker, not the reloader): :func:`cachewatchd.stale.importers`. *scan* is
-    :func:`cachewatchd.stale.scan_sources` of the roots.
+    :func:`cachewatchd.stale.scan_sources` of the roots. cachewatchd itself (this process, the
+    running daemons) is left out: it never imports the project's code.
     """
-    me, uid = os.getpid(), os.getuid()
+    own, uid = _cachewatchd_pids(), os.getuid()
     holding: list[str] = []
     candidates: list[psutil.Process] = []
     attrs = ["pid", "name", "exe", "cmdline", "cwd", "uids"]
     for proc in psutil.process_iter(attrs, ad_value=None):
         info = proc.info
-        if info["pid"] == me or info["uids"] is None or info["uids"].real != uid:
+        if info["pid"] in own or info["uids"] is None or info["uids"].real != uid:
             continue
         try:
             opened = sorted({f.path for f in proc.open_files() if _under(f.path, roots)})
@@ -115,7 +142,7 @@ def check_processes(roots: Sequence[Path], scan: SourceScan) -> list[Finding]:
             mine = leaf.uids().real == uid
         except psutil.Error:
             continue
-        if newest is not None and leaf.pid != me and mine and created + SLACK < newest.time:
+        if newest is not None and leaf.pid not in own and mine and created + SLACK < newest.time:
             stale[leaf.pid] = f"{_label(leaf)} (started {_clock(created)})"
     findings = []
     if stale and newest is not None:

@@ -17,7 +17,7 @@ from cachewatchd.audit import mirror_dir
 from cachewatchd.cli import main
 from cachewatchd.doctor import DoctorOptions, DoctorReport, Finding, run_doctor
 from tests._pycs import restore_mtime_edit, write
-from tests.helpers import compile_pyc
+from tests.helpers import compile_pyc, wait_until
 
 CONSOLE_SCRIPT = Path(sys.executable).parent / "cachewatchd"
 TAG = sys.implementation.cache_tag
@@ -208,6 +208,28 @@ def test_process_newer_than_every_source_is_not_stale(
     stale = [line for f in found.get("stale-processes", []) for line in f.details]
     assert not [line for line in stale if line.startswith(f"pid {old_python_in_project.pid} ")]
     assert found["open-files"][0].severity == "info"
+
+
+@pytest.mark.parametrize("with_child", [False, True], ids=["alone", "with-own-child"])
+def test_the_daemon_itself_is_never_a_stale_process(project: Path, with_child: bool) -> None:
+    from tests._daemon_util import REPO, DaemonProc
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}  # this test's registry (XDG_RUNTIME_DIR)
+    child = ["--", sys.executable, "-c", "import time; time.sleep(120)"] if with_child else []
+    with DaemonProc([str(project), *child], env, cwd=project) as daemon:
+        daemon.ready()
+        children = psutil.Process(daemon.pid).children
+        if with_child:
+            wait_until(children, 20, message="own child running")
+        managed = [p.pid for p in children()]
+        later = time.time() + 3600  # a change after everything started: every process is stale
+        os.utime(project / "pkg" / "m.py", (later, later))
+        report = by_id(doctor(project))
+        assert daemon.stop() == 0
+    stale = [line for f in report.get("stale-processes", []) for line in f.details]
+    assert not [line for line in stale if line.startswith(f"pid {daemon.pid} ")], stale
+    for pid in managed:  # the managed child runs the project's code: it is stale indeed
+        assert [line for line in stale if line.startswith(f"pid {pid} ")], stale
 
 
 def test_running_daemon_is_reported(project: Path) -> None:
