@@ -33,6 +33,10 @@ __all__ = ["Controller"]
 REFRESH = 30.0
 """Seconds between refreshes of a target's pids and stale state while nothing happens."""
 
+_PRESENCE = ("starting", "running", "not-found", "unreachable")
+"""States a refresh may switch between, by whether the target has processes (others record the
+outcome of the last action until the next one)."""
+
 _T = TypeVar("_T")
 
 
@@ -74,6 +78,8 @@ class _Worker:
         self.last_action_at: str | None = None
         self.pids: list[int] = []
         self.stale: str | None = None
+        self.problem: str | None = None
+        """Why the target has no process right now (pidfile unusable, supervisord unreachable...)."""
         self._stale_logged: str | None = None
         self.thread = threading.Thread(
             target=self._run, name=f"cachewatchd-target-{self.spec.name}", daemon=True
@@ -113,6 +119,7 @@ class _Worker:
                 "pending": self._pending,
                 "stale": self.stale is not None,
                 "stale_reason": self.stale,
+                "problem": self.problem,
             }
 
     # -- the worker thread --------------------------------------------------------------------
@@ -161,27 +168,38 @@ class _Worker:
         return None
 
     def _startup(self) -> None:
-        try:
-            self.target.start()
-        finally:
-            with self._cond:
-                self.state = "running"
+        self.target.start()
         problem = self.target.check()
         if problem:
             self._log.warning("error", target=self.spec.name, error=problem)
         for root in self._scan_roots:
             self._clock.scan(root)
-        self._refresh()
+        self._refresh(problem)
 
-    def _refresh(self) -> None:
+    def _refresh(self, problem: str | None = None) -> None:
+        """Look at the target's processes now: pids, presence (with the problem), stale or not."""
         procs = self.target.processes()
+        absent = not procs and not isinstance(self.target, ChildTarget)  # the child's is live
+        if absent and problem is None:
+            problem = self.target.check()
         reason = stale_reason(procs, self._clock.newest(self._scan_roots))
         with self._cond:
             self.pids = [p.pid for p in procs]
             self.stale = reason
+            self.problem = (problem or "no running process") if absent else None
+            if self.state in _PRESENCE:
+                self.state = self._absent_state(problem) if absent else "running"
         if reason is not None and reason != self._stale_logged:
             self._log.warning("stale-process", target=self.spec.name, reason=reason)
         self._stale_logged = reason
+
+    def _absent_state(self, problem: str | None) -> str:
+        """``unreachable`` when supervisord or systemd cannot be asked, else ``not-found``."""
+        return (
+            "unreachable"
+            if problem and self.target.kind in ("supervisor", "systemd")
+            else "not-found"
+        )
 
     def _record(self, state: str, action: str) -> None:
         with self._cond:

@@ -14,7 +14,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from cachewatchd.control import Controller
-from cachewatchd.spec import ProcessSpec
+from cachewatchd.spec import ProcessSpec, SupervisorSpec
 from cachewatchd.stale import SourceClock, importers, scan_sources, stale_reason
 from tests._servers import Reaper, assert_one_line_faults, events, wait_event
 from tests.helpers import wait_until
@@ -226,9 +226,61 @@ def test_status_shape_and_stop_without_start(tmp_path: Path) -> None:
     (status,) = controller.status()
     assert set(status) == {
         "name", "kind", "pids", "state", "restarts", "last_action", "last_action_at",
-        "pending", "stale", "stale_reason",
+        "pending", "stale", "stale_reason", "problem",
     }  # fmt: skip
     assert status["state"] == "starting"
     controller.notify({tmp_path / "x.py"})
     controller.stop()  # never started: nothing to join, no child to stop
     assert Controller([], [tmp_path]).status() == []
+
+
+def test_a_target_without_a_process_is_not_running(tmp_path: Path, reaper: Reaper) -> None:
+    dead = reaper.popen(["true"])
+    dead.wait()
+    missing, junk, gone = tmp_path / "missing.pid", tmp_path / "junk.pid", tmp_path / "gone.pid"
+    junk.write_text("not a pid\n", encoding="ascii")
+    gone.write_text(f"{dead.pid}\n", encoding="ascii")
+    specs = [
+        ProcessSpec(name="missing", pidfile=missing),
+        ProcessSpec(name="junk", pidfile=junk),
+        ProcessSpec(name="gone", pidfile=gone),
+        ProcessSpec(name="nothing", match=r"cachewatchd-test-no-such-process-\d{9}"),
+        ProcessSpec(name="sv", supervisor=SupervisorSpec("unix:///nonexistent/sv.sock", "web")),
+    ]
+    controller = Controller(specs, [tmp_path])
+    controller.start()
+    wait_until(lambda: all(s["state"] != "starting" for s in controller.status()))
+    shown = {s["name"]: s for s in controller.status()}
+    controller.stop()
+    assert {name: s["state"] for name, s in shown.items()} == {
+        "missing": "not-found",
+        "junk": "not-found",
+        "gone": "not-found",
+        "nothing": "not-found",
+        "sv": "unreachable",
+    }
+    assert all(s["pids"] == [] for s in shown.values())
+    assert shown["missing"]["problem"].startswith(f"cannot read pidfile {missing}: ")
+    assert shown["junk"]["problem"] == f"pidfile {junk} does not hold a pid: 'not a pid'"
+    assert shown["gone"]["problem"] == f"pidfile {gone} names pid {dead.pid}, which is not running"
+    assert shown["nothing"]["problem"].startswith("no running process for match ")
+    assert "/nonexistent/sv.sock" in shown["sv"]["problem"]
+
+
+def test_a_target_found_later_is_running(tmp_path: Path, reaper: Reaper) -> None:
+    pidfile = tmp_path / "app.pid"
+    controller = Controller([ProcessSpec(name="app", pidfile=pidfile)], [tmp_path])
+    controller.start()
+    wait_until(lambda: controller.status()[0]["state"] == "not-found")
+    app = reaper.popen(list(SLEEP))
+    pidfile.write_text(f"{app.pid}\n", encoding="ascii")
+    controller.notify({tmp_path / "m.py"})  # the restart looks again
+    wait_until(lambda: controller.status()[0]["restarts"] == 1, 30)
+    wait_until(lambda: controller.status()[0]["state"] == "running")
+    status = controller.status()[0]
+    controller.stop()
+    for pid in status["pids"]:
+        reaper.track(pid)
+    assert status["problem"] is None
+    assert len(status["pids"]) == 1
+    assert status["pids"] != [app.pid]  # relaunched

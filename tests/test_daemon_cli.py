@@ -52,3 +52,24 @@ def test_status_text_gives_the_stale_reason() -> None:
         ],
     }
     assert any("STALE: pid 7 started before app.py changed" in line for line in _describe(record))
+
+
+def test_status_text_says_why_a_target_has_no_process() -> None:
+    record = {
+        "pid": 1,
+        "state": "ready",
+        "started": "now",
+        "roots": ["/r"],
+        "processes": [
+            {
+                "name": "w",
+                "state": "not-found",
+                "pids": [],
+                "stale": False,
+                "problem": "pidfile /r/w.pid names pid 9, which is not running",
+            }
+        ],
+    }
+    assert "  process w: not-found pid - (pidfile /r/w.pid names pid 9, which is not running)" in (
+        _describe(record)
+    )

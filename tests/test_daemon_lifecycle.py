@@ -84,3 +84,20 @@ def test_stale_detection_honours_the_roots_excludes(
         assert daemon.stop() == 0
     assert not shown["stale"], shown["stale_reason"]
     assert not daemon.events("stale-process")
+
+
+def test_status_of_a_target_whose_pidfile_names_no_process(
+    proj: Path, env: dict[str, str], tmp_path: Path
+) -> None:
+    pidfile = tmp_path / "w.pid"  # missing
+    config = toml_config(tmp_path / "config.toml", [{"name": "w", "pidfile": pidfile}])
+    with DaemonProc(["--config", str(config), str(proj)], env) as daemon:
+        daemon.ready()
+        wait_until(lambda: target(env).get("state") == "not-found", 20, message="not-found")
+        shown = target(env)
+        human = cli(["status"], env).stdout
+        assert daemon.stop() == 0
+    assert shown["pids"] == []
+    assert shown["problem"].startswith(f"cannot read pidfile {pidfile}: ")
+    assert f"  process w: not-found pid - (cannot read pidfile {pidfile}: " in human
+    assert "running" not in human.split("process w:")[1]

@@ -367,6 +367,9 @@ def _describe(record: dict[str, Any]) -> list[str]:
             if proc.get("stale")
             else ""
         )
+        problem = f" ({proc['problem']})" if proc.get("problem") else ""
         pids = ",".join(str(p) for p in proc.get("pids") or []) or "-"
-        lines.append(f"  process {proc.get('name')}: {proc.get('state')} pid {pids}{stale}")
+        lines.append(
+            f"  process {proc.get('name')}: {proc.get('state')} pid {pids}{problem}{stale}"
+        )
     return lines
