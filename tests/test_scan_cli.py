@@ -376,3 +376,12 @@ def test_jobs_must_be_a_positive_number(value: str) -> None:
 def test_jobs_is_documented() -> None:
     for command in ("scan", "clean"):
         assert "--jobs N" in console(command, "--help").stdout
+
+
+def test_default_jobs_follow_the_cores_this_process_may_use(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert _parallel.default_jobs() == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    assert _parallel.default_jobs() == 2

@@ -56,8 +56,12 @@ _RECORD = struct.Struct("<I")
 
 
 def default_jobs() -> int:
-    """Processes for a one-shot audit: one per core, at most two."""
-    return max(1, min(2, os.cpu_count() or 1))
+    """Processes for a one-shot audit: one per core this process may run on, at most two."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(2, cores))
 
 
 def audit_jobs(roots: Sequence[Path], options: AuditOptions, jobs: int) -> AuditReport:
