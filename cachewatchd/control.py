@@ -203,6 +203,8 @@ class _Worker:
 
     def _record(self, state: str, action: str) -> None:
         with self._cond:
+            if state == "running":
+                self.problem = None  # the action found the process (the refresh follows)
             self.state = state
             self.last_action = action
             self.last_action_at = _now()
