@@ -60,6 +60,8 @@ class OwnChild:
         self._started_at = 0.0
         self._restart_at: float | None = None
         self.crashes = 0
+        self.start_failures = 0
+        """Crash restarts that could not start COMMAND (each logged as ``restart-failed``)."""
         self.last_exit: int | None = None
         self._log = get_logger(__name__)
 
@@ -142,6 +144,7 @@ class OwnChild:
         except ChildError as exc:
             self._log.error("restart-failed", target=self.name, error=str(exc))
             with self._lock:
+                self.start_failures += 1
                 self._schedule(time.monotonic())
                 return self._last_delay
         return 0.25

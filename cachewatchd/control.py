@@ -58,9 +58,12 @@ class _Worker:
         clock: SourceClock,
         cancel: threading.Event,
         on_change: Callable[[], None] = lambda: None,
+        on_error: Callable[[], None] = lambda: None,
     ) -> None:
         self.target = target
         self._on_change = on_change
+        self._on_error = on_error
+        self._failures_seen = 0
         self._shown: dict[str, Any] | None = None
         self.spec: ProcessSpec = target.spec
         self.roots = [v for r in roots for v in _variants(r)]
@@ -142,6 +145,7 @@ class _Worker:
                 with self._cond:
                     self._busy = False
             tick = self._guard(self.target.tick)
+            self._count_target_failures()
             if run or time.monotonic() >= refresh_at:
                 self._guard(self._refresh)
                 refresh_at = time.monotonic() + REFRESH
@@ -162,16 +166,30 @@ class _Worker:
         try:
             return fn()
         except CachewatchdError as exc:
-            self._log.error("error", target=self.spec.name, error=exc.message)
+            self._fault("error", error=exc.message)
         except Exception as exc:  # noqa: BLE001 - one line, and the worker keeps going
-            self._log.error("error", target=self.spec.name, error=f"{type(exc).__name__}: {exc}")
+            self._fault("error", error=f"{type(exc).__name__}: {exc}")
         return None
+
+    def _fault(self, event: str, *, warning: bool = False, **fields: Any) -> None:
+        """Log one fault of this target (``error``, ``restart-failed``, ``restart-blocked``) and
+        count it (``on_error``)."""
+        log = self._log.warning if warning else self._log.error
+        log(event, target=self.spec.name, **fields)
+        self._on_error()
+
+    def _count_target_failures(self) -> None:
+        """Count the faults the target logged itself (the own child's failed crash restarts)."""
+        failures = self.target.failures()
+        for _ in range(failures - self._failures_seen):
+            self._on_error()
+        self._failures_seen = failures
 
     def _startup(self) -> None:
         self.target.start()
         problem = self.target.check()
         if problem:
-            self._log.warning("error", target=self.spec.name, error=problem)
+            self._fault("error", warning=True, error=problem)
         for root in self._scan_roots:
             self._clock.scan(root)
         self._refresh(problem)
@@ -226,7 +244,7 @@ class _Worker:
         error = import_check(module, probe)
         if error is None:
             return True
-        self._log.warning("restart-blocked", target=self.spec.name, module=module, error=error)
+        self._fault("restart-blocked", warning=True, module=module, error=error)
         self._record("blocked", f"blocked: import {module} failed: {error}")
         return False
 
@@ -239,7 +257,7 @@ class _Worker:
         try:
             result = self.target.act(self._cancel)
         except CachewatchdError as exc:
-            self._log.error("restart-failed", target=name, error=exc.message)
+            self._fault("restart-failed", error=exc.message)
             self._record("failed", f"failed: {exc.message}")
             return
         if result.event == "signalled":
@@ -249,7 +267,7 @@ class _Worker:
                 self.spec.health_url, self.spec.health_timeout, cancel=self._cancel
             )
             if problem is not None:
-                self._log.error("restart-failed", target=name, error=problem, pids=result.pids)
+                self._fault("restart-failed", error=problem, pids=result.pids)
                 self._record("failed", f"failed: {problem}")
                 return
         seconds = round(time.monotonic() - started, 3)
@@ -300,6 +318,7 @@ class Controller:
         self._cancel = threading.Event()
         self._started = False
         self._subscribers: list[Callable[[], None]] = []
+        self._error_subscribers: list[Callable[[], None]] = []
         self._workers = [
             _Worker(
                 make_target(spec),
@@ -307,6 +326,7 @@ class Controller:
                 self._clock,
                 self._cancel,
                 self._changed,
+                self._error,
             )
             for spec in specs
         ]
@@ -317,8 +337,17 @@ class Controller:
         :meth:`start`."""
         self._subscribers.append(callback)
 
+    def subscribe_errors(self, callback: Callable[[], None]) -> None:
+        """Call *callback* (from a worker thread) once per fault a target logs: ``error``,
+        ``restart-failed``, ``restart-blocked``. The daemon counts them. Call before :meth:`start`."""
+        self._error_subscribers.append(callback)
+
     def _changed(self) -> None:
         for callback in self._subscribers:
+            callback()
+
+    def _error(self) -> None:
+        for callback in self._error_subscribers:
             callback()
 
     def start(self) -> None:

@@ -39,6 +39,7 @@ class ControllerLike(Protocol):
     """What the daemon needs from :class:`cachewatchd.control.Controller`."""
 
     def subscribe(self, callback: Callable[[], None]) -> None: ...
+    def subscribe_errors(self, callback: Callable[[], None]) -> None: ...
     def start(self) -> None: ...
     def notify(self, touched: Sequence[Path]) -> None: ...
     def stop(self) -> None: ...
@@ -265,7 +266,7 @@ class Daemon:
             if new.paths != self.settings.paths:
                 self._registration.set_roots(new.paths)
         except CachewatchdError as exc:
-            self._log.error("error", error=f"reload failed, keeping the old settings: {exc}")
+            self._error(error=f"reload failed, keeping the old settings: {exc}")
             if self._notifier is not None:
                 self._notifier.ready(self._status_line())
             return
@@ -331,7 +332,19 @@ class Daemon:
             excludes = {plan.path: plan.exclude for plan in settings.roots}
             self._controller = self._make_controller(settings.processes, settings.paths, excludes)
             self._controller.subscribe(lambda: self._inbox.put("publish"))
+            self._controller.subscribe_errors(self._count_error)
             self._controller.start()
+
+    def _error(self, **fields: Any) -> None:
+        """Log one ``error`` of the daemon's own and count it."""
+        self._log.error("error", **fields)
+        self._count_error()
+
+    def _count_error(self) -> None:
+        """One more error in the counters (a managed target's faults come here too)."""
+        with self._handler.lock:
+            self._counters.errors += 1
+        self._inbox.put("publish")
 
     def healthy(self) -> bool:
         """The batcher thread is alive (the systemd watchdog pings only then)."""

@@ -104,6 +104,10 @@ class Target(ABC):
         """A problem worth one log line at start (unreachable, not found...), or ``None``."""
         return None
 
+    def failures(self) -> int:
+        """How many faults the target logged itself so far (counted with the controller's)."""
+        return 0
+
     @abstractmethod
     def act(self, cancel: threading.Event) -> ActionResult:
         """Restart or signal, per ``spec.action``."""
@@ -142,6 +146,9 @@ class ChildTarget(Target):
 
     def tick(self) -> float | None:
         return self.child.poll()
+
+    def failures(self) -> int:
+        return self.child.start_failures
 
     def act(self, cancel: threading.Event) -> ActionResult:
         if self.spec.action == "signal" and self.child.pid is not None:

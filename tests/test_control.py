@@ -283,3 +283,34 @@ def test_a_target_found_later_is_running(tmp_path: Path, reaper: Reaper) -> None
         for pid in pidfile.read_text(encoding="ascii").split():  # rewritten: the relaunched pid
             reaper.track(int(pid))
     assert (status["state"], status["problem"], status["restarts"]) == ("running", None, 1)
+
+
+def test_every_target_fault_is_counted(tmp_path: Path) -> None:
+    script = tmp_path / "crash.sh"
+    script.write_text("#!/bin/sh\nexit 1\n", encoding="utf-8")
+    script.chmod(0o755)
+    specs = [
+        ProcessSpec(name="missing", pidfile=tmp_path / "missing.pid"),  # error, restart-failed
+        ProcessSpec(name="gated", command=SLEEP, import_check="cachewatchd_no_such_module"),
+        ProcessSpec(name="crashing", command=(str(script),), root=tmp_path / "elsewhere"),
+    ]
+    controller = Controller(specs, [tmp_path])
+    counted: list[int] = []
+    controller.subscribe_errors(lambda: counted.append(1))
+    with capture_logs() as logs:
+        controller.start()
+        wait_until(lambda: _idle(controller, 1))
+        wait_event(logs, "child-exited")
+        script.unlink()  # its crash restart cannot start it any more: restart-failed
+        controller.notify({tmp_path / "m.py"})
+        wait_event(logs, "restart-failed", 2)
+        wait_event(logs, "restart-blocked")
+        controller.stop()
+    faults = [e for e in logs if e["event"] in ("error", "restart-failed", "restart-blocked")]
+    assert {(e["event"], e["target"]) for e in faults} == {
+        ("error", "missing"),
+        ("restart-failed", "missing"),
+        ("restart-blocked", "gated"),
+        ("restart-failed", "crashing"),
+    }
+    assert len(counted) == len(faults)  # the child's own crash restarts included

@@ -101,3 +101,19 @@ def test_status_of_a_target_whose_pidfile_names_no_process(
     assert shown["problem"].startswith(f"cannot read pidfile {pidfile}: ")
     assert f"  process w: not-found pid - (cannot read pidfile {pidfile}: " in human
     assert "running" not in human.split("process w:")[1]
+
+
+def test_target_faults_count_as_errors_in_status(
+    proj: Path, env: dict[str, str], tmp_path: Path
+) -> None:
+    config = toml_config(tmp_path / "config.toml", [{"name": "w", "pidfile": tmp_path / "w.pid"}])
+    with DaemonProc(["--config", str(config), str(proj)], env) as daemon:
+        daemon.ready()
+        daemon.wait_event("error", lambda e: e.get("target") == "w")  # at start: no pidfile
+        wait_until(lambda: published(env)["counters"]["errors"] == 1, 20, message="1 error")
+        (proj / "pkg" / "mod.py").write_text("X = 2\n", encoding="utf-8")
+        daemon.wait_event("restart-failed")
+        wait_until(lambda: published(env)["counters"]["errors"] == 2, 20, message="2 errors")
+        human = cli(["status"], env).stdout
+        assert daemon.stop() == 0
+    assert "errors 2;" in human
