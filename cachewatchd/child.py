@@ -62,6 +62,8 @@ class OwnChild:
         self.crashes = 0
         self.start_failures = 0
         """Crash restarts that could not start COMMAND (each logged as ``restart-failed``)."""
+        self.last_error: str | None = None
+        """Why the last start failed; ``None`` once COMMAND started."""
         self.last_exit: int | None = None
         self._log = get_logger(__name__)
 
@@ -94,11 +96,11 @@ class OwnChild:
                 )
             except OSError as exc:
                 self._popen = None
-                raise ChildError(
-                    f"cannot start {self.command[0]!r}: {exc.strerror or exc}"
-                ) from None
+                self.last_error = f"cannot start {self.command[0]!r}: {exc.strerror or exc}"
+                raise ChildError(self.last_error) from None
             self._started_at = time.monotonic()
             self._restart_at = None
+            self.last_error = None
             return self._popen.pid
 
     def stop(self) -> int | None:
@@ -119,6 +121,11 @@ class OwnChild:
         """Stop, then start again; return the new pid."""
         self.stop()
         return self.start()
+
+    def retry_later(self) -> None:
+        """After a start that failed: start again when the backoff delay is over (see :meth:`poll`)."""
+        with self._lock:
+            self._schedule(time.monotonic())
 
     def poll(self) -> float | None:
         """Notice a child that died on its own and (re)start it when its backoff is over.

@@ -5,7 +5,8 @@ A worker handles one request at a time; requests arriving while it restarts coll
 one more restart. Before a restart the import gate may block it (the old process keeps running);
 after it the health check may fail it. After a signal, the processes that ran the old code get
 ``grace`` seconds to be replaced before the target is looked at again (stale or not). Every fault
-is one log line and the worker carries on.
+is one log line and the worker carries on, except an own child that cannot be executed at all:
+:meth:`Controller.start` raises that one, and the daemon decides.
 """
 
 from __future__ import annotations
@@ -106,9 +107,11 @@ class _Worker:
         with self._cond:
             state = "restarting" if self._busy else self.state
             pids = list(self.pids)
+            problem = self.problem
             if isinstance(self.target, ChildTarget) and state != "stopped":
                 child_pid = self.target.child.pid  # cheap: read it live
                 pids = [child_pid] if child_pid is not None else []
+                problem = self.target.child.last_error if child_pid is None else None
                 if child_pid is None and state not in ("restarting", "starting"):
                     state = "backoff" if self.target.child.waiting_until is not None else "exited"
             return {
@@ -122,7 +125,7 @@ class _Worker:
                 "pending": self._pending,
                 "stale": self.stale is not None,
                 "stale_reason": self.stale,
-                "problem": self.problem,
+                "problem": problem,
             }
 
     # -- the worker thread --------------------------------------------------------------------
@@ -185,8 +188,15 @@ class _Worker:
             self._on_error()
         self._failures_seen = failures
 
+    def launch(self) -> CachewatchdError | None:
+        """Start the target (launch the own child) on the caller's thread; the failure, if any."""
+        try:
+            self.target.start()
+        except CachewatchdError as exc:
+            return exc
+        return None
+
     def _startup(self) -> None:
-        self.target.start()
         problem = self.target.check()
         if problem:
             self._fault("error", warning=True, error=problem)
@@ -351,12 +361,20 @@ class Controller:
             callback()
 
     def start(self) -> None:
-        """Start one worker thread per target (the own child is launched by its worker)."""
+        """Launch the own child, then start one worker thread per target.
+
+        Raises :class:`~cachewatchd.child.ChildError` (after starting the workers) when the own
+        child cannot be executed (no such file, not executable): the daemon exits on it at start,
+        and logs it on a reload, where the child's crash-loop backoff tries again.
+        """
         if self._started:
             return
         self._started = True
+        failures = [error for worker in self._workers if (error := worker.launch()) is not None]
         for worker in self._workers:
             worker.thread.start()
+        if failures:
+            raise failures[0]
 
     def notify(self, touched: Collection[Path]) -> None:
         """A batch touched these paths: request one restart of every affected target."""

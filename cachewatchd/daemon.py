@@ -7,8 +7,10 @@ handlers in the CLI through :meth:`request_stop` and :meth:`request_reload`; ``q
 safe to use from a signal handler) and runs the periodic reconciliation.
 
 Start: register in the daemon registry (refusing overlapping roots), attach every root, audit every
-root once, then log ``ready`` (each root's observer and why), tell systemd ``READY=1``, and only then
-start the managed processes, so that none of them imports a stale cache. Stop: detach the watchers,
+root once, and only then start the managed processes, so that none of them imports a stale cache;
+then log ``ready`` (each root's observer and why) and tell systemd ``READY=1``. An own child that
+cannot be executed at start ends the run with its error (one line from the CLI, exit 3); on a
+reload it is logged and retried with the crash-loop backoff. Stop: detach the watchers,
 finish the batch under way plus what is pending, stop the managed processes, remove the record.
 """
 
@@ -202,6 +204,7 @@ class Daemon:
         return True
 
     def _become_ready(self) -> None:
+        self._start_controller()  # raises when the own child cannot be executed
         self._state = "ready"
         observers = self._watching.observers() if self._watching else {}
         plans = {str(p.path): p for p in self.settings.roots}
@@ -210,7 +213,6 @@ class Daemon:
             if plan is not None:
                 info["poll"] = f"{plan.poll} ({plan.poll_source})"
         self._log.info("ready", pid=os.getpid(), roots=list(observers), observers=observers)
-        self._start_controller()
         self._publish()
         if self._notifier is not None:
             self._notifier.ready(self._status_line())
@@ -283,7 +285,10 @@ class Daemon:
                 if self._controller is not None:
                     self._controller.stop()
                     self._controller = None
-                self._start_controller()
+                try:
+                    self._start_controller()
+                except CachewatchdError as exc:  # the workers run; the backoff tries again
+                    self._error(error=exc.message)
         observers = self._watching.observers() if self._watching else {}
         self._log.info("reloaded", changed=new != old, roots=list(observers), observers=observers)
         self._publish()

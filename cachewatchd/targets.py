@@ -20,7 +20,7 @@ from typing import ClassVar
 
 import psutil
 
-from cachewatchd.child import OwnChild
+from cachewatchd.child import ChildError, OwnChild
 from cachewatchd.errors import RuntimeFailure
 from cachewatchd.gate import Probe, probe_from_command, probe_from_process
 from cachewatchd.procs import (
@@ -89,7 +89,8 @@ class Target(ABC):
         self.spec = spec
 
     def start(self) -> None:
-        """Called once when the controller starts (the own child launches here)."""
+        """Called once when the controller starts, before its worker thread (the own child
+        launches here; :class:`~cachewatchd.child.ChildError` when it cannot be executed)."""
         return
 
     def stop(self) -> None:
@@ -139,7 +140,11 @@ class ChildTarget(Target):
         )
 
     def start(self) -> None:
-        self.child.start()
+        try:
+            self.child.start()
+        except ChildError:
+            self.child.retry_later()  # when the daemon carries on (a reload), backoff retries
+            raise
 
     def stop(self) -> None:
         self.child.stop()

@@ -136,3 +136,22 @@ def test_controller_restarts_a_crashed_child_and_stops_it(tmp_path: Path) -> Non
         controller.stop()
     assert not psutil.pid_exists(pid)
     assert controller.status()[0]["restarts"] == 0  # crash restarts are not batch restarts
+
+
+def test_a_child_that_cannot_be_executed_fails_the_start_then_backs_off(tmp_path: Path) -> None:
+    script = tmp_path / "later.sh"  # missing at start
+    spec = ProcessSpec(name="app", command=(str(script),), grace=5)
+    controller = Controller([spec], [tmp_path])
+    with pytest.raises(ChildError) as raised:
+        controller.start()
+    assert raised.value.message == f"cannot start {str(script)!r}: No such file or directory"
+    assert raised.value.exit_code == 3
+    # Whoever carries on (the daemon, on a reload) gets the worker and the crash-loop backoff.
+    wait_until(lambda: controller.status()[0]["state"] == "backoff")
+    assert controller.status()[0]["problem"] == raised.value.message
+    script.write_text("#!/bin/sh\nexec sleep 60\n", encoding="utf-8")
+    script.chmod(0o755)
+    wait_until(lambda: controller.status()[0]["pids"], 20, message="started by the backoff")
+    status = controller.status()[0]
+    controller.stop()
+    assert (status["state"], status["problem"]) == ("running", None)

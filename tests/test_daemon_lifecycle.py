@@ -117,3 +117,25 @@ def test_target_faults_count_as_errors_in_status(
         human = cli(["status"], env).stdout
         assert daemon.stop() == 0
     assert "errors 2;" in human
+
+
+@pytest.mark.parametrize("kind", ["missing", "not-executable"])
+def test_an_own_child_that_cannot_be_executed_ends_the_start(
+    proj: Path, env: dict[str, str], tmp_path: Path, kind: str
+) -> None:
+    command = tmp_path / "app.sh"
+    reason = "No such file or directory"
+    if kind == "not-executable":
+        command.write_text("#!/bin/sh\nexec sleep 60\n", encoding="utf-8")
+        command.chmod(0o644)
+        reason = "Permission denied"
+    line = f"cachewatchd: cannot start {str(command)!r}: {reason}\n"
+    with DaemonProc([str(proj), "--", str(command)], env) as daemon:
+        assert daemon.wait_exit() == 3
+    assert daemon.garbage == [line]  # the one line that is not a log event
+    assert not daemon.events("ready")
+    assert "no cachewatchd daemon running" in cli(["status"], env).stdout
+
+    detached = cli(["run", str(proj), "--", str(command)], env)
+    assert detached.returncode == 3
+    assert detached.stderr == line
