@@ -179,13 +179,14 @@ class Daemon:
             self._shutdown()
         return 0
 
-    def _start_watching(self) -> None:
+    def _start_watching(self, reason: str = "start") -> None:
+        """Attach every root and audit each once (the ``rescan`` gives *reason*)."""
         self._watching = _Watching(self.settings, self._batcher)
         self._watching.start()
         with self._state_lock:
             self._pending_start = set(self.settings.paths)
         for root in self.settings.paths:
-            self._batcher.rescan(root, "start")
+            self._batcher.rescan(root, reason)
         self._batcher.flush()
 
     def _wait_for_start(self) -> bool:
@@ -280,7 +281,7 @@ class Daemon:
                 self._watching.stop()
             self.settings = new
             self._handler = self._new_handler(new)
-            self._start_watching()
+            self._start_watching("reload")
             if _controller_inputs(new) != _controller_inputs(old):
                 if self._controller is not None:
                     self._controller.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -139,3 +140,20 @@ def test_an_own_child_that_cannot_be_executed_ends_the_start(
     detached = cli(["run", str(proj), "--", str(command)], env)
     assert detached.returncode == 3
     assert detached.stderr == line
+
+
+def test_the_audit_after_a_reload_says_reload(
+    proj: Path, env: dict[str, str], tmp_path: Path
+) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text("exclude = []\n", encoding="utf-8")
+    with DaemonProc([str(proj), "--config", str(config)], env) as daemon:
+        daemon.ready()
+        assert [e["reason"] for e in daemon.events("rescan")] == ["start"]
+        config.write_text('exclude = ["build"]\n', encoding="utf-8")
+        daemon.send(signal.SIGHUP)
+        assert daemon.wait_event("reloaded")["changed"] is True
+        after = daemon.wait_event("rescan", lambda e: e["reason"] != "start")
+        assert daemon.stop() == 0
+    assert after["reason"] == "reload"
+    assert after["root"] == str(proj)
