@@ -52,7 +52,7 @@ class Notifier:
     ) -> None:
         self._address = _socket_address(socket_path) if socket_path else None
         if socket_path and self._address is None:
-            _log.warning("notify_socket_unsupported", notify_socket=socket_path)
+            _log.warning("notify-socket-unsupported", notify_socket=socket_path)
         self._watchdog_usec = watchdog_usec if watchdog_usec and watchdog_usec > 0 else None
 
     @classmethod
@@ -76,7 +76,7 @@ class Notifier:
                 sock.connect(self._address)
                 sock.sendall(payload)
         except OSError as exc:
-            _log.warning("notify_failed", error=str(exc), message=assignments[0])
+            _log.warning("notify-failed", error=str(exc), message=assignments[0])
             return False
         return True
 
@@ -165,7 +165,7 @@ class WatchdogPinger:
         assert self._interval is not None
         while not self._stop.wait(self._interval):
             if self._healthy is not None and not self._healthy():
-                _log.warning("watchdog_ping_skipped", reason="health check failed")
+                _log.warning("watchdog-ping-skipped", reason="health check failed")
                 continue
             self._notifier.ping()
 

@@ -145,7 +145,7 @@ def test_unsupported_address_is_disabled_with_a_warning() -> None:
         notifier = Notifier.from_env({"NOTIFY_SOCKET": "relative/notify"})
     assert not notifier.enabled
     assert not notifier.ready()
-    assert [entry["event"] for entry in logs] == ["notify_socket_unsupported"]
+    assert [entry["event"] for entry in logs] == ["notify-socket-unsupported"]
 
 
 def test_vanished_socket_is_logged_not_raised() -> None:
@@ -153,7 +153,7 @@ def test_vanished_socket_is_logged_not_raised() -> None:
         notifier = Notifier.from_env({"NOTIFY_SOCKET": str(Path(tmp) / "gone")})
         with capture_logs() as logs:
             assert not notifier.ready()
-    assert [entry["event"] for entry in logs] == ["notify_failed"]
+    assert [entry["event"] for entry in logs] == ["notify-failed"]
 
 
 def test_watchdog_pinger_pings_until_stopped(path_listener: Listener) -> None:
@@ -183,7 +183,7 @@ def test_watchdog_pinger_skips_pings_while_unhealthy(path_listener: Listener) ->
         assert path_listener.nothing_pending()
         healthy.set()
         assert path_listener.receive() == {"WATCHDOG": "1"}
-    assert "watchdog_ping_skipped" in [entry["event"] for entry in logs]
+    assert "watchdog-ping-skipped" in [entry["event"] for entry in logs]
 
 
 def test_watchdog_pinger_without_watchdog_starts_nothing() -> None:
