@@ -4,9 +4,9 @@ The parent lists the first directories breadth-first (the roots and their childr
 until the rest of the walk is at least ``PIECES_PER_JOB * N`` subtrees; a small tree is listed
 whole by then and nothing forks. The pieces (subtrees, shallowest first as likely the biggest, and
 the listed directories' own entries) go through a pipe that serves as a work queue for the parent
-and N-1 forked children. A child sends back what it found (rows of the
-entries kept, errors, the count of fresh entries) with :mod:`marshal` and exits. The parent puts
-every part back in the order of a one-process walk, so the report is the one ``--jobs 1`` gives.
+and N-1 forked children. A child sends back what it found (rows of the entries kept, errors, the
+count of fresh entries) with :mod:`marshal` and exits. The parent puts every part back in the
+order of a one-process walk, so the report is the one ``--jobs 1`` gives.
 
 Forking is only safe in a process without other threads: the one-shot CLI, never the daemon.
 Overlapping roots (or a prefix tree inside a root) need one process to judge each entry once.

