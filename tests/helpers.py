@@ -16,6 +16,7 @@ from pathlib import Path
 __all__ = [
     "compile_pyc",
     "find_interpreters",
+    "git",
     "other_interpreter",
     "wait_until",
 ]
@@ -107,3 +108,20 @@ def find_interpreters() -> dict[str, str]:
 def other_interpreter(version: str) -> str | None:
     """Executable of CPython *version* (``"3.9"``), or ``None`` when not installed."""
     return find_interpreters().get(version)
+
+
+def git(cwd: Path, *args: str, timeout: float = 120) -> str:
+    """Run real git in *cwd* with a fixed identity and no user or system config; return stdout."""
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.com",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.com",
+        "GIT_CONFIG_GLOBAL": os.devnull,
+        "GIT_CONFIG_NOSYSTEM": "1",
+    }
+    command = ["git", "-c", "init.defaultBranch=main", "-c", "protocol.file.allow=always", *args]
+    return subprocess.run(
+        command, cwd=cwd, env=env, capture_output=True, text=True, check=True, timeout=timeout
+    ).stdout.strip()

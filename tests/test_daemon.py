@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -19,6 +18,7 @@ from cachewatchd.batch import Batch, GitMove, Rescan
 from cachewatchd.handler import BatchHandler, Counters
 from tests._daemon_util import DaemonProc, cli, isolated_env
 from tests.helpers import compile_pyc, wait_until
+from tests.helpers import git as run_git
 
 GIT = shutil.which("git")
 
@@ -152,24 +152,7 @@ def test_excluded_and_project_trust_rule(proj: Path, env: dict[str, str]) -> Non
 
 # -- git ----------------------------------------------------------------------------------------------
 def _git(cwd: Path, *args: str) -> str:
-    env = {
-        **os.environ,
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@example.com",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@example.com",
-        "GIT_CONFIG_GLOBAL": os.devnull,
-        "GIT_CONFIG_NOSYSTEM": "1",
-    }
-    return subprocess.run(
-        ["git", "-c", "init.defaultBranch=main", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    ).stdout.strip()
+    return run_git(cwd, *args)
 
 
 @pytest.mark.skipif(GIT is None, reason="git is not installed")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import threading
@@ -22,6 +21,7 @@ from cachewatchd.gitwatch import (
     is_settled,
     repo_at,
 )
+from tests.helpers import git as run_git
 from tests.helpers import wait_until
 
 GIT = shutil.which("git")
@@ -31,25 +31,7 @@ MODES = ["never", "always"]
 
 
 def git(cwd: Path, *args: str) -> str:
-    env = {
-        **os.environ,
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@example.com",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@example.com",
-        "GIT_CONFIG_GLOBAL": os.devnull,
-        "GIT_CONFIG_NOSYSTEM": "1",
-    }
-    out = subprocess.run(
-        ["git", "-c", "init.defaultBranch=main", "-c", "protocol.file.allow=always", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
-    return out.stdout.strip()
+    return run_git(cwd, *args)
 
 
 def make_repo(path: Path, files: int = 3) -> Path:
