@@ -59,7 +59,12 @@ class DoctorReport:
     def to_dict(self) -> dict[str, Any]:
         findings = [{**asdict(f), "details": list(f.details)} for f in self.findings]
         roots = [str(r) for r in self.roots]
-        return {"roots": roots, "needs_action": self.needs_action, "findings": findings}
+        return {
+            "version": 1,
+            "roots": roots,
+            "needs_action": self.needs_action,
+            "findings": findings,
+        }
 
 
 def run_doctor(roots: Sequence[Path], options: DoctorOptions | None = None) -> DoctorReport:

@@ -56,7 +56,8 @@ def check_caches(
     for state, (severity, why, action) in _CACHE_ADVICE.items():
         entries = [e for e in report.entries if e.state is state]
         if entries:
-            message = f"{len(entries)} {state.value} cache entries: {why}"
+            noun = "cache entry" if len(entries) == 1 else "cache entries"
+            message = f"{len(entries)} {state.value} {noun}: {why}"
             details = tuple(f"{e.path}: {e.reason}" for e in entries[:MAX_DETAILS])
             todo = action.format(roots=where)
             findings.append(
@@ -65,7 +66,7 @@ def check_caches(
     summary = report.summary()
     counts = ", ".join(f"{n} {state}" for state, n in summary.items() if n)
     findings.append(
-        Finding("caches", "info", f"{sum(summary.values())} cache entries: {counts or 'none'}")
+        Finding("caches", "info", f"{_entries(sum(summary.values()))}: {counts or 'none'}")
     )
     return findings
 
@@ -225,3 +226,7 @@ def check_daemon(roots: Sequence[Path]) -> list[Finding]:
             action = f"cachewatchd {quoted}   (or: cachewatchd install-service {quoted})"
             findings.append(Finding("daemon", "info", message, action, str(root)))
     return findings
+
+
+def _entries(n: int) -> str:
+    return f"{n} cache entry" if n == 1 else f"{n} cache entries"

@@ -73,7 +73,7 @@ def test_clean_project_needs_no_action(project: Path, capsys: pytest.CaptureFixt
     report = doctor(project)
     assert not report.needs_action, [f for f in report.findings if f.needs_action]
     found = by_id(report)
-    assert found["caches"][0].message.startswith("1 cache entries: 1 fresh")
+    assert found["caches"][0].message.startswith("1 cache entry: 1 fresh")
     assert found["events"][0].message == "native events arrive"
     assert "daemon" in found
     if sys.platform.startswith("linux"):
@@ -87,12 +87,12 @@ def test_planted_stale_pyc_is_an_error(project: Path, capsys: pytest.CaptureFixt
     pyc = plant_stale_pyc(project / "pkg" / "m.py")
     (finding,) = by_id(doctor(project))["stale-caches"]
     assert finding.severity == "error"
-    assert finding.message.startswith("1 stale cache entries")
+    assert finding.message.startswith("1 stale cache entry")
     assert finding.details[0].startswith(f"{pyc}: ")
     assert finding.action.startswith(f"cachewatchd clean {project}")
     assert main(["doctor", str(project)]) == 1
     out = capsys.readouterr().out
-    assert "error    stale-caches: 1 stale cache entries" in out
+    assert "error    stale-caches: 1 stale cache entry" in out
     assert f"-> cachewatchd clean {project}" in out
 
 

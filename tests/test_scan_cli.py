@@ -41,7 +41,7 @@ def test_clean_tree_exits_zero_with_counts(tmp_path: Path) -> None:
     compile_pyc(write(tmp_path / "m.py", "X = 1\n"))
     proc = console("scan", cwd=tmp_path, NO_COLOR="1")
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines()[0] == "1 cache entries under ."
+    assert proc.stdout.splitlines()[0] == "1 cache entry under ."
     assert "\033[" not in proc.stdout
 
 

@@ -195,7 +195,7 @@ def _print_summary(report: AuditReport) -> None:
     summary = report.summary()
     total = sum(summary.values())
     roots = ", ".join(_display(r) or "." for r in report.roots)
-    print(f"{total} cache entries under {roots}")
+    print(f"{_count(total, 'cache entry', 'cache entries')} under {roots}")
     for state, count in summary.items():
         label = colour(f"{state:<11}", _STATE_COLOUR[state]) if count else f"{state:<11}"
         print(f"  {label}{count:>7}")
@@ -301,14 +301,18 @@ def _print_clean(
     if dry_run:
         for path in removed:
             print(f"would remove {_display(path)}")
-        print(f"{len(removed)} cache files would be removed (dry run)")
+        print(f"{_count(len(removed), 'cache file')} would be removed (dry run)")
     else:
         print(
-            f"removed {len(removed)} cache files and {len(removed_dirs)} empty __pycache__ "
-            "directories"
+            f"removed {_count(len(removed), 'cache file')} and "
+            f"{_count(len(removed_dirs), 'empty cache directory', 'empty cache directories')}"
         )
     if recompiled:
         print(f"recompiled {len(recompiled)} sources")
     sourceless = [e for e in kept if e.state.value == "sourceless"]
     for entry in sourceless:
         print(f"kept {colour('sourceless', 'red')} {_display(entry.path)} (use --sourceless)")
+
+
+def _count(n: int, one: str, many: str | None = None) -> str:
+    return f"{n} {one}" if n == 1 else f"{n} {many or one + 's'}"
