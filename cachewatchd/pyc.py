@@ -58,6 +58,8 @@ _MAGIC_VERSIONS: dict[bytes, tuple[int, int]] = {
 }
 _HEADER = struct.Struct("<4sIII")
 """magic, flags, then the source mtime and size (timestamp pyc) or the source hash."""
+_OLD_HEADER = struct.Struct("<II")
+"""After the magic of a 3.3-3.6 pyc: the source mtime and size."""
 
 
 def version_of_magic(magic: bytes) -> tuple[int, int] | None:
@@ -92,7 +94,8 @@ class Header(NamedTuple):
 
 
 def parse_header(data: bytes, *, any_magic: bool = False) -> Header:
-    """Parse the 16-byte header of a 3.7+ pyc; raise :class:`HeaderError` with the reason.
+    """Parse the 16-byte header of a 3.7+ pyc (or the 12-byte one of 3.3-3.6); raise
+    :class:`HeaderError` with the reason.
 
     With *any_magic* (a pyc of another implementation, e.g. PyPy) an unknown magic is accepted.
     """
@@ -103,7 +106,11 @@ def parse_header(data: bytes, *, any_magic: bool = False) -> Header:
     if version is None and not any_magic:
         raise HeaderError(f"magic {magic.hex()} matches no CPython 3")
     if version is not None and version < (3, 7):
-        raise HeaderError(f"pyc of CPython {version[0]}.{version[1]} (pre-3.7 header)")
+        if version < (3, 3):
+            raise HeaderError(f"pyc of CPython {version[0]}.{version[1]} (no source size)")
+        # 3.3-3.6 (PEP 3147 era): magic, source mtime, source size; no flags, no hash pycs.
+        old_mtime, old_size = _OLD_HEADER.unpack_from(data, 4)
+        return Header(magic, version, 0, "timestamp", old_mtime, old_size)
     if flags & ~0b11:
         raise HeaderError(f"unknown flag bits 0x{flags:x}")
     if flags & 0b01:

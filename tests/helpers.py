@@ -70,7 +70,7 @@ def compile_pyc(
 
 @functools.cache
 def find_interpreters() -> dict[str, str]:
-    """Map ``"3.N"`` to an executable for every CPython 3.7+ found on this machine."""
+    """Map ``"3.N"`` to an executable for every CPython 3.6+ found on this machine."""
     found: dict[str, str] = {}
     candidates: list[str] = []
     root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
@@ -99,7 +99,7 @@ def find_interpreters() -> dict[str, str]:
             continue
         version, impl = out[0], out[1]
         major, minor = (int(x) for x in version.split("."))
-        if impl == "cpython" and (major, minor) >= (3, 7):
+        if impl == "cpython" and (major, minor) >= (3, 6):
             found.setdefault(version, exe)
     found.setdefault(f"{sys.version_info[0]}.{sys.version_info[1]}", sys.executable)
     return found

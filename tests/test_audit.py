@@ -310,3 +310,24 @@ def test_the_shortcut_agrees_with_the_general_judge(
         assert fast.entries == general.entries
         assert fast.errors == general.errors == []
         assert {e.state for e in fast.entries} >= {State.FRESH, State.STALE, State.OUTDATED}
+
+
+def test_pycs_of_cpython_36_are_judged_by_their_12_byte_header(tmp_path: Path) -> None:
+    exe = find_interpreters().get("3.6") or shutil.which("python3.6")
+    if exe is None:
+        pytest.skip("CPython 3.6 is not installed here")
+    source = write(tmp_path / "m.py", "X = 1\n")
+    subprocess.run(
+        [
+            exe,
+            "-c",
+            "import py_compile, sys; py_compile.compile(sys.argv[1], doraise=True)",
+            str(source),
+        ],
+        check=True,
+        env=child_env(),
+        timeout=60,
+    )
+    assert states(tmp_path) == {"__pycache__/m.cpython-36.pyc": State.FRESH}
+    source.write_text("X = 123\n")
+    assert states(tmp_path) == {"__pycache__/m.cpython-36.pyc": State.OUTDATED}

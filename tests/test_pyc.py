@@ -62,7 +62,7 @@ def test_running_magic_is_known() -> None:
         (b"\x00" * 8, "truncated"),
         (b"\x01\x02\r\n" + b"\x00" * 12, "matches no CPython"),
         (importlib.util.MAGIC_NUMBER + b"\x04\x00\x00\x00" + b"\x00" * 8, "unknown flag bits"),
-        ((3379).to_bytes(2, "little") + b"\r\n" + b"\x00" * 12, "pre-3.7"),
+        ((3131).to_bytes(2, "little") + b"\r\n" + b"\x00" * 12, "no source size"),
     ],
 )
 def test_bad_headers_say_why(data: bytes, reason: str) -> None:
@@ -102,3 +102,16 @@ def test_source_hash_matches_each_cpython(tmp_path: Path, version: str, mode: st
     assert header.version == tuple(int(x) for x in version.split("."))
     assert header.mode == mode
     assert source_hash(header.magic, source.read_bytes()) == header.hash
+
+
+def test_a_36_header_is_magic_mtime_size() -> None:
+    magic = (3379).to_bytes(2, "little") + b"\r\n"
+    header = parse_header(
+        magic + (1000).to_bytes(4, "little") + (7).to_bytes(4, "little") + b"\xe3..."
+    )
+    assert (header.version, header.mode, header.mtime, header.size) == (
+        (3, 6),
+        "timestamp",
+        1000,
+        7,
+    )
