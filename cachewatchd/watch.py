@@ -12,7 +12,6 @@ once it is back; it also carries out the fallbacks requested from the inotify th
 
 from __future__ import annotations
 
-import errno
 import os
 import threading
 from collections.abc import Sequence
@@ -20,165 +19,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cachewatchd._inotify import LIMITS, Guard, inotify_classes
 from cachewatchd.batch import EventMapper, EventSink
 from cachewatchd.fstype import ObserverChoice, PollMode, choose_observer
 from cachewatchd.log import get_logger
 from cachewatchd.polling import make_polling_observer
-from cachewatchd.walk import Excluder, WalkOptions, walk
+from cachewatchd.walk import WalkOptions, walk
 
 __all__ = ["Watcher", "coverage_gaps"]
-
-_LIMITS = {
-    errno.ENOSPC: "inotify watch limit reached",
-    errno.EMFILE: "inotify instance limit reached",
-}
 
 
 def coverage_gaps(root: Path, watched: set[str], options: WalkOptions) -> list[str]:
     """Directories below *root* (pruned as every walk prunes) that exist but hold no watch."""
     found = [path for path, _ in walk(str(root), options, lambda p, e: None)]
     return sorted(p for p in found if p not in watched and os.path.isdir(p))
-
-
-class _Guard:
-    """One root's link from watchdog's inotify internals back to the :class:`Watcher`."""
-
-    def __init__(self, watcher: Watcher, root: Path) -> None:
-        self.watcher = watcher
-        self.root = str(root)
-        self.excluder = Excluder(watcher.walk_options)
-        self.group: Any = None
-        self.limit: str | None = None
-
-    def skip(self, path: str) -> bool:
-        """True for a directory that gets no watch by its name: excluded or ``__pycache__``."""
-        name = os.path.basename(path)
-        if name == "__pycache__":
-            return True
-        rel = os.path.relpath(path, self.root).replace(os.sep, "/")
-        return self.excluder.excluded(name, rel)
-
-    def walk_error(self, exc: OSError) -> None:
-        if isinstance(exc, PermissionError):
-            self.watcher.report_denied(str(exc.filename), exc)
-
-    def watch_failed(self, path: str, exc: OSError) -> None:
-        reason = _LIMITS.get(exc.errno or 0)
-        if reason is not None:
-            if self.limit is None:
-                self.limit = f"{reason} at {path}"
-                self.watcher.request_fallback(Path(self.root), self.limit)
-        elif isinstance(exc, PermissionError):
-            self.watcher.report_denied(path, exc)
-
-    def watched(self) -> set[str]:
-        group = self.group
-        if group is None:
-            return set()
-        with group._lock:
-            return {os.fsdecode(p) for p in group._active_callbacks_by_path}
-
-
-def _inotify_classes() -> tuple[Any, Any] | None:
-    """``(observer class, InotifyFD class)`` on watchdog 7's inotify internals; None elsewhere."""
-    try:
-        from watchdog.observers.api import BaseObserver
-        from watchdog.observers.inotify import InotifyEmitter, InotifyWatchGroup
-        from watchdog.observers.inotify_c import InotifyFD
-    except Exception:  # noqa: BLE001 - not Linux (UnsupportedLibcError) or an older watchdog
-        return None
-
-    @dataclass
-    class PrunedGroup(InotifyWatchGroup):
-        guard: Any = None
-
-        def _add_all_callbacks(self, path: bytes) -> None:
-            guard: _Guard = self.guard
-            top = os.fsdecode(path)
-            is_dir = os.path.isdir(path)
-            if path != self.path and guard.skip(top):
-                return
-            if path == self.path or not is_dir:
-                self._add_callback(path)  # first, so that a root that cannot be watched raises
-            if not (self.is_recursive and is_dir):
-                return
-            for dirpath, dirnames, filenames in os.walk(top, onerror=guard.walk_error):
-                if dirpath != guard.root and guard.excluder.is_venv(filenames):
-                    dirnames[:] = []
-                    continue
-                if dirpath != guard.root:
-                    self._add_callback(os.fsencode(dirpath))
-                dirnames[:] = [d for d in dirnames if not guard.skip(os.path.join(dirpath, d))]
-
-        def _add_callback(self, path: bytes) -> None:
-            fd = self._inotify_fd
-            try:
-                with fd._lock:  # add_callback() without its warning for an inode seen again
-                    watch = fd._get_or_create_watch(path, self.event_mask)
-                    watch.callbacks[self._id] = self._callback
-                    wd = watch.wd
-            except OSError as exc:
-                if path == self.path:
-                    raise
-                self.guard.watch_failed(os.fsdecode(path), exc)
-                return
-            if wd < 0:  # EACCES: watchdog registers wd -1 instead of raising
-                fd.remove_callbacks([(wd, self._id)])
-                denied = PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fsdecode(path))
-                if path == self.path:
-                    raise denied
-                self.guard.watch_failed(os.fsdecode(path), denied)
-                return
-            stale = self._active_callbacks_by_watch.get(wd)
-            if stale is not None and stale != path:  # moved out, then back in under a new name
-                self._move_watches(stale, path)
-            self._active_callbacks_by_path[path] = wd
-            self._active_callbacks_by_watch[wd] = path
-
-        def forget(self, path: bytes) -> None:
-            """Drop the watches of a directory tree moved out of the root."""
-            prefix = path + os.sep.encode()
-            with self._lock:
-                wds = [
-                    wd
-                    for p, wd in self._active_callbacks_by_path.items()
-                    if p == path or p.startswith(prefix)
-                ]
-                if self.is_active and wds:
-                    self._remove_callbacks(wds)
-
-        def on_queue_overflow(self) -> None:
-            super().on_queue_overflow()
-            self.guard.watcher.report_overflow(Path(self.guard.root))
-
-    class GuardedEmitter(InotifyEmitter):
-        def __init__(self, *args: Any, guard: _Guard, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self._guard = guard
-
-        def on_thread_start(self) -> None:
-            self._inotify = PrunedGroup(
-                self._inotify_fd,
-                os.fsencode(self.watch.path),
-                is_recursive=self.watch.is_recursive,
-                event_mask=self.get_event_mask_from_filter(),
-                guard=self._guard,
-            )
-            self._guard.group = self._inotify
-
-        def build_and_queue_event(self, event: Any, *, full_events: bool = False) -> None:
-            super().build_and_queue_event(event, full_events=full_events)
-            single = getattr(event, "ev", None)  # an unpaired event: the other side is elsewhere
-            if single is not None and single.is_moved_from and single.is_directory:
-                group = self._inotify
-                if isinstance(group, PrunedGroup):
-                    group.forget(event.path)
-
-    class NativeObserver(BaseObserver):
-        def __init__(self, fd: Any, guard: _Guard) -> None:
-            super().__init__(GuardedEmitter, inotify_fd=fd, guard=guard)
-
-    return NativeObserver, InotifyFD
 
 
 def _event_filter() -> list[Any]:
@@ -201,7 +55,7 @@ class _Root:
     path: Path
     choice: ObserverChoice
     observer: Any = None
-    guard: _Guard | None = None
+    guard: Guard | None = None
     ident: tuple[int, int] | None = None
     forced: str | None = None
     """Why this root must poll although native events were chosen (limit reached)."""
@@ -252,7 +106,7 @@ class Watcher:
         self._thread = threading.Thread(
             target=self._supervise, name="cachewatchd-watch", daemon=True
         )
-        self._native = _inotify_classes()
+        self._native = inotify_classes()
         self._fd: Any = None
         self._log = get_logger(__name__)
 
@@ -363,7 +217,7 @@ class Watcher:
             else:
                 self._start_polling(root)
         except OSError as exc:
-            limit = _LIMITS.get(exc.errno or 0)
+            limit = LIMITS.get(exc.errno or 0)
             if choice.kind == "native" and limit is not None:
                 return self._fall_back(root, limit)
             self._report_once(root, exc.strerror or str(exc))
@@ -399,7 +253,7 @@ class Watcher:
             fd = fd_cls()
             fd.start()
             self._fd = fd
-        guard = _Guard(self, root.path)
+        guard = Guard(self, root.path)
         root.guard = guard
         self._run(root, observer_cls(self._fd, guard))
         return self._verify(guard)
@@ -428,7 +282,7 @@ class Watcher:
             raise
         root.observer = observer
 
-    def _verify(self, guard: _Guard) -> str | None:
+    def _verify(self, guard: Guard) -> str | None:
         if guard.limit is not None:
             return guard.limit
         gaps = coverage_gaps(Path(guard.root), guard.watched(), self.walk_options)

@@ -284,14 +284,14 @@ def test_silently_skipped_directory_is_caught_by_the_coverage_check(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     root = _tree(tmp_path)
-    from cachewatchd import watch
+    from cachewatchd._inotify import Guard
 
-    real_watched = watch._Guard.watched
+    real_watched = Guard.watched
 
     def lossy(self: Any) -> set[str]:  # what watchdog 7 does at the limit: no error, no watch
         return {p for p in real_watched(self) if not p.endswith("/sub")}
 
-    monkeypatch.setattr(watch._Guard, "watched", lossy)
+    monkeypatch.setattr(Guard, "watched", lossy)
     with watching([root], poll_mode="auto") as (watcher, _):
         choice = watcher.observers()[root]
         assert choice.kind == "polling"
