@@ -68,7 +68,7 @@ class _Notifier(Protocol):
 class _Watching:
     """The watchers of one settings generation (rebuilt on reload)."""
 
-    def __init__(self, settings: DaemonSettings, batcher: Batcher) -> None:
+    def __init__(self, settings: DaemonSettings, batcher: Batcher, reported: set[str]) -> None:
         groups: dict[tuple[str, tuple[str, ...]], list[RootPlan]] = {}
         for plan in settings.roots:
             groups.setdefault((plan.poll, plan.exclude), []).append(plan)
@@ -83,6 +83,7 @@ class _Watching:
                     poll_interval=settings.poll_interval,
                     excludes=exclude,
                     batcher=batcher,
+                    reported=reported,
                 )
             )
             self.gits.append(
@@ -145,6 +146,8 @@ class Daemon:
         self._on_ready = on_ready
         self._inbox: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._counters = Counters()
+        self._reported: set[str] = set()
+        """Paths whose problem was already logged, by a watcher or the handler: one report each."""
         self._handler = self._new_handler(settings)
         self._batcher = Batcher(self._on_batch, quiet=quiet, max_window=max_window)
         self._watching: _Watching | None = None
@@ -181,7 +184,7 @@ class Daemon:
 
     def _start_watching(self, reason: str = "start") -> None:
         """Attach every root and audit each once (the ``rescan`` gives *reason*)."""
-        self._watching = _Watching(self.settings, self._batcher)
+        self._watching = _Watching(self.settings, self._batcher, self._reported)
         self._watching.start()
         with self._state_lock:
             self._pending_start = set(self.settings.paths)
@@ -329,7 +332,10 @@ class Daemon:
     def _new_handler(self, settings: DaemonSettings) -> BatchHandler:
         excludes = {plan.path: plan.exclude for plan in settings.roots}
         return BatchHandler(
-            excludes, pycache_prefix=settings.pycache_prefix, counters=self._counters
+            excludes,
+            pycache_prefix=settings.pycache_prefix,
+            counters=self._counters,
+            reported=self._reported,
         )
 
     def _start_controller(self) -> None:

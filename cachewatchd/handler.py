@@ -74,12 +74,14 @@ class BatchHandler:
         *,
         pycache_prefix: Path | None,
         counters: Counters,
+        reported: set[str] | None = None,
     ) -> None:
         self.roots = list(excludes)
         self._excludes = excludes
         self._prefix = pycache_prefix
         self.counters = counters
-        self._reported: set[tuple[Path, str]] = set()
+        self._reported: set[str] = set() if reported is None else reported
+        """Paths already reported (shared with the watchers: one report per path)."""
         self.lock = threading.Lock()
         """Held while counters change (status readers take it too)."""
         self.rechecker = Rechecker(pycache_prefix=pycache_prefix)
@@ -245,8 +247,8 @@ class BatchHandler:
         """Log each problem once (a reconcile finds the same unreadable directory every time)."""
         fresh = []
         for path, error in errors:
-            if (path, error) not in self._reported:
-                self._reported.add((path, error))
+            if str(path) not in self._reported:
+                self._reported.add(str(path))
                 fresh.append((path, error))
         for path, error in fresh[:_MAX_ERROR_LINES]:
             self._log.warning("error", path=str(path), error=error, during=during)

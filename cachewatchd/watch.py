@@ -88,6 +88,7 @@ class Watcher:
         default_excludes: bool = True,
         include_venvs: bool = False,
         check_interval: float = 1.0,
+        reported: set[str] | None = None,
     ) -> None:
         self.sink = batcher
         self.walk_options = WalkOptions(include_venvs, tuple(excludes), default_excludes)
@@ -100,7 +101,8 @@ class Watcher:
         self._lock = threading.RLock()  # roots and observers; never taken by observer threads
         self._req_lock = threading.Lock()  # requests and reports posted by observer threads
         self._requests: list[tuple[str, Path, str]] = []
-        self._denied: set[str] = set()
+        self._denied: set[str] = set() if reported is None else reported
+        """Paths already reported (shared with the batch handler: one report per path)."""
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread = threading.Thread(

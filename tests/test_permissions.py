@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests._pycs import restore_mtime_edit, write
-from tests.helpers import compile_pyc
+from tests.helpers import compile_pyc, wait_until
 
 TAG = sys.implementation.cache_tag
 NOBODY = 65534
@@ -95,3 +95,35 @@ def test_clean_reports_permission_denied_per_file_and_goes_on(base: Path) -> Non
     assert doc["errors"] == [{"path": str(locked), "error": "permission denied"}]
     assert locked.exists()
     assert not opened.exists()
+
+
+def test_daemon_reports_a_denied_subtree_once(base: Path) -> None:
+    """The watcher and the start audit both meet the unreadable directory: one report."""
+    (base / "home").mkdir(mode=0o777)
+    (base / "home").chmod(0o777)
+    project = base / "project"
+    write(project / "ok" / "m.py", "X = 1\n")
+    (project / "secret" / "inner").mkdir(parents=True)
+    (project / "secret").chmod(0o000)
+    log = base / "home" / "daemon.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "NOTIFY_"))}
+    env |= {
+        "HOME": str(base / "home"),
+        "XDG_CONFIG_HOME": str(base / "home" / "config"),
+        "XDG_STATE_HOME": str(base / "home" / "state"),
+        "XDG_RUNTIME_DIR": str(base / "home" / "run"),
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+    }
+    command = [*unprivileged(), sys.executable, "-m", "cachewatchd", "--foreground"]
+    with open(log, "w") as err:
+        proc = subprocess.Popen(
+            [*command, "--log-format", "json", str(project)], stderr=err, env=env
+        )
+    try:
+        wait_until(lambda: '"event": "ready"' in log.read_text(), 30, message="ready")
+    finally:
+        proc.terminate()
+        assert proc.wait(30) == 0
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    errors = [e for e in lines if e["event"] == "error"]
+    assert [e["path"] for e in errors] == [str(project / "secret")], errors
