@@ -66,11 +66,11 @@ def test_output_passes_through_and_stop_ends_the_whole_group(
 ) -> None:
     script = tmp_path / "parent.py"
     script.write_text(
-        "import subprocess, sys, time\n"
-        "kid = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+        "import signal, subprocess, sys\n"
+        "kid = subprocess.Popen([sys.executable, '-c', 'import signal; signal.pause()'])\n"
         "print('child says hello', kid.pid, flush=True)\n"
         "print('child error line', file=sys.stderr, flush=True)\n"
-        "time.sleep(60)\n",
+        "signal.pause()\n",
         encoding="utf-8",
     )
     child = OwnChild([sys.executable, str(script)], grace=5)
@@ -116,13 +116,13 @@ def test_controller_restarts_a_crashed_child_and_stops_it(tmp_path: Path) -> Non
     marker = tmp_path / "starts.txt"
     script = tmp_path / "flaky.py"
     script.write_text(
-        "import pathlib, sys, time\n"
+        "import pathlib, signal, sys\n"
         f"m = pathlib.Path({str(marker)!r})\n"
         "n = len(m.read_text()) if m.exists() else 0\n"
         "m.write_text('x' * (n + 1))\n"
         "if n == 0:\n"
         "    sys.exit(1)\n"
-        "time.sleep(60)\n",
+        "signal.pause()\n",
         encoding="utf-8",
     )
     spec = ProcessSpec(name="flaky", command=(sys.executable, str(script)), grace=5)

@@ -19,7 +19,7 @@ from cachewatchd.stale import SourceClock, importers, scan_sources, stale_reason
 from tests._servers import Reaper, assert_one_line_faults, events, wait_event
 from tests.helpers import wait_until
 
-SLEEP = (sys.executable, "-c", "import time; time.sleep(120)")
+SLEEP = (sys.executable, "-c", "import signal; signal.pause()")
 
 
 @pytest.fixture
@@ -52,10 +52,10 @@ def test_a_batch_during_a_restart_coalesces_into_exactly_one_more(tmp_path: Path
     ready = tmp_path / "ready"
     script = tmp_path / "stubborn.py"
     script.write_text(
-        "import pathlib, signal, time\n"
+        "import pathlib, signal\n"
         "signal.signal(signal.SIGTERM, signal.SIG_IGN)  # needs the KILL after the grace\n"
         f"pathlib.Path({str(ready)!r}).touch()\n"
-        "time.sleep(120)\n",
+        "signal.pause()\n",
         encoding="utf-8",
     )
     spec = ProcessSpec(name="slow", command=(sys.executable, str(script)), grace=0.5)
@@ -182,9 +182,9 @@ def test_source_clock_and_importers(tmp_path: Path, reaper: Reaper) -> None:
     assert latest.path == gone  # a deleted source counts as changed now
 
     parent = reaper.popen(
-        [sys.executable, "-c", "import subprocess, sys, time\n"
-         "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
-         "time.sleep(120)\n"]
+        [sys.executable, "-c", "import signal, subprocess, sys\n"
+         "subprocess.Popen([sys.executable, '-c', 'import signal; signal.pause()'])\n"
+         "signal.pause()\n"]
     )  # fmt: skip
     proc = psutil.Process(parent.pid)
     wait_until(lambda: len(proc.children()) == 1)

@@ -364,7 +364,7 @@ def test_detached_daemon_returns_when_ready_and_stops(proj: Path, env: dict[str,
 def test_own_child_starts_after_ready_and_stops_with_the_daemon(
     proj: Path, env: dict[str, str]
 ) -> None:
-    command = ["--", os.path.realpath(sys.executable), "-c", "import time; time.sleep(120)"]
+    command = ["--", os.path.realpath(sys.executable), "-c", "import signal; signal.pause()"]
     with DaemonProc([str(proj), "--grace", "2", *command], env) as daemon:
         daemon.ready()
 
@@ -372,7 +372,7 @@ def test_own_child_starts_after_ready_and_stops_with_the_daemon(
             return [
                 p.pid
                 for p in psutil.Process(daemon.pid).children(recursive=True)
-                if "time.sleep(120)" in " ".join(p.cmdline())
+                if "signal.pause()" in " ".join(p.cmdline())
             ]
 
         wait_until(child_pids, 20, message="own child running")

@@ -22,7 +22,7 @@ from tests._e2e_util import toml_config
 from tests._servers import Reaper
 from tests.helpers import wait_until
 
-SLEEP = [sys.executable, "-c", "import time; time.sleep(120)"]
+SLEEP = [sys.executable, "-c", "import signal; signal.pause()"]
 
 
 @pytest.fixture

@@ -215,7 +215,7 @@ def test_the_daemon_itself_is_never_a_stale_process(project: Path, with_child: b
     from tests._daemon_util import REPO, DaemonProc
 
     env = {**os.environ, "PYTHONPATH": str(REPO)}  # this test's registry (XDG_RUNTIME_DIR)
-    child = ["--", sys.executable, "-c", "import time; time.sleep(120)"] if with_child else []
+    child = ["--", sys.executable, "-c", "import signal; signal.pause()"] if with_child else []
     with DaemonProc([str(project), *child], env, cwd=project) as daemon:
         daemon.ready()
         children = psutil.Process(daemon.pid).children

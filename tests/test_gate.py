@@ -158,7 +158,7 @@ def test_syntax_error_keeps_the_old_server_and_the_fix_brings_the_new_code(
 def test_failed_health_check_is_reported_as_restart_failed(tmp_path: Path) -> None:
     spec = ProcessSpec(
         name="quiet",
-        command=(sys.executable, "-c", "import time; time.sleep(60)"),
+        command=(sys.executable, "-c", "import signal; signal.pause()"),
         grace=5,
         health_url=f"http://127.0.0.1:{free_port()}/health",
         health_timeout=0.3,

@@ -31,7 +31,7 @@ from tests._servers import (
 )
 from tests.helpers import wait_until
 
-SLEEPER = "import time\nwhile True:\n    time.sleep(1)\n"
+SLEEPER = "import signal\nsignal.pause()\n"
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ from tests._servers import (
 )
 from tests.helpers import compile_pyc, wait_until
 
-SLEEPER = f"{sys.executable} -c 'import time; time.sleep(3600)'"
+SLEEPER = f"{sys.executable} -c 'import signal; signal.pause()'"
 
 
 @pytest.fixture
