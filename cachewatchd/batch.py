@@ -33,7 +33,7 @@ __all__ = [
     "Rescan",
 ]
 
-DEFAULT_QUIET = 0.05
+DEFAULT_QUIET = 0.03
 DEFAULT_MAX_WINDOW = 1.0
 SOURCE_SUFFIXES = (".py", ".pyw")
 _NOT_NORMAL = frozenset(("", os.curdir, os.pardir))

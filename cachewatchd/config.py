@@ -47,7 +47,7 @@ class Config:
     roots: tuple[Path, ...] = ()
     poll: PollMode = "auto"
     poll_interval: float = 1.0
-    reconcile_interval: float = 300.0
+    reconcile_interval: float = 600.0
     exclude: tuple[str, ...] = ()
     processes: tuple[ProcessSpec, ...] = ()
     path: Path | None = None
@@ -129,7 +129,7 @@ class _Validator:
             poll=self.poll(table.get("poll", "auto")),
             poll_interval=self.seconds(("poll_interval",), table.get("poll_interval", 1.0)),
             reconcile_interval=self.seconds(
-                ("reconcile_interval",), table.get("reconcile_interval", 300.0)
+                ("reconcile_interval",), table.get("reconcile_interval", 600.0)
             ),
             exclude=tuple(
                 self.string(("exclude", i), v) for i, v in enumerate(self.array(table, "exclude"))

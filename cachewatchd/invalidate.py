@@ -79,12 +79,20 @@ class _Safety:
     def __init__(self, roots: Sequence[Path], pycache_prefix: Path | None) -> None:
         self.roots = [os.path.realpath(r) for r in roots]
         self.prefix = None if pycache_prefix is None else [os.path.realpath(pycache_prefix)]
+        self._real: dict[Path, str] = {}
+        """Resolved parent directories: a storm removes many files per directory."""
+
+    def _realpath(self, directory: Path) -> str:
+        real = self._real.get(directory)
+        if real is None:
+            real = self._real[directory] = os.path.realpath(directory)
+        return real
 
     def in_prefix(self, directory: Path) -> bool:
         """*directory* lies strictly inside the prefix tree."""
         if self.prefix is None:
             return False
-        real = os.path.realpath(directory)
+        real = self._realpath(directory)
         return real != self.prefix[0] and _within(real, self.prefix)
 
     def refusal(self, path: Path) -> str | None:
@@ -99,7 +107,7 @@ class _Safety:
             return exc.strerror or str(exc)
         if not stat.S_ISREG(st.st_mode):
             return "not a regular file"
-        parent = os.path.realpath(path.parent)
+        parent = self._realpath(path.parent)
         if self.prefix is not None and _within(parent, self.prefix):
             return None if name.endswith(".pyc") else "not a .pyc file"
         if not _within(parent, self.roots):

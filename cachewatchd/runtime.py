@@ -50,7 +50,7 @@ class CommandLine:
 class DaemonSettings:
     roots: tuple[RootPlan, ...]
     poll_interval: float = 1.0
-    reconcile_interval: float = 300.0
+    reconcile_interval: float = 600.0
     pycache_prefix: Path | None = None
     processes: tuple[ProcessSpec, ...] = ()
     """The own child (command line) first, then the config's ``[[process]]`` tables."""
