@@ -49,13 +49,13 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from bench_scan import package_dirs  # the same tree shape as the scan benchmark
 
 __all__ = ["main"]
 
 WORK = Path(__file__).resolve().parent / ".work"
 TREE_FORMAT = 1  # bump when the generator's output changes
 PER_PACKAGE = 20
-BRANCHING = 6
 PHASES = ("edits", "storm", "idle", "rss", "polling")
 WATCHFILES = """\
 import json, sys, time
@@ -125,20 +125,6 @@ def isolated_env(home: Path) -> dict[str, str]:
 
 
 # --- generated trees -----------------------------------------------------------------------------
-
-
-def package_dirs(count: int) -> list[Path]:
-    """Breadth-first package paths, BRANCHING children each."""
-    result: list[Path] = []
-    frontier = [Path()]
-    while len(result) < count:
-        children: list[Path] = []
-        for parent in frontier:
-            for i in range(min(BRANCHING, count - len(result) - len(children))):
-                children.append(parent / f"pkg{i}")
-        result += children
-        frontier = children
-    return result
 
 
 def tree_sources(root: Path, modules: int) -> list[Path]:
