@@ -67,8 +67,8 @@ for changes in watchfiles.watch(root, step=step, force_polling=polling, raise_in
 """
 WHAT_IF = """\
 import sys, time
-import cachewatchd.procs as procs
-from cachewatchd.daemon import Daemon
+import cachewatchd.processes.os_procs as procs
+from cachewatchd.daemon.loop import Daemon
 patches = dict(p.split("=", 1) for p in sys.argv.pop(1).split(",") if p)
 if "quiet" in patches:
     Daemon.__init__.__kwdefaults__["quiet"] = float(patches["quiet"])
@@ -671,8 +671,8 @@ def run_rss(bench: Bench, root: Path) -> dict[str, float]:
 def run_polling(bench: Bench, root: Path, seconds: float) -> dict[str, float]:
     from watchdog.utils.dirsnapshot import DirectorySnapshot, DirectorySnapshotDiff
 
-    from cachewatchd.polling import SourceLister, change_stat
-    from cachewatchd.walk import WalkOptions
+    from cachewatchd.cache.walk import WalkOptions
+    from cachewatchd.watch.polling import SourceLister, change_stat
 
     lister = SourceLister(str(root), WalkOptions(), lambda path, exc: None)
     times = []

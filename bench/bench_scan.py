@@ -292,7 +292,7 @@ def io_floor(roots: list[str]) -> int:
 
 def in_process(roots: list[str], reps: int) -> list[tuple[str, float, float]]:
     """Median and min seconds of audit() in this process, and of the bare I/O loop."""
-    from cachewatchd.audit import audit
+    from cachewatchd.cache.audit import audit
 
     paths = [Path(r) for r in roots]
     rows: list[tuple[str, Callable[[], object]]] = [

@@ -21,8 +21,8 @@ from typing import Any
 
 import psutil
 
-from cachewatchd.spec import SupervisorSpec
-from cachewatchd.supervisor import SupervisorClient, SupervisorError
+from cachewatchd.processes.spec import SupervisorSpec
+from cachewatchd.processes.supervisord import SupervisorClient, SupervisorError
 from tests.conftest import child_env
 from tests.helpers import wait_until
 

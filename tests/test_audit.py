@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cachewatchd.audit import AuditOptions, State, audit, mirror_dir
+from cachewatchd.cache.audit import AuditOptions, State, audit, mirror_dir
 from tests._pycs import compile_with, restore_mtime_edit, same_second_edit, write
 from tests.conftest import child_env
 from tests.helpers import compile_pyc, find_interpreters
@@ -304,7 +304,7 @@ def test_the_shortcut_agrees_with_the_general_judge(
     for deep in (False, True):
         options = AuditOptions(deep=deep, keep_fresh=True)
         fast = audit([root], options)
-        monkeypatch.setattr("cachewatchd._auditor._open_dirs", lambda *_: None)
+        monkeypatch.setattr("cachewatchd.cache.auditor._open_dirs", lambda *_: None)
         general = audit([root], options)
         monkeypatch.undo()
         assert fast.entries == general.entries

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from cachewatchd.batch import Batch, Batcher, Debounce, GitMove, Rescan
+from cachewatchd.watch.batch import Batch, Batcher, Debounce, GitMove, Rescan
 from tests.helpers import wait_until
 
 

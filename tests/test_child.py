@@ -11,9 +11,9 @@ import psutil
 import pytest
 from structlog.testing import capture_logs
 
-from cachewatchd.child import ChildError, OwnChild
-from cachewatchd.control import Controller
-from cachewatchd.spec import ProcessSpec
+from cachewatchd.processes.controller import Controller
+from cachewatchd.processes.own_child import ChildError, OwnChild
+from cachewatchd.processes.spec import ProcessSpec
 from tests._servers import (
     Reaper,
     events,

@@ -14,8 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cachewatchd.cache.remove import cache_files_for_source, invalidate_source, remove_cache_files
 from cachewatchd.cli import main
-from cachewatchd.invalidate import cache_files_for_source, invalidate_source, remove_cache_files
 from tests._pycs import restore_mtime_edit, write
 from tests.helpers import compile_pyc
 
@@ -231,7 +231,7 @@ def test_clean_with_jobs_does_what_one_process_does(
 
 
 def test_clean_prunes_the_emptied_prefix_mirror_but_not_the_prefix(tmp_path: Path) -> None:
-    from cachewatchd.audit import mirror_dir
+    from cachewatchd.cache.audit import mirror_dir
 
     root = (tmp_path / "proj").resolve()
     prefix = (tmp_path / "prefix").resolve()

@@ -13,11 +13,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cachewatchd import paths
-from cachewatchd.config import Config, default_config_path, load_config
+from cachewatchd.config.project import ProjectConfig, load_project_config, root_settings
+from cachewatchd.config.toml import format_key, key_lines
+from cachewatchd.config.user import Config, default_config_path, load_config
 from cachewatchd.errors import EXIT_USAGE, ConfigError
-from cachewatchd.projectconfig import ProjectConfig, load_project_config, root_settings
-from cachewatchd.spec import ProcessSpec, SupervisorSpec
-from cachewatchd.tomlkeys import format_key, key_lines
+from cachewatchd.processes.spec import ProcessSpec, SupervisorSpec
 
 
 @pytest.fixture(autouse=True)
@@ -551,7 +551,7 @@ def test_the_documented_example_loads(tmp_path: Path) -> None:
 
 
 def test_process_log_option(tmp_path: Path) -> None:
-    from cachewatchd.config import load_config
+    from cachewatchd.config.user import load_config
 
     cfg = tmp_path / "config.toml"
     cfg.write_text('[[process]]\nname = "web"\nmatch = "uvicorn"\nlog = "web.log"\n')

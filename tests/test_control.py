@@ -13,9 +13,9 @@ import psutil
 import pytest
 from structlog.testing import capture_logs
 
-from cachewatchd.control import Controller
-from cachewatchd.spec import ProcessSpec, SupervisorSpec
-from cachewatchd.stale import SourceClock, importers, scan_sources, stale_reason
+from cachewatchd.processes.controller import Controller
+from cachewatchd.processes.spec import ProcessSpec, SupervisorSpec
+from cachewatchd.processes.staleness import SourceClock, importers, scan_sources, stale_reason
 from tests._servers import Reaper, assert_one_line_faults, events, wait_event
 from tests.helpers import wait_until
 

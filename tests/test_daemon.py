@@ -13,9 +13,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from cachewatchd.audit import State
-from cachewatchd.batch import Batch, GitMove, Rescan
-from cachewatchd.handler import BatchHandler, Counters
+from cachewatchd.cache.audit import State
+from cachewatchd.daemon.batch_handler import BatchHandler, Counters
+from cachewatchd.watch.batch import Batch, GitMove, Rescan
 from tests._daemon_util import DaemonProc, cli, isolated_env
 from tests.helpers import compile_pyc, wait_until
 from tests.helpers import git as run_git

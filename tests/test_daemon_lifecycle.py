@@ -15,8 +15,8 @@ from typing import Any
 import psutil
 import pytest
 
-from cachewatchd import batch
-from cachewatchd.daemon import Daemon
+from cachewatchd.daemon.loop import Daemon
+from cachewatchd.watch import batch
 from tests._daemon_util import DaemonProc, cli, isolated_env
 from tests._e2e_util import toml_config
 from tests._servers import Reaper

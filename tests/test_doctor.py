@@ -13,9 +13,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from cachewatchd.audit import mirror_dir
+from cachewatchd.cache.audit import mirror_dir
 from cachewatchd.cli import main
-from cachewatchd.doctor import DoctorOptions, DoctorReport, Finding, run_doctor
+from cachewatchd.doctor.report import DoctorOptions, DoctorReport, Finding, run_doctor
 from tests._pycs import restore_mtime_edit, write
 from tests.helpers import compile_pyc, wait_until
 
@@ -233,7 +233,7 @@ def test_the_daemon_itself_is_never_a_stale_process(project: Path, with_child: b
 
 
 def test_running_daemon_is_reported(project: Path) -> None:
-    from cachewatchd.registry import register_daemon
+    from cachewatchd.daemon.registry import register_daemon
 
     assert "no cachewatchd daemon" in by_id(doctor(project))["daemon"][0].message
     with register_daemon([project]):
@@ -286,11 +286,13 @@ def test_clock_skew_between_machine_and_filesystem(
 ) -> None:
     import types
 
-    import cachewatchd.probes
+    import cachewatchd.doctor.fs_checks
 
     real = time.time
     assert "clock-skew" not in by_id(doctor(project))
-    monkeypatch.setattr(cachewatchd.probes, "time", types.SimpleNamespace(time=lambda: real() + 90))
+    monkeypatch.setattr(
+        cachewatchd.doctor.fs_checks, "time", types.SimpleNamespace(time=lambda: real() + 90)
+    )
     (finding,) = by_id(doctor(project))["clock-skew"]
     assert finding.severity == "warning"
     assert finding.message.startswith("a file written now gets an mtime -9")

@@ -18,9 +18,9 @@ from typing import Any
 import psutil
 import pytest
 
-from cachewatchd.audit import audit
-from cachewatchd.daemon import STATUS_REFRESH
-from cachewatchd.stale import SLACK
+from cachewatchd.cache.audit import audit
+from cachewatchd.daemon.loop import STATUS_REFRESH
+from cachewatchd.processes.staleness import SLACK
 from tests._daemon_util import cli
 from tests._e2e_util import (
     E2E,

@@ -9,7 +9,13 @@ from pathlib import Path
 import psutil
 import pytest
 
-from cachewatchd.fstype import Mount, ObserverChoice, choose_observer, is_network_fs, mount_for
+from cachewatchd.watch.mounts import (
+    Mount,
+    ObserverChoice,
+    choose_observer,
+    is_network_fs,
+    mount_for,
+)
 
 _Part = namedtuple("_Part", "device mountpoint fstype opts")
 

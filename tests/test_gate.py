@@ -12,15 +12,15 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from cachewatchd.control import Controller
-from cachewatchd.gate import (
+from cachewatchd.processes.controller import Controller
+from cachewatchd.processes.gate import (
     Probe,
     import_check,
     probe_from_command,
     python_executable,
     wait_healthy,
 )
-from cachewatchd.spec import ProcessSpec
+from cachewatchd.processes.spec import ProcessSpec
 from tests._servers import (
     assert_one_line_faults,
     events,
@@ -146,10 +146,10 @@ def test_syntax_error_keeps_the_old_server_and_the_fix_brings_the_new_code(
         assert fetch(port) == "good-1"  # the old server keeps answering
 
         app.write_text(text)
-        set_value(app, "good-1", "good-2")
+        set_value(app, "good-1", "good-two")  # another size: no daemon invalidates the cache here
         controller.notify({app})
         wait_event(logs, "restarted")
-        wait_value(port, "good-2")
+        wait_value(port, "good-two")
         controller.stop()
     assert not events(logs, "restart-failed")
     assert_one_line_faults(logs)

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from cachewatchd.batch import GitMove
-from cachewatchd.gitwatch import (
+from cachewatchd.watch.batch import GitMove
+from cachewatchd.watch.git import (
     GitRepo,
     GitWatcher,
     find_repositories,

@@ -12,9 +12,9 @@ import psutil
 import pytest
 from structlog.testing import capture_logs
 
-from cachewatchd import procs
-from cachewatchd.control import Controller
-from cachewatchd.spec import ProcessSpec
+from cachewatchd.processes import os_procs as procs
+from cachewatchd.processes.controller import Controller
+from cachewatchd.processes.spec import ProcessSpec
 from tests._servers import (
     Reaper,
     assert_one_line_faults,
@@ -63,7 +63,7 @@ def test_match_restart_relaunches_same_command_cwd_and_environment(
     controller = Controller([spec], [tmp_path])
     with capture_logs() as logs:
         controller.start()
-        set_value(app, "old", "new")
+        set_value(app, "old", "newer")  # another size: no daemon invalidates the cache here
         controller.notify({app})
         done = wait_event(logs, "restarted")
         for pid in done["pids"]:
@@ -72,7 +72,7 @@ def test_match_restart_relaunches_same_command_cwd_and_environment(
     assert not old_proc.is_running() or old_proc.status() == psutil.STATUS_ZOMBIE
     (new_pid,) = done["pids"]
     assert new_pid != old.pid
-    wait_value(port, "new")
+    wait_value(port, "newer")
     new = psutil.Process(new_pid)
     assert new.cmdline() == old.args
     assert Path(new.cwd()) == app_dir
@@ -97,12 +97,12 @@ def test_gunicorn_master_takes_hup_and_serves_new_code(tmp_path: Path, reaper: R
     controller = Controller([spec], [tmp_path])
     with capture_logs() as logs:
         controller.start()
-        set_value(app, "before", "after!")
+        set_value(app, "before", "after-hup")  # another size: no daemon invalidates the cache here
         controller.notify({app})
         sent = wait_event(logs, "signalled")
         controller.stop()
     assert sent["pids"] == [master.pid]
-    wait_value(port, "after!")
+    wait_value(port, "after-hup")
 
     def replaced() -> bool:
         now = {p.pid for p in master_proc.children()}

@@ -9,8 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cachewatchd._siphash import siphash
-from cachewatchd.pyc import (
+from cachewatchd.cache.pyc import (
     HeaderError,
     parse_cache_name,
     parse_header,
@@ -18,6 +17,7 @@ from cachewatchd.pyc import (
     version_of_magic,
     version_of_tag,
 )
+from cachewatchd.cache.siphash import siphash
 from tests._pycs import compile_with, write
 from tests.helpers import find_interpreters
 

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from cachewatchd.recheck import Rechecker
+from cachewatchd.daemon.recheck import Rechecker
 from tests._daemon_util import DaemonProc, isolated_env
 from tests._pycs import restore_mtime_edit, write
 from tests.helpers import compile_pyc, wait_until

@@ -22,19 +22,19 @@ import psutil
 import pytest
 from structlog.testing import capture_logs
 
-from cachewatchd.errors import EXIT_FAILURE, RuntimeFailure
-from cachewatchd.registry import (
+from cachewatchd.daemon.registry import (
     find_daemons,
     list_daemons,
     process_of,
     register_daemon,
     registry_dir,
 )
+from cachewatchd.errors import EXIT_FAILURE, RuntimeFailure
 
 CHILD = """\
 import sys
 from pathlib import Path
-from cachewatchd.registry import register_daemon
+from cachewatchd.daemon.registry import register_daemon
 registration = register_daemon([Path(p) for p in sys.argv[1:]])
 print("ready", flush=True)
 sys.stdin.readline()

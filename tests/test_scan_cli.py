@@ -17,9 +17,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cachewatchd.audit import AuditOptions, audit
-from cachewatchd.cli import _parallel, main
-from cachewatchd.cli._parallel import audit_jobs
+from cachewatchd.cache import parallel as _parallel
+from cachewatchd.cache.audit import AuditOptions, audit
+from cachewatchd.cache.parallel import audit_jobs
+from cachewatchd.cli import main
 from cachewatchd.errors import RuntimeFailure
 from tests._pycs import compile_with, restore_mtime_edit, write
 from tests.helpers import compile_pyc, find_interpreters, wait_until

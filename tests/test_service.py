@@ -18,13 +18,7 @@ from hypothesis import strategies as st
 
 from cachewatchd.cli import main
 from cachewatchd.errors import RuntimeFailure, UsageError
-from cachewatchd.service import (
-    detect_manager,
-    install_service,
-    plan_install,
-    uninstall_service,
-)
-from cachewatchd.servicefiles import (
+from cachewatchd.service.files import (
     LABEL,
     UNIT_NAME,
     render_plist,
@@ -32,6 +26,12 @@ from cachewatchd.servicefiles import (
     service_command,
     service_file_path,
     systemd_quote,
+)
+from cachewatchd.service.install import (
+    detect_manager,
+    install_service,
+    plan_install,
+    uninstall_service,
 )
 
 REPO = Path(__file__).resolve().parent.parent

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from cachewatchd.control import Controller
-from cachewatchd.spec import ProcessSpec, SupervisorSpec
-from cachewatchd.supervisor import SupervisorClient, SupervisorError
+from cachewatchd.processes.controller import Controller
+from cachewatchd.processes.spec import ProcessSpec, SupervisorSpec
+from cachewatchd.processes.supervisord import SupervisorClient, SupervisorError
 from tests._servers import (
     Reaper,
     Supervisord,
@@ -41,8 +41,8 @@ def reaper() -> Iterator[Reaper]:
 def _invalidate(source: Path, root: Path) -> None:
     """What the daemon does on the event: drop the source's cache entries."""
     try:
-        from cachewatchd.invalidate import invalidate_source
-    except ImportError:  # TODO(lead): drop this fallback once cachewatchd.invalidate is merged
+        from cachewatchd.cache.remove import invalidate_source
+    except ImportError:  # TODO(lead): drop this fallback once cachewatchd.cache.remove is merged
         cached = importlib.util.cache_from_source(str(source))
         Path(cached).unlink()
         return

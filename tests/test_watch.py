@@ -19,10 +19,10 @@ import pytest
 from structlog.testing import capture_logs
 from watchdog.utils.dirsnapshot import DirectorySnapshot, DirectorySnapshotDiff
 
-from cachewatchd.batch import Batch, Batcher, Rescan
-from cachewatchd.polling import SourceLister, change_stat
-from cachewatchd.walk import WalkOptions
-from cachewatchd.watch import Watcher, coverage_gaps
+from cachewatchd.cache.walk import WalkOptions
+from cachewatchd.watch.batch import Batch, Batcher, Rescan
+from cachewatchd.watch.observers import Watcher, coverage_gaps
+from cachewatchd.watch.polling import SourceLister, change_stat
 from tests.helpers import wait_until
 
 inotify_c = pytest.importorskip("watchdog.observers.inotify_c")
@@ -284,7 +284,7 @@ def test_silently_skipped_directory_is_caught_by_the_coverage_check(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     root = _tree(tmp_path)
-    from cachewatchd._inotify import Guard
+    from cachewatchd.watch.native import Guard
 
     real_watched = Guard.watched
 
@@ -398,8 +398,8 @@ _DENIED_SCRIPT = r"""
 import json, os, sys, threading
 from pathlib import Path
 from structlog.testing import capture_logs
-from cachewatchd.batch import Batcher
-from cachewatchd.watch import Watcher
+from cachewatchd.watch.batch import Batcher
+from cachewatchd.watch.observers import Watcher
 root = Path(sys.argv[1]); mode = sys.argv[2]
 seen = threading.Event(); changed = []
 def on_batch(b):

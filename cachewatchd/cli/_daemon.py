@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING, Any
 from cachewatchd.errors import EXIT_OK, CachewatchdError, RuntimeFailure, UsageError
 
 if TYPE_CHECKING:
-    from cachewatchd.daemon import ControllerLike, Daemon
-    from cachewatchd.runtime import CommandLine, DaemonSettings
-    from cachewatchd.spec import ProcessSpec
+    from cachewatchd.config.settings import CommandLine, DaemonSettings
+    from cachewatchd.daemon.loop import ControllerLike, Daemon
+    from cachewatchd.processes.spec import ProcessSpec
 
 __all__ = ["register"]
 
@@ -85,8 +85,8 @@ def register(sub: Any) -> None:
 
 # -- run ------------------------------------------------------------------------------------------
 def _command_line(args: argparse.Namespace) -> CommandLine:
-    from cachewatchd.runtime import CommandLine
-    from cachewatchd.spec import ProcessSpec
+    from cachewatchd.config.settings import CommandLine
+    from cachewatchd.processes.spec import ProcessSpec
 
     child_command: list[str] = list(getattr(args, "child_command", []) or [])
     child: ProcessSpec | None = None
@@ -117,8 +117,8 @@ def _command_line(args: argparse.Namespace) -> CommandLine:
 
 
 def _settings(args: argparse.Namespace) -> DaemonSettings:
-    from cachewatchd.config import load_config
-    from cachewatchd.runtime import build_settings
+    from cachewatchd.config.settings import build_settings
+    from cachewatchd.config.user import load_config
 
     return build_settings(load_config(args.config), _command_line(args))
 
@@ -140,9 +140,9 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _foreground(args: argparse.Namespace, settings: DaemonSettings, ready_fd: int | None) -> int:
-    from cachewatchd.daemon import Daemon
+    from cachewatchd.daemon.loop import Daemon
+    from cachewatchd.daemon.sd_notify import NOTIFY_ENV_VARS, Notifier, WatchdogPinger
     from cachewatchd.log import configure_logging, route_stdlib_logging
-    from cachewatchd.notify import NOTIFY_ENV_VARS, Notifier, WatchdogPinger
 
     configure_logging(args.log_format, args.log_level.lower())
     notifier = Notifier.from_env()
@@ -163,7 +163,7 @@ def _foreground(args: argparse.Namespace, settings: DaemonSettings, ready_fd: in
 def _make_controller(
     specs: Sequence[ProcessSpec], roots: Sequence[Path], excludes: Mapping[Path, tuple[str, ...]]
 ) -> ControllerLike:
-    from cachewatchd.control import Controller
+    from cachewatchd.processes.controller import Controller
 
     controller: ControllerLike = Controller(specs, roots, excludes)
     return controller
@@ -282,7 +282,7 @@ def _detach(argv: list[str]) -> int:
 def _stop(args: argparse.Namespace) -> int:
     import psutil
 
-    from cachewatchd.registry import find_daemons, process_of
+    from cachewatchd.daemon.registry import find_daemons, process_of
 
     daemons = find_daemons(list(args.paths) or None)
     if not daemons:
@@ -332,7 +332,7 @@ def _wait_gone(procs: list[Any], timeout: float) -> tuple[list[Any], list[Any]]:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from cachewatchd.registry import list_daemons
+    from cachewatchd.daemon.registry import list_daemons
 
     daemons = list_daemons()
     if args.json:

@@ -12,7 +12,7 @@ from cachewatchd.cli._output import colour
 from cachewatchd.errors import EXIT_FINDINGS, EXIT_OK
 
 if TYPE_CHECKING:
-    from cachewatchd.doctor import DoctorReport
+    from cachewatchd.doctor.report import DoctorReport
 
 __all__ = ["register"]
 
@@ -59,8 +59,8 @@ def register(sub: Any) -> None:  # argparse's _SubParsersAction
 
 
 def _doctor(args: argparse.Namespace) -> int:
-    from cachewatchd.audit import check_root
-    from cachewatchd.doctor import DoctorOptions, run_doctor
+    from cachewatchd.cache.audit import check_root
+    from cachewatchd.doctor.report import DoctorOptions, run_doctor
     from cachewatchd.errors import UsageError
 
     if args.probe_timeout <= 0:

@@ -14,7 +14,7 @@ from cachewatchd.cli._output import colour
 from cachewatchd.errors import EXIT_FAILURE, EXIT_FINDINGS, EXIT_OK
 
 if TYPE_CHECKING:
-    from cachewatchd.audit import AuditOptions, AuditReport, Entry
+    from cachewatchd.cache.audit import AuditOptions, AuditReport, Entry
 
 __all__ = ["register"]
 
@@ -98,7 +98,7 @@ def _audit(args: argparse.Namespace, roots: list[Path], options: AuditOptions) -
     Nothing the audit makes is cyclic; collections only cost time (7 % of the audit for
     ``clean --all``, which builds an ``Entry`` per cache file).
     """
-    from cachewatchd.cli._parallel import audit_jobs, default_jobs
+    from cachewatchd.cache.parallel import audit_jobs, default_jobs
 
     enabled = gc.isenabled()
     gc.disable()
@@ -152,7 +152,7 @@ def register(sub: Any) -> None:
 def _options(
     args: argparse.Namespace, *, keep_fresh: bool = False
 ) -> tuple[list[Path], AuditOptions]:
-    from cachewatchd.audit import AuditOptions, check_root
+    from cachewatchd.cache.audit import AuditOptions, check_root
 
     roots = [check_root(Path(p)) for p in (args.paths or ["."])]
     prefix = args.pycache_prefix
@@ -238,7 +238,7 @@ def _scan(args: argparse.Namespace) -> int:
 
 
 def _clean(args: argparse.Namespace) -> int:
-    from cachewatchd.invalidate import remove_cache_files
+    from cachewatchd.cache.remove import remove_cache_files
 
     roots, options = _options(args, keep_fresh=args.all)
     report = _audit(args, roots, options)
@@ -263,7 +263,7 @@ def _clean(args: argparse.Namespace) -> int:
     errors = [(e.path, e.error) for e in report.errors] + result.errors
     recompiled: list[Path] = []
     if args.recompile and not args.dry_run:
-        from cachewatchd.recompile import recompile
+        from cachewatchd.cache.recompile import recompile
 
         removed = set(result.removed)
         done, failed = recompile([e for e in doomed if e.path in removed], args.invalidation_mode)

@@ -11,7 +11,7 @@ from cachewatchd.cli._output import colour
 from cachewatchd.errors import EXIT_FAILURE, EXIT_OK
 
 if TYPE_CHECKING:
-    from cachewatchd.service import ServiceResult
+    from cachewatchd.service.install import ServiceResult
 
 __all__ = ["register"]
 
@@ -63,9 +63,9 @@ def register(sub: Any) -> None:  # argparse's _SubParsersAction
 
 
 def _install(args: argparse.Namespace) -> int:
-    from cachewatchd.audit import check_root
-    from cachewatchd.config import load_config
-    from cachewatchd.service import install_service
+    from cachewatchd.cache.audit import check_root
+    from cachewatchd.config.user import load_config
+    from cachewatchd.service.install import install_service
 
     roots = [check_root(p) for p in args.paths]
     if not roots and not load_config().roots:
@@ -90,7 +90,7 @@ def _install(args: argparse.Namespace) -> int:
 
 
 def _uninstall(args: argparse.Namespace) -> int:
-    from cachewatchd.service import uninstall_service
+    from cachewatchd.service.install import uninstall_service
 
     result = uninstall_service(dry_run=args.dry_run, platform=args.manager)
     if not result.plan.steps:

@@ -1,0 +1,148 @@
+"""Walk trees and judge every bytecode cache entry: the engine behind scan, clean and the daemon."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+from cachewatchd.cache.auditor import Auditor, Result, mirror_dir
+from cachewatchd.cache.judge import DANGEROUS, Entry, State
+from cachewatchd.cache.walk import WalkOptions
+from cachewatchd.errors import UsageError
+
+__all__ = [
+    "DANGEROUS",
+    "AuditError",
+    "AuditOptions",
+    "AuditReport",
+    "Entry",
+    "State",
+    "audit",
+    "build_report",
+    "check_root",
+    "mirror_dir",
+]
+
+_STATES = {state.value: state for state in State}
+
+
+class AuditOptions(NamedTuple):
+    deep: bool = False
+    include_venvs: bool = False
+    excludes: tuple[str, ...] = ()
+    default_excludes: bool = True
+    pycache_prefix: Path | None = None
+    """Also audit the ``PYTHONPYCACHEPREFIX`` tree mirroring each root."""
+    keep_fresh: bool = False
+    """Keep an :class:`Entry` for every fresh entry too (``clean --all``); else only count them."""
+
+    def walk_options(self) -> WalkOptions:
+        return WalkOptions(self.include_venvs, self.excludes, self.default_excludes)
+
+
+class AuditError(NamedTuple):
+    path: Path
+    error: str
+
+
+class AuditReport:
+    """The judged entries: every entry that is not fresh, and fresh ones too with ``keep_fresh``.
+
+    :meth:`summary` counts every judged entry, the fresh ones not kept included
+    (``omitted_fresh``: fresh entries judged but not kept in ``entries``).
+    """
+
+    def __init__(
+        self,
+        roots: list[Path],
+        entries: list[Entry] | None = None,
+        errors: list[AuditError] | None = None,
+        omitted_fresh: int = 0,
+    ) -> None:
+        self.roots = roots
+        self.entries: list[Entry] = [] if entries is None else entries
+        self.errors: list[AuditError] = [] if errors is None else errors
+        self.omitted_fresh = omitted_fresh
+
+    def __repr__(self) -> str:
+        return (
+            f"AuditReport(roots={self.roots!r}, entries={self.entries!r}, "
+            f"errors={self.errors!r}, omitted_fresh={self.omitted_fresh!r})"
+        )
+
+    def summary(self) -> dict[str, int]:
+        counts = {state.value: 0 for state in State}
+        counts[State.FRESH.value] = self.omitted_fresh
+        for entry in self.entries:
+            counts[entry.state.value] += 1
+        return counts
+
+    def non_fresh(self) -> list[Entry]:
+        return [e for e in self.entries if e.state is not State.FRESH]
+
+    def dangerous(self) -> bool:
+        return any(e.state in DANGEROUS for e in self.entries)
+
+    def merge(self, other: AuditReport) -> None:
+        """Add *other*'s entries, errors and counts (its roots are not added)."""
+        self.entries += other.entries
+        self.errors += other.errors
+        self.omitted_fresh += other.omitted_fresh
+
+
+def check_root(path: Path) -> Path:
+    """Resolve a root given by the user; raise :class:`UsageError` when unusable."""
+    try:
+        resolved = path.expanduser().resolve(strict=True)
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such directory") from None
+    except OSError as exc:
+        raise UsageError(f"{path}: {exc.strerror or exc}") from None
+    if not resolved.is_dir():
+        raise UsageError(f"{path}: not a directory")
+    if not os.access(resolved, os.R_OK | os.X_OK):
+        raise UsageError(f"{path}: permission denied")
+    return resolved
+
+
+class _Paths:
+    """``Path`` objects for many strings of few directories: joining to a parent is cheaper."""
+
+    def __init__(self) -> None:
+        self._parents: dict[str, Path] = {}
+
+    def __call__(self, path: str) -> Path:
+        head, tail = os.path.split(path)
+        parent = self._parents.get(head)
+        if parent is None:
+            parent = self._parents[head] = Path(head)
+        return parent / tail
+
+
+def build_report(roots: Sequence[Path], results: Sequence[Result]) -> AuditReport:
+    """The report of *results*, in their order."""
+    report = AuditReport(roots=list(roots))
+    paths = _Paths()
+    entries = report.entries
+    for rows, errors, fresh in results:
+        report.omitted_fresh += fresh
+        for path, source, state, reason, tag, opt, mode, kind in rows:
+            source_path = None if source is None else paths(source)
+            entries.append(
+                Entry(paths(path), source_path, _STATES[state], reason, tag, opt, mode, kind)
+            )
+        report.errors += [AuditError(Path(p), error) for p, error in errors]
+    return report
+
+
+def audit(roots: Sequence[Path], options: AuditOptions | None = None) -> AuditReport:
+    """Judge every cache entry under *roots* (already resolved directories)."""
+    opts = options if options is not None else AuditOptions()
+    auditor = Auditor(opts)
+    for root in roots:
+        auditor.tree(str(root))
+        if opts.pycache_prefix is not None:
+            auditor.prefix_tree(root, opts.pycache_prefix)
+    return build_report(roots, [auditor.take()])

@@ -1,0 +1,331 @@
+"""The engine's core: walk a tree and judge each directory's cache entries, as plain rows.
+
+:func:`cachewatchd.cache.audit.audit` turns the rows into a report; ``--jobs`` runs parts of one audit
+in other processes (rows are plain data: they travel through a pipe).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cachewatchd.cache.judge import (
+    FRESH_HEADER,
+    MASK,
+    Kind,
+    State,
+    VanishedError,
+    Verdict,
+    judge_header,
+    judge_legacy,
+    judge_pycache,
+    read_header,
+)
+from cachewatchd.cache.pyc import HEADER_SIZE, RUNNING_MAGIC, Mode, parse_cache_name
+from cachewatchd.cache.walk import Excluder, walk_stack
+
+if TYPE_CHECKING:
+    from cachewatchd.cache.audit import AuditOptions
+
+__all__ = ["Auditor", "Result", "Row", "mirror_dir"]
+
+_SOURCE_SUFFIXES = (".py", ".pyw")
+_TIMESTAMP_HEADER = struct.Struct("<4sIII")
+"""magic, flags, source mtime, source size: the header of a timestamp pyc."""
+
+
+def mirror_dir(prefix: Path, directory: Path) -> Path:
+    """Where CPython keeps caches of *directory*'s sources under ``PYTHONPYCACHEPREFIX``."""
+    return prefix / directory.relative_to(directory.anchor)
+
+
+def _open_dirs(source_dir: str, cache_dir: str) -> tuple[int, int] | None:
+    """Open both directories for ``*at`` calls; ``None`` when either cannot be opened."""
+    flags = os.O_RDONLY | os.O_DIRECTORY
+    try:
+        source_fd = os.open(source_dir, flags)
+    except OSError:
+        return None
+    try:
+        return source_fd, os.open(cache_dir, flags | os.O_NOFOLLOW)
+    except OSError:
+        os.close(source_fd)
+        return None
+
+
+def _error_text(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
+Row = tuple[str, str | None, str, str, str, str, Mode | None, Kind]
+"""One judged entry as plain data: path, source, state value, reason, tag, opt, mode, kind."""
+
+Result = tuple[list[Row], list[tuple[str, str]], int]
+"""What an audit (or a part of one) found: rows, ``(path, error)`` pairs, fresh entries not kept."""
+
+
+class Auditor:
+    """Judges directories and trees; collects plain rows until :meth:`take`.
+
+    Fresh entries are only counted unless ``keep_fresh``. With *dedup*, an entry reached twice
+    (overlapping roots, a prefix tree inside a root) is judged once.
+    """
+
+    def __init__(self, options: AuditOptions, *, dedup: bool = True) -> None:
+        self.options = options
+        self.excluder = Excluder(options.walk_options())
+        self._seen: set[str] | None = set() if dedup else None
+        self.rows: list[Row] = []
+        self.errors: list[tuple[str, str]] = []
+        self.fresh = 0
+        self._tag_opt: dict[str, tuple[str, str]] = {}
+        """``__pycache__`` name after the stem -> tag and opt level."""
+        self._magic: dict[str, bytes] = {}
+        """Tag -> the magic of a pyc of that tag found fresh by its header."""
+
+    def take(self) -> Result:
+        """What was found since the last call."""
+        result = (self.rows, self.errors, self.fresh)
+        self.rows, self.errors, self.fresh = [], [], 0
+        return result
+
+    def on_error(self, path: str, exc: OSError) -> None:
+        self.errors.append((path, _error_text(exc)))
+
+    def add(
+        self, path: str, source: str | None, verdict: Verdict, tag: str, opt: str, kind: Kind
+    ) -> None:
+        if verdict.state is State.FRESH and not self.options.keep_fresh:
+            self.fresh += 1
+            return
+        self.rows.append(
+            (path, source, verdict.state.value, verdict.reason, tag, opt, verdict.mode, kind)
+        )
+
+    def first_visit(self, path: str) -> bool:
+        seen = self._seen
+        if seen is None:
+            return True
+        if path in seen:
+            return False
+        seen.add(path)
+        return True
+
+    def tree(self, path: str, rel: str = "", *, root: bool = True) -> None:
+        """Judge the tree at *path* (*rel* below its root), as a root or as a walk's subtree."""
+        for dirpath, entries in walk_stack(
+            [(path, rel)], self.excluder, self.on_error, top_is_root=root
+        ):
+            self.directory(dirpath, entries)
+
+    def directory(self, dirpath: str, entries: list[os.DirEntry[str]]) -> None:
+        sources: dict[str, os.DirEntry[str]] = {}
+        legacy: list[os.DirEntry[str]] = []
+        pycache: os.DirEntry[str] | None = None
+        for entry in entries:
+            name = entry.name
+            if name.endswith(_SOURCE_SUFFIXES):
+                sources[name] = entry
+            elif name.endswith((".pyc", ".pyo")):
+                legacy.append(entry)
+            elif name == "__pycache__":
+                pycache = entry
+        for entry in legacy:
+            self.legacy(entry, sources, dirpath)
+        if pycache is not None and pycache.is_dir(follow_symlinks=False):
+            self.pycache(dirpath, pycache.path, sources)
+
+    def pycache(
+        self, source_dir: str, cache_dir: str, sources: dict[str, os.DirEntry[str]]
+    ) -> None:
+        try:
+            with os.scandir(cache_dir) as it:
+                names = [e.name for e in it if e.name.endswith(".pyc")]
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            self.on_error(cache_dir, exc)
+            return
+        fds = _open_dirs(source_dir, cache_dir)
+        stats: dict[str, os.stat_result] = {}  # a source with pycs of several opt levels
+        try:
+            for name in names:
+                path = f"{cache_dir}/{name}"
+                if not self.first_visit(path):
+                    continue
+                stem, _, rest = name.partition(".")
+                tag_opt = (self._tag_opt.get(rest) or self._parse_rest(rest)) if stem else None
+                source = sources.get(stem + ".py") if tag_opt is not None else None
+                if (
+                    fds is None
+                    or source is None
+                    or tag_opt is None
+                    or not self._beside_source(path, name, source, tag_opt, fds, stats)
+                ):
+                    self.cached(path, name, source_dir, sources, "pycache")
+        finally:
+            if fds is not None:
+                os.close(fds[0])
+                os.close(fds[1])
+
+    def _parse_rest(self, rest: str) -> tuple[str, str] | None:
+        """Tag and opt level of ``<stem>.<rest>`` (same for every stem); remembered when valid."""
+        parsed = parse_cache_name(f"x.{rest}")
+        if parsed is None:
+            return None
+        self._tag_opt[rest] = parsed.tag, parsed.opt
+        return parsed.tag, parsed.opt
+
+    def _beside_source(
+        self,
+        path: str,
+        name: str,
+        source: os.DirEntry[str],
+        tag_opt: tuple[str, str],
+        fds: tuple[int, int],
+        stats: dict[str, os.stat_result],
+    ) -> bool:
+        """Judge a ``__pycache__`` pyc whose ``.py`` is listed: the hot path of every scan.
+
+        Reads relative to the directories' fds (no path lookups). Once a pyc of a tag has been
+        judged fresh by its header, a pyc with the same magic, flags 0 and the mtime and size of
+        its source (not changed since, not an exact check of this Python's pyc with ``deep``) is
+        fresh by the same rules: one bytes compare. False when the general path must judge it
+        (the source cannot be stat-ed).
+        """
+        st = stats.get(source.name)
+        if st is None:
+            try:
+                st = stats[source.name] = os.stat(source.name, dir_fd=fds[0])
+            except OSError:
+                return False
+        try:
+            data, mtime_ns, size = read_header(name, fds[1])
+        except VanishedError:
+            return True
+        except OSError as exc:
+            self.on_error(path, exc)
+            return True
+        tag, opt = tag_opt
+        magic = self._magic.get(tag)
+        if (
+            magic is not None
+            and size > HEADER_SIZE
+            and st.st_ctime_ns <= mtime_ns
+            and (magic != RUNNING_MAGIC or not self.options.deep)
+            and data == _TIMESTAMP_HEADER.pack(magic, 0, int(st.st_mtime) & MASK, st.st_size & MASK)
+        ):
+            verdict = FRESH_HEADER
+        else:
+            try:
+                verdict = judge_header(
+                    path, source.path, st, tag, opt, data, mtime_ns, size, deep=self.options.deep
+                )
+            except VanishedError:
+                return True
+            except OSError as exc:
+                self.on_error(path, exc)
+                return True
+            if verdict is FRESH_HEADER:
+                self._magic[tag] = data[:4]
+        self.add(path, source.path, verdict, tag, opt, "pycache")
+        return True
+
+    def legacy(
+        self, entry: os.DirEntry[str], sources: dict[str, os.DirEntry[str]], dirpath: str
+    ) -> None:
+        seen = self._seen
+        if (seen is not None and entry.path in seen) or not entry.is_file(follow_symlinks=False):
+            return
+        if seen is not None:
+            seen.add(entry.path)
+        stem = entry.name[:-4]
+        has_source = f"{stem}.py" in sources or f"{stem}.pyw" in sources
+        try:
+            verdict = judge_legacy(entry.path, has_source, deep=self.options.deep)
+        except VanishedError:
+            return
+        except OSError as exc:
+            self.on_error(entry.path, exc)
+            return
+        source = os.path.join(dirpath, f"{stem}.py") if has_source else None
+        self.add(entry.path, source, verdict, "", "", "legacy")
+
+    def cached(
+        self,
+        path: str,
+        name: str,
+        source_dir: str,
+        sources: dict[str, os.DirEntry[str]] | None,
+        kind: Kind,
+    ) -> None:
+        """Judge any ``__pycache__`` or prefix-tree pyc (already counted by :meth:`first_visit`)."""
+        parsed = parse_cache_name(name)
+        if parsed is None:
+            self.add(path, None, Verdict(State.ORPHAN, "not a name CPython imports"), "", "", kind)
+            return
+        source, source_name, stat = self._find_source(source_dir, parsed.stem, sources)
+        if source is None or stat is None:
+            verdict = Verdict(State.ORPHAN, f"source {parsed.stem}.py is gone: never imported")
+            self.add(path, None, verdict, parsed.tag, parsed.opt, kind)
+            return
+        try:
+            verdict = judge_pycache(
+                path, source, stat, parsed.tag, parsed.opt, deep=self.options.deep
+            )
+        except VanishedError:
+            return
+        except OSError as exc:
+            self.on_error(path, exc)
+            return
+        source_path = os.path.join(source_dir, source_name)
+        self.add(path, source_path, verdict, parsed.tag, parsed.opt, kind)
+
+    def _find_source(
+        self, source_dir: str, stem: str, sources: dict[str, os.DirEntry[str]] | None
+    ) -> tuple[str | None, str, os.stat_result | None]:
+        """The source's path, name and stat; ``None`` path when no source can be stat-ed."""
+        for suffix in _SOURCE_SUFFIXES:
+            name = stem + suffix
+            try:
+                if sources is not None:
+                    entry = sources.get(name)
+                    if entry is not None:
+                        return entry.path, name, entry.stat()
+                else:
+                    path = os.path.join(source_dir, name)
+                    return path, name, os.stat(path)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                self.on_error(os.path.join(source_dir, name), exc)
+                return None, "", None
+        return None, "", None
+
+    def prefix_tree(self, root: Path, prefix: Path) -> None:
+        mirror = mirror_dir(prefix, root)
+        stack = [(str(mirror), "")]
+        while stack:
+            path, rel = stack.pop()
+            try:
+                with os.scandir(path) as it:
+                    entries = list(it)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                self.on_error(path, exc)
+                continue
+            source_dir = os.path.join(str(root), rel) if rel else str(root)
+            for entry in entries:
+                child_rel = f"{rel}/{entry.name}" if rel else entry.name
+                if entry.is_dir(follow_symlinks=False):
+                    if not self.excluder.excluded(entry.name, child_rel):
+                        stack.append((entry.path, child_rel))
+                elif (
+                    entry.name.endswith(".pyc")
+                    and entry.is_file(follow_symlinks=False)
+                    and self.first_visit(entry.path)
+                ):
+                    self.cached(entry.path, entry.name, source_dir, None, "prefix")

@@ -1,0 +1,289 @@
+"""``scan``/``clean --jobs N``: one audit shared by N processes, for big one-shot trees.
+
+The parent lists the first directories breadth-first (the roots and their children at least)
+until the rest of the walk is at least ``PIECES_PER_JOB * N`` subtrees; a small tree is listed
+whole by then and nothing forks. The pieces (subtrees, shallowest first as likely the biggest, and
+the listed directories' own entries) go through a pipe that serves as a work queue for the parent
+and N-1 forked children. A child sends back what it found (rows of the entries kept, errors, the
+count of fresh entries) with :mod:`marshal` and exits. The parent puts every part back in the
+order of a one-process walk, so the report is the one ``--jobs 1`` gives.
+
+Forking is only safe in a process without other threads: the one-shot CLI, never the daemon.
+Overlapping roots (or a prefix tree inside a root) need one process to judge each entry once.
+"""
+
+from __future__ import annotations
+
+import marshal
+import os
+import signal
+import struct
+import threading
+from collections import deque
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from cachewatchd.cache.audit import AuditOptions, AuditReport, audit, build_report
+from cachewatchd.cache.auditor import Auditor, Result, mirror_dir
+from cachewatchd.cache.walk import list_directory, subdirectories
+from cachewatchd.errors import RuntimeFailure
+
+__all__ = ["PIECES_PER_JOB", "audit_jobs", "default_jobs"]
+
+PIECES_PER_JOB = 8
+"""Subtrees per process before forking: the queue balances their unknown sizes."""
+
+_ALWAYS_LISTED = 1
+"""Directories this shallow are listed before forking, however many subtrees there are: a
+root's one huge child (a site-packages among small modules) is split too."""
+
+_MAX_LISTED = 256
+"""At most this many directories are listed before forking (listing is cheap, but serial)."""
+
+_SMALL = 400
+"""Fewer sources and pycs than this in the listed directories, and at most one subtree left: the
+tree is small, and forking would cost more than it saves."""
+
+_LEGACY = (".pyc", ".pyo")
+_SIZED = (".py", ".pyw", ".pyc", ".pyo")
+"""A listed directory's work is estimated by its sources and legacy pycs."""
+
+_MAX_ITEMS = 1024
+"""Queue records: all of them are written before the fork, so they must fit in the pipe buffer."""
+
+_RECORD = struct.Struct("<I")
+
+
+def default_jobs() -> int:
+    """Processes for a one-shot audit: one per core this process may run on, at most two."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(2, cores))
+
+
+def audit_jobs(roots: Sequence[Path], options: AuditOptions, jobs: int) -> AuditReport:
+    """:func:`~cachewatchd.cache.audit.audit` over up to *jobs* processes; the same report.
+
+    Runs in this process alone when *jobs* is 1, when other threads run, when roots overlap, or
+    when the tree is small. Raises :class:`RuntimeFailure` when a worker process fails.
+    """
+    if jobs <= 1 or threading.active_count() > 1 or _overlapping(roots, options):
+        return audit(roots, options)
+    plan = _Plan(roots, options, PIECES_PER_JOB * jobs)
+    if plan.worth_forking:
+        results = _run_forked(plan, min(jobs, len(plan.pending)))
+    else:
+        results = {i: plan.run(i) for i in range(len(plan.pending))}
+    return plan.report(results)
+
+
+def _overlapping(roots: Sequence[Path], options: AuditOptions) -> bool:
+    areas = list(roots)
+    if options.pycache_prefix is not None:
+        areas += [mirror_dir(options.pycache_prefix, root) for root in roots]
+    return any(
+        i != j and (a == b or a.is_relative_to(b))
+        for i, a in enumerate(areas)
+        for j, b in enumerate(areas)
+    )
+
+
+class _Node:
+    """A part of the walk: a subtree to audit, a prefix tree, or a listed directory whose
+    entries are judged as one piece (``entries``) and whose subtrees (``children``, in walk
+    order) follow it. ``result`` is set once the part has been judged."""
+
+    __slots__ = (
+        "children",
+        "depth",
+        "entries",
+        "path",
+        "prefix_of",
+        "rel",
+        "result",
+        "root",
+        "size",
+    )
+
+    def __init__(
+        self, path: str, rel: str, depth: int, *, root: bool = False, prefix_of: Path | None = None
+    ) -> None:
+        self.path = path
+        self.rel = rel
+        self.depth = depth
+        self.root = root
+        self.prefix_of = prefix_of
+        self.entries: list[os.DirEntry[str]] | None = None
+        self.size = 0
+        self.result: Result | None = None
+        self.children: list[_Node] = []
+
+    def order(self) -> tuple[int, int]:
+        """Queue order, likely biggest first: shallow subtrees, then big listed directories."""
+        if self.entries is None:
+            return self.depth, 0
+        return self.depth + 1, -self.size
+
+
+class _Plan:
+    """The audit cut into pieces: ``pending[i]`` is run by :meth:`run` in any process."""
+
+    def __init__(self, roots: Sequence[Path], options: AuditOptions, pieces: int) -> None:
+        self.roots = list(roots)
+        self.options = options
+        self.auditor = Auditor(options, dedup=False)
+        self.top: list[_Node] = []
+        for root in roots:
+            self.top.append(_Node(str(root), "", 0, root=True))
+            if options.pycache_prefix is not None:
+                self.top.append(_Node(str(root), "", 0, prefix_of=root))
+        self._expand(pieces)
+        pending = [node for node in self._walk_order() if node.result is None]
+        self.pending = sorted(pending, key=_Node.order)
+        subtrees = sum(node.entries is None for node in pending)
+        listed = sum(node.size for node in pending)
+        self.worth_forking = len(pending) > 1 and (subtrees > 1 or listed >= _SMALL)
+
+    def _expand(self, pieces: int) -> None:
+        """List directories breadth-first (the shallowest always) until *pieces* subtrees remain.
+
+        A listed directory with caches to read becomes a piece of its own; one without is
+        judged here (no I/O).
+        """
+        auditor = self.auditor
+        queue = deque(node for node in self.top if node.prefix_of is None)
+        subtrees = len(queue)
+        listed = 0
+        while (
+            queue
+            and listed < _MAX_LISTED
+            and (subtrees < pieces or queue[0].depth <= _ALWAYS_LISTED)
+        ):
+            node = queue.popleft()
+            subtrees -= 1
+            listed += 1
+            entries = list_directory(node.path, auditor.excluder, auditor.on_error, root=node.root)
+            if entries is not None:
+                found = subdirectories(entries, node.rel, auditor.excluder)
+                # a walk pops its stack from the end: the last subdirectory comes first
+                node.children = [_Node(p, rel, node.depth + 1) for p, rel in reversed(found)]
+                queue.extend(node.children)
+                subtrees += len(node.children)
+                if any(e.name == "__pycache__" or e.name.endswith(_LEGACY) for e in entries):
+                    node.entries = entries
+                    node.size = sum(e.name.endswith(_SIZED) for e in entries)
+                    continue
+                auditor.directory(node.path, entries)
+            node.result = auditor.take()
+
+    def _walk_order(self) -> Iterator[_Node]:
+        stack = list(reversed(self.top))
+        while stack:
+            node = stack.pop()
+            yield node
+            stack += reversed(node.children)
+
+    def run(self, index: int) -> Result:
+        node = self.pending[index]
+        if node.prefix_of is not None:
+            assert self.options.pycache_prefix is not None
+            self.auditor.prefix_tree(node.prefix_of, self.options.pycache_prefix)
+        elif node.entries is not None:
+            self.auditor.directory(node.path, node.entries)
+        else:
+            self.auditor.tree(node.path, node.rel, root=node.root)
+        return self.auditor.take()
+
+    def report(self, results: dict[int, Result]) -> AuditReport:
+        for index, node in enumerate(self.pending):
+            node.result = results[index]
+        parts = [node.result for node in self._walk_order() if node.result is not None]
+        return build_report(self.roots, parts)
+
+
+def _run_forked(plan: _Plan, jobs: int) -> dict[int, Result]:
+    """Run every pending piece on this process and *jobs* - 1 forked children."""
+    size = -(-len(plan.pending) // _MAX_ITEMS)
+    items = [
+        range(start, min(start + size, len(plan.pending)))
+        for start in range(0, len(plan.pending), size)
+    ]
+    queue, queue_in = os.pipe()
+    try:
+        os.write(queue_in, b"".join(_RECORD.pack(i) for i in range(len(items))))
+    finally:
+        os.close(queue_in)  # readers see the end of the queue once it is empty
+    workers: dict[int, int] = {}  # pid -> read end of its result pipe
+    try:
+        for _ in range(jobs - 1):
+            result_out, result_in = os.pipe()
+            try:
+                pid = os.fork()
+            except OSError:  # no more processes: this one does the rest
+                os.close(result_out)
+                os.close(result_in)
+                break
+            if pid == 0:
+                os.close(result_out)
+                for fd in workers.values():
+                    os.close(fd)
+                _child(plan, items, queue, result_in)
+            os.close(result_in)
+            workers[pid] = result_out
+        results = _work(plan, items, queue)
+        for pid in list(workers):
+            results.update(_collect(pid, workers.pop(pid)))
+        return results
+    finally:
+        os.close(queue)
+        for pid, fd in workers.items():  # only after a failure here
+            os.close(fd)
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+
+
+def _work(plan: _Plan, items: list[range], queue: int) -> dict[int, Result]:
+    results: dict[int, Result] = {}
+    while record := os.read(queue, _RECORD.size):
+        (item,) = _RECORD.unpack(record)
+        for index in items[item]:
+            results[index] = plan.run(index)
+    return results
+
+
+def _child(plan: _Plan, items: list[range], queue: int, result_in: int) -> NoReturn:
+    """A forked worker: run pieces from the queue, send the results, exit without cleanup."""
+    code = 0
+    try:
+        payload = marshal.dumps(("ok", _work(plan, items, queue)))
+    except BaseException as exc:  # noqa: BLE001 - reported by the parent, which then fails
+        payload = marshal.dumps(("failed", f"{type(exc).__name__}: {exc}"))
+        code = 1
+    try:
+        with os.fdopen(result_in, "wb") as out:
+            out.write(payload)
+    finally:
+        os._exit(code)
+
+
+def _collect(pid: int, result_out: int) -> dict[int, Result]:
+    """A child's results; :class:`RuntimeFailure` when it failed or died."""
+    try:
+        with os.fdopen(result_out, "rb") as src:
+            payload = src.read()
+    finally:
+        _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    try:
+        kind, value = marshal.loads(payload)
+    except (EOFError, ValueError, TypeError):
+        kind, value = "lost", None
+    if kind == "ok" and code == 0:
+        results: dict[int, Result] = value
+        return results
+    if kind != "failed":
+        value = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+    raise RuntimeFailure(f"a scan worker process (pid {pid}) failed: {value}; try --jobs 1")

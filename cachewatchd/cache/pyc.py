@@ -1,0 +1,167 @@
+"""The bytecode cache format: header parsing, magic numbers, cache names, source hashes.
+
+Pure functions, no policy. Facts (PEP 552, PEP 3147, PEP 488): a 3.7+ pyc starts with a 16-byte header:
+magic (uint16 + ``b"\\r\\n"``), flags (bit 0 hash-based, bit 1 check_source), then either the source mtime
+and size (each ``& 0xFFFFFFFF``) or an 8-byte SipHash of the source keyed by the magic.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import struct
+import sys
+from typing import Literal, NamedTuple
+
+__all__ = [
+    "HEADER_SIZE",
+    "RUNNING_MAGIC",
+    "CacheName",
+    "Header",
+    "HeaderError",
+    "Mode",
+    "parse_cache_name",
+    "parse_header",
+    "source_hash",
+    "version_of_magic",
+    "version_of_tag",
+]
+
+HEADER_SIZE = 16
+RUNNING_MAGIC: bytes = importlib.util.MAGIC_NUMBER
+_RUNNING_VERSION = sys.version_info[:2]
+
+Mode = Literal["timestamp", "checked-hash", "unchecked-hash"]
+
+# Each CPython 3.x release reserves a range of magic numbers for its alphas and betas
+# (Lib/importlib/_bootstrap_external.py). The range's end is exclusive.
+_MAGIC_RANGES: tuple[tuple[int, int, tuple[int, int]], ...] = (
+    (3000, 3160, (3, 0)),
+    (3160, 3190, (3, 2)),
+    (3190, 3250, (3, 3)),
+    (3250, 3320, (3, 4)),
+    (3320, 3360, (3, 5)),
+    (3360, 3390, (3, 6)),
+    (3390, 3400, (3, 7)),
+    (3400, 3420, (3, 8)),
+    (3420, 3430, (3, 9)),
+    (3430, 3450, (3, 10)),
+    (3450, 3500, (3, 11)),
+    (3500, 3550, (3, 12)),
+    (3550, 3600, (3, 13)),
+    (3600, 3650, (3, 14)),
+    (3650, 3700, (3, 15)),
+)
+_MAGIC_VERSIONS: dict[bytes, tuple[int, int]] = {
+    number.to_bytes(2, "little") + b"\r\n": version
+    for start, end, version in _MAGIC_RANGES
+    for number in range(start, end)
+}
+_HEADER = struct.Struct("<4sIII")
+"""magic, flags, then the source mtime and size (timestamp pyc) or the source hash."""
+_OLD_HEADER = struct.Struct("<II")
+"""After the magic of a 3.3-3.6 pyc: the source mtime and size."""
+
+
+def version_of_magic(magic: bytes) -> tuple[int, int] | None:
+    """CPython ``(major, minor)`` that writes *magic*, or ``None`` when no CPython 3 does."""
+    return _MAGIC_VERSIONS.get(bytes(magic))
+
+
+def version_of_tag(tag: str) -> tuple[int, int] | None:
+    """``(3, 11)`` for ``cpython-311``; ``None`` for other implementations or odd tags."""
+    if not tag.startswith("cpython-"):
+        return None
+    digits = tag[len("cpython-") :]
+    if len(digits) < 2 or not digits.isdigit():
+        return None
+    return int(digits[0]), int(digits[1:])
+
+
+class HeaderError(ValueError):
+    """The first bytes of a pyc are not a valid 3.7+ header."""
+
+
+class Header(NamedTuple):
+    """A parsed pyc header."""
+
+    magic: bytes
+    version: tuple[int, int] | None
+    flags: int
+    mode: Mode
+    mtime: int = 0
+    size: int = 0
+    hash: bytes = b""
+
+
+def parse_header(data: bytes, *, any_magic: bool = False) -> Header:
+    """Parse the 16-byte header of a 3.7+ pyc (or the 12-byte one of 3.3-3.6); raise
+    :class:`HeaderError` with the reason.
+
+    With *any_magic* (a pyc of another implementation, e.g. PyPy) an unknown magic is accepted.
+    """
+    if len(data) < HEADER_SIZE:
+        raise HeaderError(f"header truncated ({len(data)} of {HEADER_SIZE} bytes)")
+    magic, flags, mtime, size = _HEADER.unpack_from(data)
+    version = _MAGIC_VERSIONS.get(magic)
+    if version is None and not any_magic:
+        raise HeaderError(f"magic {magic.hex()} matches no CPython 3")
+    if version is not None and version < (3, 7):
+        if version < (3, 3):
+            raise HeaderError(f"pyc of CPython {version[0]}.{version[1]} (no source size)")
+        # 3.3-3.6 (PEP 3147 era): magic, source mtime, source size; no flags, no hash pycs.
+        old_mtime, old_size = _OLD_HEADER.unpack_from(data, 4)
+        return Header(magic, version, 0, "timestamp", old_mtime, old_size)
+    if flags & ~0b11:
+        raise HeaderError(f"unknown flag bits 0x{flags:x}")
+    if flags & 0b01:
+        mode: Mode = "checked-hash" if flags & 0b10 else "unchecked-hash"
+        return Header(magic, version, flags, mode, hash=bytes(data[8:16]))
+    return Header(magic, version, flags, "timestamp", mtime, size)
+
+
+def source_hash(magic: bytes, source: bytes) -> bytes:
+    """The 8-byte source hash a CPython writing *magic* would store for *source*."""
+    key = int.from_bytes(magic, "little")
+    if magic == RUNNING_MAGIC:
+        import _imp
+
+        return bytes(_imp.source_hash(key, source))
+    version = version_of_magic(magic)
+    if version is None:
+        raise HeaderError(f"magic {magic.hex()} matches no CPython 3")
+    from cachewatchd.cache.siphash import siphash
+
+    c, d = (1, 3) if version >= (3, 11) else (2, 4)
+    return siphash(key, 0, source, c_rounds=c, d_rounds=d).to_bytes(8, "little")
+
+
+class CacheName(NamedTuple):
+    """The parts of a ``__pycache__`` file name: ``<stem>.<tag>[.opt-N].pyc``."""
+
+    stem: str
+    tag: str
+    opt: str
+    """``""``, ``"1"`` or ``"2"`` (any digits CPython would accept)."""
+
+
+def parse_cache_name(name: str) -> CacheName | None:
+    """Split a ``__pycache__`` file name as ``importlib.util.source_from_cache`` does.
+
+    Returns ``None`` for a name CPython would never produce or read.
+    """
+    if not name.endswith(".pyc"):
+        return None
+    parts = name[:-4].split(".")
+    if len(parts) == 2:
+        stem, tag = parts
+        opt = ""
+    elif len(parts) == 3 and parts[2].startswith("opt-"):
+        stem, tag, level = parts
+        opt = level[4:]
+        if not opt.isalnum():
+            return None
+    else:
+        return None
+    if not stem or not tag:
+        return None
+    return CacheName(stem, tag, opt)

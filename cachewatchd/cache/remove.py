@@ -1,0 +1,198 @@
+"""Remove cache entries safely: only cache files, never through a symlink out of a root."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cachewatchd.cache.pyc import parse_cache_name
+from cachewatchd.paths import is_under
+
+__all__ = [
+    "RemoveResult",
+    "cache_files_for_source",
+    "invalidate_source",
+    "is_cache_file",
+    "remove_cache_files",
+]
+
+
+@dataclass
+class RemoveResult:
+    removed: list[Path] = field(default_factory=list)
+    errors: list[tuple[Path, str]] = field(default_factory=list)
+    removed_dirs: list[Path] = field(default_factory=list)
+
+    def extend(self, other: RemoveResult) -> None:
+        self.removed += other.removed
+        self.errors += other.errors
+        self.removed_dirs += other.removed_dirs
+
+
+def _cache_names(directory: Path, stem: str) -> list[Path]:
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    found = []
+    for name in names:
+        if not name.startswith(stem + "."):
+            continue
+        parsed = parse_cache_name(name)
+        if parsed is not None and parsed.stem == stem:
+            found.append(directory / name)
+    return found
+
+
+def cache_files_for_source(
+    source: Path, *, pycache_prefix: Path | None = None, legacy: bool = False
+) -> list[Path]:
+    """Existing cache files of *source*: every tag and opt level, ``__pycache__`` and prefix tree.
+
+    With *legacy*, also ``m.pyc``/``m.pyo`` beside ``m.py``. *source* need not exist any more.
+    """
+    directory = source.parent
+    stem = source.name.rsplit(".", 1)[0]
+    found = _cache_names(directory / "__pycache__", stem)
+    if pycache_prefix is not None:
+        mirror = pycache_prefix / directory.relative_to(directory.anchor)
+        found += _cache_names(mirror, stem)
+    if legacy:
+        for suffix in (".pyc", ".pyo"):
+            candidate = directory / (stem + suffix)
+            if os.path.lexists(candidate):
+                found.append(candidate)
+    return found
+
+
+def _within(path: str, bases: Sequence[str]) -> bool:
+    return any(is_under(path, base) for base in bases)
+
+
+class _Safety:
+    """Decides whether a path may be deleted; the roots are resolved once per removal run."""
+
+    def __init__(self, roots: Sequence[Path], pycache_prefix: Path | None) -> None:
+        self.roots = [os.path.realpath(r) for r in roots]
+        self.prefix = None if pycache_prefix is None else [os.path.realpath(pycache_prefix)]
+        self._real: dict[Path, str] = {}
+        """Resolved parent directories: a storm removes many files per directory."""
+
+    def _realpath(self, directory: Path) -> str:
+        real = self._real.get(directory)
+        if real is None:
+            real = self._real[directory] = os.path.realpath(directory)
+        return real
+
+    def in_prefix(self, directory: Path) -> bool:
+        """*directory* lies strictly inside the prefix tree."""
+        if self.prefix is None:
+            return False
+        real = self._realpath(directory)
+        return real != self.prefix[0] and _within(real, self.prefix)
+
+    def refusal(self, path: Path) -> str | None:
+        name = path.name
+        if not name.endswith((".pyc", ".pyo")):
+            return "not a .pyc/.pyo file"
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return "already gone"
+        except OSError as exc:
+            return exc.strerror or str(exc)
+        if not stat.S_ISREG(st.st_mode):
+            return "not a regular file"
+        parent = self._realpath(path.parent)
+        if self.prefix is not None and _within(parent, self.prefix):
+            return None if name.endswith(".pyc") else "not a .pyc file"
+        if not _within(parent, self.roots):
+            return "outside the watched roots"
+        if path.parent.name == "__pycache__" and (
+            os.path.islink(path.parent) or parse_cache_name(name) is None
+        ):
+            return "not a cache entry"
+        return None  # a __pycache__ entry, or a legacy m.pyc / m.pyo inside a root
+
+
+def is_cache_file(
+    path: Path, roots: Sequence[Path], pycache_prefix: Path | None = None
+) -> str | None:
+    """``None`` when *path* is a cache file that may be deleted, else why not."""
+    return _Safety(roots, pycache_prefix).refusal(path)
+
+
+def remove_cache_files(
+    paths: Iterable[Path],
+    roots: Sequence[Path],
+    *,
+    pycache_prefix: Path | None = None,
+    dry_run: bool = False,
+) -> RemoveResult:
+    """Delete each cache file of *paths*; refuse anything else. One failure never stops the rest."""
+    result = RemoveResult()
+    parents: set[Path] = set()
+    safety = _Safety(roots, pycache_prefix)
+    for path in paths:
+        refused = safety.refusal(path)
+        if refused == "already gone":
+            continue
+        if refused is not None:
+            result.errors.append((path, f"refused: {refused}"))
+            continue
+        if not dry_run:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                result.errors.append((path, _describe(exc)))
+                continue
+        result.removed.append(path)
+        if path.parent.name == "__pycache__" or safety.in_prefix(path.parent):
+            parents.add(path.parent)
+    if not dry_run:
+        _prune(parents, safety, result)
+    return result
+
+
+def _prune(directories: set[Path], safety: _Safety, result: RemoveResult) -> None:
+    """Remove the ``__pycache__`` directories left empty, and the prefix tree's empty mirrors up
+    to (not including) the prefix itself."""
+    for directory in sorted(directories, key=lambda d: (-len(d.parts), d)):
+        current = directory
+        while current.name == "__pycache__" or safety.in_prefix(current):
+            try:
+                os.rmdir(current)
+            except OSError:
+                break
+            result.removed_dirs.append(current)
+            if current.name == "__pycache__":
+                break
+            current = current.parent
+
+
+def _describe(exc: OSError) -> str:
+    if exc.errno == errno.EROFS:
+        return "read-only file system"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    return exc.strerror or str(exc)
+
+
+def invalidate_source(
+    source: Path,
+    roots: Sequence[Path],
+    *,
+    pycache_prefix: Path | None = None,
+    legacy: bool = False,
+) -> RemoveResult:
+    """Remove every cache entry of *source* (the event is the proof: no timestamps consulted)."""
+    files = cache_files_for_source(source, pycache_prefix=pycache_prefix, legacy=legacy)
+    if not files:
+        return RemoveResult()
+    return remove_cache_files(files, roots, pycache_prefix=pycache_prefix)

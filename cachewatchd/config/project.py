@@ -1,0 +1,122 @@
+"""A project's own ``pyproject.toml`` ``[tool.cachewatchd]``, and how it combines with the user's config.
+
+The project's file is the project's, not the user's: it may set ``exclude`` and ``poll`` only, and
+anything wrong or untrusted in it becomes a warning string, never an error (trust model: a cloned
+repository never makes the daemon act on processes or run commands).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cachewatchd.config.toml import key_lines, loads, show_value
+from cachewatchd.config.user import POLL_MODES, Config, PollMode
+
+__all__ = ["ProjectConfig", "RootSettings", "load_project_config", "root_settings"]
+
+_PROJECT_KEYS = ("exclude", "poll")
+
+
+@dataclass(frozen=True)
+class ProjectConfig:
+    """What a project's own ``pyproject.toml`` may say: excludes and polling, nothing else."""
+
+    exclude: tuple[str, ...] = ()
+    poll: PollMode | None = None
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RootSettings:
+    """Effective settings for one root after precedence (see :func:`root_settings`)."""
+
+    poll: PollMode
+    exclude: tuple[str, ...]
+    poll_source: str
+    """Where ``poll`` came from: ``"command line"``, ``"config"``, ``"project"`` or ``"default"``."""
+
+
+def load_project_config(root: Path) -> ProjectConfig:
+    """Read ``root/pyproject.toml`` ``[tool.cachewatchd]``: only ``exclude`` and ``poll`` count.
+
+    Never raises for the file's content: a broken file, a wrong type or an untrusted key becomes a
+    warning string naming the file (and line where known) and that setting is ignored.
+    """
+    file = root / "pyproject.toml"
+    try:
+        text = file.read_bytes().decode("utf-8")
+        data: dict[str, Any] = loads(text)
+    except FileNotFoundError:
+        return ProjectConfig()
+    except (OSError, ValueError, RecursionError) as exc:  # UnicodeDecodeError, TOMLDecodeError
+        return ProjectConfig(warnings=(f"{file}: cannot read [tool.cachewatchd]: {exc}; ignored",))
+    tool = data.get("tool")
+    section = tool.get("cachewatchd") if isinstance(tool, dict) else None
+    if section is None:
+        return ProjectConfig()
+    lines = key_lines(text)
+
+    def warn(key: str, message: str) -> str:
+        line = lines.get(("tool", "cachewatchd", key)) or lines.get(("tool", "cachewatchd"))
+        return f"{file}:{line}: {message}" if line else f"{file}: {message}"
+
+    if not isinstance(section, dict):
+        return ProjectConfig(warnings=(warn("", "[tool.cachewatchd] is not a table; ignored"),))
+    warnings = [
+        warn(
+            key,
+            f"[tool.cachewatchd] {key} ignored: a project's pyproject.toml may set only "
+            "exclude and poll (processes, roots and commands come from your own config)",
+        )
+        for key in section
+        if key not in _PROJECT_KEYS
+    ]
+    exclude = section.get("exclude", [])
+    if not isinstance(exclude, list) or not all(isinstance(p, str) and p for p in exclude):
+        warnings.append(
+            warn(
+                "exclude",
+                "[tool.cachewatchd] exclude must be an array of non-empty strings; ignored",
+            )
+        )
+        exclude = []
+    poll = section.get("poll")
+    if poll is not None and poll not in POLL_MODES:
+        warnings.append(
+            warn(
+                "poll",
+                f"[tool.cachewatchd] poll must be one of "
+                f"{', '.join(POLL_MODES)}, not {show_value(poll)}; ignored",
+            )
+        )
+        poll = None
+    return ProjectConfig(exclude=tuple(exclude), poll=poll, warnings=tuple(warnings))
+
+
+def root_settings(
+    config: Config,
+    project: ProjectConfig,
+    *,
+    cli_poll: PollMode | None = None,
+    cli_exclude: Sequence[str] = (),
+) -> RootSettings:
+    """Effective ``poll`` and ``exclude`` for one root.
+
+    ``poll``: the command line beats the user's config (when the file sets ``poll``), which beats
+    the project's ``pyproject.toml``, which beats the default ``"auto"``. ``exclude``: patterns add
+    up (command line, then user config, then project), duplicates dropped.
+    """
+    poll: PollMode
+    if cli_poll is not None:
+        poll, source = cli_poll, "command line"
+    elif "poll" in config.explicit:
+        poll, source = config.poll, "config"
+    elif project.poll is not None:
+        poll, source = project.poll, "project"
+    else:
+        poll, source = config.poll, "default"
+    exclude = tuple(dict.fromkeys([*cli_exclude, *config.exclude, *project.exclude]))
+    return RootSettings(poll=poll, exclude=exclude, poll_source=source)

@@ -1,0 +1,101 @@
+"""What a daemon runs with: roots and their effective settings, computed from config and command line.
+
+Precedence per root (see :func:`cachewatchd.config.project.root_settings`): the command line beats the user's
+config, which beats the project's own ``pyproject.toml`` (``exclude`` and ``poll`` only), which beats
+the defaults. Roots come from the command line, else the config's ``roots``, else the current
+directory; a root inside another root is dropped (the outer one already covers it).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cachewatchd.cache.audit import check_root
+from cachewatchd.config.project import load_project_config, root_settings
+from cachewatchd.config.user import Config, PollMode
+from cachewatchd.paths import is_under
+from cachewatchd.processes.spec import ProcessSpec
+
+__all__ = ["CommandLine", "DaemonSettings", "RootPlan", "build_settings"]
+
+
+@dataclass(frozen=True)
+class RootPlan:
+    """One root and how it is watched."""
+
+    path: Path
+    poll: PollMode
+    poll_source: str
+    """``"command line"``, ``"config"``, ``"project"`` or ``"default"``."""
+    exclude: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class CommandLine:
+    """What the command line said (``None``: not given), kept to re-apply on a config reload."""
+
+    paths: tuple[Path, ...] = ()
+    poll: PollMode | None = None
+    poll_interval: float | None = None
+    reconcile_interval: float | None = None
+    exclude: tuple[str, ...] = ()
+    pycache_prefix: Path | None = None
+    child: ProcessSpec | None = None
+
+
+@dataclass(frozen=True)
+class DaemonSettings:
+    roots: tuple[RootPlan, ...]
+    poll_interval: float = 1.0
+    reconcile_interval: float = 600.0
+    pycache_prefix: Path | None = None
+    processes: tuple[ProcessSpec, ...] = ()
+    """The own child (command line) first, then the config's ``[[process]]`` tables."""
+    config_path: Path | None = None
+    warnings: tuple[str, ...] = field(default=(), compare=False)
+    """Project-config warnings and dropped roots, for the log."""
+
+    @property
+    def paths(self) -> tuple[Path, ...]:
+        return tuple(plan.path for plan in self.roots)
+
+
+def _outermost(roots: Sequence[Path]) -> tuple[list[Path], list[str]]:
+    kept: list[Path] = []
+    dropped: list[str] = []
+    for root in sorted(dict.fromkeys(roots), key=lambda p: len(p.parts)):
+        outer = next((k for k in kept if is_under(root, k)), None)
+        if outer is None:
+            kept.append(root)
+        else:
+            dropped.append(f"{root} is inside {outer}: watched once, as part of {outer}")
+    order = {root: i for i, root in enumerate(roots)}
+    return sorted(kept, key=lambda p: order[p]), dropped
+
+
+def build_settings(config: Config, cli: CommandLine) -> DaemonSettings:
+    """Effective settings; raises :class:`~cachewatchd.errors.UsageError` for an unusable root."""
+    given = cli.paths or config.roots or (Path(os.getcwd()),)
+    roots, warnings = _outermost([check_root(Path(p)) for p in given])
+    plans = []
+    for root in roots:
+        project = load_project_config(root)
+        warnings += project.warnings
+        effective = root_settings(config, project, cli_poll=cli.poll, cli_exclude=cli.exclude)
+        plans.append(RootPlan(root, effective.poll, effective.poll_source, effective.exclude))
+    prefix = cli.pycache_prefix
+    if prefix is None and os.environ.get("PYTHONPYCACHEPREFIX"):
+        prefix = Path(os.environ["PYTHONPYCACHEPREFIX"])
+    processes = ((cli.child,) if cli.child is not None else ()) + config.processes
+    return DaemonSettings(
+        roots=tuple(plans),
+        poll_interval=cli.poll_interval or config.poll_interval,
+        reconcile_interval=cli.reconcile_interval or config.reconcile_interval,
+        pycache_prefix=Path(os.path.abspath(prefix)) if prefix is not None else None,
+        processes=processes,
+        config_path=config.path,
+        warnings=tuple(warnings),
+    )

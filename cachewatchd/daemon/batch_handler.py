@@ -1,0 +1,274 @@
+"""Turn one batch into cache invalidations: events first, audits where events cannot say enough.
+
+- A source changed: every cache entry of it goes (every tag, every opt level, the prefix tree),
+  without looking at timestamps: the event is the proof.
+- A source deleted or renamed away while watched: the same, plus a legacy ``m.pyc`` beside it (it
+  became a ghost under our eyes), unless the source is back by the time the batch is handled.
+- A directory deleted or moved away: its mirror in the ``PYTHONPYCACHEPREFIX`` tree goes.
+- A git move or a rescan request: one audit of the repository or root, and every entry that is not
+  fresh goes, except sourceless legacy pycs (they may be shipped on purpose).
+
+Logged events: ``invalidated``, ``git-moved``, ``rescan``, ``error``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from cachewatchd.cache.audit import AuditOptions, AuditReport, State, audit, mirror_dir
+from cachewatchd.cache.pyc import parse_cache_name
+from cachewatchd.cache.remove import RemoveResult, remove_cache_files
+from cachewatchd.daemon.recheck import Rechecker
+from cachewatchd.log import get_logger
+from cachewatchd.paths import is_under
+from cachewatchd.watch.batch import Batch, GitMove
+
+__all__ = ["BatchHandler", "Counters", "Outcome"]
+
+_MAX_ERROR_LINES = 20
+
+
+@dataclass
+class Counters:
+    invalidations: int = 0
+    """Cache files removed."""
+    rescans: int = 0
+    errors: int = 0
+    batches: int = 0
+    events: int = 0
+    git_moves: int = 0
+    last_event: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "invalidations": self.invalidations,
+            "rescans": self.rescans,
+            "errors": self.errors,
+            "batches": self.batches,
+            "events": self.events,
+            "git_moves": self.git_moves,
+        }
+
+
+@dataclass
+class Outcome:
+    touched: set[Path] = field(default_factory=set)
+    """Paths whose code changed: what managed processes care about."""
+    removed: int = 0
+    reconciled: set[Path] = field(default_factory=set)
+    """Roots audited in this batch."""
+
+
+class BatchHandler:
+    """Handles batches for a fixed set of roots (rebuilt on reload). Counters are shared."""
+
+    def __init__(
+        self,
+        excludes: dict[Path, tuple[str, ...]],
+        *,
+        pycache_prefix: Path | None,
+        counters: Counters,
+        reported: set[str] | None = None,
+    ) -> None:
+        self.roots = list(excludes)
+        self._excludes = excludes
+        self._prefix = pycache_prefix
+        self.counters = counters
+        self._reported: set[str] = set() if reported is None else reported
+        """Paths already reported (shared with the watchers: one report per path)."""
+        self.lock = threading.Lock()
+        """Held while counters change (status readers take it too)."""
+        self.rechecker = Rechecker(pycache_prefix=pycache_prefix)
+        self._log = get_logger(__name__)
+
+    def handle(self, batch: Batch) -> Outcome:
+        outcome = Outcome()
+        gone = batch.removed - batch.changed
+        ghosts = {source for source in gone if not os.path.lexists(source)}
+        self._invalidate(sorted(batch.changed | gone), ghosts, outcome)
+        for directory in sorted(batch.dirs_removed):
+            self._prefix_tree(directory, outcome)
+        for move in sorted(batch.git_moves, key=lambda m: str(m.repo)):
+            self._git_move(move, outcome)
+        for rescan in sorted(batch.rescans, key=lambda r: str(r.root)):
+            self.reconcile(rescan.root, rescan.reason, outcome)
+        outcome.touched |= batch.changed | batch.removed | batch.dirs_removed
+        with self.lock:
+            self.counters.batches += 1
+            self.counters.events += batch.events
+            self.counters.invalidations += outcome.removed
+            self.counters.last_event = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        return outcome
+
+    # -- events ----------------------------------------------------------------------------------
+    def _invalidate(self, sources: Sequence[Path], ghosts: set[Path], outcome: Outcome) -> None:
+        """Remove every cache entry of *sources* (legacy pycs too for *ghosts*), one listing per
+        directory: a 10k-file checkout must not list a 10k-entry ``__pycache__`` 10k times."""
+        owner: dict[Path, Path] = {}
+        by_dir: dict[Path, list[Path]] = {}
+        for source in sources:
+            by_dir.setdefault(source.parent, []).append(source)
+        for directory, members in by_dir.items():
+            index = _index(directory / "__pycache__")
+            if self._prefix is not None and directory.is_absolute():
+                for stem, files in _index(mirror_dir(self._prefix, directory)).items():
+                    index.setdefault(stem, []).extend(files)
+            for source in members:
+                stem = source.name.rsplit(".", 1)[0]
+                files = list(index.get(stem, ()))
+                if source in ghosts:
+                    files += [
+                        directory / (stem + suffix)
+                        for suffix in (".pyc", ".pyo")
+                        if os.path.lexists(directory / (stem + suffix))
+                    ]
+                owner.update(dict.fromkeys(files, source))
+        self.rechecker.schedule(s for s in sources if s not in ghosts)
+        if not owner:
+            return
+        result = remove_cache_files(owner, self.roots, pycache_prefix=self._prefix)
+        self._report(result)
+        outcome.removed += len(result.removed)
+        removed: dict[Path, list[str]] = {}
+        for path in result.removed:
+            removed.setdefault(owner[path], []).append(str(path))
+        for source, names in sorted(removed.items()):
+            self._log.info("invalidated", source=str(source), removed=names)
+
+    def _prefix_tree(self, directory: Path, outcome: Outcome) -> None:
+        if self._prefix is None or not directory.is_absolute():
+            return
+        mirror = mirror_dir(self._prefix, directory)
+        files = [
+            Path(dirpath, name)
+            for dirpath, _, names in os.walk(mirror)
+            for name in names
+            if name.endswith(".pyc")
+        ]
+        if not files:
+            return
+        result = remove_cache_files(files, self.roots, pycache_prefix=self._prefix)
+        self._report(result)
+        outcome.removed += len(result.removed)
+        if result.removed:
+            self._log.info(
+                "invalidated", source=str(directory), removed=[str(p) for p in result.removed]
+            )
+
+    def recheck(self) -> set[Path]:
+        """Second look at recently invalidated sources; returns those whose caches went."""
+        owner = {
+            pyc: source
+            for source in self.rechecker.take_due()
+            for pyc in self.rechecker.wrong_caches(source)
+        }
+        if not owner:
+            return set()
+        result = remove_cache_files(owner, self.roots, pycache_prefix=self._prefix)
+        self._report(result)
+        with self.lock:
+            self.counters.invalidations += len(result.removed)
+        for path in result.removed:
+            self._log.info(
+                "invalidated",
+                source=str(owner[path]),
+                removed=[str(path)],
+                reason="written with the old code while the source was being edited",
+            )
+        return {owner[path] for path in result.removed}
+
+    # -- audits ----------------------------------------------------------------------------------
+    def _git_move(self, move: GitMove, outcome: Outcome) -> None:
+        repo = move.repo
+        targets = [r for r in self.roots if is_under(r, repo)]
+        if not targets and any(is_under(repo, r) for r in self.roots):
+            targets = [repo]
+        report, removed = self._audit_and_clean(targets, outcome)
+        with self.lock:
+            self.counters.git_moves += 1
+        outcome.touched.add(repo)
+        self._log.info(
+            "git-moved",
+            repository=str(repo),
+            old=move.old,
+            new=move.new,
+            counts=report.summary(),
+            removed=removed,
+        )
+
+    def reconcile(self, root: Path, reason: str, outcome: Outcome | None = None) -> int:
+        """Audit *root*; remove every entry that is not fresh (sourceless ones excepted)."""
+        outcome = outcome if outcome is not None else Outcome()
+        report, removed = self._audit_and_clean([root], outcome)
+        outcome.reconciled.add(root)
+        with self.lock:
+            self.counters.rescans += 1
+        self._log.info(
+            "rescan", root=str(root), reason=reason, counts=report.summary(), removed=removed
+        )
+        return removed
+
+    def _audit_and_clean(
+        self, targets: Sequence[Path], outcome: Outcome
+    ) -> tuple[AuditReport, int]:
+        reports = [self._audit(target) for target in targets if target.is_dir()]
+        report = AuditReport(roots=list(targets))
+        for part in reports:
+            report.merge(part)
+        self._errors(((e.path, e.error) for e in report.errors), during="audit")
+        doomed = [e for e in report.non_fresh() if e.state is not State.SOURCELESS]
+        if not doomed:
+            return report, 0
+        result = remove_cache_files(
+            (e.path for e in doomed), self.roots, pycache_prefix=self._prefix
+        )
+        self._report(result)
+        removed = set(result.removed)
+        outcome.removed += len(removed)
+        outcome.touched |= {e.source or e.path for e in doomed if e.path in removed}
+        return report, len(removed)
+
+    def _audit(self, target: Path) -> AuditReport:
+        root = next((r for r in self.roots if is_under(target, r)), target)
+        options = AuditOptions(excludes=self._excludes.get(root, ()), pycache_prefix=self._prefix)
+        return audit([target], options)
+
+    # -- errors ----------------------------------------------------------------------------------
+    def _report(self, result: RemoveResult) -> None:
+        self._errors(result.errors, during="removal")
+
+    def _errors(self, errors: Iterable[tuple[Path, str]], *, during: str) -> None:
+        """Log each problem once (a reconcile finds the same unreadable directory every time)."""
+        fresh = []
+        for path, error in errors:
+            if str(path) not in self._reported:
+                self._reported.add(str(path))
+                fresh.append((path, error))
+        for path, error in fresh[:_MAX_ERROR_LINES]:
+            self._log.warning("error", path=str(path), error=error, during=during)
+        if len(fresh) > _MAX_ERROR_LINES:
+            more = len(fresh) - _MAX_ERROR_LINES
+            self._log.warning("error", error=f"{more} more problems", during=during)
+        if fresh:
+            with self.lock:
+                self.counters.errors += len(fresh)
+
+
+def _index(directory: Path) -> dict[str, list[Path]]:
+    """Cache files in *directory* by source stem (``m.cpython-311.opt-1.pyc`` -> ``m``)."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return {}
+    index: dict[str, list[Path]] = {}
+    for name in names:
+        parsed = parse_cache_name(name)
+        if parsed is not None:
+            index.setdefault(parsed.stem, []).append(directory / name)
+    return index

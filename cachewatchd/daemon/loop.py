@@ -1,0 +1,398 @@
+"""The daemon loop: watchers -> batches -> invalidation -> managed processes; reconcile; status.
+
+Threads: the batcher hands every batch to :class:`~cachewatchd.daemon.batch_handler.BatchHandler` on its own
+thread, so invalidations and audits never run concurrently. The thread calling :meth:`Daemon.run`
+owns the lifecycle: it waits on an inbox for ``stop`` / ``reload`` requests (posted by signal
+handlers in the CLI through :meth:`request_stop` and :meth:`request_reload`; ``queue.SimpleQueue`` is
+safe to use from a signal handler) and runs the periodic reconciliation.
+
+Start: register in the daemon registry (refusing overlapping roots), attach every root, audit every
+root once, and only then start the managed processes, so that none of them imports a stale cache;
+then log ``ready`` (each root's observer and why) and tell systemd ``READY=1``. An own child that
+cannot be executed at start ends the run with its error (one line from the CLI, exit 3); on a
+reload it is logged and retried with the crash-loop backoff. Stop: detach the watchers,
+finish the batch under way plus what is pending, stop the managed processes, remove the record.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from cachewatchd.cache.walk import WalkOptions
+from cachewatchd.config.settings import DaemonSettings, RootPlan
+from cachewatchd.daemon.batch_handler import BatchHandler, Counters
+from cachewatchd.errors import CachewatchdError
+from cachewatchd.log import get_logger
+from cachewatchd.processes.spec import ProcessSpec
+from cachewatchd.watch.batch import DEFAULT_MAX_WINDOW, DEFAULT_QUIET, Batch, Batcher
+from cachewatchd.watch.git import GitWatcher
+from cachewatchd.watch.observers import Watcher
+
+__all__ = ["ControllerLike", "Daemon"]
+
+
+class ControllerLike(Protocol):
+    """What the daemon needs from :class:`cachewatchd.processes.controller.Controller`."""
+
+    def subscribe(self, callback: Callable[[], None]) -> None: ...
+    def subscribe_errors(self, callback: Callable[[], None]) -> None: ...
+    def start(self) -> None: ...
+    def notify(self, touched: Sequence[Path]) -> None: ...
+    def stop(self) -> None: ...
+    def status(self) -> list[dict[str, Any]]: ...
+
+
+STATUS_REFRESH = 10.0
+"""Seconds between status-record refreshes while nothing happens (a batch, a reload or a change
+in a managed target's status publishes at once)."""
+
+ControllerFactory = Callable[
+    [Sequence[ProcessSpec], Sequence[Path], Mapping[Path, tuple[str, ...]]], ControllerLike
+]
+"""``(specs, roots, each root's exclude globs)`` -> a controller (not started)."""
+
+
+class _Notifier(Protocol):
+    def ready(self, status: str | None = None) -> bool: ...
+    def reloading(self, status: str | None = None) -> bool: ...
+    def stopping(self, status: str | None = None) -> bool: ...
+    def status(self, text: str) -> bool: ...
+
+
+class _Watching:
+    """The watchers of one settings generation (rebuilt on reload)."""
+
+    def __init__(self, settings: DaemonSettings, batcher: Batcher, reported: set[str]) -> None:
+        groups: dict[tuple[str, tuple[str, ...]], list[RootPlan]] = {}
+        for plan in settings.roots:
+            groups.setdefault((plan.poll, plan.exclude), []).append(plan)
+        self.watchers: list[Watcher] = []
+        self.gits: list[GitWatcher] = []
+        for (_, exclude), plans in groups.items():
+            paths, poll = [p.path for p in plans], plans[0].poll
+            self.watchers.append(
+                Watcher(
+                    paths,
+                    poll_mode=poll,
+                    poll_interval=settings.poll_interval,
+                    excludes=exclude,
+                    batcher=batcher,
+                    reported=reported,
+                )
+            )
+            self.gits.append(
+                GitWatcher(
+                    paths,
+                    sink=batcher,
+                    poll_mode=poll,
+                    poll_interval=settings.poll_interval,
+                    options=WalkOptions(excludes=exclude),
+                )
+            )
+
+    def start(self) -> None:
+        for watcher in self.watchers:
+            watcher.start()
+        for git in self.gits:
+            git.start()
+
+    def stop(self) -> None:
+        for git in self.gits:
+            git.stop()
+        for watcher in self.watchers:
+            watcher.stop()
+
+    def refresh_git(self) -> None:
+        for git in self.gits:
+            git.refresh()
+
+    def observers(self) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for watcher in self.watchers:
+            attached = watcher.attached()
+            for root, choice in watcher.observers().items():
+                out[str(root)] = {
+                    "observer": choice.kind,
+                    "reason": choice.reason,
+                    "attached": attached.get(root, False),
+                }
+        return out
+
+
+class Daemon:
+    """One daemon run. Construct, then call :meth:`run` (blocks until stopped; returns 0)."""
+
+    def __init__(
+        self,
+        settings: DaemonSettings,
+        *,
+        reload_settings: Callable[[], DaemonSettings] | None = None,
+        make_controller: ControllerFactory | None = None,
+        notifier: _Notifier | None = None,
+        on_ready: Callable[[], None] | None = None,
+        quiet: float = DEFAULT_QUIET,
+        max_window: float = DEFAULT_MAX_WINDOW,
+    ) -> None:
+        self.settings = settings
+        self._reload_settings = reload_settings
+        self._make_controller = make_controller
+        self._notifier = notifier
+        self._on_ready = on_ready
+        self._inbox: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._counters = Counters()
+        self._reported: set[str] = set()
+        """Paths whose problem was already logged, by a watcher or the handler: one report each."""
+        self._handler = self._new_handler(settings)
+        self._batcher = Batcher(self._on_batch, quiet=quiet, max_window=max_window)
+        self._watching: _Watching | None = None
+        self._controller: ControllerLike | None = None
+        self._registration: Any = None
+        self._state = "starting"
+        self._pending_start: set[Path] = set()
+        self._state_lock = threading.Lock()
+        self._log = get_logger(__name__)
+
+    # -- requests (any thread, signal handlers included) ------------------------------------------
+    def request_stop(self) -> None:
+        self._inbox.put("stop")
+
+    def request_reload(self) -> None:
+        self._inbox.put("reload")
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def run(self) -> int:
+        from cachewatchd.daemon.registry import register_daemon
+
+        for warning in self.settings.warnings:
+            self._log.warning("config-warning", warning=warning)
+        self._registration = register_daemon(self.settings.paths)
+        try:
+            self._batcher.start()
+            self._start_watching()
+            if self._wait_for_start():
+                self._become_ready()
+                self._loop()
+        finally:
+            self._shutdown()
+        return 0
+
+    def _start_watching(self, reason: str = "start") -> None:
+        """Attach every root and audit each once (the ``rescan`` gives *reason*)."""
+        self._watching = _Watching(self.settings, self._batcher, self._reported)
+        self._watching.start()
+        with self._state_lock:
+            self._pending_start = set(self.settings.paths)
+        for root in self.settings.paths:
+            self._batcher.rescan(root, reason)
+        self._batcher.flush()
+
+    def _wait_for_start(self) -> bool:
+        """Wait for the first audit of every root; False when a stop came first."""
+        reload = False
+        while True:
+            with self._state_lock:
+                if not self._pending_start:
+                    break
+            message = self._inbox.get()
+            if message == "stop":
+                return False
+            reload = reload or message == "reload"
+        if reload:
+            self._inbox.put("reload")  # handled by the loop, once ready
+        return True
+
+    def _become_ready(self) -> None:
+        self._start_controller()  # raises when the own child cannot be executed
+        self._state = "ready"
+        observers = self._watching.observers() if self._watching else {}
+        plans = {str(p.path): p for p in self.settings.roots}
+        for root, info in observers.items():
+            plan = plans.get(root)
+            if plan is not None:
+                info["poll"] = f"{plan.poll} ({plan.poll_source})"
+        self._log.info("ready", pid=os.getpid(), roots=list(observers), observers=observers)
+        self._publish()
+        if self._notifier is not None:
+            self._notifier.ready(self._status_line())
+        if self._on_ready is not None:
+            self._on_ready()
+
+    def _loop(self) -> None:
+        next_reconcile = time.monotonic() + self.settings.reconcile_interval
+        while True:
+            now = time.monotonic()
+            recheck = self._handler.rechecker.next_due()
+            wait = min(next_reconcile - now, STATUS_REFRESH)
+            if recheck is not None:
+                wait = min(wait, recheck - now)
+            try:
+                message = self._inbox.get(timeout=max(0.0, wait))
+            except queue.Empty:
+                message = "tick"
+            if message == "stop":
+                return
+            self._recheck()
+            if message == "reload":
+                self._reload()
+                next_reconcile = time.monotonic() + self.settings.reconcile_interval
+            elif time.monotonic() >= next_reconcile:
+                for root in self.settings.paths:
+                    self._batcher.rescan(root, "reconcile interval")
+                next_reconcile = time.monotonic() + self.settings.reconcile_interval
+            elif message in ("tick", "publish"):
+                self._publish()  # a target changed; or roots may have come back
+
+    def _shutdown(self) -> None:
+        self._state = "stopping"
+        self._log.info("stopping")
+        if self._notifier is not None:
+            self._notifier.stopping()
+        if self._watching is not None:
+            self._watching.stop()
+        self._batcher.stop()  # finishes the batch under way and hands over what is pending
+        if self._controller is not None:
+            self._controller.stop()
+        if self._registration is not None:
+            self._registration.close()
+
+    # -- reload (SIGHUP) ---------------------------------------------------------------------------
+    def _reload(self) -> None:
+        if self._reload_settings is None:
+            return
+        if self._notifier is not None:
+            self._notifier.reloading("reloading the configuration")
+        try:
+            new = self._reload_settings()
+            if new.paths != self.settings.paths:
+                self._registration.set_roots(new.paths)
+        except CachewatchdError as exc:
+            self._error(error=f"reload failed, keeping the old settings: {exc}")
+            if self._notifier is not None:
+                self._notifier.ready(self._status_line())
+            return
+        old = self.settings
+        for warning in new.warnings:
+            self._log.warning("config-warning", warning=warning)
+        if new != old:
+            if self._watching is not None:
+                self._watching.stop()
+            self.settings = new
+            self._handler = self._new_handler(new)
+            self._start_watching("reload")
+            if _controller_inputs(new) != _controller_inputs(old):
+                if self._controller is not None:
+                    self._controller.stop()
+                    self._controller = None
+                try:
+                    self._start_controller()
+                except CachewatchdError as exc:  # the workers run; the backoff tries again
+                    self._error(error=exc.message)
+        observers = self._watching.observers() if self._watching else {}
+        self._log.info("reloaded", changed=new != old, roots=list(observers), observers=observers)
+        self._publish()
+        if self._notifier is not None:
+            self._notifier.ready(self._status_line())
+
+    def _recheck(self) -> None:
+        """Remove caches written with old code during an edit; restart their importers again."""
+        touched = self._handler.recheck()
+        controller = self._controller
+        if touched and controller is not None:
+            controller.notify(sorted(touched))
+        if touched:
+            self._publish()
+
+    # -- batches (batcher thread) ------------------------------------------------------------------
+    def _on_batch(self, batch: Batch) -> None:
+        try:
+            if batch.rescans and self._watching is not None:
+                self._watching.refresh_git()
+            outcome = self._handler.handle(batch)
+            if self._handler.rechecker.next_due() is not None:
+                self._inbox.put("recheck")  # the loop's next wake-up moves to the second look
+            controller = self._controller
+            if controller is not None and outcome.touched:
+                controller.notify(sorted(outcome.touched))
+        finally:
+            with self._state_lock:
+                was_pending = bool(self._pending_start)
+                self._pending_start -= {rescan.root for rescan in batch.rescans}
+                started = was_pending and not self._pending_start
+            self._publish()
+            if started:
+                self._inbox.put("started")
+
+    # -- helpers -----------------------------------------------------------------------------------
+    def _new_handler(self, settings: DaemonSettings) -> BatchHandler:
+        excludes = {plan.path: plan.exclude for plan in settings.roots}
+        return BatchHandler(
+            excludes,
+            pycache_prefix=settings.pycache_prefix,
+            counters=self._counters,
+            reported=self._reported,
+        )
+
+    def _start_controller(self) -> None:
+        if self._controller is None and self.settings.processes and self._make_controller:
+            settings = self.settings
+            excludes = {plan.path: plan.exclude for plan in settings.roots}
+            self._controller = self._make_controller(settings.processes, settings.paths, excludes)
+            self._controller.subscribe(lambda: self._inbox.put("publish"))
+            self._controller.subscribe_errors(self._count_error)
+            self._controller.start()
+
+    def _error(self, **fields: Any) -> None:
+        """Log one ``error`` of the daemon's own and count it."""
+        self._log.error("error", **fields)
+        self._count_error()
+
+    def _count_error(self) -> None:
+        """One more error in the counters (a managed target's faults come here too)."""
+        with self._handler.lock:
+            self._counters.errors += 1
+        self._inbox.put("publish")
+
+    def healthy(self) -> bool:
+        """The batcher thread is alive (the systemd watchdog pings only then)."""
+        return self._batcher.alive()
+
+    def status(self) -> dict[str, Any]:
+        """What ``cachewatchd status`` shows for this daemon."""
+        with self._handler.lock:
+            counters = self._counters.as_dict()
+            last_event = self._counters.last_event
+        controller = self._controller
+        return {
+            "state": self._state,
+            "observers": self._watching.observers() if self._watching else {},
+            "counters": counters,
+            "last_event": last_event,
+            "processes": controller.status() if controller is not None else [],
+            "config": str(self.settings.config_path) if self.settings.config_path else None,
+        }
+
+    def _status_line(self) -> str:
+        status = self.status()
+        counters = status["counters"]
+        kinds = sorted({o["observer"] for o in status["observers"].values()})
+        return (
+            f"watching {len(status['observers'])} root(s) ({', '.join(kinds) or 'none'}); "
+            f"{counters['invalidations']} invalidated, {counters['rescans']} rescans"
+        )
+
+    def _publish(self) -> None:
+        if self._registration is not None:
+            self._registration.update(self.status())
+
+
+def _controller_inputs(
+    settings: DaemonSettings,
+) -> tuple[tuple[ProcessSpec, ...], tuple[tuple[Path, tuple[str, ...]], ...]]:
+    """What the controller is built from: the targets, and each root with its exclude globs."""
+    return settings.processes, tuple((plan.path, plan.exclude) for plan in settings.roots)

@@ -1,0 +1,88 @@
+"""A second look at the caches of sources the daemon just invalidated.
+
+A process importing a module while it is being edited can write the pyc *after* the daemon removed
+the old one: it took the source's stat before the edit and read the old bytes, so the new pyc holds
+the old code under a header that matches the edited source when its size is the same and its mtime
+was restored. Such a pyc is newer than the source's ctime, so the ctime trigger of the audit never
+fires again. Shortly after each invalidation, the caches of those sources are compared exactly with
+the source (unmarshal + compile) and removed when they hold other code.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from cachewatchd.cache.judge import State, VanishedError, judge_pycache
+from cachewatchd.cache.pyc import RUNNING_MAGIC, parse_cache_name
+from cachewatchd.cache.remove import cache_files_for_source
+
+__all__ = ["DELAYS", "Rechecker"]
+
+DELAYS = (1.0, 10.0)
+"""Seconds after an invalidation at which its source's caches are checked again."""
+
+
+class Rechecker:
+    """Sources due for a second look; thread-safe (scheduled by the batcher, run by the loop)."""
+
+    def __init__(self, *, pycache_prefix: Path | None, delays: Iterable[float] = DELAYS) -> None:
+        self._prefix = pycache_prefix
+        self._delays = tuple(delays)
+        self._due: dict[Path, list[float]] = {}
+        self._lock = threading.Lock()
+
+    def schedule(self, sources: Iterable[Path], now: float | None = None) -> None:
+        start = time.monotonic() if now is None else now
+        with self._lock:
+            for source in sources:
+                self._due[source] = [start + delay for delay in self._delays]
+
+    def next_due(self) -> float | None:
+        with self._lock:
+            return min((times[0] for times in self._due.values()), default=None)
+
+    def take_due(self, now: float | None = None) -> list[Path]:
+        """Sources whose next look is due; each keeps its later looks."""
+        moment = time.monotonic() if now is None else now
+        due = []
+        with self._lock:
+            for source, times in list(self._due.items()):
+                if times[0] <= moment:
+                    due.append(source)
+                    times.pop(0)
+                    if not times:
+                        del self._due[source]
+        return due
+
+    def wrong_caches(self, source: Path) -> list[Path]:
+        """Cache files of *source* written by this Python whose code differs from the source."""
+        try:
+            stat = os.stat(source)
+        except OSError:
+            return []
+        wrong = []
+        for pyc in cache_files_for_source(source, pycache_prefix=self._prefix):
+            parsed = parse_cache_name(pyc.name)
+            if parsed is None or not _ours(pyc):
+                continue
+            try:
+                verdict = judge_pycache(
+                    str(pyc), str(source), stat, parsed.tag, parsed.opt, deep=True
+                )
+            except (VanishedError, OSError):
+                continue
+            if verdict.state in (State.STALE, State.CORRUPT):
+                wrong.append(pyc)
+        return wrong
+
+
+def _ours(pyc: Path) -> bool:
+    try:
+        with open(pyc, "rb") as f:
+            return f.read(4) == RUNNING_MAGIC
+    except OSError:
+        return False

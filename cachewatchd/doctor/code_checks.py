@@ -1,0 +1,232 @@
+"""``doctor`` checks for old code: what keeps or runs code older than the sources under the roots.
+
+Dangerous and suspect cache entries (the audit), this user's Python processes started before the
+newest source change (and the files processes hold open under the roots), environment variables that
+change how Python writes or trusts its caches, and roots no cachewatchd daemon keeps fresh.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from cachewatchd.cache.audit import AuditOptions, State, audit
+from cachewatchd.doctor.findings import MAX_DETAILS, Finding, RootSettings, Severity
+from cachewatchd.paths import is_under
+from cachewatchd.processes.staleness import SLACK, SourceScan, importers
+
+__all__ = [
+    "check_caches",
+    "check_daemon",
+    "check_environment",
+    "check_processes",
+]
+
+# -- caches ---------------------------------------------------------------------------------------
+
+# fmt: off
+_CACHE_ADVICE: dict[State, tuple[Severity, str, str]] = {
+    State.STALE: ("error", "Python loads them although the source changed: it runs OLD code",
+                  "cachewatchd clean {roots}, then restart the processes that imported them"),
+    State.CORRUPT: ("error", "the import fails or recompiles every time", "cachewatchd clean {roots}"),
+    State.SOURCELESS: ("error", "legacy pycs whose .py is gone: Python still imports them",
+                       "delete them unless shipped on purpose: cachewatchd clean --sourceless {roots}"),
+    State.SUSPECT: ("warning", "written by another Python version before their source changed: they "
+                    "may be stale", "cachewatchd clean {roots} (or scan with the Python that wrote them)"),
+}
+# fmt: on
+
+
+def check_caches(
+    roots: Sequence[Path], settings: Mapping[Path, RootSettings], prefix: str | None
+) -> list[Finding]:
+    """Dangerous and suspect cache entries, plus a one-line summary of the audit."""
+    excludes = tuple(dict.fromkeys(x for r in roots for x in settings[r].exclude))
+    options = AuditOptions(excludes=excludes, pycache_prefix=Path(prefix) if prefix else None)
+    report = audit(list(roots), options)
+    findings = []
+    where = shlex.join(str(r) for r in roots)
+    for state, (severity, why, action) in _CACHE_ADVICE.items():
+        entries = [e for e in report.entries if e.state is state]
+        if entries:
+            noun = "cache entry" if len(entries) == 1 else "cache entries"
+            message = f"{len(entries)} {state.value} {noun}: {why}"
+            details = tuple(f"{e.path}: {e.reason}" for e in entries[:MAX_DETAILS])
+            todo = action.format(roots=where)
+            findings.append(
+                Finding(f"{state.value}-caches", severity, message, todo, None, details)
+            )
+    summary = report.summary()
+    counts = ", ".join(f"{n} {state}" for state, n in summary.items() if n)
+    findings.append(
+        Finding("caches", "info", f"{_entries(sum(summary.values()))}: {counts or 'none'}")
+    )
+    return findings
+
+
+# -- processes ------------------------------------------------------------------------------------
+
+_PYTHON_EXE = re.compile(r"^(python|pypy)[0-9.]*[dmtw]*$")
+
+
+def _under(path: str | None, roots: Sequence[Path]) -> bool:
+    return path is not None and any(is_under(os.path.normpath(path), r) for r in roots)
+
+
+def _involved(info: Mapping[str, Any], opened: list[str], roots: Sequence[Path]) -> bool:
+    args = [a for a in (info["cmdline"] or [])[1:] if os.path.isabs(a)]
+    return bool(opened) or _under(info["cwd"], roots) or any(_under(a, roots) for a in args)
+
+
+def _cachewatchd_pids() -> set[int]:
+    """This process and every running cachewatchd daemon of this user, with the copies of itself
+    a daemon forked (same command line). Not a daemon's managed processes: the own child runs the
+    project's code and can be stale like any other."""
+    from cachewatchd.daemon.registry import list_daemons, process_of
+
+    own = {os.getpid()}
+    for record in list_daemons():
+        daemon = process_of(record)
+        if daemon is None:
+            continue
+        own.add(daemon.pid)
+        try:
+            command = daemon.cmdline()
+            descendants = daemon.children(recursive=True)
+        except psutil.Error:
+            continue
+        for proc in descendants:
+            try:
+                if proc.cmdline() == command:
+                    own.add(proc.pid)
+            except psutil.Error:
+                continue
+    return own
+
+
+def check_processes(roots: Sequence[Path], scan: SourceScan) -> list[Finding]:
+    """This user's processes with files open under *roots*; Python ones older than the newest edit.
+
+    Of a Python process working under a root, the processes that imported the code are the leaves of
+    its tree (the worker, not the reloader): :func:`cachewatchd.processes.staleness.importers`. *scan* is
+    :func:`cachewatchd.processes.staleness.scan_sources` of the roots. cachewatchd itself (this process, the
+    running daemons) is left out: it never imports the project's code.
+    """
+    own, uid = _cachewatchd_pids(), os.getuid()
+    holding: list[str] = []
+    candidates: list[psutil.Process] = []
+    attrs = ["pid", "name", "exe", "cmdline", "cwd", "uids"]
+    for proc in psutil.process_iter(attrs, ad_value=None):
+        info = proc.info
+        if info["pid"] in own or info["uids"] is None or info["uids"].real != uid:
+            continue
+        try:
+            opened = sorted({f.path for f in proc.open_files() if _under(f.path, roots)})
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            opened = []
+        holding += [f"{_label(proc)}: {path}" for path in opened[:3]]
+        exe = os.path.basename(info["exe"] or (info["cmdline"] or [""])[0])
+        if _PYTHON_EXE.match(exe) and _involved(info, opened, roots):
+            candidates.append(proc)
+    stale: dict[int, str] = {}
+    newest = scan.newest
+    for leaf in importers(candidates):
+        try:
+            created = leaf.create_time()
+            mine = leaf.uids().real == uid
+        except psutil.Error:
+            continue
+        if newest is not None and leaf.pid not in own and mine and created + SLACK < newest.time:
+            stale[leaf.pid] = f"{_label(leaf)} (started {_clock(created)})"
+    findings = []
+    if stale and newest is not None:
+        message = (
+            f"{len(stale)} Python processes started before the newest source change "
+            f"({newest.path}, {_clock(newest.time)}): they may run old code"
+        )
+        action = "restart them, or let cachewatchd restart them (see `cachewatchd run --help`)"
+        details = tuple(stale.values())[:MAX_DETAILS]
+        findings.append(Finding("stale-processes", "warning", message, action, None, details))
+    if holding:
+        message = f"{len(holding)} files under the roots are held open by processes"
+        details = tuple(holding[:MAX_DETAILS])
+        findings.append(Finding("open-files", "info", message, "", None, details))
+    return findings
+
+
+def _label(proc: psutil.Process) -> str:
+    try:
+        command = " ".join(proc.cmdline()) or proc.name()
+    except psutil.Error:
+        command = "?"
+    return f"pid {proc.pid} {command[:120]}"
+
+
+def _clock(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp).isoformat(sep=" ", timespec="seconds")
+
+
+# -- environment ----------------------------------------------------------------------------------
+
+# fmt: off
+_ENV_ADVICE: tuple[tuple[str, str, Severity, str, str], ...] = (
+    ("PYTHONDONTWRITEBYTECODE", "env-dont-write-bytecode", "info",
+     "PYTHONDONTWRITEBYTECODE={value}: Python writes no new caches but still READS those on disk, "
+     "stale ones included",
+     "keep them honest with `cachewatchd scan` or the daemon, or unset the variable"),
+    ("PYTHONPYCACHEPREFIX", "env-pycache-prefix", "info",
+     "PYTHONPYCACHEPREFIX={value}: caches live in that tree (audited too), not in __pycache__; "
+     "processes started without it still use __pycache__",
+     "give every process of the project, and cachewatchd, the same value"),
+    ("SOURCE_DATE_EPOCH", "env-source-date-epoch", "info",
+     "SOURCE_DATE_EPOCH={value}: py_compile and compileall write checked-hash pycs; tools that "
+     "honour it also clamp file mtimes, which defeats timestamp pycs",
+     "unset it outside reproducible builds"),
+    ("PYTHONCHECKHASHBASEDPYCS", "env-check-hash-pycs", "warning",
+     "PYTHONCHECKHASHBASEDPYCS={value}: hash-based pycs are never checked against their source",
+     "unset PYTHONCHECKHASHBASEDPYCS"),
+)
+# fmt: on
+
+
+def check_environment(env: Mapping[str, str]) -> list[Finding]:
+    """Variables that change how Python writes or trusts its caches."""
+    findings = []
+    for var, id_, severity, message, action in _ENV_ADVICE:
+        value = env.get(var, "")
+        if value and (var != "PYTHONCHECKHASHBASEDPYCS" or value == "never"):
+            findings.append(Finding(id_, severity, message.format(value=value), action))
+    return findings
+
+
+# -- daemon ---------------------------------------------------------------------------------------
+
+
+def check_daemon(roots: Sequence[Path]) -> list[Finding]:
+    """Whether a cachewatchd daemon of this user watches each root."""
+    from cachewatchd.daemon.registry import find_daemons
+
+    findings = []
+    for root in roots:
+        pids = ", ".join(str(d["pid"]) for d in find_daemons([root]))
+        if pids:
+            findings.append(
+                Finding("daemon", "info", f"watched by cachewatchd (pid {pids})", "", str(root))
+            )
+        else:
+            message = "no cachewatchd daemon watches this root: caches can go stale again"
+            quoted = shlex.quote(str(root))
+            action = f"cachewatchd {quoted}   (or: cachewatchd install-service {quoted})"
+            findings.append(Finding("daemon", "info", message, action, str(root)))
+    return findings
+
+
+def _entries(n: int) -> str:
+    return f"{n} cache entry" if n == 1 else f"{n} cache entries"

@@ -1,0 +1,358 @@
+"""Managed targets behind one small interface, and the factory that picks a backend per spec.
+
+Backends: the own child (``command``), a supervisord program (``supervisor``), an existing
+process (``pidfile`` or ``match``) and a systemd user unit (``systemd``). Each one knows how to
+act (restart or signal) and which processes it currently runs; failures are
+:class:`~cachewatchd.errors.CachewatchdError` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+import psutil
+
+from cachewatchd.errors import RuntimeFailure
+from cachewatchd.processes.gate import Probe, probe_from_command, probe_from_process
+from cachewatchd.processes.os_procs import (
+    ProcessActionError,
+    find_by_match,
+    find_by_pidfile,
+    restart_process,
+    send_signal,
+    signal_refusal,
+)
+from cachewatchd.processes.own_child import ChildError, OwnChild
+from cachewatchd.processes.spec import ProcessSpec
+from cachewatchd.processes.staleness import importers
+from cachewatchd.processes.supervisord import SupervisorClient
+
+__all__ = [
+    "ActionResult",
+    "ChildTarget",
+    "ProcessTarget",
+    "SupervisorTarget",
+    "SystemdTarget",
+    "Target",
+    "TargetError",
+    "make_target",
+]
+
+
+class TargetError(RuntimeFailure):
+    """A target could not act; the message is one line."""
+
+
+@dataclass(frozen=True)
+class ActionResult:
+    """What an action did: ``restarted`` or ``signalled``, and the pids running afterwards."""
+
+    event: str
+    pids: list[int] = field(default_factory=list)
+
+
+def _processes(pids: list[int]) -> list[psutil.Process]:
+    found = []
+    for pid in pids:
+        try:
+            found.append(psutil.Process(pid))
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def _refusal(spec: ProcessSpec, procs: list[psutil.Process]) -> str | None:
+    """For ``action = "signal"``: why the signal would harm one of *procs* (see DESIGN §5)."""
+    if spec.action != "signal":
+        return None
+    for proc in procs:
+        refusal = signal_refusal(proc, spec.signal or "HUP")
+        if refusal:
+            return refusal
+    return None
+
+
+class Target(ABC):
+    """One managed target. ``act`` runs on the target's worker thread only."""
+
+    kind: ClassVar[str]
+
+    def __init__(self, spec: ProcessSpec) -> None:
+        self.spec = spec
+
+    def start(self) -> None:
+        """Called once when the controller starts, before its worker thread (the own child
+        launches here; :class:`~cachewatchd.processes.own_child.ChildError` when it cannot be executed)."""
+        return
+
+    def stop(self) -> None:
+        """Called once when the controller stops (the own child stops here)."""
+        return
+
+    def tick(self) -> float | None:
+        """Housekeeping between batches; seconds until the next useful call, or ``None``."""
+        return None
+
+    def check(self) -> str | None:
+        """A problem worth one log line at start (unreachable, not found...), or ``None``."""
+        return None
+
+    def failures(self) -> int:
+        """How many faults the target logged itself so far (counted with the controller's)."""
+        return 0
+
+    @abstractmethod
+    def act(self, cancel: threading.Event) -> ActionResult:
+        """Restart or signal, per ``spec.action``."""
+
+    @abstractmethod
+    def processes(self) -> list[psutil.Process]:
+        """The target's top-level processes right now (possibly none)."""
+
+    def probe(self) -> Probe | None:
+        """How to run the target's Python (for the import gate), from its running processes."""
+        procs = self.processes()
+        for proc in [*importers(procs), *procs]:
+            found = probe_from_process(proc)
+            if found is not None:
+                return found
+        return None
+
+
+class ChildTarget(Target):
+    """The daemon's own child, restarted after each batch."""
+
+    kind = "child"
+
+    def __init__(self, spec: ProcessSpec, *, backoff: tuple[float, float] = (0.5, 30.0)) -> None:
+        super().__init__(spec)
+        assert spec.command is not None
+        self.child = OwnChild(
+            spec.command, cwd=spec.cwd, grace=spec.grace, backoff=backoff, name=spec.name
+        )
+
+    def start(self) -> None:
+        try:
+            self.child.start()
+        except ChildError:
+            self.child.retry_later()  # when the daemon carries on (a reload), backoff retries
+            raise
+
+    def stop(self) -> None:
+        self.child.stop()
+
+    def tick(self) -> float | None:
+        return self.child.poll()
+
+    def failures(self) -> int:
+        return self.child.start_failures
+
+    def act(self, cancel: threading.Event) -> ActionResult:
+        if self.spec.action == "signal" and self.child.pid is not None:
+            send_signal(psutil.Process(self.child.pid), self.spec.signal or "HUP")
+            return ActionResult("signalled", [self.child.pid])
+        return ActionResult("restarted", [self.child.restart()])
+
+    def processes(self) -> list[psutil.Process]:
+        pid = self.child.pid
+        return _processes([pid]) if pid is not None else []
+
+    def probe(self) -> Probe | None:
+        found = super().probe()
+        if found is not None:
+            return found
+        cwd = str(self.spec.cwd) if self.spec.cwd else None
+        return probe_from_command(self.child.command, cwd, dict(os.environ))
+
+
+class SupervisorTarget(Target):
+    """A supervisord program: ``stopProcess`` + ``startProcess``, or ``signalProcess``."""
+
+    kind = "supervisor"
+
+    def __init__(self, spec: ProcessSpec) -> None:
+        super().__init__(spec)
+        assert spec.supervisor is not None
+        self.client = SupervisorClient(spec.supervisor, timeout=max(60.0, spec.grace + 30.0))
+
+    def check(self) -> str | None:
+        try:
+            self.client.infos()
+        except RuntimeFailure as exc:
+            return exc.message
+        return _refusal(self.spec, self.processes())
+
+    def act(self, cancel: threading.Event) -> ActionResult:
+        if self.spec.action == "signal":
+            refusal = _refusal(self.spec, _processes(self.client.pids()))
+            if refusal:
+                raise TargetError(refusal)
+            self.client.signal(self.spec.signal or "HUP")
+            return ActionResult("signalled", self.client.pids())
+        return ActionResult("restarted", self.client.restart())
+
+    def processes(self) -> list[psutil.Process]:
+        try:
+            return _processes(self.client.pids())
+        except RuntimeFailure:
+            return []
+
+
+class ProcessTarget(Target):
+    """An existing process found by ``pidfile`` or ``match`` (+ ``cwd``)."""
+
+    kind = "process"
+
+    def __init__(self, spec: ProcessSpec, *, log: Path | None = None) -> None:
+        super().__init__(spec)
+        self.log = log if log is not None else spec.log
+        self._launched: list[psutil.Process] = []
+        """Processes we relaunched (used when the pidfile is not rewritten by the app)."""
+
+    def _describe(self) -> str:
+        if self.spec.pidfile is not None:
+            return f"pidfile {self.spec.pidfile}"
+        where = f" in {self.spec.cwd}" if self.spec.cwd else ""
+        return f"match {self.spec.match!r}{where}"
+
+    def _find(self) -> list[psutil.Process]:
+        launched = [p for p in self._launched if p.is_running()]
+        if self.spec.pidfile is not None:
+            try:
+                return find_by_pidfile(self.spec.pidfile)
+            except ProcessActionError:
+                if launched:
+                    return launched
+                raise
+        assert self.spec.match is not None
+        return find_by_match(self.spec.match, self.spec.cwd)
+
+    def check(self) -> str | None:
+        try:
+            found = self._find()
+        except RuntimeFailure as exc:
+            return exc.message
+        if not found:
+            return f"no running process for {self._describe()}"
+        return _refusal(self.spec, found)
+
+    def processes(self) -> list[psutil.Process]:
+        try:
+            return self._find()
+        except RuntimeFailure:
+            return []
+
+    def act(self, cancel: threading.Event) -> ActionResult:
+        procs = self._find()
+        if not procs:
+            raise TargetError(f"no running process for {self._describe()}")
+        if self.spec.action == "signal":
+            for proc in procs:
+                send_signal(proc, self.spec.signal or "HUP")
+            return ActionResult("signalled", [p.pid for p in procs])
+        new_pids = []
+        for proc in procs:
+            pid = restart_process(proc, self.spec.grace, self.log)
+            new_pids.append(pid)
+            self._rewrite_pidfile(proc.pid, pid)
+        self._launched = _processes(new_pids)
+        return ActionResult("restarted", new_pids)
+
+    def _rewrite_pidfile(self, old: int, new: int) -> None:
+        """Point the pidfile at the relaunched process, unless the app already rewrote it."""
+        pidfile = self.spec.pidfile
+        if pidfile is None:
+            return
+        try:
+            if pidfile.read_text(encoding="ascii", errors="replace").strip() != str(old):
+                return
+            tmp = pidfile.with_name(f".{pidfile.name}.cachewatchd")
+            tmp.write_text(f"{new}\n", encoding="ascii")
+            os.replace(tmp, pidfile)
+        except OSError:
+            return
+
+
+class SystemdTarget(Target):
+    """A systemd user unit: ``systemctl --user restart`` (or ``kill --signal``)."""
+
+    kind = "systemd"
+
+    def __init__(self, spec: ProcessSpec) -> None:
+        super().__init__(spec)
+        assert spec.systemd is not None
+        self.unit = spec.systemd
+
+    def _systemctl(self, *args: str, timeout: float) -> str:
+        exe = shutil.which("systemctl")
+        if exe is None:
+            raise TargetError(f"systemctl not found: cannot manage systemd unit {self.unit}")
+        try:
+            done = subprocess.run(
+                [exe, "--user", *args],
+                capture_output=True,
+                text=True,
+                errors="replace",
+                timeout=timeout,
+                check=False,
+                stdin=subprocess.DEVNULL,
+            )
+        except subprocess.TimeoutExpired:
+            raise TargetError(f"systemctl --user {' '.join(args)} timed out") from None
+        except OSError as exc:
+            raise TargetError(f"cannot run systemctl: {exc.strerror or exc}") from None
+        if done.returncode != 0:
+            lines = done.stderr.strip().splitlines() or [f"exit code {done.returncode}"]
+            raise TargetError(f"systemctl --user {' '.join(args)} failed: {lines[-1].strip()}")
+        return done.stdout
+
+    def check(self) -> str | None:
+        if shutil.which("systemctl") is None:
+            return f"systemctl not found: cannot manage systemd unit {self.unit}"
+        return None
+
+    def act(self, cancel: threading.Event) -> ActionResult:
+        timeout = self.spec.grace + 60.0
+        if self.spec.action == "signal":
+            signame = f"SIG{(self.spec.signal or 'HUP').upper().removeprefix('SIG')}"
+            self._systemctl(
+                "kill", "--kill-whom=main", f"--signal={signame}", self.unit, timeout=timeout
+            )
+            return ActionResult("signalled", [p.pid for p in self.processes()])
+        self._systemctl("restart", self.unit, timeout=timeout)
+        return ActionResult("restarted", [p.pid for p in self.processes()])
+
+    def processes(self) -> list[psutil.Process]:
+        try:
+            out = self._systemctl("show", "-p", "MainPID", "--value", self.unit, timeout=10.0)
+        except RuntimeFailure:
+            return []
+        text = out.strip()
+        return _processes([int(text)]) if text.isdigit() and int(text) > 0 else []
+
+
+_FACTORIES: dict[str, Callable[[ProcessSpec], Target]] = {
+    "command": ChildTarget,
+    "supervisor": SupervisorTarget,
+    "pidfile": ProcessTarget,
+    "match": ProcessTarget,
+    "systemd": SystemdTarget,
+}
+
+
+def make_target(spec: ProcessSpec) -> Target:
+    """The backend for *spec*, chosen by its one selector."""
+    for selector, factory in _FACTORIES.items():
+        if getattr(spec, selector) is not None:
+            return factory(spec)
+    raise TargetError(
+        f"process {spec.name!r} needs one of command, supervisor, pidfile, match or systemd"
+    )

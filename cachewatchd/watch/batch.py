@@ -1,0 +1,376 @@
+"""Coalesce filesystem and git events into batches handled one at a time.
+
+Observers call the :class:`Batcher`'s feeding methods from their own threads. A batch closes after a
+quiet period without events or, during a storm, after a maximum window since its first event; it is then
+handed to ``on_batch`` on the batcher's own thread. While a batch is being handled, new events gather in
+the next one, so a 10k-file checkout gives a handful of batches, not 10k calls.
+
+:class:`EventMapper` is the front door for filesystem observers: it decides what a watchdog event means
+(a source changed or went away, a directory went away) and feeds the sink accordingly.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from cachewatchd.cache.walk import Excluder, WalkOptions
+from cachewatchd.log import get_logger
+
+__all__ = [
+    "SOURCE_SUFFIXES",
+    "Batch",
+    "Batcher",
+    "Debounce",
+    "EventMapper",
+    "EventSink",
+    "GitMove",
+    "Rescan",
+]
+
+DEFAULT_QUIET = 0.03
+DEFAULT_MAX_WINDOW = 1.0
+SOURCE_SUFFIXES = (".py", ".pyw")
+_NOT_NORMAL = frozenset(("", os.curdir, os.pardir))
+"""Path components that ``os.path.normpath`` would rewrite."""
+
+
+@dataclass(frozen=True)
+class GitMove:
+    """HEAD (or the stash) of the repository whose work tree is *repo* moved from *old* to *new*."""
+
+    repo: Path
+    old: str | None
+    new: str | None
+
+
+@dataclass(frozen=True)
+class Rescan:
+    """A request to audit *root* again, e.g. after an event-queue overflow."""
+
+    root: Path
+    reason: str
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Everything that happened during one window.
+
+    A path may be in both ``changed`` and ``removed`` (deleted then re-created within the window): the
+    handler decides by looking at the file system.
+    """
+
+    changed: frozenset[Path] = frozenset()
+    """Sources created, modified, or moved to this path."""
+    removed: frozenset[Path] = frozenset()
+    """Sources deleted or moved away from this path."""
+    dirs_removed: frozenset[Path] = frozenset()
+    """Directories deleted or moved away: every source below them went away."""
+    git_moves: frozenset[GitMove] = frozenset()
+    rescans: frozenset[Rescan] = frozenset()
+    events: int = 0
+    """How many raw events were folded into this batch."""
+
+    def __bool__(self) -> bool:
+        return self.events > 0
+
+
+@dataclass
+class Debounce:
+    """When does the current window close? Pure arithmetic on a clock reading, no threads."""
+
+    quiet: float = DEFAULT_QUIET
+    max_window: float = DEFAULT_MAX_WINDOW
+    first: float | None = None
+    last: float | None = None
+
+    def note(self, now: float) -> None:
+        """Record an event at *now*."""
+        if self.first is None:
+            self.first = now
+        self.last = now
+
+    def deadline(self) -> float | None:
+        """Clock reading at which the window closes; ``None`` while no event is pending."""
+        if self.first is None or self.last is None:
+            return None
+        return min(self.last + self.quiet, self.first + self.max_window)
+
+    def due(self, now: float) -> bool:
+        deadline = self.deadline()
+        return deadline is not None and now >= deadline
+
+    def reset(self) -> None:
+        self.first = self.last = None
+
+
+@dataclass
+class _Pending:
+    changed: set[Path] = field(default_factory=set)
+    removed: set[Path] = field(default_factory=set)
+    dirs_removed: set[Path] = field(default_factory=set)
+    git_moves: dict[Path, GitMove] = field(default_factory=dict)
+    rescans: dict[Path, Rescan] = field(default_factory=dict)
+    events: int = 0
+
+    def freeze(self) -> Batch:
+        return Batch(
+            changed=frozenset(self.changed),
+            removed=frozenset(self.removed),
+            dirs_removed=frozenset(self.dirs_removed),
+            git_moves=frozenset(self.git_moves.values()),
+            rescans=frozenset(self.rescans.values()),
+            events=self.events,
+        )
+
+
+class Batcher:
+    """Thread-safe event sink that hands closed batches to ``on_batch`` on its own thread.
+
+    ``on_batch`` is called for one batch at a time; an exception it raises is logged (event ``error``)
+    and the batcher carries on. :meth:`stop` hands over what is pending as a last batch, then joins.
+    """
+
+    def __init__(
+        self,
+        on_batch: Callable[[Batch], None],
+        *,
+        quiet: float = DEFAULT_QUIET,
+        max_window: float = DEFAULT_MAX_WINDOW,
+        clock: Callable[[], float] = time.monotonic,
+        name: str = "cachewatchd-batcher",
+    ) -> None:
+        if quiet <= 0 or max_window <= 0:
+            raise ValueError("quiet and max_window must be positive")
+        self._on_batch = on_batch
+        self._clock = clock
+        self._cond = threading.Condition()
+        self._window = Debounce(quiet, max_window)
+        self._pending = _Pending()
+        self._stopping = False
+        self._flush_now = False
+        self._busy = False
+        self._batches = 0
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._log = get_logger(__name__)
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Hand over the pending events as a last batch and wait for the thread to end."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    def __enter__(self) -> Batcher:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def batches(self) -> int:
+        """How many batches were handed over so far."""
+        with self._cond:
+            return self._batches
+
+    def flush(self) -> None:
+        """Close the current window now instead of waiting for the quiet period."""
+        with self._cond:
+            self._flush_now = True
+            self._cond.notify_all()
+
+    def alive(self) -> bool:
+        """The batcher thread is running."""
+        return self._thread.is_alive()
+
+    def idle(self) -> bool:
+        """True when nothing is pending and no batch is being handled."""
+        with self._cond:
+            return self._pending.events == 0 and not self._busy
+
+    # -- feeding (any thread) --------------------------------------------------------------------
+    def source_changed(self, path: Path) -> None:
+        self._add(lambda p: p.changed.add(path))
+
+    def source_removed(self, path: Path) -> None:
+        self._add(lambda p: p.removed.add(path))
+
+    def dir_removed(self, path: Path) -> None:
+        self._add(lambda p: p.dirs_removed.add(path))
+
+    def git_moved(self, move: GitMove) -> None:
+        def merge(p: _Pending) -> None:
+            earlier = p.git_moves.get(move.repo)
+            old = earlier.old if earlier is not None else move.old
+            p.git_moves[move.repo] = GitMove(move.repo, old, move.new)
+
+        self._add(merge)
+
+    def rescan(self, root: Path, reason: str) -> None:
+        def merge(p: _Pending) -> None:
+            earlier = p.rescans.get(root)
+            if earlier is not None and reason not in earlier.reason.split("; "):
+                p.rescans[root] = Rescan(root, f"{earlier.reason}; {reason}")
+            elif earlier is None:
+                p.rescans[root] = Rescan(root, reason)
+
+        self._add(merge)
+
+    def _add(self, apply: Callable[[_Pending], None]) -> None:
+        with self._cond:
+            if self._stopping and not self._thread.is_alive():
+                return
+            apply(self._pending)
+            was_empty = self._pending.events == 0
+            self._pending.events += 1
+            self._window.note(self._clock())
+            if was_empty:
+                # Later events only push the deadline back: the waiting thread notices when it wakes.
+                self._cond.notify_all()
+
+    # -- the batcher thread ----------------------------------------------------------------------
+    def _next_batch(self) -> Batch | None:
+        """Block until a batch closes; ``None`` when stopping with nothing pending."""
+        with self._cond:
+            while True:
+                if self._pending.events:
+                    now = self._clock()
+                    deadline = self._window.deadline()
+                    if self._stopping or self._flush_now or deadline is None or now >= deadline:
+                        batch = self._pending.freeze()
+                        self._pending = _Pending()
+                        self._window.reset()
+                        self._flush_now = False
+                        self._busy = True
+                        return batch
+                    self._cond.wait(deadline - now)
+                elif self._stopping:
+                    return None
+                else:
+                    self._flush_now = False
+                    self._cond.wait()
+
+    def _run(self) -> None:
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                return
+            try:
+                self._on_batch(batch)
+            except Exception as exc:  # noqa: BLE001 - the daemon must outlive a bad batch
+                self._log.exception("error", where="batch", error=f"{type(exc).__name__}: {exc}")
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._batches += 1
+                    self._cond.notify_all()
+
+
+class EventSink(Protocol):
+    """What the watcher feeds: a :class:`cachewatchd.watch.batch.Batcher`."""
+
+    def source_changed(self, path: Path) -> None: ...
+    def source_removed(self, path: Path) -> None: ...
+    def dir_removed(self, path: Path) -> None: ...
+    def rescan(self, root: Path, reason: str) -> None: ...
+
+
+class EventMapper:
+    """A watchdog event handler for one root: source and directory events -> :class:`EventSink`.
+
+    Only ``.py``/``.pyw`` files count (both sides of a move); directories deleted or moved away report
+    every source below them gone; anything below ``__pycache__`` or an excluded directory is ignored.
+    The root itself deleted calls *on_root_gone*. A ``.git`` appearing asks for a rescan (a new
+    repository or work tree for the git watcher to find).
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        sink: EventSink,
+        options: WalkOptions,
+        on_root_gone: Callable[[Path], None],
+    ) -> None:
+        self.root = root
+        self.sink = sink
+        self.excluder = Excluder(options)
+        self.on_root_gone = on_root_gone
+        self._fast_root: Path | None = None
+        self._fast: tuple[str, str] | None = None
+        """``(normalized root, its prefix)`` for :meth:`_relative`, when the root is absolute."""
+
+    def dispatch(self, event: Any) -> None:
+        kind = event.event_type
+        src = os.fsdecode(event.src_path)
+        dest = os.fsdecode(event.dest_path) if kind == "moved" and event.dest_path else ""
+        if event.is_directory:
+            self._directory(kind, src, dest)
+            return
+        name = os.path.basename(dest or src)
+        if name == ".git" and kind in {"created", "moved"}:  # a work tree or submodule appeared
+            self.sink.rescan(self.root, "new git repository")
+        if kind == "moved":
+            if self._is_source(src):
+                self.sink.source_removed(Path(src))
+            if self._is_source(dest):
+                self.sink.source_changed(Path(dest))
+        elif kind == "deleted":
+            if self._is_source(src):
+                self.sink.source_removed(Path(src))
+        elif kind in {"created", "modified", "attrib", "closed"} and self._is_source(src):
+            self.sink.source_changed(Path(src))
+
+    def _directory(self, kind: str, src: str, dest: str) -> None:
+        if kind == "deleted" and src == str(self.root):
+            self.sink.dir_removed(self.root)
+            self.on_root_gone(self.root)
+        elif kind in {"deleted", "moved"} and not self._ignored(src, is_dir=True):
+            self.sink.dir_removed(Path(src))
+        elif kind == "created" and os.path.basename(src) == ".git":
+            self.sink.rescan(self.root, "new git repository")
+
+    def _is_source(self, path: str) -> bool:
+        return bool(path) and path.endswith(SOURCE_SUFFIXES) and not self._ignored(path)
+
+    def _relative(self, path: str) -> str:
+        """``os.path.relpath(path, self.root)``, cheaply in the common case: an absolute, normalized
+        path below an absolute root, as observers report them (a 10k-file checkout brings 30k
+        events; relpath alone cost 0.1 s CPU of them)."""
+        root = self.root
+        if root is not self._fast_root:
+            self._fast_root = root
+            text = os.fspath(root)
+            base = os.path.normpath(text) if os.path.isabs(text) else None
+            self._fast = None if base is None else (base, base.rstrip(os.sep) + os.sep)
+        if self._fast is not None:
+            base, prefix = self._fast
+            if path == base:
+                return os.curdir
+            if path.startswith(prefix):
+                rel = path[len(prefix) :]
+                if _NOT_NORMAL.isdisjoint(rel.split(os.sep)):
+                    return rel
+        return os.path.relpath(path, root)
+
+    def _ignored(self, path: str, *, is_dir: bool = False) -> bool:
+        """Below ``__pycache__``, an excluded directory, or outside the root."""
+        rel = self._relative(path)
+        if rel.startswith(os.pardir):
+            return True
+        parts = rel.split(os.sep)
+        dirs = parts if is_dir else parts[:-1]
+        for i, name in enumerate(dirs):
+            if name == "__pycache__" or self.excluder.excluded(name, "/".join(parts[: i + 1])):
+                return True
+        return False

@@ -1,0 +1,415 @@
+"""git repositories under the roots: find them, read HEAD without running git, notice when it moves.
+
+A repository is a work tree with a ``.git`` directory, or a ``.git`` file pointing at its git dir
+(linked work trees from ``git worktree add``, submodules). Refs are resolved from the *common* dir
+(``commondir`` file) so that a linked work tree sees its branch: loose ref first, then ``packed-refs``.
+
+When is a git operation *settled*?
+
+- ``index.lock`` or ``HEAD.lock`` present: git is writing right now. Wait (a lock older than
+  ``stale_lock`` seconds while nothing moves is taken as left behind by a crashed git, and ignored).
+- ``rebase-merge/``, ``rebase-apply/``, ``MERGE_HEAD``, ``CHERRY_PICK_HEAD``, ``REVERT_HEAD``,
+  ``sequencer/``: a multi-step operation is under way. It blocks only while HEAD keeps moving: a rebase
+  stopped at a conflict can stay for hours while the user runs the code, so once HEAD has been still for
+  ``operation_quiet`` seconds the move is reported anyway.
+- ``BISECT_LOG`` does not block: every bisect step is a real checkout that the user is about to test.
+
+The watcher reports one :class:`~cachewatchd.watch.batch.GitMove` per settled change of HEAD's commit or of
+``refs/stash`` (``git stash`` rewrites the work tree without moving HEAD).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from cachewatchd.cache.walk import WalkOptions, walk
+from cachewatchd.log import get_logger
+from cachewatchd.watch.batch import GitMove
+from cachewatchd.watch.mounts import PollMode, choose_observer
+
+__all__ = [
+    "GitMove",
+    "GitRepo",
+    "GitSink",
+    "GitState",
+    "GitWatcher",
+    "find_repositories",
+    "git_state",
+    "is_settled",
+    "repo_at",
+]
+
+_SHA = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
+_LOCKS = ("index.lock", "HEAD.lock")
+_OPERATIONS = (
+    ("rebase-merge", "rebase"),
+    ("rebase-apply", "rebase"),
+    ("MERGE_HEAD", "merge"),
+    ("CHERRY_PICK_HEAD", "cherry-pick"),
+    ("REVERT_HEAD", "revert"),
+    ("sequencer", "sequence"),
+)
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace").strip()
+    except OSError:
+        return None
+
+
+@dataclass(frozen=True)
+class GitRepo:
+    """One work tree and where git keeps its state."""
+
+    worktree: Path
+    gitdir: Path
+    """Per-work-tree git dir: ``HEAD``, ``index``, locks, operation markers."""
+    commondir: Path
+    """Shared git dir: ``refs/``, ``packed-refs`` (equal to ``gitdir`` for a main work tree)."""
+
+    def head(self) -> str | None:
+        """The commit HEAD points at, or None (unborn branch, unreadable repository)."""
+        return self._resolve("HEAD", 0)
+
+    def ref(self, name: str) -> str | None:
+        """The commit a full ref name (``refs/heads/main``, ``refs/stash``) points at, or None."""
+        return self._resolve(name, 0)
+
+    def _resolve(self, name: str, depth: int) -> str | None:
+        if depth > 8:
+            return None
+        for base in (self.gitdir, self.commondir):
+            text = _read(base / name)
+            if text is None:
+                continue
+            if text.startswith("ref:"):
+                return self._resolve(text[4:].strip(), depth + 1)
+            return text if _SHA.match(text) else None
+        packed = self._packed(name)
+        if packed is not None:
+            return packed
+        if (self.commondir / "reftable").is_dir():
+            return self._rev_parse(name)
+        return None
+
+    def _packed(self, name: str) -> str | None:
+        text = _read(self.commondir / "packed-refs")
+        if not text:
+            return None
+        for line in text.splitlines():
+            if line.startswith(("#", "^")):
+                continue
+            sha, _, ref = line.partition(" ")
+            if ref == name and _SHA.match(sha):
+                return sha
+        return None
+
+    def _rev_parse(self, name: str) -> str | None:
+        """Ask git itself (reftable repositories keep refs in a binary format)."""
+        try:
+            out = subprocess.run(
+                ["git", "-C", str(self.worktree), "rev-parse", "--verify", "-q", name],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=False,
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        sha = out.stdout.strip()
+        return sha if out.returncode == 0 and _SHA.match(sha) else None
+
+
+@dataclass(frozen=True)
+class GitState:
+    locks: tuple[str, ...]
+    """Lock files present in the git dir."""
+    operation: str | None
+    """``rebase``, ``merge``, ``cherry-pick``, ``revert``, ``sequence`` or None."""
+
+
+def git_state(repo: GitRepo) -> GitState:
+    locks = tuple(name for name in _LOCKS if (repo.gitdir / name).exists())
+    operation = next((op for marker, op in _OPERATIONS if (repo.gitdir / marker).exists()), None)
+    return GitState(locks, operation)
+
+
+def is_settled(repo: GitRepo) -> bool:
+    """No lock and no multi-step operation under way (see the module docstring for the policy)."""
+    state = git_state(repo)
+    return not state.locks and state.operation is None
+
+
+def repo_at(worktree: Path) -> GitRepo | None:
+    """The repository whose work tree is *worktree* (``.git`` directory or file), or None."""
+    dotgit = worktree / ".git"
+    if dotgit.is_dir():
+        gitdir = dotgit
+    elif dotgit.is_file():
+        text = _read(dotgit) or ""
+        if not text.startswith("gitdir:"):
+            return None
+        gitdir = Path(os.path.normpath(worktree / text[len("gitdir:") :].strip()))
+    else:
+        return None
+    if not (gitdir / "HEAD").is_file():
+        return None
+    common = _read(gitdir / "commondir")
+    commondir = gitdir / common if common else gitdir
+    return GitRepo(
+        Path(os.path.realpath(worktree)),
+        Path(os.path.realpath(gitdir)),
+        Path(os.path.realpath(commondir)),
+    )
+
+
+def find_repositories(root: Path, options: WalkOptions | None = None) -> list[GitRepo]:
+    """Every repository whose work tree is *root*, below it, or encloses it."""
+    found: dict[Path, GitRepo] = {}
+    top = Path(os.path.realpath(root))
+    for parent in top.parents:
+        enclosing = repo_at(parent)
+        if enclosing is not None:
+            found[enclosing.worktree] = enclosing
+            break
+    for dirpath, entries in walk(str(top), options or WalkOptions(), lambda p, e: None):
+        if any(e.name == ".git" for e in entries):
+            repo = repo_at(Path(dirpath))
+            if repo is not None:
+                found[repo.worktree] = repo
+    return sorted(found.values(), key=lambda r: r.worktree)
+
+
+class GitSink(Protocol):
+    """Where moves go: a :class:`cachewatchd.watch.batch.Batcher`."""
+
+    def git_moved(self, move: GitMove) -> None: ...
+
+
+Fingerprint = tuple[str | None, str | None]
+"""(HEAD's commit, refs/stash's commit)."""
+
+
+def fingerprint(repo: GitRepo) -> Fingerprint:
+    return repo.head(), repo.ref("refs/stash")
+
+
+@dataclass
+class _Track:
+    repo: GitRepo
+    emitted: Fingerprint
+    seen: Fingerprint
+    seen_at: float
+    locked_since: float | None = None
+
+
+class GitWatcher:
+    """Report settled moves of every repository under the roots to *sink*.
+
+    Native roots get a non-recursive watchdog watch on each git dir (every porcelain command touches
+    ``index.lock``, ``HEAD`` or ``ORIG_HEAD`` there), which only wakes the checker; every repository is
+    also checked every *safety_interval* seconds (every *poll_interval* on a polled filesystem), which
+    catches plumbing such as ``git update-ref`` run from elsewhere. Checking reads a few small files.
+    """
+
+    def __init__(
+        self,
+        roots: Sequence[Path],
+        *,
+        sink: GitSink,
+        poll_mode: PollMode = "auto",
+        poll_interval: float = 1.0,
+        safety_interval: float = 5.0,
+        operation_quiet: float = 1.0,
+        stale_lock: float = 30.0,
+        options: WalkOptions | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._roots = [Path(os.path.realpath(r)) for r in roots]
+        self._sink = sink
+        self._poll_mode: PollMode = poll_mode
+        self._poll_interval = poll_interval
+        self._safety_interval = safety_interval
+        self._operation_quiet = operation_quiet
+        self._stale_lock = stale_lock
+        self._options = options or WalkOptions()
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._tracks: dict[Path, _Track] = {}
+        self._polled = False
+        self._observer: Any = None
+        self._watched: dict[Path, Any] = {}
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._checks = 0
+        self._thread = threading.Thread(target=self._run, name="cachewatchd-git", daemon=True)
+        self._log = get_logger(__name__)
+
+    def start(self) -> None:
+        self.refresh()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        with self._lock:
+            observer, self._observer = self._observer, None
+            self._watched.clear()
+        if observer is not None:
+            observer.stop()
+            if observer.ident is not None:
+                observer.join()
+
+    def repositories(self) -> list[GitRepo]:
+        with self._lock:
+            return [t.repo for t in self._tracks.values()]
+
+    @property
+    def checks(self) -> int:
+        """How many checking passes ran (lets tests wait for a pass instead of sleeping)."""
+        with self._lock:
+            return self._checks
+
+    def poke(self) -> None:
+        """Check every repository now (something in a git dir changed)."""
+        self._wake.set()
+
+    def refresh(self) -> None:
+        """Find the repositories again (new clones, removed work trees); new ones start quiet."""
+        repos: dict[Path, GitRepo] = {}
+        for root in self._roots:
+            for repo in find_repositories(root, self._options):
+                repos[repo.worktree] = repo
+        now = self._clock()
+        with self._lock:
+            for key in list(self._tracks):
+                if key not in repos:
+                    del self._tracks[key]
+            for key, repo in repos.items():
+                if key not in self._tracks:
+                    fp = fingerprint(repo)
+                    self._tracks[key] = _Track(repo, fp, fp, now)
+        self._watch_gitdirs(list(repos.values()))
+
+    # -- watching git dirs -----------------------------------------------------------------------
+    def _watch_gitdirs(self, repos: list[GitRepo]) -> None:
+        polled = False
+        for repo in repos:
+            if choose_observer(repo.gitdir, self._poll_mode).kind == "polling":
+                polled = True
+                continue
+            for directory in {repo.gitdir, repo.commondir}:
+                if not self._schedule(directory):
+                    polled = True
+        self._polled = polled
+
+    def _schedule(self, directory: Path) -> bool:
+        with self._lock:
+            if directory in self._watched:
+                return True
+            if self._stopping.is_set():
+                return False
+            if self._observer is None:
+                from watchdog.observers import Observer
+
+                self._observer = Observer()
+                self._observer.start()
+            try:
+                watch = self._observer.schedule(
+                    _Poke(self._wake), str(directory), recursive=False, event_filter=_event_filter()
+                )
+            except OSError as exc:
+                self._log.debug("git-dir-unwatched", path=str(directory), error=str(exc))
+                return False
+            self._watched[directory] = watch
+            return True
+
+    # -- the checker thread ----------------------------------------------------------------------
+    def _run(self) -> None:
+        pending = False
+        while not self._stopping.is_set():
+            if pending:
+                timeout = min(0.05, self._operation_quiet)
+            else:
+                timeout = self._poll_interval if self._polled else self._safety_interval
+            self._wake.wait(timeout)
+            self._wake.clear()
+            if self._stopping.is_set():
+                return
+            pending = self._check_all()
+
+    def _check_all(self) -> bool:
+        """Check every repository; True while one of them waits for git to settle."""
+        with self._lock:
+            tracks = list(self._tracks.values())
+        pending = False
+        for track in tracks:
+            outcome = self._check(track, self._clock())
+            if isinstance(outcome, GitMove):
+                self._sink.git_moved(outcome)
+            elif outcome:
+                pending = True
+        with self._lock:
+            self._checks += 1
+        return pending
+
+    def _check(self, track: _Track, now: float) -> GitMove | bool:
+        """A move to report, True while waiting for git to settle, False when nothing moved."""
+        fp = fingerprint(track.repo)
+        if fp != track.seen:
+            track.seen, track.seen_at = fp, now
+        if fp == track.emitted:
+            track.locked_since = None
+            return False
+        state = git_state(track.repo)
+        if state.locks:
+            if track.locked_since is None:
+                track.locked_since = now
+            if (
+                now - track.locked_since < self._stale_lock
+                or now - track.seen_at < self._stale_lock
+            ):
+                return True
+        else:
+            track.locked_since = None
+        if state.operation is not None and now - track.seen_at < self._operation_quiet:
+            return True
+        old = track.emitted[0]
+        track.emitted = fp
+        return GitMove(track.repo.worktree, old, fp[0])
+
+
+class _Poke:
+    """watchdog handler that only wakes the checker."""
+
+    def __init__(self, wake: threading.Event) -> None:
+        self._wake = wake
+
+    def dispatch(self, event: Any) -> None:
+        self._wake.set()
+
+
+def _event_filter() -> list[Any]:
+    from watchdog import events as ev
+
+    # not opened/closed-without-write: reading HEAD ourselves must not wake us again
+    return [
+        ev.FileCreatedEvent,
+        ev.FileModifiedEvent,
+        ev.FileDeletedEvent,
+        ev.FileMovedEvent,
+        ev.DirCreatedEvent,
+        ev.DirDeletedEvent,
+        ev.DirMovedEvent,
+    ]

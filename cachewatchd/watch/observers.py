@@ -1,0 +1,312 @@
+"""Observers per root, native or polling, feeding filesystem events into a batcher.
+
+Native observers are watchdog's inotify emitter with three additions built on watchdog 7's internals:
+excluded directories, ``__pycache__`` and virtual environments get no inotify watch; a directory that
+cannot be watched because the inotify limit is reached is *noticed* (watchdog 7 silently skips it) and
+the root falls back to polling; an event-queue overflow becomes a rescan request. After start,
+coverage is verified independently: every directory the walk finds must hold a watch.
+
+A supervisor thread re-attaches a root that was deleted, moved away or replaced, and requests a rescan
+once it is back; it also carries out the fallbacks requested from the inotify thread.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cachewatchd.cache.walk import WalkOptions, walk
+from cachewatchd.log import get_logger
+from cachewatchd.watch.batch import EventMapper, EventSink
+from cachewatchd.watch.mounts import ObserverChoice, PollMode, choose_observer
+from cachewatchd.watch.native import LIMITS, Guard, inotify_classes
+from cachewatchd.watch.polling import make_polling_observer
+
+__all__ = ["Watcher", "coverage_gaps"]
+
+
+def coverage_gaps(root: Path, watched: set[str], options: WalkOptions) -> list[str]:
+    """Directories below *root* (pruned as every walk prunes) that exist but hold no watch."""
+    found = [path for path, _ in walk(str(root), options, lambda p, e: None)]
+    return sorted(p for p in found if p not in watched and os.path.isdir(p))
+
+
+def _event_filter() -> list[Any]:
+    from watchdog import events as ev
+
+    return [
+        ev.FileCreatedEvent,
+        ev.FileModifiedEvent,
+        ev.FileAttribEvent,
+        ev.FileDeletedEvent,
+        ev.FileMovedEvent,
+        ev.DirCreatedEvent,
+        ev.DirDeletedEvent,
+        ev.DirMovedEvent,
+    ]
+
+
+@dataclass
+class _Root:
+    path: Path
+    choice: ObserverChoice
+    observer: Any = None
+    guard: Guard | None = None
+    ident: tuple[int, int] | None = None
+    forced: str | None = None
+    """Why this root must poll although native events were chosen (limit reached)."""
+    reported: set[str] = field(default_factory=set)
+
+
+def _ident(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino) if os.path.isdir(path) else None
+
+
+class Watcher:
+    """Watch every root with the observer its filesystem needs; feed events into *batcher*.
+
+    Roots are resolved. :meth:`start` attaches every root before it returns (a root that cannot be
+    attached is logged and retried every *check_interval* seconds); :meth:`stop` stops every thread.
+    """
+
+    def __init__(
+        self,
+        roots: Sequence[Path],
+        *,
+        poll_mode: PollMode = "auto",
+        poll_interval: float = 1.0,
+        excludes: Sequence[str] = (),
+        batcher: EventSink,
+        default_excludes: bool = True,
+        include_venvs: bool = False,
+        check_interval: float = 1.0,
+        reported: set[str] | None = None,
+    ) -> None:
+        self.sink = batcher
+        self.walk_options = WalkOptions(include_venvs, tuple(excludes), default_excludes)
+        self._poll_mode: PollMode = poll_mode
+        self._poll_interval = poll_interval
+        self._check_interval = check_interval
+        unattached = ObserverChoice("native", "not attached")
+        resolved = [Path(os.path.realpath(r)) for r in roots]
+        self._roots = {p: _Root(p, unattached) for p in resolved}
+        self._lock = threading.RLock()  # roots and observers; never taken by observer threads
+        self._req_lock = threading.Lock()  # requests and reports posted by observer threads
+        self._requests: list[tuple[str, Path, str]] = []
+        self._denied: set[str] = set() if reported is None else reported
+        """Paths already reported (shared with the batch handler: one report per path)."""
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(
+            target=self._supervise, name="cachewatchd-watch", daemon=True
+        )
+        self._native = inotify_classes()
+        self._fd: Any = None
+        self._log = get_logger(__name__)
+
+    # -- public ----------------------------------------------------------------------------------
+    def start(self) -> None:
+        with self._lock:
+            for root in self._roots.values():
+                self._attach(root)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        with self._lock:
+            for root in self._roots.values():
+                self._detach(root)
+            if self._fd is not None:
+                self._fd.stop()
+                if self._fd.is_alive():
+                    self._fd.join()
+                self._fd = None
+
+    def observers(self) -> dict[Path, ObserverChoice]:
+        """The observer of every root and why it was chosen."""
+        with self._lock:
+            return {p: r.choice for p, r in self._roots.items()}
+
+    def attached(self) -> dict[Path, bool]:
+        """Whether every root is currently being watched (False while a deleted root is away)."""
+        with self._lock:
+            return {p: r.observer is not None for p, r in self._roots.items()}
+
+    # -- reports from observer threads: never block, never take self._lock -----------------------
+    def request_fallback(self, root: Path, reason: str) -> None:
+        self._post("fallback", root, reason)
+
+    def report_gone(self, root: Path) -> None:
+        self._post("gone", root, "")
+
+    def report_overflow(self, root: Path) -> None:
+        self.sink.rescan(root, "event queue overflow")
+
+    def report_denied(self, path: str, exc: OSError) -> None:
+        with self._req_lock:
+            if path in self._denied:
+                return
+            self._denied.add(path)
+        self._log.warning("error", path=path, error=exc.strerror or str(exc), action="not watched")
+
+    def _post(self, kind: str, root: Path, reason: str) -> None:
+        with self._req_lock:
+            self._requests.append((kind, root, reason))
+        self._wake.set()
+
+    # -- supervisor thread -----------------------------------------------------------------------
+    def _supervise(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.wait(self._check_interval)
+            self._wake.clear()
+            if self._stopping.is_set():
+                return
+            with self._req_lock:
+                requests, self._requests = self._requests, []
+            with self._lock:
+                for kind, path, reason in requests:
+                    root = self._roots.get(path)
+                    if root is not None and root.observer is not None:
+                        self._handle(kind, root, reason)
+                self._check_roots()
+
+    def _handle(self, kind: str, root: _Root, reason: str) -> None:
+        if kind == "fallback" and root.choice.kind == "native":
+            self._detach(root)
+            self._fall_back(root, reason)
+        elif kind == "gone":
+            self._detach(root)
+            self._log.warning(
+                "error", root=str(root.path), error="root disappeared", action="waiting"
+            )
+
+    def _check_roots(self) -> None:
+        for root in self._roots.values():
+            ident = _ident(root.path)
+            if root.observer is not None and ident != root.ident:
+                self._detach(root)
+                self.sink.dir_removed(root.path)
+                self._log.warning("error", root=str(root.path), error="root replaced or gone")
+            if root.observer is None and ident is not None and self._attach(root):
+                self.sink.rescan(root.path, "root is back")
+
+    # -- attach / detach (self._lock held) ---------------------------------------------------------
+    def _attach(self, root: _Root) -> bool:
+        ident = _ident(root.path)
+        if ident is None:
+            self._report_once(root, "root missing or not a directory")
+            return False
+        choice = choose_observer(root.path, self._poll_mode)
+        if root.forced is not None and choice.kind == "native":
+            choice = ObserverChoice("polling", f"{root.forced}: polling")
+        try:
+            if choice.kind == "native":
+                gap = self._start_native(root)
+                if gap is not None:
+                    self._detach(root)
+                    return self._fall_back(root, gap)
+            else:
+                self._start_polling(root)
+        except OSError as exc:
+            limit = LIMITS.get(exc.errno or 0)
+            if choice.kind == "native" and limit is not None:
+                return self._fall_back(root, limit)
+            self._report_once(root, exc.strerror or str(exc))
+            return False
+        root.choice, root.ident = choice, ident
+        root.reported.clear()
+        return True
+
+    def _fall_back(self, root: _Root, reason: str) -> bool:
+        root.forced = reason
+        self._log.warning(
+            "observer-fallback", root=str(root.path), observer="polling", reason=reason
+        )
+        self.sink.rescan(root.path, "observer fallback")
+        ident = _ident(root.path)
+        try:
+            self._start_polling(root)
+        except OSError as exc:
+            self._report_once(root, exc.strerror or str(exc))
+            return False
+        root.choice, root.ident = ObserverChoice("polling", f"{reason}: polling"), ident
+        return True
+
+    def _start_native(self, root: _Root) -> str | None:
+        """Start the native observer; return why coverage is incomplete, or None."""
+        if self._native is None:  # not Linux or an older watchdog: plain observer, no guard
+            from watchdog.observers import Observer
+
+            self._run(root, Observer())
+            return None
+        observer_cls, fd_cls = self._native
+        if self._fd is None:
+            fd = fd_cls()
+            fd.start()
+            self._fd = fd
+        guard = Guard(self, root.path)
+        root.guard = guard
+        self._run(root, observer_cls(self._fd, guard))
+        return self._verify(guard)
+
+    def _start_polling(self, root: _Root) -> None:
+        def denied(path: str, exc: OSError) -> None:
+            self.report_denied(path, exc)
+
+        observer = make_polling_observer(
+            str(root.path), self.walk_options, interval=self._poll_interval, on_denied=denied
+        )
+        root.guard = None
+        self._run(root, observer)
+
+    def _run(self, root: _Root, observer: Any) -> None:
+        observer.schedule(
+            EventMapper(root.path, self.sink, self.walk_options, self.report_gone),
+            str(root.path),
+            recursive=True,
+            event_filter=_event_filter(),
+        )
+        try:
+            observer.start()
+        except BaseException:
+            _dispose(observer)
+            raise
+        root.observer = observer
+
+    def _verify(self, guard: Guard) -> str | None:
+        if guard.limit is not None:
+            return guard.limit
+        gaps = coverage_gaps(Path(guard.root), guard.watched(), self.walk_options)
+        if gaps:  # a directory created meanwhile may still be on its way to a watch: look again
+            self._stopping.wait(0.1)
+            watched = guard.watched()
+            gaps = [g for g in gaps if g not in watched and os.path.isdir(g)]
+        gap = f"{len(gaps)} directories left unwatched (first: {gaps[0]})" if gaps else None
+        return guard.limit or gap  # the limit may have been hit meanwhile: say so first
+
+    def _detach(self, root: _Root) -> None:
+        observer, root.observer, root.guard = root.observer, None, None
+        if observer is not None:
+            _dispose(observer)
+
+    def _report_once(self, root: _Root, error: str) -> None:
+        if error not in root.reported:
+            root.reported.add(error)
+            self._log.warning("error", root=str(root.path), error=error, action="retrying")
+
+
+def _dispose(observer: Any) -> None:
+    observer.stop()
+    if observer.ident is not None and observer is not threading.current_thread():
+        observer.join()

@@ -1,0 +1,121 @@
+"""The polling observer: watchdog's snapshot poller, made to see what timestamps hide and to skip noise.
+
+Two functions plug into :class:`watchdog.observers.polling.PollingObserverVFS`:
+
+- :func:`change_stat` makes a same-size edit with a restored mtime visible. watchdog's
+  ``DirectorySnapshotDiff`` calls a file modified when ``st_mtime`` or ``st_size`` differ, and moved or
+  re-created when ``(st_ino, st_dev)`` differ. ``utime`` cannot set ``st_ctime``, and any write or
+  ``utime`` bumps it, so reporting ``max(mtime, ctime)`` as the mtime catches ``cp -p``, ``tar x``,
+  ``rsync -t`` and ``touch -r`` edits. The inode already takes part in the comparison.
+- :class:`SourceLister` lists only what matters (directories and ``.py``/``.pyw`` files), leaves out
+  ``__pycache__``, excluded directories and virtual environments, and reports an unreadable
+  sub-directory once instead of failing the pass, so a pass costs little.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from cachewatchd.cache.walk import Excluder, WalkOptions
+from cachewatchd.watch.batch import SOURCE_SUFFIXES
+
+__all__ = ["SourceLister", "change_stat", "make_polling_observer"]
+
+
+def change_stat(path: str) -> os.stat_result:
+    """``os.lstat`` whose ``st_mtime`` is ``max(st_mtime, st_ctime)`` for non-directories."""
+    st = os.lstat(path)
+    if st.st_ctime_ns <= st.st_mtime_ns or stat.S_ISDIR(st.st_mode):
+        # nothing hidden (an ordinary write sets both); a directory's own times only say that an
+        # entry changed, which the listing shows anyway
+        return st
+    stamp_ns = st.st_ctime_ns
+    stamp = stamp_ns / 1e9
+    extra = {
+        "st_atime": st.st_atime,
+        "st_mtime": stamp,
+        "st_ctime": st.st_ctime,
+        "st_atime_ns": st.st_atime_ns,
+        "st_mtime_ns": stamp_ns,
+        "st_ctime_ns": st.st_ctime_ns,
+    }
+    return os.stat_result(
+        (
+            st.st_mode,
+            st.st_ino,
+            st.st_dev,
+            st.st_nlink,
+            st.st_uid,
+            st.st_gid,
+            st.st_size,
+            int(st.st_atime),
+            int(stamp),
+            int(st.st_ctime),
+        ),
+        extra,
+    )
+
+
+class SourceLister:
+    """``os.scandir`` for one root's snapshots: directories and sources only, exclusions pruned.
+
+    *on_denied* is called with the directory and the error when a sub-directory cannot be listed;
+    the pass goes on without it. The root's own errors propagate (watchdog treats a vanished root as
+    deleted).
+    """
+
+    def __init__(
+        self,
+        root: str,
+        options: WalkOptions,
+        on_denied: Callable[[str, OSError], None],
+    ) -> None:
+        self._root = root.rstrip(os.sep) or os.sep
+        self._excluder = Excluder(options)
+        self._on_denied = on_denied
+
+    def __call__(self, path: str | None) -> Iterator[os.DirEntry[str]]:
+        directory = self._root if path is None else path
+        try:
+            with os.scandir(directory) as it:
+                entries = list(it)
+        except PermissionError as exc:
+            if directory == self._root:
+                raise
+            self._on_denied(directory, exc)
+            return iter(())
+        is_root = directory == self._root
+        if not is_root and self._excluder.is_venv([e.name for e in entries]):
+            return iter(())
+        rel = "" if is_root else os.path.relpath(directory, self._root).replace(os.sep, "/")
+        return iter([e for e in entries if self._keep(e, rel)])
+
+    def _keep(self, entry: os.DirEntry[str], rel: str) -> bool:
+        name = entry.name
+        try:
+            is_dir = entry.is_dir(follow_symlinks=False)
+        except OSError:
+            return False
+        if not is_dir:
+            return name.endswith(SOURCE_SUFFIXES)
+        if name == "__pycache__":
+            return False
+        return not self._excluder.excluded(name, f"{rel}/{name}" if rel else name)
+
+
+def make_polling_observer(
+    root: str,
+    options: WalkOptions,
+    *,
+    interval: float,
+    on_denied: Callable[[str, OSError], None],
+) -> Any:
+    """A watchdog ``PollingObserverVFS`` for *root* (not started, nothing scheduled yet)."""
+    from watchdog.observers.polling import PollingObserverVFS
+
+    return PollingObserverVFS(
+        change_stat, SourceLister(root, options, on_denied), polling_interval=interval
+    )
