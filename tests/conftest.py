@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import psutil
 import pytest
 
-from tests.helpers import wait_until
+from tests.support.wait import wait_until
 
 _PR_SET_CHILD_SUBREAPER = 36
 

@@ -1,0 +1,239 @@
+"""Existing processes found by match or pidfile: restart (relaunch detached), signal, refusals."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+from structlog.testing import capture_logs
+
+from cachewatchd.processes import os_procs as procs
+from cachewatchd.processes.controller import Controller
+from cachewatchd.processes.spec import ProcessSpec
+from tests.support.servers import (
+    Reaper,
+    assert_one_line_faults,
+    events,
+    fetch,
+    free_port,
+    gunicorn_command,
+    set_value,
+    uvicorn_command,
+    wait_event,
+    wait_value,
+    write_asgi_app,
+    write_wsgi_app,
+)
+from tests.support.wait import wait_until
+
+SLEEPER = "import signal\nsignal.pause()\n"
+
+
+@pytest.fixture
+def reaper() -> Iterator[Reaper]:
+    with Reaper() as r:
+        yield r
+
+
+def _sleeper(tmp_path: Path, name: str = "sleeper.py") -> Path:
+    script = tmp_path / name
+    script.write_text(SLEEPER, encoding="utf-8")
+    return script
+
+
+def test_match_restart_relaunches_same_command_cwd_and_environment(
+    tmp_path: Path, reaper: Reaper
+) -> None:
+    app_dir = tmp_path / "srv"
+    app = write_asgi_app(app_dir, "old")
+    port = free_port()
+    env = {**os.environ, "CACHEWATCHD_TEST_MARK": "kept"}
+    old = reaper.popen(uvicorn_command(port), cwd=app_dir, env=env)
+    wait_value(port, "old")
+    old_proc = psutil.Process(old.pid)
+
+    spec = ProcessSpec(
+        name="web", match=rf"uvicorn app:app .*--port {port}\b", cwd=app_dir, grace=5
+    )
+    controller = Controller([spec], [tmp_path])
+    with capture_logs() as logs:
+        controller.start()
+        set_value(app, "old", "newer")  # another size: no daemon invalidates the cache here
+        controller.notify({app})
+        done = wait_event(logs, "restarted")
+        for pid in done["pids"]:
+            reaper.track(pid)
+        controller.stop()
+    assert not old_proc.is_running() or old_proc.status() == psutil.STATUS_ZOMBIE
+    (new_pid,) = done["pids"]
+    assert new_pid != old.pid
+    wait_value(port, "newer")
+    new = psutil.Process(new_pid)
+    assert new.cmdline() == old.args
+    assert Path(new.cwd()) == app_dir
+    assert new.environ()["CACHEWATCHD_TEST_MARK"] == "kept"
+    assert os.getsid(new.pid) != os.getsid(0), "relaunched processes are detached (own session)"
+    assert os.getsid(new_pid) == new_pid, "relaunched in its own session"
+    assert done["seconds"] >= 0
+
+
+def test_gunicorn_master_takes_hup_and_serves_new_code(tmp_path: Path, reaper: Reaper) -> None:
+    app = write_wsgi_app(tmp_path, "before")
+    port = free_port()
+    master = reaper.popen(gunicorn_command(port, workers=2), cwd=tmp_path)
+    wait_value(port, "before")
+    master_proc = psutil.Process(master.pid)
+    wait_until(lambda: len(master_proc.children()) == 2, 20, message="2 gunicorn workers")
+    workers_before = {p.pid for p in master_proc.children()}
+
+    spec = ProcessSpec(
+        name="gunicorn", match=rf"gunicorn .*127\.0\.0\.1:{port}", action="signal", signal="HUP"
+    )
+    controller = Controller([spec], [tmp_path])
+    with capture_logs() as logs:
+        controller.start()
+        set_value(app, "before", "after-hup")  # another size: no daemon invalidates the cache here
+        controller.notify({app})
+        sent = wait_event(logs, "signalled")
+        controller.stop()
+    assert sent["pids"] == [master.pid]
+    wait_value(port, "after-hup")
+
+    def replaced() -> bool:
+        now = {p.pid for p in master_proc.children()}
+        return len(now) == 2 and not now & workers_before
+
+    wait_until(replaced, 20, message="all gunicorn workers replaced")
+    assert master_proc.is_running()
+    assert controller.status()[0]["stale"] is False
+
+
+def test_hup_refused_on_uvicorn_reload_parent_and_single_uvicorn(
+    tmp_path: Path, reaper: Reaper
+) -> None:
+    fake = tmp_path / "bin" / "uvicorn"  # sleeps, but its cmdline reads like uvicorn's
+    fake.parent.mkdir()
+    fake.write_text(SLEEPER, encoding="utf-8")
+    reload_parent = reaper.popen([sys.executable, str(fake), "app:app", "--reload"])
+    single = reaper.popen([sys.executable, str(fake), "app:app", "--port", "1"])
+    workers = reaper.popen([sys.executable, str(fake), "app:app", "--workers", "2"])
+    for proc in (reload_parent, single, workers):
+        pid = proc.pid
+        wait_until(lambda: "app:app" in " ".join(psutil.Process(pid).cmdline()))  # noqa: B023
+
+    with pytest.raises(procs.ProcessActionError, match="--reload` parent"):
+        procs.send_signal(psutil.Process(reload_parent.pid), "HUP")
+    with pytest.raises(procs.ProcessActionError, match="single-process uvicorn"):
+        procs.send_signal(psutil.Process(single.pid), "SIGHUP")
+
+    spec = ProcessSpec(name="dev", match=rf"{fake} app:app --reload", action="signal", signal="HUP")
+    controller = Controller([spec], [tmp_path])
+    with capture_logs() as logs:
+        controller.start()
+        controller.notify({tmp_path / "x.py"})
+        warned = wait_event(logs, "error")  # said once at start...
+        failed = wait_event(logs, "restart-failed")  # ...and on every batch
+        wait_until(lambda: controller.status()[0]["state"] == "failed")
+        controller.stop()
+    assert "refusing to send HUP" in failed["error"]
+    assert warned["error"] == failed["error"]
+    assert controller.status()[0]["state"] == "stopped"
+    assert_one_line_faults(logs)
+    assert reload_parent.poll() is None
+    assert single.poll() is None
+
+    procs.send_signal(psutil.Process(workers.pid), "HUP")  # `uvicorn --workers 2` may take HUP
+    assert workers.wait(timeout=10) == -signal.SIGHUP
+
+
+def test_pidfile_restart_rewrites_the_pidfile(tmp_path: Path, reaper: Reaper) -> None:
+    script = _sleeper(tmp_path)
+    old = reaper.popen([sys.executable, str(script)], cwd=tmp_path)
+    pidfile = tmp_path / "app.pid"
+    pidfile.write_text(f"{old.pid}\n", encoding="ascii")
+    spec = ProcessSpec(name="bg", pidfile=pidfile, grace=5)
+    controller = Controller([spec], [tmp_path])
+    with capture_logs() as logs:
+        controller.start()
+        controller.notify({script})
+        done = wait_event(logs, "restarted")
+        reaper.track(done["pids"][0])
+        controller.notify({script})  # the next batch finds the relaunched process
+        again = wait_event(logs, "restarted", 2)
+        reaper.track(again["pids"][0])
+        controller.stop()
+    assert old.wait(timeout=10) == -signal.SIGTERM
+    assert pidfile.read_text(encoding="ascii").strip() == str(again["pids"][0])
+    assert again["pids"][0] != done["pids"][0]
+    assert psutil.Process(again["pids"][0]).cmdline() == [sys.executable, str(script)]
+
+
+def test_pidfile_faults_are_one_line_each(tmp_path: Path, reaper: Reaper) -> None:
+    gone = reaper.popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    dead, garbage, missing = tmp_path / "dead.pid", tmp_path / "garbage.pid", tmp_path / "no.pid"
+    dead.write_text(f"{gone.pid}\n", encoding="ascii")
+    garbage.write_text("not a pid\n", encoding="ascii")
+    specs = [ProcessSpec(name=p.stem, pidfile=p) for p in (dead, garbage, missing)]
+    controller = Controller(specs, [tmp_path])
+    with capture_logs() as logs:
+        controller.start()
+        controller.notify({tmp_path / "m.py"})
+        wait_until(lambda: len(events(logs, "restart-failed")) == 3, 20)
+        wait_until(lambda: [s["state"] for s in controller.status()] == ["failed"] * 3)
+        controller.stop()
+    errors = sorted(e["error"] for e in events(logs, "restart-failed"))
+    assert any(f"names pid {gone.pid}, which is not running" in e for e in errors)
+    assert any("does not hold a pid" in e for e in errors)
+    assert any("cannot read pidfile" in e for e in errors)
+    assert_one_line_faults(logs)
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to start a process as another user")
+def test_another_users_process_is_never_touched(tmp_path: Path, reaper: Reaper) -> None:
+    shell = "sleep 60; exit 0"  # a system binary: the venv's python may be unreadable to nobody
+    other = reaper.popen(["/bin/sh", "-c", shell, "other-user-marker"], user=65534, cwd="/")
+    wait_until(lambda: "other-user-marker" in " ".join(psutil.Process(other.pid).cmdline()))
+    assert procs.find_by_match("other-user-marker") == []
+    pidfile = tmp_path / "other.pid"
+    pidfile.write_text(str(other.pid), encoding="ascii")
+    with pytest.raises(procs.ProcessActionError, match="belongs to another user"):
+        procs.find_by_pidfile(pidfile)
+    with pytest.raises(procs.ProcessActionError, match="another user"):
+        procs.terminate_tree(psutil.Process(other.pid), grace=1)
+    with pytest.raises(procs.ProcessActionError, match="another user"):
+        procs.send_signal(psutil.Process(other.pid), "TERM")
+    assert other.poll() is None
+
+
+def test_a_recycled_pid_is_never_signalled(tmp_path: Path, reaper: Reaper) -> None:
+    victim = reaper.popen([sys.executable, str(_sleeper(tmp_path))])
+    proc = psutil.Process(victim.pid)
+    # The same pid with another start time: what psutil sees when the pid was reused.
+    proc._ident = (proc.pid, proc._ident[1] - 100)  # type: ignore[attr-defined]
+    procs.terminate_tree(proc, grace=1)
+    with pytest.raises(procs.ProcessActionError, match="exited before"):
+        procs.send_signal(proc, "TERM")
+    assert victim.poll() is None
+
+
+def test_find_by_match_returns_tree_tops_and_never_ourselves(
+    tmp_path: Path, reaper: Reaper
+) -> None:
+    port = free_port()
+    app_dir = tmp_path / "srv"
+    write_wsgi_app(app_dir, "x")
+    master = reaper.popen(gunicorn_command(port, workers=1), cwd=app_dir)
+    wait_until(lambda: fetch(port) == "x", 30)
+    found = procs.find_by_match(rf"127\.0\.0\.1:{port}")
+    assert [p.pid for p in found] == [master.pid]  # the master, not its worker
+    assert procs.find_by_match(rf"127\.0\.0\.1:{port}", cwd=tmp_path) == []
+    assert [p.pid for p in procs.find_by_match(rf"127\.0\.0\.1:{port}", cwd=app_dir)] == [
+        master.pid
+    ]
+    assert os.getpid() not in {p.pid for p in procs.find_by_match("pytest|python")}
