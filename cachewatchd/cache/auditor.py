@@ -7,7 +7,6 @@ in other processes (rows are plain data: they travel through a pipe).
 from __future__ import annotations
 
 import os
-import struct
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,17 +22,21 @@ from cachewatchd.cache.judge import (
     judge_pycache,
     read_header,
 )
-from cachewatchd.cache.pyc import HEADER_SIZE, RUNNING_MAGIC, Mode, parse_cache_name
+from cachewatchd.cache.pyc import (
+    HEADER,
+    HEADER_SIZE,
+    LEGACY_SUFFIXES,
+    RUNNING_MAGIC,
+    SOURCE_SUFFIXES,
+    Mode,
+    parse_cache_name,
+)
 from cachewatchd.cache.walk import Excluder, walk_stack
 
 if TYPE_CHECKING:
     from cachewatchd.cache.audit import AuditOptions
 
 __all__ = ["Auditor", "Result", "Row", "mirror_dir"]
-
-_SOURCE_SUFFIXES = (".py", ".pyw")
-_TIMESTAMP_HEADER = struct.Struct("<4sIII")
-"""magic, flags, source mtime, source size: the header of a timestamp pyc."""
 
 
 def mirror_dir(prefix: Path, directory: Path) -> Path:
@@ -126,9 +129,9 @@ class Auditor:
         pycache: os.DirEntry[str] | None = None
         for entry in entries:
             name = entry.name
-            if name.endswith(_SOURCE_SUFFIXES):
+            if name.endswith(SOURCE_SUFFIXES):
                 sources[name] = entry
-            elif name.endswith((".pyc", ".pyo")):
+            elif name.endswith(LEGACY_SUFFIXES):
                 legacy.append(entry)
             elif name == "__pycache__":
                 pycache = entry
@@ -215,7 +218,7 @@ class Auditor:
             and size > HEADER_SIZE
             and st.st_ctime_ns <= mtime_ns
             and (magic != RUNNING_MAGIC or not self.options.deep)
-            and data == _TIMESTAMP_HEADER.pack(magic, 0, int(st.st_mtime) & MASK, st.st_size & MASK)
+            and data == HEADER.pack(magic, 0, int(st.st_mtime) & MASK, st.st_size & MASK)
         ):
             verdict = FRESH_HEADER
         else:
@@ -242,7 +245,7 @@ class Auditor:
         if seen is not None:
             seen.add(entry.path)
         stem = entry.name[:-4]
-        has_source = f"{stem}.py" in sources or f"{stem}.pyw" in sources
+        has_source = any(stem + suffix in sources for suffix in SOURCE_SUFFIXES)
         try:
             verdict = judge_legacy(entry.path, has_source, deep=self.options.deep)
         except VanishedError:
@@ -287,7 +290,7 @@ class Auditor:
         self, source_dir: str, stem: str, sources: dict[str, os.DirEntry[str]] | None
     ) -> tuple[str | None, str, os.stat_result | None]:
         """The source's path, name and stat; ``None`` path when no source can be stat-ed."""
-        for suffix in _SOURCE_SUFFIXES:
+        for suffix in SOURCE_SUFFIXES:
             name = stem + suffix
             try:
                 if sources is not None:

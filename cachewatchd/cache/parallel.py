@@ -26,6 +26,7 @@ from typing import NoReturn
 
 from cachewatchd.cache.audit import AuditOptions, AuditReport, audit, build_report
 from cachewatchd.cache.auditor import Auditor, Result, mirror_dir
+from cachewatchd.cache.pyc import LEGACY_SUFFIXES, SOURCE_SUFFIXES
 from cachewatchd.cache.walk import list_directory, subdirectories
 from cachewatchd.errors import RuntimeFailure
 
@@ -45,8 +46,7 @@ _SMALL = 400
 """Fewer sources and pycs than this in the listed directories, and at most one subtree left: the
 tree is small, and forking would cost more than it saves."""
 
-_LEGACY = (".pyc", ".pyo")
-_SIZED = (".py", ".pyw", ".pyc", ".pyo")
+_SIZED = SOURCE_SUFFIXES + LEGACY_SUFFIXES
 """A listed directory's work is estimated by its sources and legacy pycs."""
 
 _MAX_ITEMS = 1024
@@ -172,7 +172,9 @@ class _Plan:
                 node.children = [_Node(p, rel, node.depth + 1) for p, rel in reversed(found)]
                 queue.extend(node.children)
                 subtrees += len(node.children)
-                if any(e.name == "__pycache__" or e.name.endswith(_LEGACY) for e in entries):
+                if any(
+                    e.name == "__pycache__" or e.name.endswith(LEGACY_SUFFIXES) for e in entries
+                ):
                     node.entries = entries
                     node.size = sum(e.name.endswith(_SIZED) for e in entries)
                     continue

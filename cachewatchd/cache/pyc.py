@@ -13,8 +13,11 @@ import sys
 from typing import Literal, NamedTuple
 
 __all__ = [
+    "HEADER",
     "HEADER_SIZE",
+    "LEGACY_SUFFIXES",
     "RUNNING_MAGIC",
+    "SOURCE_SUFFIXES",
     "CacheName",
     "Header",
     "HeaderError",
@@ -26,7 +29,15 @@ __all__ = [
     "version_of_tag",
 ]
 
-HEADER_SIZE = 16
+SOURCE_SUFFIXES = (".py", ".pyw")
+"""Suffixes of the sources CPython caches: a cache entry's source is ``<stem><suffix>``."""
+LEGACY_SUFFIXES = (".pyc", ".pyo")
+"""Suffixes of a legacy cache file beside its source (``m.pyc``, ``m.pyo``: before PEP 3147)."""
+
+HEADER = struct.Struct("<4sIII")
+"""The 3.7+ pyc header: magic, flags, then the source mtime and size (timestamp pyc) or the
+8-byte source hash (the last two fields' bytes)."""
+HEADER_SIZE = HEADER.size
 RUNNING_MAGIC: bytes = importlib.util.MAGIC_NUMBER
 _RUNNING_VERSION = sys.version_info[:2]
 
@@ -56,8 +67,6 @@ _MAGIC_VERSIONS: dict[bytes, tuple[int, int]] = {
     for start, end, version in _MAGIC_RANGES
     for number in range(start, end)
 }
-_HEADER = struct.Struct("<4sIII")
-"""magic, flags, then the source mtime and size (timestamp pyc) or the source hash."""
 _OLD_HEADER = struct.Struct("<II")
 """After the magic of a 3.3-3.6 pyc: the source mtime and size."""
 
@@ -101,7 +110,7 @@ def parse_header(data: bytes, *, any_magic: bool = False) -> Header:
     """
     if len(data) < HEADER_SIZE:
         raise HeaderError(f"header truncated ({len(data)} of {HEADER_SIZE} bytes)")
-    magic, flags, mtime, size = _HEADER.unpack_from(data)
+    magic, flags, mtime, size = HEADER.unpack_from(data)
     version = _MAGIC_VERSIONS.get(magic)
     if version is None and not any_magic:
         raise HeaderError(f"magic {magic.hex()} matches no CPython 3")

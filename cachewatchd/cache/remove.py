@@ -9,7 +9,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cachewatchd.cache.pyc import parse_cache_name
+from cachewatchd.cache.pyc import LEGACY_SUFFIXES, parse_cache_name
 from cachewatchd.paths import is_under
 
 __all__ = [
@@ -62,7 +62,7 @@ def cache_files_for_source(
         mirror = pycache_prefix / directory.relative_to(directory.anchor)
         found += _cache_names(mirror, stem)
     if legacy:
-        for suffix in (".pyc", ".pyo"):
+        for suffix in LEGACY_SUFFIXES:
             candidate = directory / (stem + suffix)
             if os.path.lexists(candidate):
                 found.append(candidate)
@@ -97,7 +97,7 @@ class _Safety:
 
     def refusal(self, path: Path) -> str | None:
         name = path.name
-        if not name.endswith((".pyc", ".pyo")):
+        if not name.endswith(LEGACY_SUFFIXES):
             return "not a .pyc/.pyo file"
         try:
             st = os.lstat(path)
