@@ -7,9 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-from cachewatchd.cache.auditor import Auditor, Result, mirror_dir
+from cachewatchd.cache.auditor import AuditOptions, Auditor, Result, mirror_dir
 from cachewatchd.cache.judge import DANGEROUS, Entry, State
-from cachewatchd.cache.walk import WalkOptions
 from cachewatchd.errors import UsageError
 
 __all__ = [
@@ -26,20 +25,6 @@ __all__ = [
 ]
 
 _STATES = {state.value: state for state in State}
-
-
-class AuditOptions(NamedTuple):
-    deep: bool = False
-    include_venvs: bool = False
-    excludes: tuple[str, ...] = ()
-    default_excludes: bool = True
-    pycache_prefix: Path | None = None
-    """Also audit the ``PYTHONPYCACHEPREFIX`` tree mirroring each root."""
-    keep_fresh: bool = False
-    """Keep an :class:`Entry` for every fresh entry too (``clean --all``); else only count them."""
-
-    def walk_options(self) -> WalkOptions:
-        return WalkOptions(self.include_venvs, self.excludes, self.default_excludes)
 
 
 class AuditError(NamedTuple):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import NamedTuple
 
 from cachewatchd.cache.judge import (
     FRESH_HEADER,
@@ -31,12 +31,29 @@ from cachewatchd.cache.pyc import (
     Mode,
     parse_cache_name,
 )
-from cachewatchd.cache.walk import Excluder, walk_stack
+from cachewatchd.cache.walk import Excluder, WalkOptions, walk_stack
 
-if TYPE_CHECKING:
-    from cachewatchd.cache.audit import AuditOptions
+__all__ = ["AuditOptions", "Auditor", "Result", "Row", "mirror_dir"]
 
-__all__ = ["Auditor", "Result", "Row", "mirror_dir"]
+
+class AuditOptions(NamedTuple):
+    """What an audit walks and how hard it looks."""
+
+    deep: bool = False
+    """Compare every pyc of this Python with a fresh compile and unmarshal every body."""
+    include_venvs: bool = False
+    """Also enter virtual environments."""
+    excludes: tuple[str, ...] = ()
+    """Globs of names or root-relative paths to skip."""
+    default_excludes: bool = True
+    """Skip ``.git``, ``node_modules``, ``.tox`` and the other tool directories."""
+    pycache_prefix: Path | None = None
+    """Also audit the ``PYTHONPYCACHEPREFIX`` tree mirroring each root."""
+    keep_fresh: bool = False
+    """Keep an :class:`Entry` for every fresh entry too (``clean --all``); else only count them."""
+
+    def walk_options(self) -> WalkOptions:
+        return WalkOptions(self.include_venvs, self.excludes, self.default_excludes)
 
 
 def mirror_dir(prefix: Path, directory: Path) -> Path:

@@ -24,8 +24,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from cachewatchd.cache.audit import AuditOptions, AuditReport, audit, build_report
-from cachewatchd.cache.auditor import Auditor, Result, mirror_dir
+from cachewatchd.cache.audit import AuditReport, audit, build_report
+from cachewatchd.cache.auditor import AuditOptions, Auditor, Result, mirror_dir
 from cachewatchd.cache.pyc import LEGACY_SUFFIXES, SOURCE_SUFFIXES
 from cachewatchd.cache.walk import list_directory, subdirectories
 from cachewatchd.errors import RuntimeFailure
