@@ -22,6 +22,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from cachewatchd.errors import EXIT_OK, CachewatchdError, RuntimeFailure, UsageError
+from cachewatchd.watch.mounts import POLL_MODES
 
 if TYPE_CHECKING:
     from cachewatchd.config.settings import CommandLine, DaemonSettings
@@ -55,7 +56,7 @@ def register(sub: Any) -> None:
     run.add_argument("paths", nargs="*", type=Path, metavar="PATH")
     run.add_argument("--foreground", action="store_true", help="stay attached, log to stderr")
     run.add_argument("--config", type=Path, metavar="FILE", help="config file to use")
-    run.add_argument("--poll", choices=("auto", "always", "never"), help="polling override")
+    run.add_argument("--poll", choices=POLL_MODES, help="polling override")
     run.add_argument("--poll-interval", type=_seconds, metavar="S", help="seconds between polls")
     run.add_argument(
         "--reconcile-interval", type=_seconds, metavar="S", help="seconds between full audits"

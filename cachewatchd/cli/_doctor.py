@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from cachewatchd.cli._output import colour
 from cachewatchd.errors import EXIT_FINDINGS, EXIT_OK
+from cachewatchd.watch.mounts import POLL_MODES
 
 if TYPE_CHECKING:
     from cachewatchd.doctor.report import DoctorReport
@@ -45,7 +46,7 @@ def register(sub: Any) -> None:  # argparse's _SubParsersAction
     doctor.add_argument("--json", action="store_true", help="print one JSON document")
     doctor.add_argument(
         "--poll",
-        choices=("auto", "always", "never"),
+        choices=POLL_MODES,
         help="judge the roots as the daemon would with this --poll (default: config, project, auto)",
     )
     doctor.add_argument(

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from cachewatchd.config.toml import key_lines, loads, show_value
-from cachewatchd.config.user import POLL_MODES, Config, PollMode
+from cachewatchd.config.user import Config
+from cachewatchd.watch.mounts import POLL_MODES, PollMode
 
 __all__ = ["ProjectConfig", "RootSettings", "load_project_config", "root_settings"]
 

@@ -15,9 +15,10 @@ from pathlib import Path
 
 from cachewatchd.cache.audit import check_root
 from cachewatchd.config.project import load_project_config, root_settings
-from cachewatchd.config.user import Config, PollMode
+from cachewatchd.config.user import Config
 from cachewatchd.paths import is_under
 from cachewatchd.processes.spec import ProcessSpec
+from cachewatchd.watch.mounts import PollMode
 
 __all__ = ["CommandLine", "DaemonSettings", "RootPlan", "build_settings"]
 

@@ -15,17 +15,16 @@ import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, cast, get_args
+from typing import Any
 
 from cachewatchd.config.toml import KeyPath, format_key, key_lines, loads, show_value, value_name
 from cachewatchd.errors import ConfigError
 from cachewatchd.paths import config_dir
 from cachewatchd.processes.spec import ProcessSpec, SupervisorSpec
+from cachewatchd.watch.mounts import POLL_MODES, PollMode
 
-__all__ = ["POLL_MODES", "Config", "PollMode", "default_config_path", "load_config"]
+__all__ = ["Config", "default_config_path", "load_config"]
 
-PollMode = Literal["auto", "always", "never"]
-POLL_MODES: tuple[str, ...] = get_args(PollMode)
 _TOP_KEYS = ("roots", "poll", "poll_interval", "reconcile_interval", "exclude", "process")
 _SELECTORS = ("supervisor", "pidfile", "match", "systemd")
 _OPTIONS = ("cwd", "root", "grace", "import_check", "health_url", "health_timeout", "log")
@@ -182,7 +181,7 @@ class _Validator:
         if value not in POLL_MODES:
             allowed = ", ".join(f'"{m}"' for m in POLL_MODES)
             raise self.error(("poll",), f"must be one of {allowed}, not {show_value(value)}")
-        return cast(PollMode, value)
+        return value
 
     # -- [[process]] ---------------------------------------------------------------------------
     def processes(self, table: Mapping[str, Any]) -> tuple[ProcessSpec, ...]:

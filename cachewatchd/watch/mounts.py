@@ -11,9 +11,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 __all__ = [
+    "POLL_MODES",
     "Mount",
     "ObserverChoice",
     "ObserverKind",
@@ -25,6 +26,9 @@ __all__ = [
 
 ObserverKind = Literal["native", "polling"]
 PollMode = Literal["auto", "always", "never"]
+"""The user's polling override: ``"auto"`` lets the filesystem decide (:func:`choose_observer`)."""
+POLL_MODES: tuple[PollMode, ...] = get_args(PollMode)
+"""The choices of ``--poll`` and of ``poll`` in a config, in order."""
 
 # Filesystems whose content can change without the local kernel seeing it.
 _REMOTE_TYPES = frozenset(
