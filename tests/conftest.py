@@ -6,11 +6,15 @@ import os
 import sys
 import threading
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import psutil
 import pytest
 
 from tests.support.wait import wait_until
+
+if TYPE_CHECKING:
+    from tests.support.servers import Reaper
 
 _PR_SET_CHILD_SUBREAPER = 36
 
@@ -76,6 +80,15 @@ def _reap_adopted_zombies(me: psutil.Process) -> None:
                 os.waitpid(child.pid, os.WNOHANG)
         except (psutil.NoSuchProcess, ChildProcessError):
             continue
+
+
+@pytest.fixture
+def reaper() -> Iterator[Reaper]:
+    """Stops, by pid, every process the test started or had cachewatchd relaunch (see Reaper)."""
+    from tests.support.servers import Reaper  # imports child_env from here
+
+    with Reaper() as r:
+        yield r
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +35,6 @@ def proj(tmp_path: Path) -> Path:
     (root / "pkg").mkdir(parents=True)
     (root / "pkg" / "mod.py").write_text("X = 1\n", encoding="utf-8")
     return root
-
-
-@pytest.fixture
-def reaper() -> Iterator[Reaper]:
-    with Reaper() as r:
-        yield r
 
 
 def published(env: dict[str, str]) -> dict[str, Any]:

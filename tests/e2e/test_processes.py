@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +45,8 @@ GRACE = "5"
 
 
 @pytest.fixture
-def e2e(tmp_path: Path) -> Iterator[E2E]:
-    with Reaper() as reaper:
-        yield E2E(tmp_path, reaper)
+def e2e(tmp_path: Path, reaper: Reaper) -> E2E:
+    return E2E(tmp_path, reaper)
 
 
 def _gone(proc: psutil.Process) -> bool:

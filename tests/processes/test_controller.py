@@ -6,7 +6,6 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -20,12 +19,6 @@ from tests.support.servers import Reaper, assert_one_line_faults, events, wait_e
 from tests.support.wait import wait_until
 
 SLEEP = (sys.executable, "-c", "import signal; signal.pause()")
-
-
-@pytest.fixture
-def reaper() -> Iterator[Reaper]:
-    with Reaper() as r:
-        yield r
 
 
 def _idle(controller: Controller, index: int = 0) -> bool:

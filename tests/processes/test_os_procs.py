@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -32,12 +31,6 @@ from tests.support.servers import (
 from tests.support.wait import wait_until
 
 SLEEPER = "import signal\nsignal.pause()\n"
-
-
-@pytest.fixture
-def reaper() -> Iterator[Reaper]:
-    with Reaper() as r:
-        yield r
 
 
 def _sleeper(tmp_path: Path, name: str = "sleeper.py") -> Path:

@@ -4,7 +4,6 @@ group, output passing through."""
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -15,7 +14,6 @@ from cachewatchd.processes.controller import Controller
 from cachewatchd.processes.own_child import ChildError, OwnChild
 from cachewatchd.processes.spec import ProcessSpec
 from tests.support.servers import (
-    Reaper,
     events,
     free_port,
     set_value,
@@ -25,12 +23,6 @@ from tests.support.servers import (
     write_asgi_app,
 )
 from tests.support.wait import wait_until
-
-
-@pytest.fixture
-def reaper() -> Iterator[Reaper]:
-    with Reaper() as r:
-        yield r
 
 
 def test_uvicorn_as_own_child_restarts_onto_new_code(tmp_path: Path) -> None:

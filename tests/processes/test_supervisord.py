@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,12 +29,6 @@ from tests.support.servers import (
 from tests.support.wait import compile_pyc, wait_until
 
 SLEEPER = f"{sys.executable} -c 'import signal; signal.pause()'"
-
-
-@pytest.fixture
-def reaper() -> Iterator[Reaper]:
-    with Reaper() as r:
-        yield r
 
 
 def _invalidate(source: Path, root: Path) -> None:
