@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "EXIT_BROKEN_PIPE",
     "EXIT_FAILURE",
     "EXIT_FINDINGS",
     "EXIT_OK",
@@ -21,6 +22,9 @@ EXIT_USAGE = 2
 """Bad command line, bad config, or a path that does not exist or cannot be read."""
 EXIT_FAILURE = 3
 """The command could not do its job: permission denied, read-only filesystem, dead pid, daemon failed."""
+EXIT_BROKEN_PIPE = 141
+"""The reader of standard output went away (``cachewatchd scan | head``): 128 + SIGPIPE, as a shell
+reports a Unix tool that the signal ended; nothing is printed."""
 
 
 class CachewatchdError(Exception):

@@ -8,13 +8,22 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
+import threading
 from collections.abc import Iterator
 from typing import Any, Literal, TextIO
 
 from cachewatchd.errors import UsageError
 
-__all__ = ["LEVELS", "LogFormat", "configure_logging", "get_logger", "route_stdlib_logging"]
+__all__ = [
+    "LEVELS",
+    "LogFormat",
+    "LogSink",
+    "configure_logging",
+    "get_logger",
+    "route_stdlib_logging",
+]
 
 LogFormat = Literal["auto", "console", "json"]
 
@@ -28,20 +37,72 @@ def get_logger(name: str) -> Any:
     return structlog.get_logger(name)
 
 
+class LogSink:
+    """The stream log lines go to, which never raises.
+
+    A log line that cannot be written (the terminal closed, ``| head`` went away, a full disk) is
+    dropped and counted: a dead output stream must never stop the thread that logs, least of all
+    the one that invalidates caches. After the first failure the stream is not tried again.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._lock = threading.Lock()
+        self.dropped = 0
+        """Lines that could not be written."""
+        self.error: str | None = None
+
+    @property
+    def broken(self) -> bool:
+        return self.error is not None
+
+    def isatty(self) -> bool:
+        try:
+            return self._stream.isatty()
+        except (OSError, ValueError):
+            return False
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            if self.error is None:
+                try:
+                    self._stream.write(text)
+                except (OSError, ValueError) as exc:
+                    self.error = str(exc) or type(exc).__name__
+                else:
+                    return len(text)
+            self.dropped += text.count("\n")  # lines: a line's text may be written before its end
+            return len(text)
+
+    def flush(self) -> None:
+        with self._lock:
+            if self.error is None:
+                try:
+                    self._stream.flush()
+                except (OSError, ValueError) as exc:
+                    self.error = str(exc) or type(exc).__name__
+
+
 def configure_logging(
     fmt: LogFormat = "auto", level: str = "info", stream: TextIO | None = None
-) -> None:
-    """Configure structlog to write one event per line to *stream* (default stderr)."""
+) -> LogSink:
+    """Configure structlog to write one event per line to *stream* (default stderr).
+
+    Returns the :class:`LogSink` wrapping the stream: it counts the lines it had to drop. Colours
+    only on a terminal and never with ``NO_COLOR`` set (https://no-color.org).
+    """
     import structlog
 
-    out = stream if stream is not None else sys.stderr
+    sink = LogSink(stream if stream is not None else sys.stderr)
     numeric = LEVELS.get(level.lower())
     if numeric is None:
         raise UsageError(f"unknown log level {level!r} (one of: {', '.join(LEVELS)})")
-    use_console = fmt == "console" or (fmt == "auto" and out.isatty())
+    tty = sink.isatty()
+    use_console = fmt == "console" or (fmt == "auto" and tty)
     renderer: Any
     if use_console:
-        renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
+        colors = tty and not os.environ.get("NO_COLOR")
+        renderer = structlog.dev.ConsoleRenderer(colors=colors)
     else:
         renderer = structlog.processors.JSONRenderer()
     structlog.configure(
@@ -53,9 +114,10 @@ def configure_logging(
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=out),
+        logger_factory=structlog.PrintLoggerFactory(file=sink),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
+    return sink
 
 
 class _ToStructlog(logging.Handler):

@@ -15,7 +15,7 @@ from typing import NoReturn
 
 from cachewatchd import __version__
 from cachewatchd.cli import _daemon, _doctor, _scan, _service
-from cachewatchd.errors import EXIT_FAILURE, EXIT_USAGE, CachewatchdError
+from cachewatchd.errors import EXIT_BROKEN_PIPE, EXIT_USAGE, CachewatchdError
 
 __all__ = ["main", "run"]
 
@@ -56,7 +56,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     own, child = _split_child_command(args_list)
     parser = build_parser()
-    commands = set(_subcommand_names(parser))
+    commands = _subcommand_names(parser)
+    if own and _mistyped_command(own[0], commands):
+        sys.stderr.write(
+            f"cachewatchd: error: {own[0]!r} is not a command (commands: {', '.join(commands)}; "
+            "a PATH for 'run' must exist)\n"
+        )
+        return EXIT_USAGE
     if not own or (own[0] not in commands and own[0] not in {"-h", "--help", "--version"}):
         own.insert(0, _DEFAULT_COMMAND)
     try:
@@ -75,11 +81,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
-        # The reader went away (``cachewatchd scan | head``): stay quiet, like other Unix tools.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return EXIT_FAILURE
+        return _reader_gone()
+    try:
+        sys.stdout.flush()  # what is still buffered fails here, not in the interpreter's exit
+    except BrokenPipeError:
+        return _reader_gone()
     return code
+
+
+def _reader_gone() -> int:
+    """The reader of stdout went away (``cachewatchd scan | head``): quiet, like other Unix tools."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_BROKEN_PIPE
+
+
+def _mistyped_command(word: str, commands: Sequence[str]) -> bool:
+    """A bare word that is neither a command nor an existing path: a typo, not a PATH for 'run'."""
+    if word in commands or word.startswith("-") or os.sep in word or word in {".", ".."}:
+        return False
+    return not os.path.lexists(word)
 
 
 def _subcommand_names(parser: argparse.ArgumentParser) -> list[str]:
