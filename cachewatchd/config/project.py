@@ -1,22 +1,21 @@
-"""A project's own ``pyproject.toml`` ``[tool.cachewatchd]``, and how it combines with the user's config.
+"""A project's own ``pyproject.toml`` ``[tool.cachewatchd]``.
 
 The project's file is the project's, not the user's: it may set ``exclude`` and ``poll`` only, and
 anything wrong or untrusted in it becomes a warning string, never an error (trust model: a cloned
-repository never makes the daemon act on processes or run commands).
+repository never makes the daemon act on processes or run commands). How it combines with the
+user's config and the command line: :func:`cachewatchd.config.settings.plan_root`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cachewatchd.config.toml import key_lines, loads, show_value
-from cachewatchd.config.user import Config
 from cachewatchd.watch.mounts import POLL_MODES, PollMode
 
-__all__ = ["ProjectConfig", "RootSettings", "load_project_config", "root_settings"]
+__all__ = ["ProjectConfig", "load_project_config"]
 
 _PROJECT_KEYS = ("exclude", "poll")
 
@@ -28,16 +27,6 @@ class ProjectConfig:
     exclude: tuple[str, ...] = ()
     poll: PollMode | None = None
     warnings: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class RootSettings:
-    """Effective settings for one root after precedence (see :func:`root_settings`)."""
-
-    poll: PollMode
-    exclude: tuple[str, ...]
-    poll_source: str
-    """Where ``poll`` came from: ``"command line"``, ``"config"``, ``"project"`` or ``"default"``."""
 
 
 def load_project_config(root: Path) -> ProjectConfig:
@@ -95,29 +84,3 @@ def load_project_config(root: Path) -> ProjectConfig:
         )
         poll = None
     return ProjectConfig(exclude=tuple(exclude), poll=poll, warnings=tuple(warnings))
-
-
-def root_settings(
-    config: Config,
-    project: ProjectConfig,
-    *,
-    cli_poll: PollMode | None = None,
-    cli_exclude: Sequence[str] = (),
-) -> RootSettings:
-    """Effective ``poll`` and ``exclude`` for one root.
-
-    ``poll``: the command line beats the user's config (when the file sets ``poll``), which beats
-    the project's ``pyproject.toml``, which beats the default ``"auto"``. ``exclude``: patterns add
-    up (command line, then user config, then project), duplicates dropped.
-    """
-    poll: PollMode
-    if cli_poll is not None:
-        poll, source = cli_poll, "command line"
-    elif "poll" in config.explicit:
-        poll, source = config.poll, "config"
-    elif project.poll is not None:
-        poll, source = project.poll, "project"
-    else:
-        poll, source = config.poll, "default"
-    exclude = tuple(dict.fromkeys([*cli_exclude, *config.exclude, *project.exclude]))
-    return RootSettings(poll=poll, exclude=exclude, poll_source=source)

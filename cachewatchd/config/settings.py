@@ -1,9 +1,10 @@
 """What a daemon runs with: roots and their effective settings, computed from config and command line.
 
-Precedence per root (see :func:`cachewatchd.config.project.root_settings`): the command line beats the user's
-config, which beats the project's own ``pyproject.toml`` (``exclude`` and ``poll`` only), which beats
-the defaults. Roots come from the command line, else the config's ``roots``, else the current
-directory; a root inside another root is dropped (the outer one already covers it).
+Precedence per root (see :func:`plan_root`): the command line beats the user's config, which beats
+the project's own ``pyproject.toml`` (``exclude`` and ``poll`` only), which beats the defaults.
+Roots come from the command line, else the config's ``roots``, else the current directory; a root
+inside another root is dropped (the outer one already covers it). :class:`RootPlan` is the one
+per-root settings type: the daemon watches by it and ``doctor`` judges by it.
 """
 
 from __future__ import annotations
@@ -14,24 +15,51 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cachewatchd.cache.audit import check_root
-from cachewatchd.config.project import load_project_config, root_settings
+from cachewatchd.config.project import ProjectConfig, load_project_config
 from cachewatchd.config.user import Config
 from cachewatchd.paths import is_under
 from cachewatchd.processes.spec import ProcessSpec
 from cachewatchd.watch.mounts import PollMode
 
-__all__ = ["CommandLine", "DaemonSettings", "RootPlan", "build_settings"]
+__all__ = ["CommandLine", "DaemonSettings", "RootPlan", "build_settings", "plan_root"]
 
 
 @dataclass(frozen=True)
 class RootPlan:
-    """One root and how it is watched."""
+    """One root and how it is watched: its effective settings after precedence (:func:`plan_root`)."""
 
     path: Path
     poll: PollMode
     poll_source: str
-    """``"command line"``, ``"config"``, ``"project"`` or ``"default"``."""
+    """Where ``poll`` came from: ``"command line"``, ``"config"``, ``"project"`` or ``"default"``."""
     exclude: tuple[str, ...] = ()
+
+
+def plan_root(
+    root: Path,
+    config: Config,
+    project: ProjectConfig,
+    *,
+    cli_poll: PollMode | None = None,
+    cli_exclude: Sequence[str] = (),
+) -> RootPlan:
+    """Effective ``poll`` and ``exclude`` for *root*, whose own ``pyproject.toml`` gave *project*.
+
+    ``poll``: the command line beats the user's config (when the file sets ``poll``), which beats
+    the project's ``pyproject.toml``, which beats the default ``"auto"``. ``exclude``: patterns add
+    up (command line, then user config, then project), duplicates dropped.
+    """
+    poll: PollMode
+    if cli_poll is not None:
+        poll, source = cli_poll, "command line"
+    elif "poll" in config.explicit:
+        poll, source = config.poll, "config"
+    elif project.poll is not None:
+        poll, source = project.poll, "project"
+    else:
+        poll, source = config.poll, "default"
+    exclude = tuple(dict.fromkeys([*cli_exclude, *config.exclude, *project.exclude]))
+    return RootPlan(root, poll, source, exclude)
 
 
 @dataclass(frozen=True)
@@ -85,8 +113,7 @@ def build_settings(config: Config, cli: CommandLine) -> DaemonSettings:
     for root in roots:
         project = load_project_config(root)
         warnings += project.warnings
-        effective = root_settings(config, project, cli_poll=cli.poll, cli_exclude=cli.exclude)
-        plans.append(RootPlan(root, effective.poll, effective.poll_source, effective.exclude))
+        plans.append(plan_root(root, config, project, cli_poll=cli.poll, cli_exclude=cli.exclude))
     prefix = cli.pycache_prefix
     if prefix is None and os.environ.get("PYTHONPYCACHEPREFIX"):
         prefix = Path(os.environ["PYTHONPYCACHEPREFIX"])

@@ -2,7 +2,8 @@
 
 Every problem in the user's config is a :class:`~cachewatchd.errors.ConfigError` naming the file,
 the line and the key (``process[1].supervisor.url``; array indices count from 0). A project's own
-``pyproject.toml`` and how it combines with this config: :mod:`cachewatchd.config.project`.
+``pyproject.toml``: :mod:`cachewatchd.config.project`; how the two combine:
+:func:`cachewatchd.config.settings.plan_root`.
 """
 
 from __future__ import annotations

@@ -18,7 +18,8 @@ from typing import Any
 import psutil
 
 from cachewatchd.cache.audit import AuditOptions, State, audit
-from cachewatchd.doctor.findings import MAX_DETAILS, Finding, RootSettings, Severity
+from cachewatchd.config.settings import RootPlan
+from cachewatchd.doctor.findings import MAX_DETAILS, Finding, Severity
 from cachewatchd.paths import is_under
 from cachewatchd.processes.staleness import SLACK, SourceScan, importers
 
@@ -44,13 +45,12 @@ _CACHE_ADVICE: dict[State, tuple[Severity, str, str]] = {
 # fmt: on
 
 
-def check_caches(
-    roots: Sequence[Path], settings: Mapping[Path, RootSettings], prefix: str | None
-) -> list[Finding]:
+def check_caches(plans: Sequence[RootPlan], prefix: str | None) -> list[Finding]:
     """Dangerous and suspect cache entries, plus a one-line summary of the audit."""
-    excludes = tuple(dict.fromkeys(x for r in roots for x in settings[r].exclude))
+    roots = [plan.path for plan in plans]
+    excludes = tuple(dict.fromkeys(x for plan in plans for x in plan.exclude))
     options = AuditOptions(excludes=excludes, pycache_prefix=Path(prefix) if prefix else None)
-    report = audit(list(roots), options)
+    report = audit(roots, options)
     findings = []
     where = shlex.join(str(r) for r in roots)
     for state, (severity, why, action) in _CACHE_ADVICE.items():

@@ -13,7 +13,8 @@ import threading
 import time
 from pathlib import Path
 
-from cachewatchd.doctor.findings import Finding, RootSettings, Severity
+from cachewatchd.config.settings import RootPlan
+from cachewatchd.doctor.findings import Finding, Severity
 from cachewatchd.watch.mounts import choose_observer, mount_for
 
 __all__ = ["check_inotify", "check_root"]
@@ -26,17 +27,18 @@ _POLL_ADVICE = (
 )
 
 
-def check_root(root: Path, settings: RootSettings, timeout: float) -> list[Finding]:
+def check_root(plan: RootPlan, timeout: float) -> list[Finding]:
     """Filesystem type, observer choice, native-event probe and clock skew for one root."""
+    root = plan.path
     mount = mount_for(root)
-    choice = choose_observer(root, settings.poll)
+    choice = choose_observer(root, plan.poll)
     fs = f"{mount.fstype} mounted at {mount.mountpoint}" if mount else "unknown filesystem"
     where = str(root)
     how = "native events" if choice.kind == "native" else "polling"
     message = f"{fs}; watched by {how} ({choice.reason})"
     findings = [Finding("filesystem", "info", message, "", where)]
-    if settings.poll == "always":
-        message = f'polling is forced for this root (poll = "always" from the {settings.source})'
+    if plan.poll == "always":
+        message = f'polling is forced for this root (poll = "always" from the {plan.poll_source})'
         findings.append(Finding("polling", "info", message, "", where))
     probe = _probe(root, timeout)
     if isinstance(probe[0], str):

@@ -22,13 +22,14 @@ from typing import Any
 
 import psutil
 
+from cachewatchd.config.settings import RootPlan
 from cachewatchd.doctor.code_checks import (
     check_caches,
     check_daemon,
     check_environment,
     check_processes,
 )
-from cachewatchd.doctor.findings import Finding, RootSettings, Severity
+from cachewatchd.doctor.findings import Finding, Severity
 from cachewatchd.doctor.fs_checks import check_inotify, check_root
 from cachewatchd.errors import CachewatchdError
 from cachewatchd.processes.staleness import scan_sources
@@ -73,14 +74,14 @@ def run_doctor(roots: Sequence[Path], options: DoctorOptions | None = None) -> D
     env = os.environ if opts.environ is None else opts.environ
     report = DoctorReport(roots=list(roots))
     add = report.findings.extend
-    settings = _settings(roots, opts.poll, add)
+    plans = _plans(roots, opts.poll, add)
     prefix = env.get("PYTHONPYCACHEPREFIX") or None
-    add(_guard("caches", lambda: check_caches(roots, settings, prefix)))
-    scan = scan_sources({root: settings[root].exclude for root in roots})
+    add(_guard("caches", lambda: check_caches(plans, prefix)))
+    scan = scan_sources({plan.path: plan.exclude for plan in plans})
     add(_guard("processes", lambda: check_processes(roots, scan)))
     add(check_environment(env))
-    for root in roots:
-        add(_guard("filesystem", _bind(check_root, root, settings[root], opts.probe_timeout)))
+    for plan in plans:
+        add(_guard("filesystem", _bind(check_root, plan, opts.probe_timeout)))
     if sys.platform.startswith("linux"):
         add(_guard("inotify", lambda: check_inotify(scan.directories)))
     add(_guard("daemon", lambda: check_daemon(roots)))
@@ -99,11 +100,12 @@ def _guard(check: str, run: Callable[[], list[Finding]]) -> list[Finding]:
         return [Finding(f"{check}-check-failed", "warning", f"the {check} check failed: {text}")]
 
 
-def _settings(
+def _plans(
     roots: Sequence[Path], cli_poll: PollMode | None, add: Callable[[list[Finding]], None]
-) -> dict[Path, RootSettings]:
+) -> list[RootPlan]:
     """Per root: poll mode, where it came from, excludes (command line > config > project)."""
-    from cachewatchd.config.project import load_project_config, root_settings
+    from cachewatchd.config.project import load_project_config
+    from cachewatchd.config.settings import plan_root
     from cachewatchd.config.user import Config, load_config
 
     try:
@@ -111,12 +113,11 @@ def _settings(
     except CachewatchdError as exc:
         add([Finding("config", "error", exc.message, "fix the config file")])
         config = Config()
-    out: dict[Path, RootSettings] = {}
+    plans = []
     for root in roots:
         project = load_project_config(root)
         add(
             [Finding("project-config", "warning", w, "fix it", str(root)) for w in project.warnings]
         )
-        eff = root_settings(config, project, cli_poll=cli_poll)
-        out[root] = RootSettings(eff.poll, eff.poll_source, eff.exclude)
-    return out
+        plans.append(plan_root(root, config, project, cli_poll=cli_poll))
+    return plans

@@ -13,7 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cachewatchd import paths
-from cachewatchd.config.project import ProjectConfig, load_project_config, root_settings
+from cachewatchd.config.project import ProjectConfig, load_project_config
+from cachewatchd.config.settings import RootPlan, plan_root
 from cachewatchd.config.toml import format_key, key_lines
 from cachewatchd.config.user import Config, default_config_path, load_config
 from cachewatchd.errors import EXIT_USAGE, ConfigError
@@ -509,23 +510,19 @@ def test_project_pyproject_not_utf8_is_a_warning(tmp_path: Path) -> None:
 
 
 def test_poll_precedence_and_exclude_union(tmp_path: Path) -> None:
+    root = tmp_path / "root"
     project = ProjectConfig(exclude=("p", "shared"), poll="always")
     defaults = Config()
-    assert root_settings(defaults, ProjectConfig()).poll == "auto"
-    assert root_settings(defaults, ProjectConfig()).poll_source == "default"
-    assert (
-        root_settings(defaults, project).poll,
-        root_settings(defaults, project).poll_source,
-    ) == (
-        "always",
-        "project",
+    assert plan_root(root, defaults, ProjectConfig()) == RootPlan(root, "auto", "default")
+    assert plan_root(root, defaults, project) == RootPlan(
+        root, "always", "project", ("p", "shared")
     )
     user = load_config(write(tmp_path / "c.toml", 'poll = "auto"\nexclude = ["u", "shared"]\n'))
-    settings_ = root_settings(user, project)
-    assert (settings_.poll, settings_.poll_source) == ("auto", "config")
-    settings_ = root_settings(user, project, cli_poll="never", cli_exclude=["c"])
-    assert (settings_.poll, settings_.poll_source) == ("never", "command line")
-    assert settings_.exclude == ("c", "u", "shared", "p")
+    plan = plan_root(root, user, project)
+    assert (plan.poll, plan.poll_source) == ("auto", "config")
+    plan = plan_root(root, user, project, cli_poll="never", cli_exclude=["c"])
+    assert (plan.path, plan.poll, plan.poll_source) == (root, "never", "command line")
+    assert plan.exclude == ("c", "u", "shared", "p")
 
 
 def test_config_path_is_not_resolved(tmp_path: Path) -> None:
