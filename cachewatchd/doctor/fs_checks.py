@@ -17,7 +17,7 @@ from cachewatchd.config.settings import RootPlan
 from cachewatchd.doctor.findings import Finding, Severity
 from cachewatchd.watch.mounts import choose_observer, mount_for
 
-__all__ = ["check_inotify", "check_root"]
+__all__ = ["check_inotify", "probe_root"]
 
 # -- filesystem, events, clock --------------------------------------------------------------------
 
@@ -27,7 +27,7 @@ _POLL_ADVICE = (
 )
 
 
-def check_root(plan: RootPlan, timeout: float) -> list[Finding]:
+def probe_root(plan: RootPlan, timeout: float) -> list[Finding]:
     """Filesystem type, observer choice, native-event probe and clock skew for one root."""
     root = plan.path
     mount = mount_for(root)

@@ -30,7 +30,7 @@ from cachewatchd.doctor.code_checks import (
     check_processes,
 )
 from cachewatchd.doctor.findings import Finding, Severity
-from cachewatchd.doctor.fs_checks import check_inotify, check_root
+from cachewatchd.doctor.fs_checks import check_inotify, probe_root
 from cachewatchd.errors import CachewatchdError
 from cachewatchd.processes.staleness import scan_sources
 from cachewatchd.watch.mounts import PollMode
@@ -81,7 +81,7 @@ def run_doctor(roots: Sequence[Path], options: DoctorOptions | None = None) -> D
     add(_guard("processes", lambda: check_processes(roots, scan)))
     add(check_environment(env))
     for plan in plans:
-        add(_guard("filesystem", _bind(check_root, plan, opts.probe_timeout)))
+        add(_guard("filesystem", _bind(probe_root, plan, opts.probe_timeout)))
     if sys.platform.startswith("linux"):
         add(_guard("inotify", lambda: check_inotify(scan.directories)))
     add(_guard("daemon", lambda: check_daemon(roots)))
