@@ -284,6 +284,7 @@ def _stop(args: argparse.Namespace) -> int:
     import psutil
 
     from cachewatchd.daemon.registry import find_daemons, process_of
+    from cachewatchd.processes.os_procs import wait_gone
 
     daemons = find_daemons(list(args.paths) or None)
     if not daemons:
@@ -298,38 +299,14 @@ def _stop(args: argparse.Namespace) -> int:
         with contextlib.suppress(psutil.NoSuchProcess):
             proc.send_signal(signal.SIGTERM)
             procs.append(proc)
-    gone, alive = _wait_gone(procs, args.timeout)
-    for proc in gone:
-        print(f"stopped cachewatchd (pid {proc.pid})")
-    if alive:
-        pids = ", ".join(str(p.pid) for p in alive)
+    left = wait_gone(procs, args.timeout)  # a zombie is gone: its parent may not be us
+    for proc in procs:
+        if proc not in left:
+            print(f"stopped cachewatchd (pid {proc.pid})")
+    if left:
+        pids = ", ".join(str(p.pid) for p in left)
         raise RuntimeFailure(f"daemon(s) still running after {args.timeout:g}s: pid {pids}")
     return EXIT_OK
-
-
-def _wait_gone(procs: list[Any], timeout: float) -> tuple[list[Any], list[Any]]:
-    """Wait until every process exited (a zombie counts: its parent may not be us)."""
-    import time
-
-    import psutil
-
-    deadline = time.monotonic() + timeout
-    alive = list(procs)
-    gone: list[Any] = []
-    pause = threading.Event()
-    while alive:
-        for proc in list(alive):
-            try:
-                finished = proc.status() == psutil.STATUS_ZOMBIE
-            except psutil.NoSuchProcess:
-                finished = True
-            if finished:
-                alive.remove(proc)
-                gone.append(proc)
-        if not alive or time.monotonic() >= deadline:
-            break
-        pause.wait(0.05)
-    return gone, alive
 
 
 def _status(args: argparse.Namespace) -> int:

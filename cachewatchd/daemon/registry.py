@@ -35,6 +35,7 @@ from cachewatchd import __version__
 from cachewatchd.errors import RuntimeFailure
 from cachewatchd.log import get_logger
 from cachewatchd.paths import is_under, runtime_dir
+from cachewatchd.processes.os_procs import alive
 
 __all__ = [
     "Registration",
@@ -210,15 +211,15 @@ def _live_records(directory: Path) -> list[dict[str, Any]]:
     """Records of live daemons on this host; records of dead ones are removed (call under lock)."""
     live = []
     for file in directory.glob(f"*@{_host()}.json"):
-        record = _load(file)
+        pid, record = file.name.partition("@")[0], _load(file)
         try:
-            alive = record is not None and _verified(record) is not None
+            running = record is not None and _verified(record) is not None
         except psutil.AccessDenied:  # cannot tell: keep it rather than drop a live daemon
-            alive = True
-        if alive and record is not None:
+            running = True
+        if running and record is not None:
             live.append(record)
-        elif record is not None or not _pid_exists(file.name.partition("@")[0]):
-            file.unlink(missing_ok=True)
+        elif record is not None or not (pid.isdigit() and alive(int(pid))):
+            file.unlink(missing_ok=True)  # a broken record is kept while its pid runs
     return live
 
 
@@ -249,11 +250,6 @@ def _load(file: Path) -> dict[str, Any] | None:
     if isinstance(record["pid"], bool) or not all(isinstance(r, str) for r in record["roots"]):
         return None
     return record
-
-
-def _pid_exists(text: str) -> bool:
-    """Whether the pid in a broken record's file name still exists (keep its file if so)."""
-    return text.isdigit() and psutil.pid_exists(int(text))
 
 
 @contextmanager

@@ -25,6 +25,7 @@ from cachewatchd.errors import CachewatchdError
 from cachewatchd.log import get_logger
 from cachewatchd.paths import is_under
 from cachewatchd.processes.gate import import_check, wait_healthy
+from cachewatchd.processes.os_procs import alive
 from cachewatchd.processes.spec import ProcessSpec
 from cachewatchd.processes.staleness import SourceClock, importers, stale_reason
 from cachewatchd.processes.targets import ChildTarget, Target, make_target
@@ -296,19 +297,10 @@ class _Worker:
         replaced (gunicorn's HUP swaps its workers), so that the refresh which follows does not
         call the target stale while the swap is under way."""
         deadline = time.monotonic() + self.spec.grace
-        while any(_running(proc) for proc in old):
+        while any(alive(proc) for proc in old):
             left = deadline - time.monotonic()
             if left <= 0 or self._cancel.wait(min(0.05, left)):
                 return
-
-
-def _running(proc: psutil.Process) -> bool:
-    try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-    except (psutil.NoSuchProcess, psutil.ZombieProcess):
-        return False
-    except psutil.AccessDenied:
-        return True
 
 
 class Controller:

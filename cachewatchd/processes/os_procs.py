@@ -27,6 +27,7 @@ from cachewatchd.errors import RuntimeFailure
 __all__ = [
     "ProcessActionError",
     "Snapshot",
+    "alive",
     "find_by_match",
     "find_by_pidfile",
     "launch_detached",
@@ -36,6 +37,7 @@ __all__ = [
     "snapshot",
     "terminate_tree",
     "top_level",
+    "wait_gone",
 ]
 
 _KILL_WAIT = 10.0
@@ -188,9 +190,13 @@ def snapshot(proc: psutil.Process) -> Snapshot:
     return snap
 
 
-def _alive(proc: psutil.Process) -> bool:
-    """Still running (a zombie counts as gone: it holds no port and runs no code)."""
+def alive(proc: psutil.Process | int) -> bool:
+    """Whether *proc* (a process, or a pid) still runs. A zombie counts as gone: it holds no port
+    and runs no code. A recycled pid counts as gone (psutil compares the create_time); a process
+    we may not look at counts as running."""
     try:
+        if isinstance(proc, int):
+            proc = psutil.Process(proc)
         return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
     except (psutil.NoSuchProcess, psutil.ZombieProcess):
         return False
@@ -198,14 +204,14 @@ def _alive(proc: psutil.Process) -> bool:
         return True
 
 
-def _wait_gone(procs: Iterable[psutil.Process], timeout: float) -> list[psutil.Process]:
-    """Wait until every process is gone or *timeout* passes; return the survivors."""
+def wait_gone(procs: Iterable[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Wait until none of *procs* is :func:`alive` or *timeout* passes; return the survivors."""
     pending = list(procs)
     deadline = time.monotonic() + timeout
     pause = threading.Event()
     delay = 0.005
     while True:
-        pending = [p for p in pending if _alive(p)]
+        pending = [p for p in pending if alive(p)]
         if not pending or time.monotonic() >= deadline:
             return pending
         pause.wait(min(delay, max(0.0, deadline - time.monotonic())))
@@ -249,10 +255,10 @@ def terminate_tree(proc: psutil.Process, grace: float) -> None:
     # Signal the whole group only when the process leads it and it is not our own group.
     group = pgid if pgid == proc.pid and pgid != os.getpgrp() else None
     _signal_all(tree, group, signal.SIGTERM)
-    survivors = _wait_gone(tree, grace)
+    survivors = wait_gone(tree, grace)
     if survivors:
         _signal_all(survivors, group, signal.SIGKILL)
-        survivors = _wait_gone(survivors, _KILL_WAIT)
+        survivors = wait_gone(survivors, _KILL_WAIT)
     if survivors:
         pids = ", ".join(str(p.pid) for p in survivors)
         raise ProcessActionError(f"pid {pids} still running after SIGKILL")

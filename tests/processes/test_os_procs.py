@@ -230,3 +230,18 @@ def test_find_by_match_returns_tree_tops_and_never_ourselves(
         master.pid
     ]
     assert os.getpid() not in {p.pid for p in procs.find_by_match("pytest|python")}
+
+
+def test_alive_and_wait_gone(tmp_path: Path, reaper: Reaper) -> None:
+    sleeper = reaper.popen([sys.executable, str(_sleeper(tmp_path))])
+    zombie = reaper.popen([sys.executable, "-c", "pass"])  # exits; not reaped until the end
+    proc, dead = psutil.Process(sleeper.pid), psutil.Process(zombie.pid)
+    wait_until(lambda: dead.status() == psutil.STATUS_ZOMBIE)
+    shown = [procs.alive(p) for p in (proc, sleeper.pid, dead, zombie.pid)]
+    assert shown == [True, True, False, False]  # a zombie runs no code
+    recycled = psutil.Process(sleeper.pid)
+    recycled._ident = (recycled.pid, recycled._ident[1] - 100)  # type: ignore[attr-defined]
+    assert not procs.alive(recycled)
+    assert procs.wait_gone([proc, dead], 0.05) == [proc]
+    proc.terminate()
+    assert procs.wait_gone([proc, dead], 10) == []
