@@ -21,7 +21,7 @@ from cachewatchd.cache.audit import AuditOptions, State, audit
 from cachewatchd.config.settings import RootPlan
 from cachewatchd.doctor.findings import MAX_DETAILS, Finding, Severity
 from cachewatchd.paths import is_under
-from cachewatchd.processes.staleness import SLACK, SourceScan, importers
+from cachewatchd.processes.staleness import Change, SourceScan, importers, predates
 
 __all__ = [
     "check_caches",
@@ -115,50 +115,81 @@ def check_processes(roots: Sequence[Path], scan: SourceScan) -> list[Finding]:
     """This user's processes with files open under *roots*; Python ones older than the newest edit.
 
     Of a Python process working under a root, the processes that imported the code are the leaves of
-    its tree (the worker, not the reloader): :func:`cachewatchd.processes.staleness.importers`. *scan* is
-    :func:`cachewatchd.processes.staleness.scan_sources` of the roots. cachewatchd itself (this process, the
-    running daemons) is left out: it never imports the project's code.
+    its tree (the worker, not the reloader): :func:`cachewatchd.processes.staleness.importers`; stale
+    is :func:`cachewatchd.processes.staleness.predates` of *scan*'s newest change (*scan* is
+    :func:`cachewatchd.processes.staleness.scan_sources` of the roots). cachewatchd itself (this
+    process, the running daemons) is left out: it never imports the project's code.
     """
-    own, uid = _cachewatchd_pids(), os.getuid()
-    holding: list[str] = []
-    candidates: list[psutil.Process] = []
-    attrs = ["pid", "name", "exe", "cmdline", "cwd", "uids"]
-    for proc in psutil.process_iter(attrs, ad_value=None):
-        info = proc.info
-        if info["pid"] in own or info["uids"] is None or info["uids"].real != uid:
-            continue
-        try:
-            opened = sorted({f.path for f in proc.open_files() if _under(f.path, roots)})
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            opened = []
-        holding += [f"{_label(proc)}: {path}" for path in opened[:3]]
-        exe = os.path.basename(info["exe"] or (info["cmdline"] or [""])[0])
-        if _PYTHON_EXE.match(exe) and _involved(info, opened, roots):
-            candidates.append(proc)
-    stale: dict[int, str] = {}
-    newest = scan.newest
-    for leaf in importers(candidates):
-        try:
-            created = leaf.create_time()
-            mine = leaf.uids().real == uid
-        except psutil.Error:
-            continue
-        if newest is not None and leaf.pid not in own and mine and created + SLACK < newest.time:
-            stale[leaf.pid] = f"{_label(leaf)} (started {_clock(created)})"
+    own = _cachewatchd_pids()
+    holding, pythons = _survey(roots, own)
     findings = []
-    if stale and newest is not None:
-        message = (
-            f"{len(stale)} Python processes started before the newest source change "
-            f"({newest.path}, {_clock(newest.time)}): they may run old code"
-        )
-        action = "restart them, or let cachewatchd restart them (see `cachewatchd run --help`)"
-        details = tuple(stale.values())[:MAX_DETAILS]
-        findings.append(Finding("stale-processes", "warning", message, action, None, details))
+    stale = _stale_importers(pythons, scan.newest, own)
+    if stale and scan.newest is not None:
+        findings.append(_stale_finding(stale, scan.newest))
     if holding:
         message = f"{len(holding)} files under the roots are held open by processes"
         details = tuple(holding[:MAX_DETAILS])
         findings.append(Finding("open-files", "info", message, "", None, details))
     return findings
+
+
+def _survey(roots: Sequence[Path], own: set[int]) -> tuple[list[str], list[psutil.Process]]:
+    """This user's processes (but *own*): files they hold open under *roots* (three per process at
+    most, ``"pid ...: path"``), and the Python ones that work under a root."""
+    uid = os.getuid()
+    holding: list[str] = []
+    pythons: list[psutil.Process] = []
+    attrs = ["pid", "name", "exe", "cmdline", "cwd", "uids"]
+    for proc in psutil.process_iter(attrs, ad_value=None):
+        info = proc.info
+        if info["pid"] in own or info["uids"] is None or info["uids"].real != uid:
+            continue
+        opened = _open_under(proc, roots)
+        holding += [f"{_label(proc)}: {path}" for path in opened[:3]]
+        if _is_python(info) and _involved(info, opened, roots):
+            pythons.append(proc)
+    return holding, pythons
+
+
+def _open_under(proc: psutil.Process, roots: Sequence[Path]) -> list[str]:
+    try:
+        return sorted({f.path for f in proc.open_files() if _under(f.path, roots)})
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return []
+
+
+def _is_python(info: Mapping[str, Any]) -> bool:
+    exe = os.path.basename(info["exe"] or (info["cmdline"] or [""])[0])
+    return _PYTHON_EXE.match(exe) is not None
+
+
+def _stale_importers(
+    pythons: Sequence[psutil.Process], newest: Change | None, own: set[int]
+) -> list[str]:
+    """This user's importers of *pythons* that predate *newest*: ``"pid ... (started ...)"``."""
+    if newest is None:
+        return []
+    uid = os.getuid()
+    stale: dict[int, str] = {}
+    for leaf in importers(pythons):
+        try:
+            created = leaf.create_time()
+            mine = leaf.uids().real == uid
+        except psutil.Error:
+            continue
+        if leaf.pid not in own and mine and predates(created, newest):
+            stale[leaf.pid] = f"{_label(leaf)} (started {_clock(created)})"
+    return list(stale.values())
+
+
+def _stale_finding(stale: Sequence[str], newest: Change) -> Finding:
+    message = (
+        f"{len(stale)} Python processes started before the newest source change "
+        f"({newest.path}, {_clock(newest.time)}): they may run old code"
+    )
+    action = "restart them, or let cachewatchd restart them (see `cachewatchd run --help`)"
+    details = tuple(stale[:MAX_DETAILS])
+    return Finding("stale-processes", "warning", message, action, None, details)
 
 
 def _label(proc: psutil.Process) -> str:

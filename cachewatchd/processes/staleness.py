@@ -32,6 +32,7 @@ __all__ = [
     "SourceClock",
     "SourceScan",
     "importers",
+    "predates",
     "scan_sources",
     "stale_reason",
 ]
@@ -157,6 +158,11 @@ def _iso(when: float) -> str:
     return datetime.fromtimestamp(when, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def predates(started: float, newest: Change | None, slack: float = SLACK) -> bool:
+    """The staleness rule: a process started at *started* (``create_time``) predates *newest*."""
+    return newest is not None and started < newest.time - slack
+
+
 def stale_reason(
     procs: Iterable[psutil.Process], newest: Change | None, slack: float = SLACK
 ) -> str | None:
@@ -168,7 +174,7 @@ def stale_reason(
             started = proc.create_time()
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
-        if started < newest.time - slack:
+        if predates(started, newest, slack):
             return (
                 f"pid {proc.pid} started {_iso(started)}, before {newest.path} "
                 f"changed at {_iso(newest.time)}"
