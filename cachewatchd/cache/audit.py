@@ -7,8 +7,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-from cachewatchd.cache.auditor import AuditOptions, Auditor, Result, mirror_dir
+from cachewatchd.cache.auditor import AuditOptions, Auditor, Result
 from cachewatchd.cache.judge import DANGEROUS, Entry, State
+from cachewatchd.cache.pyc import mirror_dir
 from cachewatchd.errors import UsageError
 
 __all__ = [

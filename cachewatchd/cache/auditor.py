@@ -29,11 +29,12 @@ from cachewatchd.cache.pyc import (
     RUNNING_MAGIC,
     SOURCE_SUFFIXES,
     Mode,
+    mirror_dir,
     parse_cache_name,
 )
 from cachewatchd.cache.walk import Excluder, WalkOptions, walk_stack
 
-__all__ = ["AuditOptions", "Auditor", "Result", "Row", "mirror_dir"]
+__all__ = ["AuditOptions", "Auditor", "Result", "Row"]
 
 
 class AuditOptions(NamedTuple):
@@ -54,11 +55,6 @@ class AuditOptions(NamedTuple):
 
     def walk_options(self) -> WalkOptions:
         return WalkOptions(self.include_venvs, self.excludes, self.default_excludes)
-
-
-def mirror_dir(prefix: Path, directory: Path) -> Path:
-    """Where CPython keeps caches of *directory*'s sources under ``PYTHONPYCACHEPREFIX``."""
-    return prefix / directory.relative_to(directory.anchor)
 
 
 def _open_dirs(source_dir: str, cache_dir: str) -> tuple[int, int] | None:

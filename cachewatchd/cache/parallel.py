@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import NoReturn
 
 from cachewatchd.cache.audit import AuditReport, audit, build_report
-from cachewatchd.cache.auditor import AuditOptions, Auditor, Result, mirror_dir
-from cachewatchd.cache.pyc import LEGACY_SUFFIXES, SOURCE_SUFFIXES
+from cachewatchd.cache.auditor import AuditOptions, Auditor, Result
+from cachewatchd.cache.pyc import LEGACY_SUFFIXES, SOURCE_SUFFIXES, mirror_dir
 from cachewatchd.cache.walk import list_directory, subdirectories
 from cachewatchd.errors import RuntimeFailure
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import struct
 import sys
+from pathlib import Path
 from typing import Literal, NamedTuple
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "Header",
     "HeaderError",
     "Mode",
+    "mirror_dir",
     "parse_cache_name",
     "parse_header",
     "source_hash",
@@ -174,3 +176,8 @@ def parse_cache_name(name: str) -> CacheName | None:
     if not stem or not tag:
         return None
     return CacheName(stem, tag, opt)
+
+
+def mirror_dir(prefix: Path, directory: Path) -> Path:
+    """Where CPython keeps caches of *directory*'s sources under ``PYTHONPYCACHEPREFIX``."""
+    return prefix / directory.relative_to(directory.anchor)

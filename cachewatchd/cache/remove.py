@@ -5,15 +5,16 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cachewatchd.cache.pyc import LEGACY_SUFFIXES, parse_cache_name
+from cachewatchd.cache.pyc import LEGACY_SUFFIXES, mirror_dir, parse_cache_name
 from cachewatchd.paths import is_under
 
 __all__ = [
     "RemoveResult",
+    "cache_files_by_source",
     "cache_files_for_source",
     "invalidate_source",
     "is_cache_file",
@@ -33,40 +34,73 @@ class RemoveResult:
         self.removed_dirs += other.removed_dirs
 
 
-def _cache_names(directory: Path, stem: str) -> list[Path]:
+def _index(directory: Path, stems: Container[str]) -> dict[str, list[Path]]:
+    """Cache files in *directory* of the sources named *stems*, by stem
+    (``m.cpython-311.opt-1.pyc`` -> ``m``)."""
     try:
         names = os.listdir(directory)
     except OSError:
-        return []
-    found = []
+        return {}
+    index: dict[str, list[Path]] = {}
     for name in names:
-        if not name.startswith(stem + "."):
+        if name.partition(".")[0] not in stems:
             continue
         parsed = parse_cache_name(name)
-        if parsed is not None and parsed.stem == stem:
-            found.append(directory / name)
+        if parsed is not None:
+            index.setdefault(parsed.stem, []).append(directory / name)
+    return index
+
+
+def _stem(source: Path) -> str:
+    return source.name.rsplit(".", 1)[0]
+
+
+def cache_files_by_source(
+    sources: Iterable[Path],
+    *,
+    pycache_prefix: Path | None = None,
+    legacy: Container[Path] = (),
+) -> dict[Path, list[Path]]:
+    """Existing cache files of each of *sources*: every tag and opt level, in ``__pycache__`` and,
+    for an absolute source, in the prefix tree; also ``m.pyc``/``m.pyo`` beside ``m.py`` for the
+    sources in *legacy*. The sources need not exist any more.
+
+    Lists each directory once: a 10k-file checkout must not list a 10k-entry ``__pycache__`` 10k
+    times.
+    """
+    by_dir: dict[Path, list[Path]] = {}
+    for source in sources:
+        by_dir.setdefault(source.parent, []).append(source)
+    found: dict[Path, list[Path]] = {}
+    for directory, members in by_dir.items():
+        stems = {_stem(source) for source in members}
+        index = _index(directory / "__pycache__", stems)
+        if pycache_prefix is not None and directory.is_absolute():
+            for stem, files in _index(mirror_dir(pycache_prefix, directory), stems).items():
+                index.setdefault(stem, []).extend(files)
+        for source in members:
+            stem = _stem(source)
+            files = list(index.get(stem, ()))
+            if source in legacy:
+                files += [
+                    directory / (stem + suffix)
+                    for suffix in LEGACY_SUFFIXES
+                    if os.path.lexists(directory / (stem + suffix))
+                ]
+            found[source] = files
     return found
 
 
 def cache_files_for_source(
     source: Path, *, pycache_prefix: Path | None = None, legacy: bool = False
 ) -> list[Path]:
-    """Existing cache files of *source*: every tag and opt level, ``__pycache__`` and prefix tree.
+    """Existing cache files of *source*: :func:`cache_files_by_source` of one source.
 
     With *legacy*, also ``m.pyc``/``m.pyo`` beside ``m.py``. *source* need not exist any more.
     """
-    directory = source.parent
-    stem = source.name.rsplit(".", 1)[0]
-    found = _cache_names(directory / "__pycache__", stem)
-    if pycache_prefix is not None:
-        mirror = pycache_prefix / directory.relative_to(directory.anchor)
-        found += _cache_names(mirror, stem)
-    if legacy:
-        for suffix in LEGACY_SUFFIXES:
-            candidate = directory / (stem + suffix)
-            if os.path.lexists(candidate):
-                found.append(candidate)
-    return found
+    return cache_files_by_source(
+        [source], pycache_prefix=pycache_prefix, legacy=(source,) if legacy else ()
+    )[source]
 
 
 def _within(path: str, bases: Sequence[str]) -> bool:

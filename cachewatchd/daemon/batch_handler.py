@@ -21,15 +21,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from cachewatchd.cache.audit import AuditOptions, AuditReport, State, audit, mirror_dir
-from cachewatchd.cache.pyc import parse_cache_name
-from cachewatchd.cache.remove import RemoveResult, remove_cache_files
+from cachewatchd.cache.audit import AuditOptions, AuditReport, State, audit
+from cachewatchd.cache.pyc import mirror_dir
+from cachewatchd.cache.remove import RemoveResult, cache_files_by_source, remove_cache_files
 from cachewatchd.daemon.recheck import Rechecker
 from cachewatchd.log import get_logger
 from cachewatchd.paths import is_under
 from cachewatchd.watch.batch import Batch, GitMove
 
-__all__ = ["BatchHandler", "Counters", "Outcome"]
+__all__ = ["BatchHandler", "Counters", "Outcome", "ReportedPaths"]
 
 _MAX_ERROR_LINES = 20
 
@@ -65,6 +65,27 @@ class Outcome:
     """Roots audited in this batch."""
 
 
+class ReportedPaths:
+    """Paths whose problem was already logged: one report per path, whichever thread finds it.
+
+    *paths* is a set shared with the watchers (they add the paths they report); this object is the
+    handler's one way to test and add, under its lock.
+    """
+
+    def __init__(self, paths: set[str] | None = None) -> None:
+        self._paths: set[str] = set() if paths is None else paths
+        self._lock = threading.Lock()
+
+    def first_time(self, path: str | os.PathLike[str]) -> bool:
+        """True the first time *path* is reported (and it is remembered), False afterwards."""
+        key = os.fspath(path)
+        with self._lock:
+            if key in self._paths:
+                return False
+            self._paths.add(key)
+            return True
+
+
 class BatchHandler:
     """Handles batches for a fixed set of roots (rebuilt on reload). Counters are shared."""
 
@@ -74,13 +95,15 @@ class BatchHandler:
         *,
         pycache_prefix: Path | None,
         counters: Counters,
-        reported: set[str] | None = None,
+        reported: ReportedPaths | set[str] | None = None,
     ) -> None:
         self.roots = list(excludes)
         self._excludes = excludes
         self._prefix = pycache_prefix
         self.counters = counters
-        self._reported: set[str] = set() if reported is None else reported
+        self._reported = (
+            reported if isinstance(reported, ReportedPaths) else ReportedPaths(reported)
+        )
         """Paths already reported (shared with the watchers: one report per path)."""
         self.lock = threading.Lock()
         """Held while counters change (status readers take it too)."""
@@ -110,25 +133,8 @@ class BatchHandler:
     def _invalidate(self, sources: Sequence[Path], ghosts: set[Path], outcome: Outcome) -> None:
         """Remove every cache entry of *sources* (legacy pycs too for *ghosts*), one listing per
         directory: a 10k-file checkout must not list a 10k-entry ``__pycache__`` 10k times."""
-        owner: dict[Path, Path] = {}
-        by_dir: dict[Path, list[Path]] = {}
-        for source in sources:
-            by_dir.setdefault(source.parent, []).append(source)
-        for directory, members in by_dir.items():
-            index = _index(directory / "__pycache__")
-            if self._prefix is not None and directory.is_absolute():
-                for stem, files in _index(mirror_dir(self._prefix, directory)).items():
-                    index.setdefault(stem, []).extend(files)
-            for source in members:
-                stem = source.name.rsplit(".", 1)[0]
-                files = list(index.get(stem, ()))
-                if source in ghosts:
-                    files += [
-                        directory / (stem + suffix)
-                        for suffix in (".pyc", ".pyo")
-                        if os.path.lexists(directory / (stem + suffix))
-                    ]
-                owner.update(dict.fromkeys(files, source))
+        listing = cache_files_by_source(sources, pycache_prefix=self._prefix, legacy=ghosts)
+        owner = {pyc: source for source, files in listing.items() for pyc in files}
         self.rechecker.schedule(s for s in sources if s not in ghosts)
         if not owner:
             return
@@ -245,11 +251,7 @@ class BatchHandler:
 
     def _errors(self, errors: Iterable[tuple[Path, str]], *, during: str) -> None:
         """Log each problem once (a reconcile finds the same unreadable directory every time)."""
-        fresh = []
-        for path, error in errors:
-            if str(path) not in self._reported:
-                self._reported.add(str(path))
-                fresh.append((path, error))
+        fresh = [(path, error) for path, error in errors if self._reported.first_time(path)]
         for path, error in fresh[:_MAX_ERROR_LINES]:
             self._log.warning("error", path=str(path), error=error, during=during)
         if len(fresh) > _MAX_ERROR_LINES:
@@ -258,17 +260,3 @@ class BatchHandler:
         if fresh:
             with self.lock:
                 self.counters.errors += len(fresh)
-
-
-def _index(directory: Path) -> dict[str, list[Path]]:
-    """Cache files in *directory* by source stem (``m.cpython-311.opt-1.pyc`` -> ``m``)."""
-    try:
-        names = os.listdir(directory)
-    except OSError:
-        return {}
-    index: dict[str, list[Path]] = {}
-    for name in names:
-        parsed = parse_cache_name(name)
-        if parsed is not None:
-            index.setdefault(parsed.stem, []).append(directory / name)
-    return index

@@ -243,3 +243,43 @@ def test_clean_prunes_the_emptied_prefix_mirror_but_not_the_prefix(tmp_path: Pat
     assert main(["clean", "--pycache-prefix", str(prefix), str(root)]) == 0
     assert prefix.is_dir()
     assert list(prefix.iterdir()) == []
+
+
+# -- listing a source's cache files -----------------------------------------------------------
+def test_cache_files_by_source_lists_each_directory_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cachewatchd.cache.remove import cache_files_by_source
+
+    prefix = (tmp_path / "prefix").resolve()
+    root = (tmp_path / "proj").resolve()
+    sources = [write(root / f"m{i}.py", "X = 1\n") for i in range(5)]
+    for source in sources:
+        compile_pyc(source)
+        compile_pyc(source, optimize=1)
+    mirror = prefix / root.relative_to(root.anchor)
+    mirror.mkdir(parents=True)
+    in_prefix = compile_pyc(sources[0], cfile=mirror / f"m0.{TAG}.pyc")
+    legacy = compile_pyc(sources[1], cfile=root / "m1.pyc")
+    lonely = compile_pyc(write(root / "other.py", "X = 1\n"))
+
+    listed: list[str] = []
+    real_listdir = os.listdir
+
+    def counting_listdir(path: Any) -> list[str]:
+        listed.append(str(path))
+        return real_listdir(path)
+
+    monkeypatch.setattr(os, "listdir", counting_listdir)
+    found = cache_files_by_source(sources, pycache_prefix=prefix, legacy={sources[1]})
+    assert sorted(listed) == sorted([str(root / "__pycache__"), str(mirror)])
+    monkeypatch.undo()
+    assert list(found) == sources
+    for source in sources:
+        assert found[source] == cache_files_for_source(
+            source, pycache_prefix=prefix, legacy=source == sources[1]
+        )
+        assert len(found[source]) == 2 + (source in sources[:2])
+    assert in_prefix in found[sources[0]]
+    assert found[sources[1]][-1] == legacy
+    assert all(lonely not in files for files in found.values())
