@@ -23,6 +23,7 @@ from pathlib import Path
 
 import psutil
 
+from cachewatchd.cache.pyc import SOURCE_SUFFIXES
 from cachewatchd.cache.walk import WalkOptions, walk
 from cachewatchd.paths import is_under
 
@@ -40,7 +41,6 @@ __all__ = [
 SLACK = 1.0
 """Seconds a process may predate a change and still count as fresh."""
 
-_SOURCES = (".py", ".pyw")
 _HELPERS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver", "semaphore_tracker")
 
 
@@ -80,7 +80,7 @@ def scan_sources(roots: Mapping[Path, Sequence[str]]) -> SourceScan:
         for _dirpath, entries in walk(str(root), options, _unreadable):
             scan.directories += 1
             for entry in entries:
-                if not entry.name.endswith(_SOURCES):
+                if not entry.name.endswith(SOURCE_SUFFIXES):
                     continue
                 when = _changed_at(entry.path)
                 if when is not None and (scan.newest is None or when > scan.newest.time):
@@ -115,7 +115,7 @@ class SourceClock:
     def touch(self, paths: Iterable[Path]) -> None:
         """Record changes to *paths* (a deleted source counts as changed now)."""
         for path in paths:
-            if path.suffix not in _SOURCES:
+            if path.suffix not in SOURCE_SUFFIXES:
                 continue
             when = _changed_at(path)
             change = Change(time.time() if when is None else when, path)

@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from cachewatchd.cache.pyc import SOURCE_SUFFIXES
 from cachewatchd.cache.walk import Excluder, WalkOptions
 from cachewatchd.log import get_logger
 
 __all__ = [
-    "SOURCE_SUFFIXES",
     "Batch",
     "Batcher",
     "Debounce",
@@ -35,7 +35,6 @@ __all__ = [
 
 DEFAULT_QUIET = 0.03
 DEFAULT_MAX_WINDOW = 1.0
-SOURCE_SUFFIXES = (".py", ".pyw")
 _NOT_NORMAL = frozenset(("", os.curdir, os.pardir))
 """Path components that ``os.path.normpath`` would rewrite."""
 

@@ -19,8 +19,8 @@ import stat
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from cachewatchd.cache.pyc import SOURCE_SUFFIXES
 from cachewatchd.cache.walk import Excluder, WalkOptions
-from cachewatchd.watch.batch import SOURCE_SUFFIXES
 
 __all__ = ["SourceLister", "change_stat", "make_polling_observer"]
 
