@@ -3,40 +3,30 @@
 Observers call the :class:`Batcher`'s feeding methods from their own threads. A batch closes after a
 quiet period without events or, during a storm, after a maximum window since its first event; it is then
 handed to ``on_batch`` on the batcher's own thread. While a batch is being handled, new events gather in
-the next one, so a 10k-file checkout gives a handful of batches, not 10k calls.
-
-:class:`EventMapper` is the front door for filesystem observers: it decides what a watchdog event means
-(a source changed or went away, a directory went away) and feeds the sink accordingly.
+the next one, so a 10k-file checkout gives a handful of batches, not 10k calls. What a watchdog event
+means for a batch: :mod:`cachewatchd.watch.events`.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
 
-from cachewatchd.cache.pyc import SOURCE_SUFFIXES
-from cachewatchd.cache.walk import Excluder, WalkOptions
 from cachewatchd.log import get_logger
 
 __all__ = [
     "Batch",
     "Batcher",
     "Debounce",
-    "EventMapper",
-    "EventSink",
     "GitMove",
     "Rescan",
 ]
 
 DEFAULT_QUIET = 0.03
 DEFAULT_MAX_WINDOW = 1.0
-_NOT_NORMAL = frozenset(("", os.curdir, os.pardir))
-"""Path components that ``os.path.normpath`` would rewrite."""
 
 
 @dataclass(frozen=True)
@@ -274,102 +264,3 @@ class Batcher:
                     self._busy = False
                     self._batches += 1
                     self._cond.notify_all()
-
-
-class EventSink(Protocol):
-    """What the watcher feeds: a :class:`cachewatchd.watch.batch.Batcher`."""
-
-    def source_changed(self, path: Path) -> None: ...
-    def source_removed(self, path: Path) -> None: ...
-    def dir_removed(self, path: Path) -> None: ...
-    def rescan(self, root: Path, reason: str) -> None: ...
-
-
-class EventMapper:
-    """A watchdog event handler for one root: source and directory events -> :class:`EventSink`.
-
-    Only ``.py``/``.pyw`` files count (both sides of a move); directories deleted or moved away report
-    every source below them gone; anything below ``__pycache__`` or an excluded directory is ignored.
-    The root itself deleted calls *on_root_gone*. A ``.git`` appearing asks for a rescan (a new
-    repository or work tree for the git watcher to find).
-    """
-
-    def __init__(
-        self,
-        root: Path,
-        sink: EventSink,
-        options: WalkOptions,
-        on_root_gone: Callable[[Path], None],
-    ) -> None:
-        self.root = root
-        self.sink = sink
-        self.excluder = Excluder(options)
-        self.on_root_gone = on_root_gone
-        self._fast_root: Path | None = None
-        self._fast: tuple[str, str] | None = None
-        """``(normalized root, its prefix)`` for :meth:`_relative`, when the root is absolute."""
-
-    def dispatch(self, event: Any) -> None:
-        kind = event.event_type
-        src = os.fsdecode(event.src_path)
-        dest = os.fsdecode(event.dest_path) if kind == "moved" and event.dest_path else ""
-        if event.is_directory:
-            self._directory(kind, src, dest)
-            return
-        name = os.path.basename(dest or src)
-        if name == ".git" and kind in {"created", "moved"}:  # a work tree or submodule appeared
-            self.sink.rescan(self.root, "new git repository")
-        if kind == "moved":
-            if self._is_source(src):
-                self.sink.source_removed(Path(src))
-            if self._is_source(dest):
-                self.sink.source_changed(Path(dest))
-        elif kind == "deleted":
-            if self._is_source(src):
-                self.sink.source_removed(Path(src))
-        elif kind in {"created", "modified", "attrib", "closed"} and self._is_source(src):
-            self.sink.source_changed(Path(src))
-
-    def _directory(self, kind: str, src: str, dest: str) -> None:
-        if kind == "deleted" and src == str(self.root):
-            self.sink.dir_removed(self.root)
-            self.on_root_gone(self.root)
-        elif kind in {"deleted", "moved"} and not self._ignored(src, is_dir=True):
-            self.sink.dir_removed(Path(src))
-        elif kind == "created" and os.path.basename(src) == ".git":
-            self.sink.rescan(self.root, "new git repository")
-
-    def _is_source(self, path: str) -> bool:
-        return bool(path) and path.endswith(SOURCE_SUFFIXES) and not self._ignored(path)
-
-    def _relative(self, path: str) -> str:
-        """``os.path.relpath(path, self.root)``, cheaply in the common case: an absolute, normalized
-        path below an absolute root, as observers report them (a 10k-file checkout brings 30k
-        events; relpath alone cost 0.1 s CPU of them)."""
-        root = self.root
-        if root is not self._fast_root:
-            self._fast_root = root
-            text = os.fspath(root)
-            base = os.path.normpath(text) if os.path.isabs(text) else None
-            self._fast = None if base is None else (base, base.rstrip(os.sep) + os.sep)
-        if self._fast is not None:
-            base, prefix = self._fast
-            if path == base:
-                return os.curdir
-            if path.startswith(prefix):
-                rel = path[len(prefix) :]
-                if _NOT_NORMAL.isdisjoint(rel.split(os.sep)):
-                    return rel
-        return os.path.relpath(path, root)
-
-    def _ignored(self, path: str, *, is_dir: bool = False) -> bool:
-        """Below ``__pycache__``, an excluded directory, or outside the root."""
-        rel = self._relative(path)
-        if rel.startswith(os.pardir):
-            return True
-        parts = rel.split(os.sep)
-        dirs = parts if is_dir else parts[:-1]
-        for i, name in enumerate(dirs):
-            if name == "__pycache__" or self.excluder.excluded(name, "/".join(parts[: i + 1])):
-                return True
-        return False

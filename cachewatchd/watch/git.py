@@ -33,6 +33,7 @@ from typing import Any, Protocol
 from cachewatchd.cache.walk import WalkOptions, walk
 from cachewatchd.log import get_logger
 from cachewatchd.watch.batch import GitMove
+from cachewatchd.watch.events import Poke, event_filter
 from cachewatchd.watch.mounts import PollMode, choose_observer
 
 __all__ = [
@@ -327,7 +328,10 @@ class GitWatcher:
                 self._observer.start()
             try:
                 watch = self._observer.schedule(
-                    _Poke(self._wake), str(directory), recursive=False, event_filter=_event_filter()
+                    Poke(self._wake),
+                    str(directory),
+                    recursive=False,
+                    event_filter=event_filter(attrib=False),
                 )
             except OSError as exc:
                 self._log.debug("git-dir-unwatched", path=str(directory), error=str(exc))
@@ -388,28 +392,3 @@ class GitWatcher:
         old = track.emitted[0]
         track.emitted = fp
         return GitMove(track.repo.worktree, old, fp[0])
-
-
-class _Poke:
-    """watchdog handler that only wakes the checker."""
-
-    def __init__(self, wake: threading.Event) -> None:
-        self._wake = wake
-
-    def dispatch(self, event: Any) -> None:
-        self._wake.set()
-
-
-def _event_filter() -> list[Any]:
-    from watchdog import events as ev
-
-    # not opened/closed-without-write: reading HEAD ourselves must not wake us again
-    return [
-        ev.FileCreatedEvent,
-        ev.FileModifiedEvent,
-        ev.FileDeletedEvent,
-        ev.FileMovedEvent,
-        ev.DirCreatedEvent,
-        ev.DirDeletedEvent,
-        ev.DirMovedEvent,
-    ]

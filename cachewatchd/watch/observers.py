@@ -21,7 +21,7 @@ from typing import Any
 
 from cachewatchd.cache.walk import WalkOptions, walk
 from cachewatchd.log import get_logger
-from cachewatchd.watch.batch import EventMapper, EventSink
+from cachewatchd.watch.events import EventMapper, EventSink, event_filter
 from cachewatchd.watch.mounts import ObserverChoice, PollMode, choose_observer
 from cachewatchd.watch.native import LIMITS, Guard, inotify_classes
 from cachewatchd.watch.polling import make_polling_observer
@@ -33,21 +33,6 @@ def coverage_gaps(root: Path, watched: set[str], options: WalkOptions) -> list[s
     """Directories below *root* (pruned as every walk prunes) that exist but hold no watch."""
     found = [path for path, _ in walk(str(root), options, lambda p, e: None)]
     return sorted(p for p in found if p not in watched and os.path.isdir(p))
-
-
-def _event_filter() -> list[Any]:
-    from watchdog import events as ev
-
-    return [
-        ev.FileCreatedEvent,
-        ev.FileModifiedEvent,
-        ev.FileAttribEvent,
-        ev.FileDeletedEvent,
-        ev.FileMovedEvent,
-        ev.DirCreatedEvent,
-        ev.DirDeletedEvent,
-        ev.DirMovedEvent,
-    ]
 
 
 @dataclass
@@ -275,7 +260,7 @@ class Watcher:
             EventMapper(root.path, self.sink, self.walk_options, self.report_gone),
             str(root.path),
             recursive=True,
-            event_filter=_event_filter(),
+            event_filter=event_filter(),
         )
         try:
             observer.start()
