@@ -3,9 +3,10 @@
 Three additions built on watchdog 7.x internals (``InotifyWatchGroup``, ``InotifyFD``; pinned below 8
 in pyproject.toml): excluded directories, ``__pycache__`` and virtual environments get no inotify
 watch; a directory that cannot be watched because the inotify limit is reached is *noticed*
-(watchdog 7 silently skips it) and reported to the :class:`~cachewatchd.watch.observers.Watcher`, which falls
-back to polling; an event-queue overflow becomes a rescan request. Where these internals are missing
-(another watchdog, not Linux), :func:`inotify_classes` returns ``None`` and the stock observer is used.
+(watchdog 7 silently skips it) and reported to a :class:`CoverageSink` (the
+:class:`~cachewatchd.watch.observers.Watcher`), which falls back to polling; an event-queue overflow
+becomes a rescan request. Where these internals are missing (another watchdog, not Linux),
+:func:`inotify_classes` returns ``None`` and the stock observer is used.
 """
 
 from __future__ import annotations
@@ -14,14 +15,11 @@ import errno
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from cachewatchd.cache.walk import Excluder
+from cachewatchd.cache.walk import Excluder, WalkOptions
 
-if TYPE_CHECKING:
-    from cachewatchd.watch.observers import Watcher
-
-__all__ = ["LIMITS", "Guard", "inotify_classes"]
+__all__ = ["LIMITS", "CoverageSink", "Guard", "inotify_classes"]
 
 LIMITS = {
     errno.ENOSPC: "inotify watch limit reached",
@@ -29,13 +27,28 @@ LIMITS = {
 }
 
 
-class Guard:
-    """One root's link from watchdog's inotify internals back to the :class:`Watcher`."""
+class CoverageSink(Protocol):
+    """Where a :class:`Guard` reports what watchdog would hide: the
+    :class:`~cachewatchd.watch.observers.Watcher`. The ``report_*``/``request_*`` methods are called
+    from the inotify thread: they must not block."""
 
-    def __init__(self, watcher: Watcher, root: Path) -> None:
-        self.watcher = watcher
+    @property
+    def walk_options(self) -> WalkOptions:
+        """What gets no watch: the excludes every walk of the root prunes."""
+        ...
+
+    def report_denied(self, path: str, exc: OSError) -> None: ...
+    def request_fallback(self, root: Path, reason: str) -> None: ...
+    def report_overflow(self, root: Path) -> None: ...
+
+
+class Guard:
+    """One root's link from watchdog's inotify internals back to its :class:`CoverageSink`."""
+
+    def __init__(self, sink: CoverageSink, root: Path) -> None:
+        self.sink = sink
         self.root = str(root)
-        self.excluder = Excluder(watcher.walk_options)
+        self.excluder = Excluder(sink.walk_options)
         self.group: Any = None
         self.limit: str | None = None
 
@@ -49,16 +62,16 @@ class Guard:
 
     def walk_error(self, exc: OSError) -> None:
         if isinstance(exc, PermissionError):
-            self.watcher.report_denied(str(exc.filename), exc)
+            self.sink.report_denied(str(exc.filename), exc)
 
     def watch_failed(self, path: str, exc: OSError) -> None:
         reason = LIMITS.get(exc.errno or 0)
         if reason is not None:
             if self.limit is None:
                 self.limit = f"{reason} at {path}"
-                self.watcher.request_fallback(Path(self.root), self.limit)
+                self.sink.request_fallback(Path(self.root), self.limit)
         elif isinstance(exc, PermissionError):
-            self.watcher.report_denied(path, exc)
+            self.sink.report_denied(path, exc)
 
     def watched(self) -> set[str]:
         group = self.group
@@ -138,7 +151,7 @@ def inotify_classes() -> tuple[Any, Any] | None:
 
         def on_queue_overflow(self) -> None:
             super().on_queue_overflow()
-            self.guard.watcher.report_overflow(Path(self.guard.root))
+            self.guard.sink.report_overflow(Path(self.guard.root))
 
     class GuardedEmitter(InotifyEmitter):
         def __init__(self, *args: Any, guard: Guard, **kwargs: Any) -> None:
