@@ -7,6 +7,8 @@ import gc
 import json
 import os
 import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +17,7 @@ from cachewatchd.errors import EXIT_FAILURE, EXIT_FINDINGS, EXIT_OK
 
 if TYPE_CHECKING:
     from cachewatchd.cache.audit import AuditOptions, AuditReport, Entry
+    from cachewatchd.cache.clean import CleanResult
 
 __all__ = ["register"]
 
@@ -39,8 +42,6 @@ _ADVICE = {
 }
 
 _DANGER_ORDER = ("stale", "sourceless", "corrupt", "suspect", "outdated", "orphan", "fresh")
-
-_CLEAN_STATES = frozenset({"outdated", "stale", "suspect", "orphan", "corrupt"})
 
 
 def _audit_arguments(parser: argparse.ArgumentParser) -> None:
@@ -92,18 +93,24 @@ def _jobs(text: str) -> int:
     return jobs
 
 
-def _audit(args: argparse.Namespace, roots: list[Path], options: AuditOptions) -> AuditReport:
-    """The audit of a one-shot command: over ``--jobs`` processes, with the cyclic GC off.
+def _jobs_of(args: argparse.Namespace) -> int:
+    from cachewatchd.cache.parallel import default_jobs
+
+    jobs: int = args.jobs or default_jobs()
+    return jobs
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """The cyclic GC off for a one-shot command's audit.
 
     Nothing the audit makes is cyclic; collections only cost time (7 % of the audit for
     ``clean --all``, which builds an ``Entry`` per cache file).
     """
-    from cachewatchd.cache.parallel import audit_jobs, default_jobs
-
     enabled = gc.isenabled()
     gc.disable()
     try:
-        return audit_jobs(roots, options, args.jobs or default_jobs())
+        yield
     finally:
         if enabled:
             gc.enable()
@@ -149,9 +156,7 @@ def register(sub: Any) -> None:
     clean.set_defaults(handler=_clean)
 
 
-def _options(
-    args: argparse.Namespace, *, keep_fresh: bool = False
-) -> tuple[list[Path], AuditOptions]:
+def _options(args: argparse.Namespace) -> tuple[list[Path], AuditOptions]:
     from cachewatchd.cache.audit import AuditOptions, check_root
 
     roots = [check_root(Path(p)) for p in (args.paths or ["."])]
@@ -166,7 +171,6 @@ def _options(
         excludes=tuple(args.exclude),
         default_excludes=not args.no_default_excludes,
         pycache_prefix=prefix,
-        keep_fresh=keep_fresh,
     )
     return roots, options
 
@@ -212,14 +216,17 @@ def _print_entries(entries: list[Entry]) -> None:
         print(f"    do:     {_ADVICE[state]}")
 
 
-def _print_errors(errors: list[tuple[Path, str]]) -> None:
+def _print_errors(errors: Sequence[tuple[Path, str]]) -> None:
     for path, error in errors:
         sys.stderr.write(f"cachewatchd: {path}: {error}\n")
 
 
 def _scan(args: argparse.Namespace) -> int:
+    from cachewatchd.cache.parallel import audit_jobs
+
     roots, options = _options(args)
-    report = _audit(args, roots, options)
+    with _gc_paused():
+        report = audit_jobs(roots, options, _jobs_of(args))
     if args.json:
         doc = {
             "version": 1,
@@ -238,80 +245,58 @@ def _scan(args: argparse.Namespace) -> int:
 
 
 def _clean(args: argparse.Namespace) -> int:
-    from cachewatchd.cache.remove import remove_cache_files
+    from cachewatchd.cache.clean import clean
 
-    roots, options = _options(args, keep_fresh=args.all)
-    report = _audit(args, roots, options)
-    doomed, kept = [], []
-    for entry in report.entries:
-        state = entry.state.value
-        wanted = (
-            (state == "sourceless" and args.sourceless)
-            or (state != "sourceless" and args.all)
-            or state in _CLEAN_STATES
+    roots, options = _options(args)
+    with _gc_paused():
+        result = clean(
+            roots,
+            options,
+            fresh=args.all,
+            sourceless=args.sourceless,
+            dry_run=args.dry_run,
+            recompile=args.recompile,
+            invalidation_mode=args.invalidation_mode,
+            jobs=_jobs_of(args),
         )
-        if wanted:
-            doomed.append(entry)
-        elif state != "fresh":
-            kept.append(entry)
-    result = remove_cache_files(
-        [e.path for e in doomed],
-        roots,
-        pycache_prefix=options.pycache_prefix,
-        dry_run=args.dry_run,
-    )
-    errors = [(e.path, e.error) for e in report.errors] + result.errors
-    recompiled: list[Path] = []
-    if args.recompile and not args.dry_run:
-        from cachewatchd.cache.recompile import recompile
-
-        removed = set(result.removed)
-        done, failed = recompile([e for e in doomed if e.path in removed], args.invalidation_mode)
-        recompiled, errors = done, errors + failed
     if args.json:
         doc = {
             "version": 1,
-            "dry_run": args.dry_run,
+            "dry_run": result.dry_run,
             "removed": [str(p) for p in result.removed],
             "removed_dirs": [str(p) for p in result.removed_dirs],
-            "kept": [_entry_json(e) for e in kept],
-            "recompiled": [str(p) for p in recompiled],
-            "errors": [{"path": str(p), "error": err} for p, err in errors],
-            "summary": report.summary(),
+            "kept": [_entry_json(e) for e in result.kept],
+            "recompiled": [str(p) for p in result.recompiled],
+            "errors": [{"path": str(p), "error": err} for p, err in result.errors],
+            "summary": result.report.summary(),
         }
         json.dump(doc, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
-        _print_clean(args.dry_run, result.removed, result.removed_dirs, kept, recompiled)
-        _print_errors(errors)
-    if errors:
+        _print_clean(result)
+        _print_errors(result.errors)
+    if result.errors:
         return EXIT_FAILURE
-    if any(e.state.value == "sourceless" for e in kept):
+    if any(e.state.value == "sourceless" for e in result.kept):
         return EXIT_FINDINGS
     return EXIT_OK
 
 
-def _print_clean(
-    dry_run: bool,
-    removed: list[Path],
-    removed_dirs: list[Path],
-    kept: list[Entry],
-    recompiled: list[Path],
-) -> None:
-    if dry_run:
-        for path in removed:
+def _print_clean(result: CleanResult) -> None:
+    if result.dry_run:
+        for path in result.removed:
             print(f"would remove {_display(path)}")
-        print(f"{_count(len(removed), 'cache file')} would be removed (dry run)")
+        print(f"{_count(len(result.removed), 'cache file')} would be removed (dry run)")
     else:
         print(
-            f"removed {_count(len(removed), 'cache file')} and "
-            f"{_count(len(removed_dirs), 'empty cache directory', 'empty cache directories')}"
+            f"removed {_count(len(result.removed), 'cache file')} and "
+            f"{_count(len(result.removed_dirs), 'empty cache directory', 'empty cache directories')}"
         )
-    if recompiled:
-        print(f"recompiled {len(recompiled)} sources")
-    sourceless = [e for e in kept if e.state.value == "sourceless"]
-    for entry in sourceless:
-        print(f"kept {colour('sourceless', 'red')} {_display(entry.path)} (use --sourceless)")
+    if result.recompiled:
+        print(f"recompiled {len(result.recompiled)} sources")
+    for entry in result.kept:
+        if entry.state.value == "sourceless":
+            print(f"kept {colour('sourceless', 'red')} {_display(entry.path)} (use --sourceless)")
 
 
 def _count(n: int, one: str, many: str | None = None) -> str:

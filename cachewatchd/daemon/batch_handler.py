@@ -6,7 +6,8 @@
   became a ghost under our eyes), unless the source is back by the time the batch is handled.
 - A directory deleted or moved away: its mirror in the ``PYTHONPYCACHEPREFIX`` tree goes.
 - A git move or a rescan request: one audit of the repository or root, and every entry that is not
-  fresh goes, except sourceless legacy pycs (they may be shipped on purpose).
+  fresh goes, except sourceless legacy pycs (they may be shipped on purpose): what ``clean``
+  removes by default (:func:`~cachewatchd.cache.clean.removed_by_default`).
 
 Logged events: ``invalidated``, ``git-moved``, ``rescan``, ``error``.
 """
@@ -21,7 +22,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from cachewatchd.cache.audit import AuditOptions, AuditReport, State, audit
+from cachewatchd.cache.audit import AuditOptions, AuditReport, audit
+from cachewatchd.cache.clean import removed_by_default
 from cachewatchd.cache.pyc import mirror_dir
 from cachewatchd.cache.remove import RemoveResult, cache_files_by_source, remove_cache_files
 from cachewatchd.daemon.recheck import Rechecker
@@ -228,7 +230,7 @@ class BatchHandler:
         for part in reports:
             report.merge(part)
         self._errors(((e.path, e.error) for e in report.errors), during="audit")
-        doomed = [e for e in report.non_fresh() if e.state is not State.SOURCELESS]
+        doomed = [e for e in report.entries if removed_by_default(e.state)]
         if not doomed:
             return report, 0
         result = remove_cache_files(

@@ -245,7 +245,60 @@ def test_clean_prunes_the_emptied_prefix_mirror_but_not_the_prefix(tmp_path: Pat
     assert list(prefix.iterdir()) == []
 
 
-# -- listing a source's cache files -----------------------------------------------------------
+# -- the cache layer's clean(): the policy the CLI and the daemon share ------------------------------
+def test_clean_function_removes_by_policy_and_says_what_it_did(tmp_path: Path) -> None:
+    from cachewatchd.cache.audit import State
+    from cachewatchd.cache.clean import clean as clean_tree
+
+    files = plant(tmp_path)
+    result = clean_tree([tmp_path])
+    assert set(result.removed) == {files["stale"], files["orphan"]}
+    assert tmp_path / "pkg" / "__pycache__" in result.removed_dirs
+    assert [(e.path, e.state) for e in result.kept] == [(files["sourceless"], State.SOURCELESS)]
+    assert result.errors == ()
+    assert result.ok
+    assert result.recompiled == ()
+    assert result.report.summary()["stale"] == 1
+    assert files["fresh"].exists()
+    assert files["sourceless"].exists()
+
+
+def test_clean_function_fresh_sourceless_dry_run_and_recompile(tmp_path: Path) -> None:
+    from cachewatchd.cache.clean import clean as clean_tree
+
+    files = plant(tmp_path)
+    dry = clean_tree([tmp_path], fresh=True, sourceless=True, dry_run=True)
+    assert dry.dry_run
+    assert set(dry.removed) == set(files.values())
+    assert dry.removed_dirs == ()
+    assert all(p.exists() for p in files.values())
+    assert sum(dry.report.summary().values()) == len(dry.report.entries) == 4
+
+    result = clean_tree([tmp_path], recompile=True, invalidation_mode="checked-hash")
+    assert result.recompiled == (files["stale"],)
+    assert files["stale"].read_bytes()[4] == 0b11
+    with pytest.raises(ValueError, match="invalidation_mode"):
+        clean_tree([tmp_path], recompile=True, invalidation_mode="sometimes")  # type: ignore[arg-type]
+
+
+def test_clean_function_with_jobs_gives_the_result_of_one_process(tmp_path: Path) -> None:
+    from cachewatchd.cache.clean import clean as clean_tree
+
+    plant_wide(tmp_path)
+    one = clean_tree([tmp_path], fresh=True, dry_run=True, jobs=1)
+    two = clean_tree([tmp_path], fresh=True, dry_run=True, jobs=2)
+    assert two.removed == one.removed
+    assert two.kept == one.kept
+
+
+def test_removed_by_default_is_every_state_but_fresh_and_sourceless() -> None:
+    from cachewatchd.cache.audit import State
+    from cachewatchd.cache.clean import REMOVED_BY_DEFAULT, removed_by_default
+
+    assert {s for s in State if removed_by_default(s)} == REMOVED_BY_DEFAULT
+    assert set(State) - REMOVED_BY_DEFAULT == {State.FRESH, State.SOURCELESS}
+
+
 def test_cache_files_by_source_lists_each_directory_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -107,6 +107,35 @@ def test_python_dash_m_and_help() -> None:
     assert "Exit status" in proc.stdout
 
 
+def test_clean_text_says_what_went_and_what_was_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = write(tmp_path / "m.py", "X = 1\n")
+    compile_pyc(source)
+    restore_mtime_edit(source, "X = 2\n")
+    compile_pyc(write(tmp_path / "g.py", "X = 1\n"), cfile=tmp_path / "g.pyc")
+    (tmp_path / "g.py").unlink()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("NO_COLOR", "1")
+    kept = "kept sourceless g.pyc (use --sourceless)"
+    assert main(["clean", "--dry-run"]) == 1
+    assert capsys.readouterr().out.splitlines() == [
+        f"would remove __pycache__/m.{TAG}.pyc",
+        "1 cache file would be removed (dry run)",
+        kept,
+    ]
+    assert main(["clean", "--recompile"]) == 1
+    assert capsys.readouterr().out.splitlines() == [
+        "removed 1 cache file and 1 empty cache directory",
+        "recompiled 1 sources",
+        kept,
+    ]
+    assert main(["clean", "--sourceless"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "removed 1 cache file and 0 empty cache directories"
+    ]
+
+
 def test_corrupt_is_dangerous_but_outdated_is_not(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
