@@ -339,15 +339,18 @@ def _describe(record: dict[str, Any]) -> list[str]:
         f"  invalidated {counters.get('invalidations', 0)}, rescans {counters.get('rescans', 0)}, "
         f"errors {counters.get('errors', 0)}; last event {record.get('last_event') or 'none'}"
     )
-    for proc in record.get("processes") or []:
-        stale = (
-            f", STALE: {proc.get('stale_reason') or 'started before the code changed'}"
-            if proc.get("stale")
-            else ""
-        )
-        problem = f" ({proc['problem']})" if proc.get("problem") else ""
-        pids = ",".join(str(p) for p in proc.get("pids") or []) or "-"
-        lines.append(
-            f"  process {proc.get('name')}: {proc.get('state')} pid {pids}{problem}{stale}"
-        )
+    lines += [_describe_target(entry) for entry in record.get("processes") or []]
     return lines
+
+
+def _describe_target(entry: Mapping[str, Any]) -> str:
+    from cachewatchd.processes.status import TargetStatus
+
+    try:
+        target = TargetStatus.from_json(entry)
+    except ValueError as exc:
+        return f"  process ?: unreadable status ({exc})"
+    stale = f", STALE: {target.stale_reason}" if target.stale else ""
+    problem = f" ({target.problem})" if target.problem else ""
+    pids = ",".join(str(pid) for pid in target.pids) or "-"
+    return f"  process {target.name}: {target.state.value} pid {pids}{problem}{stale}"

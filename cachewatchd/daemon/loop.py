@@ -30,6 +30,7 @@ from cachewatchd.daemon.batch_handler import BatchHandler, Counters
 from cachewatchd.errors import CachewatchdError
 from cachewatchd.log import get_logger
 from cachewatchd.processes.spec import ProcessSpec
+from cachewatchd.processes.status import TargetStatus
 from cachewatchd.watch.batch import DEFAULT_MAX_WINDOW, DEFAULT_QUIET, Batch, Batcher
 from cachewatchd.watch.git import GitWatcher
 from cachewatchd.watch.observers import Watcher
@@ -45,7 +46,7 @@ class ControllerLike(Protocol):
     def start(self) -> None: ...
     def notify(self, touched: Sequence[Path]) -> None: ...
     def stop(self) -> None: ...
-    def status(self) -> list[dict[str, Any]]: ...
+    def status(self) -> list[TargetStatus]: ...
 
 
 STATUS_REFRESH = 10.0
@@ -373,7 +374,7 @@ class Daemon:
             "observers": self._watching.observers() if self._watching else {},
             "counters": counters,
             "last_event": last_event,
-            "processes": controller.status() if controller is not None else [],
+            "processes": [t.to_json() for t in controller.status()] if controller else [],
             "config": str(self.settings.config_path) if self.settings.config_path else None,
         }
 

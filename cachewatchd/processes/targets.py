@@ -33,6 +33,7 @@ from cachewatchd.processes.os_procs import (
 from cachewatchd.processes.own_child import ChildError, OwnChild
 from cachewatchd.processes.spec import ProcessSpec
 from cachewatchd.processes.staleness import importers
+from cachewatchd.processes.status import Observed, TargetState
 from cachewatchd.processes.supervisord import SupervisorClient
 
 __all__ = [
@@ -109,6 +110,12 @@ class Target(ABC):
         """How many faults the target logged itself so far (counted with the controller's)."""
         return 0
 
+    def observed(self) -> Observed | None:
+        """The target's process as the target itself keeps track of it, cheap to read at any
+        time; ``None`` when only :meth:`processes` can tell (which the controller calls between
+        actions and every ``REFRESH`` seconds)."""
+        return None
+
     @abstractmethod
     def act(self, cancel: threading.Event) -> ActionResult:
         """Restart or signal, per ``spec.action``."""
@@ -154,6 +161,16 @@ class ChildTarget(Target):
 
     def failures(self) -> int:
         return self.child.start_failures
+
+    def observed(self) -> Observed:
+        """The child's pid, read live; without one, ``backoff`` while a crash restart is
+        scheduled, else ``exited``, and the last start's error."""
+        pid = self.child.pid
+        if pid is not None:
+            return Observed((pid,))
+        waiting = self.child.waiting_until is not None
+        state = TargetState.BACKOFF if waiting else TargetState.EXITED
+        return Observed((), self.child.last_error, state)
 
     def act(self, cancel: threading.Event) -> ActionResult:
         if self.spec.action == "signal" and self.child.pid is not None:

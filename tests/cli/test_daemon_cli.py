@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from cachewatchd.cli import build_parser, main
 from cachewatchd.cli._daemon import _command_line, _describe
+from cachewatchd.processes.status import TargetState, TargetStatus
 
 
 def test_own_child_options_build_the_spec() -> None:
@@ -35,41 +38,44 @@ def test_child_options_without_their_partner_are_usage_errors(
     assert err.count("\n") == 1
 
 
-def test_status_text_gives_the_stale_reason() -> None:
-    record = {
+def _record(*targets: TargetStatus) -> dict[str, Any]:
+    return {
         "pid": 1,
         "state": "ready",
-        "started": "now",
+        "started": "2026-11-21T19:59:07+00:00",
         "roots": ["/r"],
-        "processes": [
-            {
-                "name": "web",
-                "state": "running",
-                "pids": [7],
-                "stale": True,
-                "stale_reason": "pid 7 started before app.py changed",
-            }
-        ],
+        "processes": [target.to_json() for target in targets],
     }
-    assert any("STALE: pid 7 started before app.py changed" in line for line in _describe(record))
+
+
+def test_status_text_gives_the_stale_reason() -> None:
+    web = TargetStatus(
+        name="web",
+        kind="process",
+        state=TargetState.RUNNING,
+        pids=(7,),
+        stale_reason="pid 7 started before app.py changed",
+    )
+    assert "  process web: running pid 7, STALE: pid 7 started before app.py changed" in (
+        _describe(_record(web))
+    )
 
 
 def test_status_text_says_why_a_target_has_no_process() -> None:
-    record = {
-        "pid": 1,
-        "state": "ready",
-        "started": "now",
-        "roots": ["/r"],
-        "processes": [
-            {
-                "name": "w",
-                "state": "not-found",
-                "pids": [],
-                "stale": False,
-                "problem": "pidfile /r/w.pid names pid 9, which is not running",
-            }
-        ],
-    }
-    assert "  process w: not-found pid - (pidfile /r/w.pid names pid 9, which is not running)" in (
-        _describe(record)
+    w = TargetStatus(
+        name="w",
+        kind="process",
+        state=TargetState.NOT_FOUND,
+        problem="pidfile /r/w.pid names pid 9, which is not running",
     )
+    assert "  process w: not-found pid - (pidfile /r/w.pid names pid 9, which is not running)" in (
+        _describe(_record(w))
+    )
+
+
+def test_status_text_of_an_unreadable_target_entry() -> None:
+    record = _record(TargetStatus(name="w", kind="child", state=TargetState.RUNNING, pids=(3, 4)))
+    record["processes"].append({"name": "x", "state": "sleeping"})
+    lines = _describe(record)
+    assert "  process w: running pid 3,4" in lines
+    assert lines[-1].startswith("  process ?: unreadable status (")

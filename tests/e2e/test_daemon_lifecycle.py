@@ -15,6 +15,7 @@ import psutil
 import pytest
 
 from cachewatchd.daemon.loop import Daemon
+from cachewatchd.processes.status import TargetState, TargetStatus
 from cachewatchd.watch import batch
 from tests.support.daemon import DaemonProc, cli, isolated_env
 from tests.support.e2e import toml_config
@@ -43,10 +44,10 @@ def published(env: dict[str, str]) -> dict[str, Any]:
     return dict(record)
 
 
-def target(env: dict[str, str]) -> dict[str, Any]:
-    """The first managed target in the published status (``{}`` until the controller runs)."""
-    shown = published(env).get("processes") or [{}]
-    return dict(shown[0])
+def target(env: dict[str, str]) -> TargetStatus | None:
+    """The first managed target in the published status (``None`` until the controller runs)."""
+    shown = published(env).get("processes") or []
+    return TargetStatus.from_json(shown[0]) if shown else None
 
 
 def test_debounce_defaults_are_the_batchers_own() -> None:
@@ -73,10 +74,12 @@ def test_stale_detection_honours_the_roots_excludes(
     args = ["--config", str(config), "--exclude", "generated", str(proj)]
     with DaemonProc(args, env) as daemon:
         daemon.ready()
-        wait_until(lambda: target(env).get("pids") == [old.pid], 20, message="target found")
+        found = (old.pid,)
+        wait_until(lambda: getattr(target(env), "pids", ()) == found, 20, message="target found")
         shown = target(env)
         assert daemon.stop() == 0
-    assert not shown["stale"], shown["stale_reason"]
+    assert shown is not None
+    assert not shown.stale, shown.stale_reason
     assert not daemon.events("stale-process")
 
 
@@ -87,12 +90,16 @@ def test_status_of_a_target_whose_pidfile_names_no_process(
     config = toml_config(tmp_path / "config.toml", [{"name": "w", "pidfile": pidfile}])
     with DaemonProc(["--config", str(config), str(proj)], env) as daemon:
         daemon.ready()
-        wait_until(lambda: target(env).get("state") == "not-found", 20, message="not-found")
+        not_found = TargetState.NOT_FOUND
+        wait_until(
+            lambda: getattr(target(env), "state", None) is not_found, 20, message="not-found"
+        )
         shown = target(env)
         human = cli(["status"], env).stdout
         assert daemon.stop() == 0
-    assert shown["pids"] == []
-    assert shown["problem"].startswith(f"cannot read pidfile {pidfile}: ")
+    assert shown is not None
+    assert shown.pids == ()
+    assert (shown.problem or "").startswith(f"cannot read pidfile {pidfile}: ")
     assert f"  process w: not-found pid - (cannot read pidfile {pidfile}: " in human
     assert "running" not in human.split("process w:")[1]
 

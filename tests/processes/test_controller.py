@@ -15,6 +15,7 @@ from structlog.testing import capture_logs
 from cachewatchd.processes.controller import Controller
 from cachewatchd.processes.spec import ProcessSpec, SupervisorSpec
 from cachewatchd.processes.staleness import SourceClock, importers, scan_sources, stale_reason
+from cachewatchd.processes.status import TargetState
 from tests.support.servers import Reaper, assert_one_line_faults, events, wait_event
 from tests.support.wait import wait_until
 
@@ -23,7 +24,7 @@ SLEEP = (sys.executable, "-c", "import signal; signal.pause()")
 
 def _idle(controller: Controller, index: int = 0) -> bool:
     status = controller.status()[index]
-    return status["state"] == "running" and not status["pending"] and bool(status["pids"])
+    return status.state is TargetState.RUNNING and not status.pending and bool(status.pids)
 
 
 def test_a_burst_of_notifies_gives_one_restart(tmp_path: Path) -> None:
@@ -35,7 +36,7 @@ def test_a_burst_of_notifies_gives_one_restart(tmp_path: Path) -> None:
             controller.notify({tmp_path / f"m{i}.py"})
         wait_event(logs, "restarted")
         wait_until(lambda: _idle(controller))
-        restarts = controller.status()[0]["restarts"]
+        restarts = controller.status()[0].restarts
         controller.stop()
     assert restarts in (1, 2)  # 2 only when the burst straddled the start of the restart
     assert len(events(logs, "restarted")) == restarts
@@ -57,14 +58,14 @@ def test_a_batch_during_a_restart_coalesces_into_exactly_one_more(tmp_path: Path
         controller.start()
         wait_until(ready.exists)
         controller.notify({script})
-        wait_until(lambda: controller.status()[0]["state"] == "restarting")
+        wait_until(lambda: controller.status()[0].state is TargetState.RESTARTING)
         for _ in range(5):
             controller.notify({script})
         wait_event(logs, "restarted", 2)
         wait_until(lambda: _idle(controller))
         status = controller.status()[0]
         controller.stop()
-    assert status["restarts"] == 2
+    assert status.restarts == 2
     assert len(events(logs, "restarted")) == 2
 
 
@@ -85,11 +86,11 @@ def test_only_targets_whose_root_was_touched_restart(tmp_path: Path) -> None:
         controller.notify({a / "pkg" / "x.py"})  # pending is set right here, synchronously
         wait_until(lambda: len(events(logs, "restarted")) == 2)
         wait_until(lambda: all(_idle(controller, i) for i in range(3)))
-        by_name = {s["name"]: s for s in controller.status()}
+        by_name = {s.name: s for s in controller.status()}
         controller.stop()
     assert sorted(e["target"] for e in events(logs, "restarted")) == ["a", "any"]
-    assert by_name["b"]["restarts"] == 0
-    assert by_name["a"]["restarts"] == by_name["any"]["restarts"] == 1
+    assert by_name["b"].restarts == 0
+    assert by_name["a"].restarts == by_name["any"].restarts == 1
 
 
 def test_a_process_older_than_its_sources_is_stale(tmp_path: Path, reaper: Reaper) -> None:
@@ -112,13 +113,14 @@ def test_a_process_older_than_its_sources_is_stale(tmp_path: Path, reaper: Reape
     with capture_logs() as logs:
         controller.start()
         logged = wait_event(logs, "stale-process")
-        wait_until(lambda: controller.status()[0]["stale"])
+        wait_until(lambda: controller.status()[0].stale)
         status = controller.status()[0]
         controller.stop()
-    assert status["pids"] == [old.pid]
-    assert f"pid {old.pid} started" in status["stale_reason"]
-    assert f"before {module} changed" in status["stale_reason"]
-    assert logged["reason"] == status["stale_reason"]
+    assert status.pids == (old.pid,)
+    assert status.stale_reason is not None
+    assert f"pid {old.pid} started" in status.stale_reason
+    assert f"before {module} changed" in status.stale_reason
+    assert logged["reason"] == status.stale_reason
     assert len(events(logs, "stale-process")) == 1
 
 
@@ -149,13 +151,13 @@ def test_sources_are_dated_by_the_shared_walk_with_the_roots_excludes(
     unexcluded = Controller([spec], [src])
     controller.start()
     unexcluded.start()
-    wait_until(lambda: controller.status()[0]["pids"] == [old.pid])
-    wait_until(lambda: unexcluded.status()[0]["stale"])
+    wait_until(lambda: controller.status()[0].pids == (old.pid,))
+    wait_until(lambda: unexcluded.status()[0].stale)
     status, other = controller.status()[0], unexcluded.status()[0]
     controller.stop()
     unexcluded.stop()
-    assert not status["stale"], status["stale_reason"]
-    assert f"before {src / 'generated' / 'out.py'} changed" in other["stale_reason"]
+    assert not status.stale, status.stale_reason
+    assert f"before {src / 'generated' / 'out.py'} changed" in (other.stale_reason or "")
 
 
 def test_source_clock_and_importers(tmp_path: Path, reaper: Reaper) -> None:
@@ -217,11 +219,11 @@ def test_systemd_faults_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyP
 def test_status_shape_and_stop_without_start(tmp_path: Path) -> None:
     controller = Controller([ProcessSpec(name="app", command=SLEEP)], [tmp_path])
     (status,) = controller.status()
-    assert set(status) == {
+    assert set(status.to_json()) == {
         "name", "kind", "pids", "state", "restarts", "last_action", "last_action_at",
         "pending", "stale", "stale_reason", "problem",
     }  # fmt: skip
-    assert status["state"] == "starting"
+    assert status.state is TargetState.STARTING
     controller.notify({tmp_path / "x.py"})
     controller.stop()  # never started: nothing to join, no child to stop
     assert Controller([], [tmp_path]).status() == []
@@ -242,40 +244,41 @@ def test_a_target_without_a_process_is_not_running(tmp_path: Path, reaper: Reape
     ]
     controller = Controller(specs, [tmp_path])
     controller.start()
-    wait_until(lambda: all(s["state"] != "starting" for s in controller.status()))
-    shown = {s["name"]: s for s in controller.status()}
+    wait_until(lambda: all(s.state is not TargetState.STARTING for s in controller.status()))
+    shown = {s.name: s for s in controller.status()}
     controller.stop()
-    assert {name: s["state"] for name, s in shown.items()} == {
-        "missing": "not-found",
-        "junk": "not-found",
-        "gone": "not-found",
-        "nothing": "not-found",
-        "sv": "unreachable",
+    assert {name: s.state for name, s in shown.items()} == {
+        "missing": TargetState.NOT_FOUND,
+        "junk": TargetState.NOT_FOUND,
+        "gone": TargetState.NOT_FOUND,
+        "nothing": TargetState.NOT_FOUND,
+        "sv": TargetState.UNREACHABLE,
     }
-    assert all(s["pids"] == [] for s in shown.values())
-    assert shown["missing"]["problem"].startswith(f"cannot read pidfile {missing}: ")
-    assert shown["junk"]["problem"] == f"pidfile {junk} does not hold a pid: 'not a pid'"
-    assert shown["gone"]["problem"] == f"pidfile {gone} names pid {dead.pid}, which is not running"
-    assert shown["nothing"]["problem"].startswith("no running process for match ")
-    assert "/nonexistent/sv.sock" in shown["sv"]["problem"]
+    assert all(s.pids == () for s in shown.values())
+    problems = {name: s.problem or "" for name, s in shown.items()}
+    assert problems["missing"].startswith(f"cannot read pidfile {missing}: ")
+    assert problems["junk"] == f"pidfile {junk} does not hold a pid: 'not a pid'"
+    assert problems["gone"] == f"pidfile {gone} names pid {dead.pid}, which is not running"
+    assert problems["nothing"].startswith("no running process for match ")
+    assert "/nonexistent/sv.sock" in problems["sv"]
 
 
 def test_a_target_found_later_is_running(tmp_path: Path, reaper: Reaper) -> None:
     pidfile = tmp_path / "app.pid"
     controller = Controller([ProcessSpec(name="app", pidfile=pidfile)], [tmp_path])
     controller.start()
-    wait_until(lambda: controller.status()[0]["state"] == "not-found")
+    wait_until(lambda: controller.status()[0].state is TargetState.NOT_FOUND)
     app = reaper.popen(list(SLEEP))
     pidfile.write_text(f"{app.pid}\n", encoding="ascii")
     controller.notify({tmp_path / "m.py"})  # the restart looks again
     try:
-        wait_until(lambda: controller.status()[0]["pids"] not in ([], [app.pid]), 30)
+        wait_until(lambda: controller.status()[0].pids not in ((), (app.pid,)), 30)
         status = controller.status()[0]
     finally:
         controller.stop()
         for pid in pidfile.read_text(encoding="ascii").split():  # rewritten: the relaunched pid
             reaper.track(int(pid))
-    assert (status["state"], status["problem"], status["restarts"]) == ("running", None, 1)
+    assert (status.state, status.problem, status.restarts) == (TargetState.RUNNING, None, 1)
 
 
 def test_every_target_fault_is_counted(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from cachewatchd.processes.gate import (
     wait_healthy,
 )
 from cachewatchd.processes.spec import ProcessSpec
+from cachewatchd.processes.status import TargetState
 from tests.support.servers import (
     assert_one_line_faults,
     events,
@@ -133,7 +134,7 @@ def test_syntax_error_keeps_the_old_server_and_the_fix_brings_the_new_code(
     with capture_logs() as logs:
         controller.start()
         wait_value(port, "good-1")
-        (old_pid,) = controller.status()[0]["pids"]
+        (old_pid,) = controller.status()[0].pids
         text = app.read_text()
         app.write_text(text.replace("VALUE = 'good-1'", "VALUE = ('good-2'"))  # mid-edit
         controller.notify({app})
@@ -141,8 +142,8 @@ def test_syntax_error_keeps_the_old_server_and_the_fix_brings_the_new_code(
         assert blocked["module"] == "app"
         assert "SyntaxError" in blocked["error"]
         assert str(app) in blocked["error"]
-        wait_until(lambda: controller.status()[0]["state"] == "blocked")
-        assert controller.status()[0]["pids"] == [old_pid]
+        wait_until(lambda: controller.status()[0].state is TargetState.BLOCKED)
+        assert controller.status()[0].pids == (old_pid,)
         assert fetch(port) == "good-1"  # the old server keeps answering
 
         app.write_text(text)
@@ -168,10 +169,10 @@ def test_failed_health_check_is_reported_as_restart_failed(tmp_path: Path) -> No
         controller.start()
         controller.notify({tmp_path / "a.py"})
         failed = wait_event(logs, "restart-failed")
-        wait_until(lambda: controller.status()[0]["state"] == "failed")
+        wait_until(lambda: controller.status()[0].state is TargetState.FAILED)
         status = controller.status()[0]
         controller.stop()
     assert "did not answer HTTP 200 within 0.3s" in failed["error"]
-    assert failed["pids"] == status["pids"]
-    assert status["last_action"].startswith("failed: ")
+    assert failed["pids"] == list(status.pids)
+    assert (status.last_action or "").startswith("failed: ")
     assert not events(logs, "restarted")

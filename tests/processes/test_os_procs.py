@@ -14,6 +14,7 @@ from structlog.testing import capture_logs
 from cachewatchd.processes import os_procs as procs
 from cachewatchd.processes.controller import Controller
 from cachewatchd.processes.spec import ProcessSpec
+from cachewatchd.processes.status import TargetState
 from tests.support.servers import (
     Reaper,
     assert_one_line_faults,
@@ -103,7 +104,7 @@ def test_gunicorn_master_takes_hup_and_serves_new_code(tmp_path: Path, reaper: R
 
     wait_until(replaced, 20, message="all gunicorn workers replaced")
     assert master_proc.is_running()
-    assert controller.status()[0]["stale"] is False
+    assert controller.status()[0].stale is False
 
 
 def test_hup_refused_on_uvicorn_reload_parent_and_single_uvicorn(
@@ -131,11 +132,11 @@ def test_hup_refused_on_uvicorn_reload_parent_and_single_uvicorn(
         controller.notify({tmp_path / "x.py"})
         warned = wait_event(logs, "error")  # said once at start...
         failed = wait_event(logs, "restart-failed")  # ...and on every batch
-        wait_until(lambda: controller.status()[0]["state"] == "failed")
+        wait_until(lambda: controller.status()[0].state is TargetState.FAILED)
         controller.stop()
     assert "refusing to send HUP" in failed["error"]
     assert warned["error"] == failed["error"]
-    assert controller.status()[0]["state"] == "stopped"
+    assert controller.status()[0].state is TargetState.STOPPED
     assert_one_line_faults(logs)
     assert reload_parent.poll() is None
     assert single.poll() is None
@@ -178,7 +179,7 @@ def test_pidfile_faults_are_one_line_each(tmp_path: Path, reaper: Reaper) -> Non
         controller.start()
         controller.notify({tmp_path / "m.py"})
         wait_until(lambda: len(events(logs, "restart-failed")) == 3, 20)
-        wait_until(lambda: [s["state"] for s in controller.status()] == ["failed"] * 3)
+        wait_until(lambda: [s.state for s in controller.status()] == [TargetState.FAILED] * 3)
         controller.stop()
     errors = sorted(e["error"] for e in events(logs, "restart-failed"))
     assert any(f"names pid {gone.pid}, which is not running" in e for e in errors)

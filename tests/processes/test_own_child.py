@@ -13,6 +13,7 @@ from structlog.testing import capture_logs
 from cachewatchd.processes.controller import Controller
 from cachewatchd.processes.own_child import ChildError, OwnChild
 from cachewatchd.processes.spec import ProcessSpec
+from cachewatchd.processes.status import TargetState
 from tests.support.servers import (
     events,
     free_port,
@@ -44,13 +45,13 @@ def test_uvicorn_as_own_child_restarts_onto_new_code(tmp_path: Path) -> None:
         controller.notify({app})
         done = wait_event(logs, "restarted")
         wait_value(port, "second")
-        wait_until(lambda: controller.status()[0]["pids"] == done["pids"])
+        wait_until(lambda: list(controller.status()[0].pids) == done["pids"])
         controller.stop()
-    assert first["kind"] == "child"
-    assert done["pids"] != first["pids"]
-    for pid in [*first["pids"], *done["pids"]]:
+    assert first.kind == "child"
+    assert done["pids"] != list(first.pids)
+    for pid in [*first.pids, *done["pids"]]:
         assert not psutil.pid_exists(pid)
-    assert controller.status()[0]["state"] == "stopped"
+    assert controller.status()[0].state is TargetState.STOPPED
 
 
 def test_output_passes_through_and_stop_ends_the_whole_group(
@@ -123,11 +124,11 @@ def test_controller_restarts_a_crashed_child_and_stops_it(tmp_path: Path) -> Non
         controller.start()
         wait_event(logs, "child-exited")
         wait_until(lambda: marker.exists() and marker.read_text() == "xx", 20)
-        wait_until(lambda: controller.status()[0]["state"] == "running")
-        (pid,) = controller.status()[0]["pids"]
+        wait_until(lambda: controller.status()[0].state is TargetState.RUNNING)
+        (pid,) = controller.status()[0].pids
         controller.stop()
     assert not psutil.pid_exists(pid)
-    assert controller.status()[0]["restarts"] == 0  # crash restarts are not batch restarts
+    assert controller.status()[0].restarts == 0  # crash restarts are not batch restarts
 
 
 def test_a_child_that_cannot_be_executed_fails_the_start_then_backs_off(tmp_path: Path) -> None:
@@ -139,11 +140,11 @@ def test_a_child_that_cannot_be_executed_fails_the_start_then_backs_off(tmp_path
     assert raised.value.message == f"cannot start {str(script)!r}: No such file or directory"
     assert raised.value.exit_code == 3
     # Whoever carries on (the daemon, on a reload) gets the worker and the crash-loop backoff.
-    wait_until(lambda: controller.status()[0]["state"] == "backoff")
-    assert controller.status()[0]["problem"] == raised.value.message
+    wait_until(lambda: controller.status()[0].state is TargetState.BACKOFF)
+    assert controller.status()[0].problem == raised.value.message
     script.write_text("#!/bin/sh\nexec sleep 60\n", encoding="utf-8")
     script.chmod(0o755)
-    wait_until(lambda: controller.status()[0]["pids"], 20, message="started by the backoff")
+    wait_until(lambda: controller.status()[0].pids, 20, message="started by the backoff")
     status = controller.status()[0]
     controller.stop()
-    assert (status["state"], status["problem"]) == ("running", None)
+    assert (status.state, status.problem) == (TargetState.RUNNING, None)

@@ -12,6 +12,7 @@ from structlog.testing import capture_logs
 
 from cachewatchd.processes.controller import Controller
 from cachewatchd.processes.spec import ProcessSpec, SupervisorSpec
+from cachewatchd.processes.status import TargetState
 from cachewatchd.processes.supervisord import SupervisorClient, SupervisorError
 from tests.support.servers import (
     Reaper,
@@ -77,13 +78,13 @@ def test_restart_after_restored_mtime_edit_serves_new_code_only_after_invalidati
             controller.notify({app})  # invalidation, then restart: the NEW code
             wait_event(logs, "restarted", 2)
             assert fetch(port) == "value-2"
-            wait_until(lambda: controller.status()[0]["state"] == "running")
+            wait_until(lambda: controller.status()[0].state is TargetState.RUNNING)
             status = controller.status()[0]
             controller.stop()
-        assert status["kind"] == "supervisor"
-        assert status["restarts"] == 2
-        assert status["pids"] == SupervisorClient(sv.spec("web")).pids()
-        assert status["stale"] is False
+        assert status.kind == "supervisor"
+        assert status.restarts == 2
+        assert list(status.pids) == SupervisorClient(sv.spec("web")).pids()
+        assert status.stale is False
         assert_one_line_faults(logs)
         assert not events(logs, "restart-failed")
     finally:
