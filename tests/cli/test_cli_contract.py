@@ -29,7 +29,8 @@ def test_scan_into_a_pipe_whose_reader_left_exits_141_quietly(tmp_path: Path) ->
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout is not None
+    assert proc.stderr is not None
     assert proc.stdout.readline()  # head -1 ...
     proc.stdout.close()  # ... and goes away
     err = proc.stderr.read()
@@ -45,7 +46,8 @@ def test_a_mistyped_command_is_named_as_one(
     assert main(["frobnicate"]) == EXIT_USAGE
     err = capsys.readouterr().err
     assert "'frobnicate' is not a command" in err
-    assert "scan" in err and "doctor" in err
+    assert "scan" in err
+    assert "doctor" in err
     assert "no such directory" not in err
     assert err.count("\n") == 1
 
@@ -90,7 +92,8 @@ def test_log_sink_passes_lines_while_the_stream_works(tmp_path: Path) -> None:
         sink = LogSink(f)
         sink.write("one\n")
         sink.flush()
-        assert not sink.broken and sink.dropped == 0
+        assert not sink.broken
+        assert sink.dropped == 0
     assert (tmp_path / "log").read_text() == "one\n"
 
 

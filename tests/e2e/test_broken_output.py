@@ -5,11 +5,16 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from tests.support.daemon import cli, isolated_env
 from tests.support.pycs import restore_mtime_edit
 from tests.support.wait import compile_pyc, wait_until
+
+
+def _gone(path: Path) -> Callable[[], bool]:
+    return lambda: not path.exists()
 
 
 def test_invalidation_goes_on_after_the_log_reader_left(tmp_path: Path) -> None:
@@ -35,7 +40,7 @@ def test_invalidation_goes_on_after_the_log_reader_left(tmp_path: Path) -> None:
         for source in sources:  # each invalidation logs a line into the dead pipe
             pyc = compile_pyc(source)
             restore_mtime_edit(source, "X = 2\n")
-            wait_until(lambda pyc=pyc: not pyc.exists(), 10, message=f"{pyc} removed")
+            wait_until(_gone(pyc), 10, message=f"{pyc} removed")
             restore_mtime_edit(source, "X = 1\n")
             status = cli(["status", "--json"], env)
         assert status.returncode == 0, status.stderr
