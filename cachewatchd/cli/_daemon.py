@@ -325,11 +325,13 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _describe(record: dict[str, Any]) -> list[str]:
-    lines = [
-        f"cachewatchd pid {record['pid']} ({record.get('state', '?')}), since {record['started']}"
-    ]
+    """*record* (one of :func:`~cachewatchd.daemon.registry.list_daemons`) as text."""
+    from cachewatchd.daemon.registry import DaemonRecord
+
+    daemon = DaemonRecord.from_json(record)
+    lines = [f"cachewatchd pid {daemon.pid} ({record.get('state', '?')}), since {daemon.started}"]
     observers = record.get("observers") or {}
-    for root in record["roots"]:
+    for root in daemon.roots:
         info = observers.get(root, {})
         kind = info.get("observer", "?")
         detached = "" if info.get("attached", True) else ", waiting for the root to come back"

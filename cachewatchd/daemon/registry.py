@@ -9,6 +9,10 @@ dir falls back to the state dir, see :func:`cachewatchd.paths.runtime_dir`), is 
 Registration happens under an ``fcntl.flock`` on ``daemons/.lock``: records of dead processes are
 dropped (a recorded ``create_time`` guards against pid reuse), then a daemon whose roots overlap a
 live daemon's roots (equal, ancestor or descendant after ``resolve()``) is refused.
+
+A record is a :class:`DaemonRecord` (who the daemon is, what it watches) plus the status the daemon
+publishes (:meth:`Registration.update`). Readers get the whole record as the JSON document
+``cachewatchd status --json`` prints; :meth:`DaemonRecord.from_json` reads its core back.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import tempfile
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -36,8 +40,10 @@ from cachewatchd.errors import RuntimeFailure
 from cachewatchd.log import get_logger
 from cachewatchd.paths import is_under, runtime_dir
 from cachewatchd.processes.os_procs import alive
+from cachewatchd.processes.status import timestamp
 
 __all__ = [
+    "DaemonRecord",
     "Registration",
     "find_daemons",
     "list_daemons",
@@ -46,7 +52,6 @@ __all__ = [
     "registry_dir",
 ]
 
-_CORE_KEYS = frozenset({"pid", "create_time", "started", "roots", "host", "uid", "version"})
 _CREATE_TIME_SLACK = 0.05
 """Seconds: psutil derives create_time from boot time and clock ticks, identically per process."""
 
@@ -58,6 +63,43 @@ def registry_dir() -> Path:
     return directory
 
 
+@dataclasses.dataclass(frozen=True)
+class DaemonRecord:
+    """The core of a daemon's record: which process it is and what it watches."""
+
+    pid: int
+    create_time: float
+    """psutil's ``create_time`` of the daemon (a reused pid has another one)."""
+    started: str
+    """When it registered, as :func:`~cachewatchd.processes.status.timestamp` writes it."""
+    roots: tuple[str, ...]
+    """The watched roots, resolved."""
+    host: str
+    uid: int
+    version: str
+    """The cachewatchd version of the daemon."""
+
+    def to_json(self) -> dict[str, Any]:
+        """The record's core keys, as the status document has them."""
+        return {**dataclasses.asdict(self), "roots": list(self.roots)}
+
+    @classmethod
+    def from_json(cls, record: object) -> DaemonRecord:
+        """The core of *record*; :class:`ValueError` when *record* is not a daemon's record."""
+        if not isinstance(record, Mapping):
+            raise ValueError("a daemon record is a JSON object")  # noqa: TRY004 - bad data
+        types: dict[str, type] = {"create_time": float, "roots": list}
+        types.update(pid=int, uid=int, started=str, host=str, version=str)
+        core: dict[str, Any] = {key: record.get(key) for key in types}
+        wrong = [k for k, v in core.items() if not isinstance(v, types[k]) or isinstance(v, bool)]
+        if wrong or not all(isinstance(root, str) for root in core["roots"]):
+            raise ValueError(f"daemon record without well-formed {', '.join(wrong) or 'roots'}")
+        return cls(**{**core, "roots": tuple(core["roots"])})
+
+
+_CORE_KEYS = frozenset(field.name for field in dataclasses.fields(DaemonRecord))
+
+
 def register_daemon(roots: Sequence[Path]) -> Registration:
     """Record the calling process as the daemon watching *roots*.
 
@@ -66,41 +108,48 @@ def register_daemon(roots: Sequence[Path]) -> Registration:
     """
     resolved = _resolve(roots)
     me = psutil.Process()
-    record: dict[str, Any] = {
-        "pid": me.pid,
-        "create_time": me.create_time(),
-        "started": _now(),
-        "roots": [str(root) for root in resolved],
-        "host": _host(),
-        "uid": os.getuid(),
-        "version": __version__,
-    }
+    core = DaemonRecord(
+        pid=me.pid,
+        create_time=me.create_time(),
+        started=timestamp(),
+        roots=tuple(str(root) for root in resolved),
+        host=_host(),
+        uid=os.getuid(),
+        version=__version__,
+    )
     directory = registry_dir()
     file = directory / f"{me.pid}@{_host()}.json"
     with _locked(directory):
         _refuse_overlap(directory, resolved, me.pid)
-        _write_atomic(file, record)
-    return Registration(file, record)
+        _write_atomic(file, core.to_json())
+    return Registration(file, core)
 
 
 class Registration:
     """This process's record; :meth:`close` (or leaving the ``with`` block) removes it."""
 
-    def __init__(self, file: Path, record: Mapping[str, Any]) -> None:
+    def __init__(self, file: Path, core: DaemonRecord) -> None:
         self.file = file
-        self._record = dict(record)
+        self._core = core
+        self._status: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._closed = False
 
     @property
     def pid(self) -> int:
-        return int(self._record["pid"])
+        return self._core.pid
+
+    @property
+    def core(self) -> DaemonRecord:
+        """The record's core as last written."""
+        with self._lock:
+            return self._core
 
     @property
     def record(self) -> dict[str, Any]:
         """A copy of the record as last written."""
         with self._lock:
-            return dict(self._record)
+            return self._document()
 
     def update(self, status: Mapping[str, object]) -> bool:
         """Merge *status* into the record (top-level keys replace) and rewrite it atomically.
@@ -117,8 +166,8 @@ class Registration:
         with self._lock:
             if self._closed:
                 return False
-            self._record.update(status)
-            self._record["updated"] = _now()
+            self._status.update(status)
+            self._status["updated"] = timestamp()
             return self._write()
 
     def set_roots(self, roots: Sequence[Path]) -> None:
@@ -126,7 +175,7 @@ class Registration:
         resolved = _resolve(roots)
         with self._lock, _locked(self.file.parent):
             _refuse_overlap(self.file.parent, resolved, self.pid)
-            self._record["roots"] = [str(root) for root in resolved]
+            self._core = dataclasses.replace(self._core, roots=tuple(map(str, resolved)))
             self._write()
 
     def close(self) -> None:
@@ -149,9 +198,12 @@ class Registration:
     ) -> None:
         self.close()
 
+    def _document(self) -> dict[str, Any]:
+        return {**self._status, **self._core.to_json()}
+
     def _write(self) -> bool:
         try:
-            _write_atomic(self.file, self._record)
+            _write_atomic(self.file, self._document())
         except OSError as exc:
             get_logger(__name__).error("status-write-failed", file=str(self.file), error=str(exc))
             return False
@@ -160,26 +212,28 @@ class Registration:
 
 def list_daemons() -> list[dict[str, Any]]:
     """Records of this user's live daemons on this host, oldest first; dead ones are pruned."""
-    directory = registry_dir()
-    with _locked(directory):
-        records = _live_records(directory)
-    return sorted(records, key=lambda r: (r["create_time"], r["pid"]))
+    return [document for _, document in _listed()]
 
 
 def find_daemons(paths: Sequence[Path] | None = None) -> list[dict[str, Any]]:
     """Live daemons whose roots overlap any of *paths* (every live daemon when ``None``)."""
-    daemons = list_daemons()
     if paths is None:
-        return daemons
+        return list_daemons()
     wanted = _resolve(paths)
-    return [d for d in daemons if any(_overlap(Path(r), w) for r in d["roots"] for w in wanted)]
+    return [
+        document
+        for core, document in _listed()
+        if any(_overlap(Path(root), path) for root in core.roots for path in wanted)
+    ]
 
 
-def process_of(record: Mapping[str, Any]) -> psutil.Process | None:
-    """The live process a record describes, or ``None`` (gone, zombie, pid reused, other user)."""
+def process_of(record: DaemonRecord | Mapping[str, Any]) -> psutil.Process | None:
+    """The live process a record describes, or ``None`` (gone, zombie, pid reused, other user,
+    not a record)."""
     try:
-        return _verified(record)
-    except psutil.AccessDenied:
+        core = record if isinstance(record, DaemonRecord) else DaemonRecord.from_json(record)
+        return _verified(core)
+    except (ValueError, psutil.AccessDenied):
         return None
 
 
@@ -194,62 +248,64 @@ def _overlap(a: Path, b: Path) -> bool:
     return is_under(a, b) or is_under(b, a)
 
 
+def _listed() -> list[tuple[DaemonRecord, dict[str, Any]]]:
+    """:func:`_live_records`, oldest daemon first."""
+    directory = registry_dir()
+    with _locked(directory):
+        records = _live_records(directory)
+    return sorted(records, key=lambda record: (record[0].create_time, record[0].pid))
+
+
 def _refuse_overlap(directory: Path, roots: Sequence[Path], own_pid: int) -> None:
-    for record in _live_records(directory):
-        if record["pid"] == own_pid:
+    for core, _ in _live_records(directory):
+        if core.pid == own_pid:
             continue
-        for theirs in record["roots"]:
+        for theirs in core.roots:
             for mine in roots:
                 if _overlap(Path(theirs), mine):
                     raise RuntimeFailure(
-                        f"another cachewatchd (pid {record['pid']}) already watches {theirs}, "
+                        f"another cachewatchd (pid {core.pid}) already watches {theirs}, "
                         f"which overlaps {mine}"
                     )
 
 
-def _live_records(directory: Path) -> list[dict[str, Any]]:
-    """Records of live daemons on this host; records of dead ones are removed (call under lock)."""
+def _live_records(directory: Path) -> list[tuple[DaemonRecord, dict[str, Any]]]:
+    """Records of live daemons on this host (core, whole document); records of dead ones are
+    removed (call under lock)."""
     live = []
     for file in directory.glob(f"*@{_host()}.json"):
-        pid, record = file.name.partition("@")[0], _load(file)
+        pid, loaded = file.name.partition("@")[0], _load(file)
         try:
-            running = record is not None and _verified(record) is not None
+            running = loaded is not None and _verified(loaded[0]) is not None
         except psutil.AccessDenied:  # cannot tell: keep it rather than drop a live daemon
             running = True
-        if running and record is not None:
-            live.append(record)
-        elif record is not None or not (pid.isdigit() and alive(int(pid))):
+        if running and loaded is not None:
+            live.append(loaded)
+        elif loaded is not None or not (pid.isdigit() and alive(int(pid))):
             file.unlink(missing_ok=True)  # a broken record is kept while its pid runs
     return live
 
 
-def _verified(record: Mapping[str, Any]) -> psutil.Process | None:
+def _verified(core: DaemonRecord) -> psutil.Process | None:
     """Like :func:`process_of`, but lets ``psutil.AccessDenied`` through."""
     try:
-        process = psutil.Process(int(record["pid"]))
-        if abs(process.create_time() - float(record["create_time"])) > _CREATE_TIME_SLACK:
+        process = psutil.Process(core.pid)
+        if abs(process.create_time() - core.create_time) > _CREATE_TIME_SLACK:
             return None
-        if process.status() == psutil.STATUS_ZOMBIE or process.uids().real != record["uid"]:
+        if process.status() == psutil.STATUS_ZOMBIE or process.uids().real != core.uid:
             return None
     except (psutil.NoSuchProcess, psutil.ZombieProcess):
         return None
     return process
 
 
-def _load(file: Path) -> dict[str, Any] | None:
-    """A well-formed record, or ``None``."""
+def _load(file: Path) -> tuple[DaemonRecord, dict[str, Any]] | None:
+    """A well-formed record (its core, the whole document), or ``None``."""
     try:
-        record = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        document = json.loads(file.read_text(encoding="utf-8"))
+        return DaemonRecord.from_json(document), document
+    except (OSError, ValueError):  # unreadable, not JSON, not a record
         return None
-    if not isinstance(record, dict):
-        return None
-    fields = {"pid": int, "create_time": float, "uid": int, "roots": list}
-    if not all(isinstance(record.get(k), t) for k, t in fields.items()):
-        return None
-    if isinstance(record["pid"], bool) or not all(isinstance(r, str) for r in record["roots"]):
-        return None
-    return record
 
 
 @contextmanager
@@ -278,7 +334,7 @@ def _jsonable(value: object) -> object:
     if isinstance(value, Path):
         return str(value)
     if isinstance(value, datetime):
-        return value.isoformat()
+        return timestamp(value)
     if isinstance(value, enum.Enum):
         return value.value
     if isinstance(value, set | frozenset):
@@ -286,10 +342,6 @@ def _jsonable(value: object) -> object:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return dataclasses.asdict(value)
     return str(value)
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def _host() -> str:

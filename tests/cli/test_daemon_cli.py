@@ -8,6 +8,7 @@ import pytest
 
 from cachewatchd.cli import build_parser, main
 from cachewatchd.cli._daemon import _command_line, _describe
+from cachewatchd.daemon.registry import DaemonRecord
 from cachewatchd.processes.status import TargetState, TargetStatus
 
 
@@ -39,13 +40,26 @@ def test_child_options_without_their_partner_are_usage_errors(
 
 
 def _record(*targets: TargetStatus) -> dict[str, Any]:
-    return {
-        "pid": 1,
-        "state": "ready",
-        "started": "2026-11-21T19:59:07+00:00",
-        "roots": ["/r"],
-        "processes": [target.to_json() for target in targets],
-    }
+    core = DaemonRecord(
+        pid=1,
+        create_time=1.5,
+        started="2026-11-21T19:59:07+00:00",
+        roots=("/r",),
+        host="h",
+        uid=1000,
+        version="1.0",
+    )
+    return {**core.to_json(), "state": "ready", "processes": [t.to_json() for t in targets]}
+
+
+def test_status_text_of_a_daemon() -> None:
+    record = _record()
+    record["observers"] = {"/r": {"observer": "native", "reason": "ext4", "attached": False}}
+    assert _describe(record) == [
+        "cachewatchd pid 1 (ready), since 2026-11-21T19:59:07+00:00",
+        "  /r: native (ext4, waiting for the root to come back)",
+        "  invalidated 0, rescans 0, errors 0; last event none",
+    ]
 
 
 def test_status_text_gives_the_stale_reason() -> None:

@@ -23,6 +23,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from cachewatchd.daemon.registry import (
+    DaemonRecord,
     find_daemons,
     list_daemons,
     process_of,
@@ -104,6 +105,35 @@ def test_register_writes_a_private_record_and_close_removes_it(tree: Path, xdg: 
         assert process_of(record) is not None
     assert not registration.file.exists()
     assert list_daemons() == []
+
+
+def test_the_core_of_a_record_is_typed(tree: Path) -> None:
+    with register_daemon([tree / "a"]) as mine:
+        mine.update({"counters": {"invalidations": 1}})
+        document = json.loads(mine.file.read_text())
+        core = DaemonRecord.from_json(document)
+        assert core == mine.core
+        assert core.pid == os.getpid()
+        assert core.roots == (str((tree / "a").resolve()),)
+        assert core.to_json() == {key: document[key] for key in core.to_json()}
+        assert set(document) - set(core.to_json()) == {"counters", "updated"}
+        assert process_of(core) is not None
+        updated = datetime.fromisoformat(document["updated"])  # the same format as "started"
+        assert document["updated"] == updated.isoformat(timespec="seconds")
+        assert updated.utcoffset() == timezone.utc.utcoffset(None)
+    without_version = {key: value for key, value in document.items() if key != "version"}
+    broken = [
+        {**document, "pid": True},
+        {**document, "create_time": "1"},
+        {**document, "roots": ["/a", 1]},
+        without_version,
+    ]
+    for record in broken:
+        with pytest.raises(ValueError, match="daemon record"):
+            DaemonRecord.from_json(record)
+        assert process_of(record) is None
+    with pytest.raises(ValueError, match="daemon record"):
+        DaemonRecord.from_json([document])
 
 
 @pytest.mark.parametrize("mine", ["a", "a/inner", "."], ids=["equal", "descendant", "ancestor"])
