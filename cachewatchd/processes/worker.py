@@ -103,6 +103,7 @@ class Worker:
             self._cond.notify()
 
     def status(self) -> TargetStatus:
+        """The target as ``cachewatchd status`` shows it now."""
         with self._cond:
             state = TargetState.RESTARTING if self._busy else self.state
             pids, problem = tuple(self.pids), self.problem
