@@ -20,6 +20,7 @@ __all__ = [
     "LEVELS",
     "LogFormat",
     "LogSink",
+    "ReportedPaths",
     "configure_logging",
     "get_logger",
     "route_stdlib_logging",
@@ -81,6 +82,27 @@ class LogSink:
                     self._stream.flush()
                 except (OSError, ValueError) as exc:
                     self.error = str(exc) or type(exc).__name__
+
+
+class ReportedPaths:
+    """Paths whose problem was already logged: one report per path, whichever thread finds it.
+
+    The daemon creates one and hands it to its watchers and its batch handler; ``first_time`` is the
+    only way to test and add, under the lock.
+    """
+
+    def __init__(self) -> None:
+        self._paths: set[str] = set()
+        self._lock = threading.Lock()
+
+    def first_time(self, path: str | os.PathLike[str]) -> bool:
+        """True the first time *path* is reported (and it is remembered), False afterwards."""
+        key = os.fspath(path)
+        with self._lock:
+            if key in self._paths:
+                return False
+            self._paths.add(key)
+            return True
 
 
 def configure_logging(

@@ -1,4 +1,4 @@
-"""Judge one cache entry against its source: the seven states of DESIGN.md section 3.
+"""Judge one cache entry against its source: the seven states (README, "The states of a cache entry").
 
 This is the hot path of every scan: a header check costs a few microseconds; the exact check
 (unmarshal + compile + compare) runs only when the cheap evidence cannot settle the question.

@@ -18,7 +18,6 @@ import os
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +26,12 @@ from cachewatchd.cache.clean import removed_by_default
 from cachewatchd.cache.pyc import mirror_dir
 from cachewatchd.cache.remove import RemoveResult, cache_files_by_source, remove_cache_files
 from cachewatchd.daemon.recheck import Rechecker
-from cachewatchd.log import get_logger
+from cachewatchd.log import ReportedPaths, get_logger
 from cachewatchd.paths import is_under
+from cachewatchd.processes.status import timestamp
 from cachewatchd.watch.batch import Batch, GitMove
 
-__all__ = ["BatchHandler", "Counters", "Outcome", "ReportedPaths"]
+__all__ = ["BatchHandler", "Counters", "Outcome"]
 
 _MAX_ERROR_LINES = 20
 
@@ -67,27 +67,6 @@ class Outcome:
     """Roots audited in this batch."""
 
 
-class ReportedPaths:
-    """Paths whose problem was already logged: one report per path, whichever thread finds it.
-
-    *paths* is a set shared with the watchers (they add the paths they report); this object is the
-    handler's one way to test and add, under its lock.
-    """
-
-    def __init__(self, paths: set[str] | None = None) -> None:
-        self._paths: set[str] = set() if paths is None else paths
-        self._lock = threading.Lock()
-
-    def first_time(self, path: str | os.PathLike[str]) -> bool:
-        """True the first time *path* is reported (and it is remembered), False afterwards."""
-        key = os.fspath(path)
-        with self._lock:
-            if key in self._paths:
-                return False
-            self._paths.add(key)
-            return True
-
-
 class BatchHandler:
     """Handles batches for a fixed set of roots (rebuilt on reload). Counters are shared."""
 
@@ -97,15 +76,13 @@ class BatchHandler:
         *,
         pycache_prefix: Path | None,
         counters: Counters,
-        reported: ReportedPaths | set[str] | None = None,
+        reported: ReportedPaths | None = None,
     ) -> None:
         self.roots = list(excludes)
         self._excludes = excludes
         self._prefix = pycache_prefix
         self.counters = counters
-        self._reported = (
-            reported if isinstance(reported, ReportedPaths) else ReportedPaths(reported)
-        )
+        self._reported = ReportedPaths() if reported is None else reported
         """Paths already reported (shared with the watchers: one report per path)."""
         self.lock = threading.Lock()
         """Held while counters change (status readers take it too)."""
@@ -128,7 +105,7 @@ class BatchHandler:
             self.counters.batches += 1
             self.counters.events += batch.events
             self.counters.invalidations += outcome.removed
-            self.counters.last_event = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            self.counters.last_event = timestamp()
         return outcome
 
     # -- events ----------------------------------------------------------------------------------

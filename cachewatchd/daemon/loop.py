@@ -24,16 +24,14 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from cachewatchd.cache.walk import WalkOptions
-from cachewatchd.config.settings import DaemonSettings, RootPlan
+from cachewatchd.config.settings import DaemonSettings
 from cachewatchd.daemon.batch_handler import BatchHandler, Counters
+from cachewatchd.daemon.watching import Watching
 from cachewatchd.errors import CachewatchdError
-from cachewatchd.log import get_logger
+from cachewatchd.log import ReportedPaths, get_logger
 from cachewatchd.processes.spec import ProcessSpec
 from cachewatchd.processes.status import TargetStatus
 from cachewatchd.watch.batch import DEFAULT_MAX_WINDOW, DEFAULT_QUIET, Batch, Batcher
-from cachewatchd.watch.git import GitWatcher
-from cachewatchd.watch.observers import Watcher
 
 __all__ = ["ControllerLike", "Daemon"]
 
@@ -66,66 +64,6 @@ class _Notifier(Protocol):
     def status(self, text: str) -> bool: ...
 
 
-class _Watching:
-    """The watchers of one settings generation (rebuilt on reload)."""
-
-    def __init__(self, settings: DaemonSettings, batcher: Batcher, reported: set[str]) -> None:
-        groups: dict[tuple[str, tuple[str, ...]], list[RootPlan]] = {}
-        for plan in settings.roots:
-            groups.setdefault((plan.poll, plan.exclude), []).append(plan)
-        self.watchers: list[Watcher] = []
-        self.gits: list[GitWatcher] = []
-        for (_, exclude), plans in groups.items():
-            paths, poll = [p.path for p in plans], plans[0].poll
-            self.watchers.append(
-                Watcher(
-                    paths,
-                    poll_mode=poll,
-                    poll_interval=settings.poll_interval,
-                    excludes=exclude,
-                    batcher=batcher,
-                    reported=reported,
-                )
-            )
-            self.gits.append(
-                GitWatcher(
-                    paths,
-                    sink=batcher,
-                    poll_mode=poll,
-                    poll_interval=settings.poll_interval,
-                    options=WalkOptions(excludes=exclude),
-                )
-            )
-
-    def start(self) -> None:
-        for watcher in self.watchers:
-            watcher.start()
-        for git in self.gits:
-            git.start()
-
-    def stop(self) -> None:
-        for git in self.gits:
-            git.stop()
-        for watcher in self.watchers:
-            watcher.stop()
-
-    def refresh_git(self) -> None:
-        for git in self.gits:
-            git.refresh()
-
-    def observers(self) -> dict[str, dict[str, Any]]:
-        out: dict[str, dict[str, Any]] = {}
-        for watcher in self.watchers:
-            attached = watcher.attached()
-            for root, choice in watcher.observers().items():
-                out[str(root)] = {
-                    "observer": choice.kind,
-                    "reason": choice.reason,
-                    "attached": attached.get(root, False),
-                }
-        return out
-
-
 class Daemon:
     """One daemon run. Construct, then call :meth:`run` (blocks until stopped; returns 0)."""
 
@@ -147,11 +85,11 @@ class Daemon:
         self._on_ready = on_ready
         self._inbox: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._counters = Counters()
-        self._reported: set[str] = set()
+        self._reported = ReportedPaths()
         """Paths whose problem was already logged, by a watcher or the handler: one report each."""
         self._handler = self._new_handler(settings)
         self._batcher = Batcher(self._on_batch, quiet=quiet, max_window=max_window)
-        self._watching: _Watching | None = None
+        self._watching: Watching | None = None
         self._controller: ControllerLike | None = None
         self._registration: Any = None
         self._state = "starting"
@@ -185,7 +123,7 @@ class Daemon:
 
     def _start_watching(self, reason: str = "start") -> None:
         """Attach every root and audit each once (the ``rescan`` gives *reason*)."""
-        self._watching = _Watching(self.settings, self._batcher, self._reported)
+        self._watching = Watching(self.settings, self._batcher, self._reported)
         self._watching.start()
         with self._state_lock:
             self._pending_start = set(self.settings.paths)

@@ -71,7 +71,7 @@ def _processes(pids: list[int]) -> list[psutil.Process]:
 
 
 def _refusal(spec: ProcessSpec, procs: list[psutil.Process]) -> str | None:
-    """For ``action = "signal"``: why the signal would harm one of *procs* (see DESIGN §5)."""
+    """For ``action = "signal"``: why the signal would harm one of *procs* (docs/design.md, "Signals that harm")."""
     if spec.action != "signal":
         return None
     for proc in procs:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from cachewatchd.cache.walk import WalkOptions, walk
-from cachewatchd.log import get_logger
+from cachewatchd.log import ReportedPaths, get_logger
 from cachewatchd.watch.events import EventMapper, EventSink, event_filter
 from cachewatchd.watch.mounts import ObserverChoice, PollMode, choose_observer
 from cachewatchd.watch.native import LIMITS, Guard, inotify_classes
@@ -73,7 +73,7 @@ class Watcher:
         default_excludes: bool = True,
         include_venvs: bool = False,
         check_interval: float = 1.0,
-        reported: set[str] | None = None,
+        reported: ReportedPaths | None = None,
     ) -> None:
         self.sink = batcher
         self.walk_options = WalkOptions(include_venvs, tuple(excludes), default_excludes)
@@ -86,7 +86,7 @@ class Watcher:
         self._lock = threading.RLock()  # roots and observers; never taken by observer threads
         self._req_lock = threading.Lock()  # requests and reports posted by observer threads
         self._requests: list[tuple[str, Path, str]] = []
-        self._denied: set[str] = set() if reported is None else reported
+        self._denied = ReportedPaths() if reported is None else reported
         """Paths already reported (shared with the batch handler: one report per path)."""
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -139,10 +139,8 @@ class Watcher:
         self.sink.rescan(root, "event queue overflow")
 
     def report_denied(self, path: str, exc: OSError) -> None:
-        with self._req_lock:
-            if path in self._denied:
-                return
-            self._denied.add(path)
+        if not self._denied.first_time(path):
+            return
         self._log.warning("error", path=path, error=exc.strerror or str(exc), action="not watched")
 
     def _post(self, kind: str, root: Path, reason: str) -> None:

@@ -5,7 +5,12 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from cachewatchd.daemon.batch_handler import BatchHandler, Counters, ReportedPaths
+from structlog.testing import capture_logs
+
+from cachewatchd.daemon.batch_handler import BatchHandler, Counters
+from cachewatchd.log import ReportedPaths
+from cachewatchd.watch.batch import Batcher
+from cachewatchd.watch.observers import Watcher
 
 
 def test_first_time_is_true_once_per_path_across_threads() -> None:
@@ -30,22 +35,27 @@ def test_first_time_is_true_once_per_path_across_threads() -> None:
     assert len(firsts) == 50
 
 
-def test_paths_reported_by_the_watchers_are_not_reported_again(tmp_path: Path) -> None:
-    shared = {str(tmp_path / "denied")}  # the set the watchers add to
-    reported = ReportedPaths(shared)
+def test_a_path_the_watcher_reported_is_not_reported_again_by_the_handler(tmp_path: Path) -> None:
+    """The daemon's one ReportedPaths is shared by its watchers and its batch handler."""
+    reported = ReportedPaths()
+    batcher = Batcher(lambda batch: None)
+    watcher = Watcher([tmp_path], batcher=batcher, reported=reported)
+    watcher.report_denied(str(tmp_path / "denied"), PermissionError(13, "Permission denied"))
+    handler = BatchHandler(
+        {tmp_path: ()}, pycache_prefix=None, counters=Counters(), reported=reported
+    )
+    with capture_logs() as logs:
+        handler._errors([(tmp_path / "denied", "Permission denied")], during="test")
+    assert logs == []
     assert not reported.first_time(tmp_path / "denied")
-    assert reported.first_time(tmp_path / "other")
-    assert str(tmp_path / "other") in shared
 
 
 def test_handlers_sharing_the_set_report_a_problem_once(tmp_path: Path) -> None:
-    shared: set[str] = set()  # what the daemon loop shares with its watchers and every handler
+    shared = ReportedPaths()  # the daemon loop's one, shared with its watchers and every handler
     first = BatchHandler({tmp_path: ()}, pycache_prefix=None, counters=Counters(), reported=shared)
     first._errors([(tmp_path / "x", "boom")], during="test")
-    assert shared == {str(tmp_path / "x")}
-    again = BatchHandler(
-        {tmp_path: ()}, pycache_prefix=None, counters=Counters(), reported=ReportedPaths(shared)
-    )
+    assert not shared.first_time(tmp_path / "x")
+    again = BatchHandler({tmp_path: ()}, pycache_prefix=None, counters=Counters(), reported=shared)
     again._errors([(tmp_path / "x", "boom"), (tmp_path / "y", "boom")], during="test")
     assert (first.counters.errors, again.counters.errors) == (1, 1)
     alone = BatchHandler({tmp_path: ()}, pycache_prefix=None, counters=Counters())

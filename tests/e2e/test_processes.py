@@ -1,4 +1,4 @@
-"""Issue 4 end to end: the daemon as users run it (a subprocess, JSON log lines), real edits on
+"""Managed processes end to end: the daemon as users run it (a subprocess, JSON log lines), real edits on
 disk, real servers on 127.0.0.1 (uvicorn, gunicorn, supervisord) answering HTTP.
 
 The edit that matters is the one CPython cannot see: same size, mtime restored. A server restarted

@@ -1,0 +1,79 @@
+"""The watchers of one settings generation: a file watcher and a git watcher per group of roots.
+
+Roots that share their polling mode and exclude globs share one :class:`Watcher` and one
+:class:`GitWatcher`; all of them feed the daemon's one batcher and report problems once through
+the daemon's one :class:`~cachewatchd.log.ReportedPaths`. Rebuilt on every reload.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cachewatchd.cache.walk import WalkOptions
+from cachewatchd.config.settings import DaemonSettings, RootPlan
+from cachewatchd.log import ReportedPaths
+from cachewatchd.watch.batch import Batcher
+from cachewatchd.watch.git import GitWatcher
+from cachewatchd.watch.observers import Watcher
+
+__all__ = ["Watching"]
+
+
+class Watching:
+    """The watchers of one settings generation (rebuilt on reload)."""
+
+    def __init__(self, settings: DaemonSettings, batcher: Batcher, reported: ReportedPaths) -> None:
+        groups: dict[tuple[str, tuple[str, ...]], list[RootPlan]] = {}
+        for plan in settings.roots:
+            groups.setdefault((plan.poll, plan.exclude), []).append(plan)
+        self.watchers: list[Watcher] = []
+        self.gits: list[GitWatcher] = []
+        for (_, exclude), plans in groups.items():
+            paths, poll = [p.path for p in plans], plans[0].poll
+            self.watchers.append(
+                Watcher(
+                    paths,
+                    poll_mode=poll,
+                    poll_interval=settings.poll_interval,
+                    excludes=exclude,
+                    batcher=batcher,
+                    reported=reported,
+                )
+            )
+            self.gits.append(
+                GitWatcher(
+                    paths,
+                    sink=batcher,
+                    poll_mode=poll,
+                    poll_interval=settings.poll_interval,
+                    options=WalkOptions(excludes=exclude),
+                )
+            )
+
+    def start(self) -> None:
+        for watcher in self.watchers:
+            watcher.start()
+        for git in self.gits:
+            git.start()
+
+    def stop(self) -> None:
+        for git in self.gits:
+            git.stop()
+        for watcher in self.watchers:
+            watcher.stop()
+
+    def refresh_git(self) -> None:
+        for git in self.gits:
+            git.refresh()
+
+    def observers(self) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for watcher in self.watchers:
+            attached = watcher.attached()
+            for root, choice in watcher.observers().items():
+                out[str(root)] = {
+                    "observer": choice.kind,
+                    "reason": choice.reason,
+                    "attached": attached.get(root, False),
+                }
+        return out
