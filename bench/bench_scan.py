@@ -1,28 +1,26 @@
 """Scan benchmark: ``cachewatchd scan`` against find, compileall and pyclean, whole processes.
 
-Trees: a generated project of 20k modules with timestamp pycs (cached under ``bench/.work/``) and the
-running interpreter's stdlib + site-packages. Each command is timed as a whole process (startup
-counts) on a warm cache, rounds interleaved, median and min reported. Targets (issue 2), on the
-generated tree: cachewatchd <= 0.5x compileall and <= 4x find. In-process rows show the engine alone
-and the floor of its system calls, to tell engine cost from startup.
+Trees: a generated project of 20k modules with timestamp pycs (cached under ``--work DIR``, default
+``bench/.work/``) and the running interpreter's stdlib + site-packages. Each command is timed as a
+whole process (startup counts) on a warm cache, rounds interleaved, median and min reported.
+Targets, on the generated tree: cachewatchd <= 0.5x compileall and <= 4x find. In-process rows show
+the engine alone and the floor of its system calls, to tell engine cost from startup.
 
-Run with the venv holding cachewatchd and pyclean: ``/work/venv/bin/python bench/bench_scan.py``.
+Run from the repository root with the venv holding cachewatchd and pyclean (``pip install -e
+'.[bench]'``): ``.venv/bin/python bench/bench_scan.py`` (``--quick``: a smoke test of a few seconds).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
 import importlib.util
 import json
 import os
-import platform
 import py_compile
 import random
 import re
 import resource
-import shutil
 import statistics
 import struct
 import subprocess
@@ -33,12 +31,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import _harness as h
+
 __all__ = ["main"]
 
-WORK = Path(__file__).resolve().parent / ".work"
-TREE_FORMAT = 1  # bump when the generator's output changes
-MODULES_PER_PACKAGE = 20
-BRANCHING = 6  # 6 + 36 + 216 + rest: four levels of nesting at 20k modules
 TARGETS = (("compileall", 0.5), ("find", 4.0))
 BIN = Path(sys.executable).parent  # not resolved: the venv's own bin directory
 
@@ -60,33 +56,7 @@ class Inventory:
     """Sources compileall would (try to) compile: no pyc, or a header that disagrees."""
 
 
-def child_env() -> dict[str, str]:
-    """The ambient environment minus every PYTHON* variable and SOURCE_DATE_EPOCH, plus ours."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    env.pop("SOURCE_DATE_EPOCH", None)  # would switch compileall to checked-hash pycs
-    env["PYTHONDONTWRITEBYTECODE"] = "1"  # timed runs write nothing; pycs are prepared explicitly
-    return env
-
-
-def loadavg() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
-# --- the generated tree ------------------------------------------------------------------------
-
-
-def package_dirs(count: int) -> list[Path]:
-    """Breadth-first package paths, BRANCHING children each, so nesting grows with *count*."""
-    result: list[Path] = []
-    frontier = [Path()]
-    while len(result) < count:
-        children: list[Path] = []
-        for parent in frontier:
-            for i in range(min(BRANCHING, count - len(result) - len(children))):
-                children.append(parent / f"pkg{i}")
-        result += children
-        frontier = children
-    return result
+# --- the trees -----------------------------------------------------------------------------------
 
 
 def module_source(rng: random.Random, name: str) -> str:
@@ -108,49 +78,24 @@ def module_source(rng: random.Random, name: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def generate_tree(root: Path, modules: int) -> None:
-    """Write *modules* sources in packages of MODULES_PER_PACKAGE, then a timestamp pyc for each."""
-    rng = random.Random(modules)
-    tmp = root.with_name(root.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    sources: list[Path] = []
-    for index, rel in enumerate(package_dirs(-(-modules // MODULES_PER_PACKAGE))):
-        pkg = tmp / rel
-        pkg.mkdir(parents=True)
-        names = ["__init__"] + [f"mod{j:02d}" for j in range(MODULES_PER_PACKAGE - 1)]
-        for name in names[: modules - len(sources)]:
-            path = pkg / f"{name}.py"
-            path.write_text(module_source(rng, f"{rel}.{name}"), encoding="utf-8")
-            sources.append(path)
-        if index % 4 == 0:
-            (pkg / "data.json").write_text('{"answer": 42}\n', encoding="utf-8")
-        if len(rel.parts) == 1:
-            (pkg / "README.md").write_text(f"# {rel}\n", encoding="utf-8")
-    for path in sources:  # after every source: no pyc predates a source's ctime
-        py_compile.compile(
-            str(path), doraise=True, invalidation_mode=py_compile.PycInvalidationMode.TIMESTAMP
-        )
-    (tmp / ".bench-tree.json").write_text(json.dumps(tree_marker(modules)), encoding="utf-8")
-    tmp.rename(root)
+def generated_tree(work: Path, modules: int, regenerate: bool) -> Path:
+    """``WORK/tree-N``: N modules with timestamp pycs, plus some data files; built once."""
+    rng = random.Random()
 
+    def text(index: int, rel: Path) -> str:
+        if index == 0:  # one stream over the sources in order: the same tree every time
+            rng.seed(modules)
+        return module_source(rng, f"{rel.parent}.{rel.stem}")
 
-def tree_marker(modules: int) -> dict[str, object]:
-    return {"format": TREE_FORMAT, "modules": modules, "tag": sys.implementation.cache_tag}
+    def data_files(tmp: Path) -> None:
+        for index, rel in enumerate(h.package_dirs(-(-modules // h.PER_PACKAGE))):
+            if index % 4 == 0:
+                (tmp / rel / "data.json").write_text('{"answer": 42}\n', encoding="utf-8")
+            if len(rel.parts) == 1:
+                (tmp / rel / "README.md").write_text(f"# {rel}\n", encoding="utf-8")
 
-
-def ensure_tree(modules: int, regenerate: bool) -> Path:
-    root = WORK / f"tree-{modules}"
-    try:
-        found = json.loads((root / ".bench-tree.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        found = None
-    if found == tree_marker(modules) and not regenerate:
-        print(f"reusing {root}")
-        return root
-    shutil.rmtree(root, ignore_errors=True)
-    started = time.perf_counter()
-    generate_tree(root, modules)
-    print(f"generated {root} in {time.perf_counter() - started:.1f} s")
+    root = work / f"tree-{modules}"
+    h.ensure_tree(root, modules, "scan", text, regenerate, data_files)
     return root
 
 
@@ -241,12 +186,9 @@ def run_once(cmd: Command, env: dict[str, str]) -> tuple[float, float]:
 
 def time_commands(commands: list[Command], reps: int, env: dict[str, str]) -> None:
     """One untimed warm-up round, then *reps* rounds, the order rotated every round."""
-    for cmd in commands:
-        run_once(cmd, env)
-    for rep in range(reps):
-        shift = rep % len(commands)
-        for cmd in commands[shift:] + commands[:shift]:
-            wall, cpu = run_once(cmd, env)
+    for rep, cmd in h.interleaved(commands, reps):
+        wall, cpu = run_once(cmd, env)
+        if rep >= 0:
             cmd.walls.append(wall)
             cmd.cpus.append(cpu)
 
@@ -291,8 +233,9 @@ def io_floor(roots: list[str]) -> int:
 
 
 def in_process(roots: list[str], reps: int) -> list[tuple[str, float, float]]:
-    """Median and min seconds of audit() in this process, and of the bare I/O loop."""
-    from cachewatchd.cache.audit import audit
+    """Median and min seconds of the public ``cachewatchd.audit()`` in this process, and of the
+    bare I/O loop."""
+    from cachewatchd import audit
 
     paths = [Path(r) for r in roots]
     rows: list[tuple[str, Callable[[], object]]] = [
@@ -321,31 +264,34 @@ def scan_summary(roots: list[str], env: dict[str, str]) -> dict[str, int]:
 # --- reporting -----------------------------------------------------------------------------------
 
 
+WIDTHS = (-22, 9, 8, 7, 11, 14)
+
+
 def report_tree(commands: list[Command], engine: list[tuple[str, float, float]], n: int) -> None:
-    print(
-        f"  {'command':<22}{'median s':>9}{'min s':>8}{'cpu s':>7}{'entries/s':>11}  cachewatchd/x"
-    )
+    print(h.row(("command", "median s", "min s", "cpu s", "entries/s", "cachewatchd/x"), WIDTHS))
     cw = statistics.median(commands[0].walls)
     for cmd in commands:
         med = statistics.median(cmd.walls)
         ratio = f"{cw / med:.2f}x" if cmd is not commands[0] else ""
         cpu = statistics.median(cmd.cpus)
-        print(
-            f"  {cmd.name:<22}{med:>9.3f}{min(cmd.walls):>8.3f}{cpu:>7.3f}{n / med / 1e3:>10.1f}k  {ratio}"
+        cells = (
+            cmd.name,
+            f"{med:.3f}",
+            f"{min(cmd.walls):.3f}",
+            f"{cpu:.3f}",
+            f"{n / med / 1e3:.1f}k",
         )
+        print(h.row((*cells, ratio), WIDTHS))
     for name, med, low in engine:
-        print(f"  {name:<22}{med:>9.3f}{low:>8.3f}{'':>7}{n / med / 1e3:>10.1f}k")
+        print(h.row((name, f"{med:.3f}", f"{low:.3f}", "", f"{n / med / 1e3:.1f}k", ""), WIDTHS))
 
 
-def check_targets(commands: list[Command]) -> bool:
+def check_targets(commands: list[Command], targets: h.Targets) -> None:
+    """The targets on the generated tree: whole processes, medians."""
     medians = {c.name: statistics.median(c.walls) for c in commands}
-    passed = True
     for other, limit in TARGETS:
-        ratio = medians["cachewatchd"] / medians[other]
-        passed &= ratio <= limit
-        verdict = "PASS" if ratio <= limit else "MISS"
-        print(f"  target cachewatchd <= {limit}x {other}: {ratio:.2f}x  {verdict}")
-    return passed
+        name = f"cachewatchd <= {limit}x {other} (generated tree, whole process, medians)"
+        targets.ratio(name, medians["cachewatchd"], medians[other], limit)
 
 
 def bench_tree(title: str, roots: list[str], reps: int, env: dict[str, str]) -> list[Command]:
@@ -368,13 +314,13 @@ def bench_tree(title: str, roots: list[str], reps: int, env: dict[str, str]) -> 
     engine = in_process(roots, reps)
     unchanged = snapshot(roots) == before
     print(f"  pycs unchanged after all runs (nothing wrote): {'yes' if unchanged else 'NO'}")
-    print(f"  {reps} rounds, whole processes, load average now {loadavg()}")
+    print(f"  {reps} rounds, whole processes, load average now {h.loadavg()}")
     report_tree(commands, engine, entries)
     return commands
 
 
-def startup(env: dict[str, str], reps: int) -> None:
-    empty = WORK / "empty"
+def startup(env: dict[str, str], reps: int, work: Path) -> None:
+    empty = work / "empty"
     empty.mkdir(parents=True, exist_ok=True)
     commands = [
         Command("python -c pass", [sys.executable, "-c", "pass"]),
@@ -401,31 +347,36 @@ def startup(env: dict[str, str], reps: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="2000 modules, 5 rounds")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke test: 500 modules, 2 rounds (1 on the real tree)",
+    )
     parser.add_argument("--modules", type=int, help="size of the generated tree (default 20000)")
     parser.add_argument("--reps", type=int, help="timed rounds per tree (default 15)")
     parser.add_argument("--regenerate", action="store_true", help="rebuild the cached tree")
     parser.add_argument("--no-real", action="store_true", help="skip stdlib + site-packages")
-    args = parser.parse_args(argv)
-    modules = args.modules or (2000 if args.quick else 20000)
-    reps = args.reps or (5 if args.quick else 15)
-    env = child_env()
-    print(f"bench_scan  {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}")
-    print(f"  {platform.python_implementation()} {platform.python_version()} ({sys.executable})")
-    print(
-        f"  {os.cpu_count()} cores, {platform.machine()}, {platform.system()} {platform.release()}"
+    parser.add_argument(
+        "--work", type=Path, default=h.DEFAULT_WORK, help="where trees are cached (bench/.work)"
     )
-    print(f"  load average at start: {loadavg()}")
+    args = parser.parse_args(argv)
+    modules = args.modules or (500 if args.quick else 20000)
+    reps = args.reps or (2 if args.quick else 15)
+    work = Path(os.path.realpath(args.work))
+    work.mkdir(parents=True, exist_ok=True)
+    env = h.child_env(python_vars=False)
+    h.print_header("bench_scan", env, work)
     print(f"  {prepare_tools()}")
-    root = ensure_tree(modules, args.regenerate)
+    root = generated_tree(work, modules, args.regenerate)
     commands = bench_tree(f"generated tree, {modules} modules", [str(root)], reps, env)
-    print("  targets (issue 2: generated tree, whole process, medians):")
-    passed = check_targets(commands)
+    targets = h.Targets()
+    check_targets(commands, targets)
     if not args.no_real:
-        bench_tree("real tree, stdlib + site-packages", real_tree(), max(3, reps // 2), env)
-    startup(env, reps)
-    print(f"\nload average at end: {loadavg()}")
-    print("all targets PASS" if passed else "some targets MISS")
+        real_reps = 1 if args.quick else max(3, reps // 2)
+        bench_tree("real tree, stdlib + site-packages", real_tree(), real_reps, env)
+    startup(env, reps, work)
+    print(f"\nload average at end: {h.loadavg()}")
+    targets.report()
     return 0
 
 
