@@ -17,6 +17,7 @@ from cachewatchd.cache.audit import State
 from cachewatchd.daemon.batch_handler import BatchHandler, Counters
 from cachewatchd.watch.batch import Batch, GitMove, Rescan
 from tests.support.daemon import DaemonProc, cli, isolated_env
+from tests.support.pycs import restore_mtime_edit
 from tests.support.wait import compile_pyc, wait_until
 from tests.support.wait import git as run_git
 
@@ -38,14 +39,6 @@ def proj(tmp_path: Path) -> Path:
     return root.resolve()
 
 
-def restored_edit(source: Path, text: str) -> None:
-    """Same size, mtime put back: CPython would keep loading the old pyc."""
-    before = source.stat()
-    assert len(text) == before.st_size
-    source.write_text(text)
-    os.utime(source, ns=(before.st_atime_ns, before.st_mtime_ns))
-
-
 # -- events -----------------------------------------------------------------------------------------
 def test_ready_then_mtime_restored_edit_delete_and_renames(proj: Path, env: dict[str, str]) -> None:
     mod, deep = proj / "pkg" / "mod.py", proj / "pkg" / "sub" / "deep.py"
@@ -57,7 +50,7 @@ def test_ready_then_mtime_restored_edit_delete_and_renames(proj: Path, env: dict
         assert ready["pid"] == daemon.pid
 
         pyc = compile_pyc(mod)
-        restored_edit(mod, "X = 2\n")
+        restore_mtime_edit(mod, "X = 2\n")
         wait_until(lambda: not pyc.exists(), 10, message="pyc of the edited source gone")
         event = daemon.wait_event("invalidated", lambda e: e["source"] == str(mod))
         assert event["removed"] == [str(pyc)]
@@ -83,7 +76,7 @@ def test_start_reconcile_removes_stale_entries_made_while_not_watching(
 ) -> None:
     mod = proj / "pkg" / "mod.py"
     pyc = compile_pyc(mod)
-    restored_edit(mod, "X = 3\n")  # stale: header matches, content does not
+    restore_mtime_edit(mod, "X = 3\n")  # stale: header matches, content does not
     keep = compile_pyc(proj / "pkg" / "sub" / "deep.py")
     with DaemonProc([str(proj)], env) as daemon:
         daemon.ready()
@@ -105,7 +98,7 @@ def test_forced_polling_sees_an_invisible_edit(proj: Path, env: dict[str, str]) 
         assert ready["observers"][str(proj)]["reason"] == "--poll always"
         assert ready["observers"][str(proj)]["poll"] == "always (command line)"
         pyc = compile_pyc(mod)
-        restored_edit(mod, "X = 4\n")
+        restore_mtime_edit(mod, "X = 4\n")
         wait_until(lambda: not pyc.exists(), 10, message="pyc gone under polling")
         assert daemon.stop() == 0
 
@@ -120,7 +113,7 @@ def test_pycache_prefix_tree_is_invalidated(
     with DaemonProc([str(proj), "--pycache-prefix", str(prefix)], env) as daemon:
         daemon.ready()
         pyc = compile_pyc(mod, cfile=mirror / "mod.cpython-311.pyc")
-        restored_edit(mod, "X = 5\n")
+        restore_mtime_edit(mod, "X = 5\n")
         wait_until(lambda: not pyc.exists(), 10, message="prefix-tree pyc gone")
         assert daemon.stop() == 0
 
@@ -140,9 +133,9 @@ def test_excluded_and_project_trust_rule(proj: Path, env: dict[str, str]) -> Non
         assert "process ignored" in warnings
         assert "roots ignored" in warnings
         gen_pyc = compile_pyc(gen / "g.py")
-        restored_edit(gen / "g.py", "G = 2\n")
+        restore_mtime_edit(gen / "g.py", "G = 2\n")
         mod_pyc = compile_pyc(proj / "pkg" / "mod.py")
-        restored_edit(proj / "pkg" / "mod.py", "X = 6\n")
+        restore_mtime_edit(proj / "pkg" / "mod.py", "X = 6\n")
         wait_until(lambda: not mod_pyc.exists(), 10)
         assert gen_pyc.exists()  # excluded by the project: not watched
         status = json.loads(cli(["status", "--json"], env).stdout)
@@ -218,7 +211,7 @@ def test_root_deleted_and_recreated(proj: Path, env: dict[str, str]) -> None:
         src = proj / "again.py"
         src.write_text("A = 1\n")
         pyc = compile_pyc(src)
-        restored_edit(src, "A = 2\n")
+        restore_mtime_edit(src, "A = 2\n")
         wait_until(lambda: not pyc.exists(), 10, message="events resumed")
         assert daemon.stop() == 0
 
@@ -299,7 +292,7 @@ def test_sighup_reloads_the_config(proj: Path, env: dict[str, str], tmp_path: Pa
         daemon.send(signal.SIGHUP)
         daemon.wait_event("error", lambda e: "reload failed" in e["error"])
         pyc = compile_pyc(proj / "pkg" / "mod.py")
-        restored_edit(proj / "pkg" / "mod.py", "X = 7\n")
+        restore_mtime_edit(proj / "pkg" / "mod.py", "X = 7\n")
         wait_until(lambda: not pyc.exists(), 10)
         assert daemon.stop() == 0
 
@@ -309,7 +302,7 @@ def test_status_and_stop_commands(proj: Path, env: dict[str, str]) -> None:
     with DaemonProc([str(proj)], env) as daemon:
         daemon.ready()
         pyc = compile_pyc(proj / "pkg" / "mod.py")
-        restored_edit(proj / "pkg" / "mod.py", "X = 8\n")
+        restore_mtime_edit(proj / "pkg" / "mod.py", "X = 8\n")
         wait_until(lambda: not pyc.exists(), 10)
         wait_until(
             lambda: (
@@ -348,7 +341,7 @@ def test_detached_daemon_returns_when_ready_and_stops(proj: Path, env: dict[str,
         assert f"pid {pid}" in started.stdout
         assert os.getsid(pid) == pid  # detached: a session of its own
         pyc = compile_pyc(proj / "pkg" / "mod.py")
-        restored_edit(proj / "pkg" / "mod.py", "X = 9\n")
+        restore_mtime_edit(proj / "pkg" / "mod.py", "X = 9\n")
         wait_until(lambda: not pyc.exists(), 10, message="the detached daemon works")
         again = cli(["run", str(proj)], env)
         assert again.returncode == 3
@@ -406,7 +399,7 @@ def test_handler_events_git_moves_and_rescans(proj: Path) -> None:
 
     sourceless = compile_pyc(mod, cfile=proj / "pkg" / "gone.pyc")
     stale = compile_pyc(proj / "pkg" / "sub" / "deep.py")
-    restored_edit(proj / "pkg" / "sub" / "deep.py", "Y = 2\n")
+    restore_mtime_edit(proj / "pkg" / "sub" / "deep.py", "Y = 2\n")
     outcome = handler.handle(
         Batch(git_moves=frozenset({GitMove(proj, "a" * 40, "b" * 40)}), events=1)
     )

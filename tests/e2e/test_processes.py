@@ -21,22 +21,18 @@ from cachewatchd.cache.audit import audit
 from cachewatchd.daemon.loop import STATUS_REFRESH
 from cachewatchd.processes.staleness import SLACK
 from tests.support.daemon import cli
-from tests.support.e2e import (
-    E2E,
-    app_body,
-    child_command,
-    toml_config,
-    write_app,
-)
+from tests.support.e2e import E2E, child_command, toml_config
 from tests.support.servers import (
     Reaper,
     Supervisord,
+    app_body,
     fetch,
     free_port,
     gunicorn_command,
     set_value,
     uvicorn_command,
     wait_value,
+    write_asgi_app,
     write_wsgi_app,
 )
 from tests.support.wait import compile_pyc, wait_until
@@ -64,7 +60,7 @@ def _no_tracebacks(text: str) -> None:
 def test_own_child_serves_new_code_after_a_restored_mtime_edit_where_a_plain_restart_does_not(
     e2e: E2E,
 ) -> None:
-    app = write_app(e2e.proj, "old-1")
+    app = write_asgi_app(e2e.proj, "old-1")
     pyc = compile_pyc(app)  # the timestamp pyc a first import would have written
     port = free_port()
     server = uvicorn_command(port)
@@ -104,7 +100,7 @@ def test_own_child_serves_new_code_after_a_restored_mtime_edit_where_a_plain_res
 
 # -- 2. supervisord ----------------------------------------------------------------------------------
 def test_supervisord_program_from_the_user_config(e2e: E2E) -> None:
-    app = write_app(e2e.proj, "old-2")
+    app = write_asgi_app(e2e.proj, "old-2")
     compile_pyc(app)
     port = free_port()
     program = f"command = {' '.join(uvicorn_command(port))}\ndirectory = {e2e.proj}"
@@ -179,7 +175,7 @@ def test_gunicorn_master_found_by_match_takes_hup_and_its_new_workers_serve_new_
 def test_uvicorn_found_by_match_is_relaunched_with_its_cmdline_cwd_and_environment(
     e2e: E2E,
 ) -> None:
-    app = write_app(e2e.proj, "old-4")
+    app = write_asgi_app(e2e.proj, "old-4")
     compile_pyc(app)
     port = free_port()
     old = e2e.serve(uvicorn_command(port), e2e.proj, CACHEWATCHD_E2E_MARK="kept")
@@ -216,7 +212,7 @@ def test_uvicorn_found_by_match_is_relaunched_with_its_cmdline_cwd_and_environme
 def test_import_gate_keeps_the_old_server_on_a_syntax_error_and_the_fix_restarts_it(
     e2e: E2E,
 ) -> None:
-    app = write_app(e2e.proj, "old-5")
+    app = write_asgi_app(e2e.proj, "old-5")
     port = free_port()
     args = [str(e2e.proj), "--grace", GRACE, "--import-check", "app", "--",
             *child_command(uvicorn_command(port))]  # fmt: skip
@@ -256,7 +252,7 @@ def test_a_burst_of_50_edits_gives_one_restart(e2e: E2E) -> None:
     parts = [f"p{i}" for i in range(5)]
     for name in parts:
         (e2e.proj / f"{name}.py").write_text("PART = '..'\n", encoding="utf-8")
-    write_app(e2e.proj, "v", parts)
+    write_asgi_app(e2e.proj, "v", parts=parts)
     port = free_port()
     args = [str(e2e.proj), "--grace", GRACE, "--", *child_command(uvicorn_command(port))]
     with e2e.daemon(args, cwd=e2e.proj) as daemon:
@@ -293,7 +289,7 @@ def test_a_burst_of_50_edits_gives_one_restart(e2e: E2E) -> None:
 
 # -- 7. health check ----------------------------------------------------------------------------------
 def test_failed_health_check_is_logged_as_restart_failed(e2e: E2E) -> None:
-    app = write_app(e2e.proj, "old-7")
+    app = write_asgi_app(e2e.proj, "old-7")
     port = free_port()
     old = e2e.serve(uvicorn_command(port), e2e.proj)
     wait_value(port, "old-7")
@@ -323,7 +319,7 @@ def test_failed_health_check_is_logged_as_restart_failed(e2e: E2E) -> None:
 # -- 8. refusal ---------------------------------------------------------------------------------------
 def test_hup_for_a_uvicorn_reload_parent_is_refused_and_nothing_is_killed(e2e: E2E) -> None:
     srv = e2e.proj / "srv"
-    write_app(srv, "old-8")
+    write_asgi_app(srv, "old-8")
     lib = e2e.proj / "lib"
     lib.mkdir()
     (lib / "util.py").write_text("U = 1\n", encoding="utf-8")
@@ -357,7 +353,7 @@ def test_hup_for_a_uvicorn_reload_parent_is_refused_and_nothing_is_killed(e2e: E
 
 # -- 9. status ----------------------------------------------------------------------------------------
 def test_status_shows_the_target_pid_and_a_stale_process(e2e: E2E) -> None:
-    app = write_app(e2e.proj, "old-9")
+    app = write_asgi_app(e2e.proj, "old-9")
     port = free_port()
     old = e2e.serve(uvicorn_command(port), e2e.proj)
     wait_value(port, "old-9")

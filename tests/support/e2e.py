@@ -27,43 +27,9 @@ from tests.support.wait import wait_until
 
 __all__ = [
     "E2E",
-    "app_body",
     "child_command",
     "toml_config",
-    "write_app",
 ]
-
-_APP = """\
-{imports}VALUE = {value!r}
-
-
-async def app(scope, receive, send):
-    if scope["type"] != "http":
-        return
-    status = 500 if scope["path"] == "/fail" else 200
-    body = ({body}).encode()
-    headers = [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]
-    await send({{"type": "http.response.start", "status": status, "headers": headers}})
-    await send({{"type": "http.response.body", "body": body}})
-"""
-
-
-def write_app(directory: Path, value: str, parts: Sequence[str] = ()) -> Path:
-    """``<directory>/app.py``: an ASGI app answering ``VALUE`` (plus ``|`` and the ``PART`` of
-    each module in *parts*, which it imports) on every path, and HTTP 500 on ``/fail``."""
-    directory.mkdir(parents=True, exist_ok=True)
-    imports = "".join(f"import {name}\n" for name in parts) + ("\n" if parts else "")
-    body = "VALUE"
-    if parts:
-        body += ' + "|" + ' + " + ".join(f"{name}.PART" for name in parts)
-    path = directory / "app.py"
-    path.write_text(_APP.format(imports=imports, value=value, body=body), encoding="utf-8")
-    return path
-
-
-def app_body(value: str, parts: Sequence[str] = ()) -> str:
-    """What :func:`write_app`'s app answers when its parts hold *parts*."""
-    return value + ("|" + "".join(parts) if parts else "")
 
 
 def child_command(argv: Sequence[str]) -> list[str]:

@@ -18,8 +18,10 @@ def write(path: Path, text: str) -> Path:
 
 
 def restore_mtime_edit(source: Path, text: str) -> None:
-    """Rewrite *source* (same size expected) and put its old mtime back, as ``cp -p`` would."""
+    """Rewrite *source* with the same size and put its old mtime back, as ``cp -p`` would: the edit
+    CPython misses (its pyc header still matches)."""
     st = source.stat()
+    assert len(text.encode()) == st.st_size, "a restored-mtime edit must keep the size"
     source.write_text(text)
     os.utime(source, ns=(st.st_atime_ns, st.st_mtime_ns))
 

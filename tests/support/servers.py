@@ -24,6 +24,7 @@ import psutil
 from cachewatchd.processes.spec import SupervisorSpec
 from cachewatchd.processes.supervisord import SupervisorClient, SupervisorError
 from tests.conftest import child_env
+from tests.support.pycs import restore_mtime_edit
 from tests.support.wait import wait_until
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "USER",
     "Reaper",
     "Supervisord",
+    "app_body",
     "assert_one_line_faults",
     "events",
     "fetch",
@@ -45,15 +47,16 @@ __all__ = [
 ]
 
 _ASGI = """\
-VALUE = {value!r}
+{imports}VALUE = {value!r}
 
 
 async def app(scope, receive, send):
     if scope["type"] != "http":
         return
-    body = VALUE.encode()
+    status = 500 if scope["path"] == "/fail" else 200
+    body = ({body}).encode()
     headers = [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]
-    await send({{"type": "http.response.start", "status": 200, "headers": headers}})
+    await send({{"type": "http.response.start", "status": status, "headers": headers}})
     await send({{"type": "http.response.body", "body": body}})
 """
 
@@ -78,12 +81,25 @@ def free_port() -> int:
         return port
 
 
-def write_asgi_app(directory: Path, value: str, name: str = "app") -> Path:
-    """``<directory>/<name>.py``: an ASGI app answering ``VALUE`` on every path."""
+def write_asgi_app(
+    directory: Path, value: str, name: str = "app", parts: Sequence[str] = ()
+) -> Path:
+    """``<directory>/<name>.py``: the one ASGI app of the tests. It answers ``VALUE`` (plus ``|``
+    and the ``PART`` of each module in *parts*, which it imports) on every path, HTTP 500 on
+    ``/fail``."""
     directory.mkdir(parents=True, exist_ok=True)
+    imports = "".join(f"import {part}\n" for part in parts) + ("\n" if parts else "")
+    body = "VALUE"
+    if parts:
+        body += ' + "|" + ' + " + ".join(f"{part}.PART" for part in parts)
     path = directory / f"{name}.py"
-    path.write_text(_ASGI.format(value=value), encoding="utf-8")
+    path.write_text(_ASGI.format(imports=imports, value=value, body=body), encoding="utf-8")
     return path
+
+
+def app_body(value: str, parts: Sequence[str] = ()) -> str:
+    """What :func:`write_asgi_app`'s app answers when its parts hold *parts*."""
+    return value + ("|" + "".join(parts) if parts else "")
 
 
 def write_wsgi_app(directory: Path, value: str, name: str = "wsgiapp") -> Path:
@@ -96,13 +112,13 @@ def write_wsgi_app(directory: Path, value: str, name: str = "wsgiapp") -> Path:
 
 def set_value(path: Path, old: str, new: str, *, keep_mtime: bool = False) -> None:
     """Replace ``VALUE = old`` by ``VALUE = new`` in *path*; restore the mtime (in ns) if asked."""
-    before = path.stat()
     text = path.read_text(encoding="utf-8")
     assert repr(old) in text
-    path.write_text(text.replace(repr(old), repr(new)), encoding="utf-8")
+    new_text = text.replace(repr(old), repr(new))
     if keep_mtime:
-        assert len(old) == len(new), "a restored-mtime edit must keep the size"
-        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+        restore_mtime_edit(path, new_text)
+    else:
+        path.write_text(new_text, encoding="utf-8")
 
 
 def fetch(port: int, path: str = "/") -> str | None:
