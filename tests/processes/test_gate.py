@@ -93,11 +93,12 @@ def test_the_target_python_is_found_from_argv0_or_the_shebang(tmp_path: Path) ->
     script.chmod(0o755)
     assert python_executable([str(script), "app:app"], None, None) == sys.executable
     env_script = tmp_path / "serve-env"
-    env_script.write_text("#!/usr/bin/env -S python3.11 -u\n")
+    versioned = f"python{sys.version_info[0]}.{sys.version_info[1]}"  # what every venv has
+    env_script.write_text(f"#!/usr/bin/env -S {versioned} -u\n")
     env_script.chmod(0o755)
     env = {"PATH": str(Path(sys.executable).parent)}
     found = python_executable(["./serve-env"], str(tmp_path), env)
-    assert found == str(Path(sys.executable).parent / "python3.11")
+    assert found == str(Path(sys.executable).parent / versioned)
     assert python_executable(["/bin/sh", "-c", "true"], None, None) is None
     assert probe_from_command(["/bin/sh"]) is None
 
