@@ -34,8 +34,9 @@ def event_filter(*, attrib: bool = True) -> list[Any]:
     from watchdog import events as ev
 
     files = [ev.FileCreatedEvent, ev.FileModifiedEvent]
-    if attrib:
-        files.append(ev.FileAttribEvent)
+    attrib_event = getattr(ev, "FileAttribEvent", None)  # watchdog 7; 6 reports them as modified
+    if attrib and attrib_event is not None:
+        files.append(attrib_event)
     return [
         *files,
         ev.FileDeletedEvent,
