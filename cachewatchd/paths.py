@@ -1,4 +1,5 @@
-"""Where cachewatchd keeps its files (platformdirs locations), and whether a path lies under a root.
+"""Where cachewatchd keeps its files (platformdirs locations), whether a path lies under a root, and
+reading a small file that must be a regular file.
 
 Every location function computes its answer from the environment at call time (``XDG_*`` variables
 are honoured through platformdirs), creates the directory on demand with mode ``0o700`` and returns
@@ -7,12 +8,23 @@ it. platformdirs is imported by them, not here: :func:`is_under` must stay cheap
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import sys
 from pathlib import Path
 
-__all__ = ["APP_NAME", "config_dir", "is_under", "log_dir", "runtime_dir", "state_dir"]
+__all__ = [
+    "APP_NAME",
+    "FileTooLargeError",
+    "NotRegularFileError",
+    "config_dir",
+    "is_under",
+    "log_dir",
+    "read_regular",
+    "runtime_dir",
+    "state_dir",
+]
 
 APP_NAME = "cachewatchd"
 _DIR_MODE = 0o700
@@ -27,6 +39,60 @@ def is_under(path: str | os.PathLike[str], root: str | os.PathLike[str]) -> bool
     """
     p, r = os.fspath(path), os.fspath(root)
     return p == r or p.startswith(r if r.endswith(os.sep) else r + os.sep)
+
+
+class NotRegularFileError(OSError):
+    """:func:`read_regular` found a FIFO, a device, a socket or a directory where a file belongs."""
+
+
+class FileTooLargeError(OSError):
+    """:func:`read_regular` found a file larger than the caller's limit."""
+
+
+_CHUNK = 1 << 16
+
+_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def _kind(mode: int) -> str:
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+
+
+def read_regular(path: str | os.PathLike[str], limit: int) -> bytes:
+    """The content of *path*, which must be a regular file of at most *limit* bytes.
+
+    Opened with ``O_NONBLOCK`` (a FIFO opens at once instead of waiting for a writer) and
+    ``O_NOCTTY``, then judged by ``fstat`` of what was opened: no race between a check and the read.
+    Symlinks are followed. Raises :class:`NotRegularFileError` for anything but a regular file
+    (``strerror`` says what it is: ``"a FIFO, not a regular file"``), :class:`FileTooLargeError`
+    beyond *limit* bytes (also when a file grows while it is read), and the ``open``/``read``
+    :class:`OSError` otherwise (``FileNotFoundError``, ``PermissionError``...). Never blocks.
+    """
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            what = _kind(mode)
+            reason = what if what == "not a regular file" else f"{what}, not a regular file"
+            raise NotRegularFileError(errno.EINVAL, reason, os.fspath(path))
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit:
+            chunk = os.read(fd, min(limit + 1 - size, _CHUNK))
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+            size += len(chunk)
+        raise FileTooLargeError(errno.EFBIG, f"larger than {limit} bytes", os.fspath(path))
+    finally:
+        os.close(fd)
 
 
 def _ensure(path: Path) -> Path:

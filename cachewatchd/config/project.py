@@ -13,11 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from cachewatchd.config.toml import key_lines, loads, show_value
+from cachewatchd.paths import read_regular
 from cachewatchd.watch.mounts import POLL_MODES, PollMode
 
-__all__ = ["ProjectConfig", "load_project_config"]
+__all__ = ["PROJECT_FILE_LIMIT", "ProjectConfig", "load_project_config"]
 
 _PROJECT_KEYS = ("exclude", "poll")
+PROJECT_FILE_LIMIT = 4 * 1024 * 1024
+"""A project's ``pyproject.toml`` larger than this is not read (a warning says so)."""
 
 
 @dataclass(frozen=True)
@@ -33,16 +36,21 @@ def load_project_config(root: Path) -> ProjectConfig:
     """Read ``root/pyproject.toml`` ``[tool.cachewatchd]``: only ``exclude`` and ``poll`` count.
 
     Never raises for the file's content: a broken file, a wrong type or an untrusted key becomes a
-    warning string naming the file (and line where known) and that setting is ignored.
+    warning string naming the file (and line where known) and that setting is ignored. So does a
+    ``pyproject.toml`` that is not a regular file (a FIFO is never opened for a blocking read) or
+    is larger than :data:`PROJECT_FILE_LIMIT`.
     """
     file = root / "pyproject.toml"
     try:
-        text = file.read_bytes().decode("utf-8")
+        text = read_regular(file, PROJECT_FILE_LIMIT).decode("utf-8")
         data: dict[str, Any] = loads(text)
     except FileNotFoundError:
         return ProjectConfig()
     except (OSError, ValueError, RecursionError) as exc:  # UnicodeDecodeError, TOMLDecodeError
-        return ProjectConfig(warnings=(f"{file}: cannot read [tool.cachewatchd]: {exc}; ignored",))
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        return ProjectConfig(
+            warnings=(f"{file}: cannot read [tool.cachewatchd]: {reason}; ignored",)
+        )
     tool = data.get("tool")
     section = tool.get("cachewatchd") if isinstance(tool, dict) else None
     if section is None:

@@ -16,15 +16,41 @@ import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from cachewatchd.config.toml import KeyPath, format_key, key_lines, loads, show_value, value_name
-from cachewatchd.errors import ConfigError
-from cachewatchd.paths import config_dir
+from cachewatchd.errors import ConfigError, UsageError
+from cachewatchd.paths import config_dir, read_regular
 from cachewatchd.processes.spec import ProcessSpec, SupervisorSpec
 from cachewatchd.watch.mounts import POLL_MODES, PollMode
+from cachewatchd.watch.polling import POLL_INTERVAL_RANGE
 
-__all__ = ["Config", "default_config_path", "load_config"]
+__all__ = [
+    "BOUNDS",
+    "CONFIG_FILE_LIMIT",
+    "Config",
+    "check_number",
+    "default_config_path",
+    "load_config",
+]
+
+CONFIG_FILE_LIMIT = 1024 * 1024
+"""The user's config file larger than this is refused (a ConfigError)."""
+
+BOUNDS: Mapping[str, tuple[float, float]] = MappingProxyType(
+    {
+        "poll_interval": POLL_INTERVAL_RANGE,  # config poll_interval, --poll-interval
+        "reconcile_interval": (1.0, 7 * 86400.0),  # config reconcile_interval, --reconcile-interval
+        "grace": (0.1, 3600.0),  # [[process]] grace, --grace
+        "health_timeout": (0.1, 3600.0),  # [[process]] health_timeout, --health-timeout
+        "stop_timeout": (0.1, 3600.0),  # stop --timeout
+        "probe_timeout": (0.05, 600.0),  # doctor --probe-timeout
+    }
+)
+"""Every number of seconds cachewatchd accepts, from the config or the command line: (lowest,
+highest), both included. The highest stay far below ``threading.TIMEOUT_MAX``: a thread waiting
+longer than that dies of ``OverflowError``. :func:`check_number` applies them."""
 
 _TOP_KEYS = ("roots", "poll", "poll_interval", "reconcile_interval", "exclude", "process")
 _SELECTORS = ("supervisor", "pidfile", "match", "systemd")
@@ -56,6 +82,34 @@ class Config:
     """Top-level keys the file set (so ``poll = "auto"`` written out still beats a project's poll)."""
 
 
+def check_number(name: str, value: object, low: float, high: float) -> float:
+    """*value* as a float of seconds from *low* to *high*; else :class:`UsageError` ``"NAME: ..."``.
+
+    The one check of a number of seconds (the config's keys go through it too, as a ConfigError
+    with file, line and key). *name* is what the user wrote, e.g. ``"--poll-interval"``; the bounds
+    come from :data:`BOUNDS`: ``check_number("--grace", args.grace, *BOUNDS["grace"])``. Booleans,
+    strings, NaN and infinities are refused like any number out of range.
+    """
+    number, problem = _seconds(value, low, high)
+    if problem is not None:
+        raise UsageError(f"{name}: {problem}")
+    return number
+
+
+def _seconds(value: object, low: float, high: float) -> tuple[float, str | None]:
+    """``(value as a float, None)``, or ``(nan, why it is refused)``."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return math.nan, f"must be a number of seconds, not {value_name(value)}"
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond any float
+        number = math.inf
+    if not low <= number <= high:  # NaN fails every comparison
+        shown = value if isinstance(value, int) else f"{number:g}"
+        return math.nan, f"must be a number of seconds from {low:g} to {high:g}, not {shown}"
+    return number, None
+
+
 def default_config_path() -> Path:
     """``<user config dir>/config.toml``, e.g. ``~/.config/cachewatchd/config.toml``."""
     return config_dir() / "config.toml"
@@ -65,11 +119,13 @@ def load_config(path: Path | None = None) -> Config:
     """Read and validate the user's config.
 
     With *path* ``None`` the default file is read, and its absence gives the defaults; a *path*
-    given explicitly must exist. Raises :class:`ConfigError` for anything wrong in the file.
+    given explicitly must exist. Raises :class:`ConfigError` for anything wrong in the file, and
+    for a file that is not a regular file (a FIFO is refused, never read) or is larger than
+    :data:`CONFIG_FILE_LIMIT`.
     """
     file = path if path is not None else default_config_path()
     try:
-        data = file.read_bytes()
+        data = read_regular(file, CONFIG_FILE_LIMIT)
     except FileNotFoundError:
         if path is not None:
             raise ConfigError(str(file), "no such file") from None
@@ -168,14 +224,12 @@ class _Validator:
         return expanded if expanded.is_absolute() else self.base / expanded
 
     def seconds(self, key: KeyPath, value: object) -> float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise self.error(key, f"must be a number of seconds, not {value_name(value)}")
-        try:
-            number = float(value)
-        except OverflowError:
-            number = math.inf
-        if not math.isfinite(number) or number <= 0:
-            raise self.error(key, f"must be a positive finite number of seconds, not {value}")
+        """A number of seconds within :data:`BOUNDS` of the key's name (``grace``...)."""
+        name = key[-1]
+        assert isinstance(name, str)
+        number, problem = _seconds(value, *BOUNDS[name])
+        if problem is not None:
+            raise self.error(key, problem)
         return number
 
     def poll(self, value: object) -> PollMode:

@@ -32,9 +32,12 @@ from typing import Any, Protocol
 
 from cachewatchd.cache.walk import WalkOptions, walk
 from cachewatchd.log import get_logger
+from cachewatchd.paths import read_regular
+from cachewatchd.threads import daemon_thread
 from cachewatchd.watch.batch import GitMove
 from cachewatchd.watch.events import Poke, event_filter
 from cachewatchd.watch.mounts import PollMode, choose_observer
+from cachewatchd.watch.polling import bounded_interval
 
 __all__ = [
     "GitMove",
@@ -60,9 +63,17 @@ _OPERATIONS = (
 )
 
 
-def _read(path: Path) -> str | None:
+_SMALL_FILE = 64 * 1024
+"""``HEAD``, a loose ref, ``.git`` and ``commondir`` files: a line each."""
+_PACKED_REFS = 64 * 1024 * 1024
+"""``packed-refs``: a line per ref (a repository with 100k tags has a few MB)."""
+
+
+def _read(path: Path, limit: int = _SMALL_FILE) -> str | None:
+    """The stripped text of *path*; None when it is missing, unreadable, not a regular file (a
+    FIFO would block the reader forever) or larger than *limit* bytes."""
     try:
-        return path.read_text(encoding="utf-8", errors="replace").strip()
+        return read_regular(path, limit).decode("utf-8", errors="replace").strip()
     except OSError:
         return None
 
@@ -103,7 +114,7 @@ class GitRepo:
         return None
 
     def _packed(self, name: str) -> str | None:
-        text = _read(self.commondir / "packed-refs")
+        text = _read(self.commondir / "packed-refs", _PACKED_REFS)
         if not text:
             return None
         for line in text.splitlines():
@@ -238,7 +249,7 @@ class GitWatcher:
         self._roots = [Path(os.path.realpath(r)) for r in roots]
         self._sink = sink
         self._poll_mode: PollMode = poll_mode
-        self._poll_interval = poll_interval
+        self._poll_interval = bounded_interval(poll_interval)  # its wait must never overflow
         self._safety_interval = safety_interval
         self._operation_quiet = operation_quiet
         self._stale_lock = stale_lock
@@ -252,7 +263,7 @@ class GitWatcher:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._checks = 0
-        self._thread = threading.Thread(target=self._run, name="cachewatchd-git", daemon=True)
+        self._thread = daemon_thread(self._run, "cachewatchd-git")
         self._log = get_logger(__name__)
 
     def start(self) -> None:

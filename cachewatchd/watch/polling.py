@@ -10,10 +10,16 @@ Two functions plug into :class:`watchdog.observers.polling.PollingObserverVFS`:
 - :class:`SourceLister` lists only what matters (directories and ``.py``/``.pyw`` files), leaves out
   ``__pycache__``, excluded directories and virtual environments, and reports an unreadable
   sub-directory once instead of failing the pass, so a pass costs little.
+
+The poller's thread never dies silently: the interval is held within :data:`POLL_INTERVAL_RANGE`
+(a wait beyond ``threading.TIMEOUT_MAX`` raises ``OverflowError``), and a pass that fails with an
+unexpected error is logged once and tried again after the interval.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 import os
 import stat
 from collections.abc import Callable, Iterator
@@ -21,8 +27,43 @@ from typing import Any
 
 from cachewatchd.cache.pyc import SOURCE_SUFFIXES
 from cachewatchd.cache.walk import Excluder, WalkOptions
+from cachewatchd.log import get_logger
 
-__all__ = ["SourceLister", "change_stat", "make_polling_observer"]
+__all__ = [
+    "DEFAULT_POLL_INTERVAL",
+    "POLL_INTERVAL_RANGE",
+    "SourceLister",
+    "bounded_interval",
+    "change_stat",
+    "make_polling_observer",
+]
+
+DEFAULT_POLL_INTERVAL = 1.0
+POLL_INTERVAL_RANGE = (0.05, 3600.0)
+"""Seconds between two passes, lowest and highest (the config's and command line's bounds too:
+:data:`cachewatchd.config.user.BOUNDS`). The highest is far below ``threading.TIMEOUT_MAX``."""
+_RETRY = 1.0
+"""Seconds before a pass that failed is tried again, when the interval itself is what failed."""
+
+
+def bounded_interval(interval: float, *, what: str = "poll interval") -> float:
+    """*interval* held within :data:`POLL_INTERVAL_RANGE`; NaN (or not a number) gives the default.
+
+    The config and the command line refuse such values with a clear message; this is the last line
+    of defence for callers of the Python API, so that a waiting thread can never die of
+    ``OverflowError``. A changed value is logged as a warning.
+    """
+    low, high = POLL_INTERVAL_RANGE
+    try:
+        number = float(interval)
+    except (TypeError, ValueError, OverflowError):
+        number = math.nan
+    used = DEFAULT_POLL_INTERVAL if math.isnan(number) else min(max(number, low), high)
+    if used != number:
+        get_logger(__name__).warning(
+            "error", error=f"{what} {interval!r} out of range", action=f"using {used:g} s"
+        )
+    return used
 
 
 def change_stat(path: str) -> os.stat_result:
@@ -113,9 +154,52 @@ def make_polling_observer(
     interval: float,
     on_denied: Callable[[str, OSError], None],
 ) -> Any:
-    """A watchdog ``PollingObserverVFS`` for *root* (not started, nothing scheduled yet)."""
-    from watchdog.observers.polling import PollingObserverVFS
+    """A watchdog observer polling *root* every *interval* seconds (held within
+    :data:`POLL_INTERVAL_RANGE`) with :func:`change_stat` and a :class:`SourceLister`; not started,
+    nothing scheduled yet.
 
-    return PollingObserverVFS(
-        change_stat, SourceLister(root, options, on_denied), polling_interval=interval
+    Like watchdog's ``PollingObserverVFS``, except that the interval is the emitter's own (the
+    observer's dispatching thread keeps watchdog's 1 s timeout), and that a pass failing with an
+    unexpected error does not end the emitter's thread: it is logged once and tried again.
+    """
+    from watchdog.observers.api import BaseObserver
+
+    emitter_class: Callable[..., Any] = _emitter_class()
+    emitter = functools.partial(
+        emitter_class,
+        stat=change_stat,
+        listdir=SourceLister(root, options, on_denied),
+        interval=bounded_interval(interval),
     )
+    return BaseObserver(emitter)  # type: ignore[arg-type]  # a partial of an emitter class
+
+
+@functools.cache
+def _emitter_class() -> type[Any]:
+    from watchdog.observers.polling import PollingEmitter
+
+    class Emitter(PollingEmitter):
+        """watchdog's polling emitter, on its own interval and never killed by a failing pass."""
+
+        def __init__(self, *args: Any, interval: float, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._interval = interval
+            self._failing = False
+
+        def queue_events(self, timeout: float) -> None:
+            try:
+                super().queue_events(self._interval)
+            except Exception as exc:  # noqa: BLE001 - the thread must outlive any one pass
+                if not self._failing:
+                    get_logger(__name__).error(
+                        "error",
+                        root=self.watch.path,
+                        error=f"polling pass failed: {exc!r}",
+                        action="retrying",
+                    )
+                self._failing = True
+                self.stopped_event.wait(_RETRY)
+            else:
+                self._failing = False
+
+    return Emitter
