@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import shutil
@@ -15,42 +14,10 @@ from pathlib import Path
 import pytest
 
 from tests.support.pycs import restore_mtime_edit, write
+from tests.support.users import unprivileged
 from tests.support.wait import compile_pyc, wait_until
 
 TAG = sys.implementation.cache_tag
-NOBODY = 65534
-
-
-def unprivileged() -> list[str]:
-    if os.geteuid() != 0:
-        return []
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        pytest.skip("running as root without setpriv: permissions are not enforced")
-    command = [setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
-    reason = _unreachable_for_nobody(tuple(command))
-    if reason:
-        pytest.skip(reason)
-    return command
-
-
-@functools.cache
-def _unreachable_for_nobody(command: tuple[str, ...]) -> str | None:
-    """Why the unprivileged user cannot run this interpreter and checkout, if it cannot: a clone,
-    a venv or a Python under a private (0700) directory such as root's home."""
-    repo = str(Path(__file__).resolve().parents[2])
-    probe = subprocess.run(
-        [*command, sys.executable, "-c", "import cachewatchd"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "PYTHONPATH": repo, "HOME": "/nonexistent"},
-        check=False,
-    )
-    if probe.returncode == 0:
-        return None
-    last = (probe.stderr.strip().splitlines() or ["no output"])[-1]
-    return f"user {NOBODY} cannot run {sys.executable} on {repo} (a private directory?): {last}"
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from cachewatchd.cache.walk import WalkOptions
 from cachewatchd.watch.batch import Batch, Batcher, Rescan
 from cachewatchd.watch.observers import Watcher, coverage_gaps
 from cachewatchd.watch.polling import SourceLister, change_stat
+from tests.support.users import unprivileged
 from tests.support.wait import wait_until
 
 inotify_c = pytest.importorskip("watchdog.observers.inotify_c")
@@ -295,7 +296,7 @@ def test_silently_skipped_directory_is_caught_by_the_coverage_check(
     with watching([root], poll_mode="auto") as (watcher, _):
         choice = watcher.observers()[root]
         assert choice.kind == "polling"
-        assert "1 directories left unwatched" in choice.reason
+        assert "1 directory left unwatched" in choice.reason
 
 
 def test_watch_limit_while_running_falls_back(
@@ -418,12 +419,7 @@ print(json.dumps({"ok": ok, "kind": w.observers()[root].kind,
 
 @pytest.mark.parametrize("mode", MODES)
 def test_permission_denied_subtree_is_reported_once(mode: str) -> None:
-    prefix: list[str] = []
-    if os.geteuid() == 0:
-        setpriv = shutil.which("setpriv")
-        if setpriv is None:
-            pytest.skip("running as root without setpriv: permissions are not enforced")
-        prefix = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"]
+    prefix = unprivileged()
     base = Path(tempfile.mkdtemp(prefix="cw-perm-"))
     try:
         base.chmod(0o755)
