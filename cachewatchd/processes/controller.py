@@ -16,7 +16,7 @@ from pathlib import Path
 
 from cachewatchd.processes.spec import ProcessSpec
 from cachewatchd.processes.staleness import SourceClock
-from cachewatchd.processes.status import TargetStatus
+from cachewatchd.processes.status import TargetState, TargetStatus
 from cachewatchd.processes.targets import make_target
 from cachewatchd.processes.worker import Worker
 
@@ -41,17 +41,19 @@ class Controller:
         self._started = False
         self._subscribers: list[Callable[[], None]] = []
         self._error_subscribers: list[Callable[[], None]] = []
-        self._workers = [
-            Worker(
-                make_target(spec),
-                [spec.root] if spec.root else self._roots,
-                self._clock,
-                self._cancel,
-                self._changed,
-                self._error,
+        self._workers = []
+        for spec in specs:
+            target_roots = [spec.root] if spec.root else self._roots
+            self._workers.append(
+                Worker(
+                    make_target(spec, target_roots),
+                    target_roots,
+                    self._clock,
+                    self._cancel,
+                    self._changed,
+                    self._error,
+                )
             )
-            for spec in specs
-        ]
 
     def subscribe(self, callback: Callable[[], None]) -> None:
         """Call *callback* (from a worker thread; keep it short) whenever a target's status
@@ -106,8 +108,8 @@ class Controller:
         for worker in self._workers:
             if worker.thread.is_alive():
                 worker.thread.join()
-            elif not self._started:
-                worker.target.stop()
+            elif not self._started or worker.state is not TargetState.STOPPED:
+                worker.target.stop()  # never started, or its thread died before stopping it
 
     def status(self) -> list[TargetStatus]:
         """Each target's status, in the order of the specs."""

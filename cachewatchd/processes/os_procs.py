@@ -23,6 +23,7 @@ from pathlib import Path
 import psutil
 
 from cachewatchd.errors import RuntimeFailure
+from cachewatchd.paths import is_under
 
 __all__ = [
     "ProcessActionError",
@@ -31,6 +32,7 @@ __all__ = [
     "find_by_match",
     "find_by_pidfile",
     "launch_detached",
+    "owned",
     "restart_process",
     "send_signal",
     "signal_refusal",
@@ -76,8 +78,9 @@ class Snapshot:
     environ: dict[str, str]
 
 
-def _owned(proc: psutil.Process) -> bool:
-    """True when *proc* belongs to the user running cachewatchd (real uid)."""
+def owned(proc: psutil.Process) -> bool:
+    """True when *proc* belongs to the user running cachewatchd: its real uid is ours (what the
+    kernel says, never what a record or a pidfile claims)."""
     try:
         return proc.uids().real == os.getuid()
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
@@ -112,7 +115,7 @@ def find_by_pidfile(pidfile: Path) -> list[psutil.Process]:
         raise ProcessActionError(f"pid {pid} from {pidfile}: access denied") from None
     if zombie:
         raise ProcessActionError(f"pidfile {pidfile} names pid {pid}, which is not running")
-    if not _owned(proc):
+    if not owned(proc):
         raise ProcessActionError(
             f"pid {pid} from {pidfile} belongs to another user; cachewatchd never touches it"
         )
@@ -128,8 +131,16 @@ def _cwd_matches(proc: psutil.Process, cwd: Path | None) -> bool:
         return False
 
 
-def find_by_match(pattern: str, cwd: Path | None = None) -> list[psutil.Process]:
-    """This user's processes whose joined cmdline matches *pattern* (and whose cwd is *cwd*).
+def find_by_match(
+    pattern: str, cwd: Path | None = None, under: Sequence[Path] | None = None
+) -> list[psutil.Process]:
+    """This user's processes whose joined cmdline matches *pattern*: those whose cwd is *cwd*
+    when given, else those that lie under one of *under* when given, else all of them.
+
+    A process lies under a root when its cwd does, or a file named on its command line does (the
+    script of ``python app/main.py``, a venv's ``bin/gunicorn``, ``--chdir DIR``; relative names
+    are taken from its cwd). Options (``-x``, ``--x=...``) and bare words (``app:app``) name no
+    file.
 
     Only the top of each matching tree is returned (a gunicorn master, not its workers); the
     calling process and its ancestors are never returned.
@@ -139,9 +150,10 @@ def find_by_match(pattern: str, cwd: Path | None = None) -> list[psutil.Process]
     ours = {me}
     with contextlib.suppress(psutil.Error):
         ours.update(p.pid for p in psutil.Process(me).parents())
+    roots = _root_variants(under) if under is not None and cwd is None else None
     found: list[psutil.Process] = []
     for proc in psutil.process_iter():
-        if proc.pid in ours or not _owned(proc):
+        if proc.pid in ours or not owned(proc):
             continue
         try:
             if proc.status() == psutil.STATUS_ZOMBIE:
@@ -149,9 +161,37 @@ def find_by_match(pattern: str, cwd: Path | None = None) -> list[psutil.Process]
             cmdline = proc.cmdline()
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
-        if cmdline and regex.search(" ".join(cmdline)) and _cwd_matches(proc, cwd):
+        if not cmdline or not regex.search(" ".join(cmdline)) or not _cwd_matches(proc, cwd):
+            continue
+        if roots is None or _under(proc, cmdline, roots):
             found.append(proc)
     return top_level(found)
+
+
+def _root_variants(roots: Sequence[Path]) -> list[str]:
+    return list(dict.fromkeys(v for r in roots for v in (os.path.abspath(r), os.path.realpath(r))))
+
+
+def _under(proc: psutil.Process, cmdline: Sequence[str], roots: Sequence[str]) -> bool:
+    """Whether *proc* (whose cmdline is *cmdline*) lies under one of *roots* (see
+    :func:`find_by_match`)."""
+    try:
+        cwd: str | None = proc.cwd()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
+        cwd = None
+    candidates = [cwd] if cwd else []
+    for arg in cmdline:
+        if not arg or arg.startswith("-") or "\0" in arg:
+            continue
+        if os.path.isabs(arg):
+            candidates.append(arg)
+        elif cwd and (os.sep in arg or arg.endswith((".py", ".pyw"))):
+            candidates.append(os.path.join(cwd, arg))
+    for path in candidates:
+        for variant in {os.path.abspath(path), os.path.realpath(path)}:
+            if any(is_under(variant, root) for root in roots):
+                return True
+    return False
 
 
 def top_level(procs: Sequence[psutil.Process]) -> list[psutil.Process]:
@@ -240,7 +280,7 @@ def _signal_all(procs: Sequence[psutil.Process], group: int | None, sig: int) ->
 def terminate_tree(proc: psutil.Process, grace: float) -> None:
     """TERM *proc*'s process group (or the process and its descendants), wait *grace*, KILL,
     then wait until every one of them is gone. Raises :class:`ProcessActionError` if they stay."""
-    if not _owned(proc):
+    if not owned(proc):
         raise ProcessActionError(f"pid {proc.pid} belongs to another user; not touching it")
     try:
         if not proc.is_running():
@@ -251,7 +291,7 @@ def terminate_tree(proc: psutil.Process, grace: float) -> None:
         return
     except psutil.AccessDenied:
         raise ProcessActionError(f"pid {proc.pid}: access denied") from None
-    tree = [p for p in tree if _owned(p)]
+    tree = [p for p in tree if owned(p)]
     # Signal the whole group only when the process leads it and it is not our own group.
     group = pgid if pgid == proc.pid and pgid != os.getpgrp() else None
     _signal_all(tree, group, signal.SIGTERM)
@@ -344,7 +384,7 @@ def send_signal(proc: psutil.Process, signame: str) -> None:
         signum = signal.Signals[f"SIG{name}"]
     except KeyError:
         raise ProcessActionError(f"unknown signal {signame!r}") from None
-    if not _owned(proc):
+    if not owned(proc):
         raise ProcessActionError(f"pid {proc.pid} belongs to another user; not signalling it")
     refusal = signal_refusal(proc, name)
     if refusal:

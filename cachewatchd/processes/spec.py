@@ -1,17 +1,34 @@
 """What a managed process target is: parsed from the user's config or the command line.
 
 Shared by :mod:`cachewatchd.config.user` (which builds them) and the control modules (which act on them).
+The checks of the values a user writes for a target (:func:`module_problem`, :func:`url_problem`)
+live here too, so that the command line (``--import-check``, ``--health-url``) and the config
+(``import_check``, ``health_url``) refuse the same values with the same words.
 """
 
 from __future__ import annotations
 
+import keyword
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-__all__ = ["Action", "ProcessSpec", "SupervisorSpec"]
+__all__ = [
+    "SCOPES",
+    "Action",
+    "ProcessSpec",
+    "Scope",
+    "SupervisorSpec",
+    "module_problem",
+    "url_problem",
+]
 
 Action = Literal["restart", "signal"]
+
+Scope = Literal["roots", "any"]
+SCOPES: tuple[Scope, ...] = ("roots", "any")
+"""The values of a ``match`` target's ``scope``."""
 
 
 @dataclass(frozen=True)
@@ -48,9 +65,49 @@ class ProcessSpec:
     # options ---------------------------------------------------------------
     root: Path | None = None
     """Only changes under this root trigger the target; ``None`` means every root."""
+    scope: Scope = "roots"
+    """With ``match`` and no ``cwd``: ``"roots"`` acts only on the matching processes whose cwd, or
+    a file named on whose command line (the script, the venv's ``bin/gunicorn``), lies under the
+    target's roots (``root``, else every root of the daemon); ``"any"`` on every matching process
+    of this user, wherever it runs."""
     grace: float = 10.0
     import_check: str | None = None
     health_url: str | None = None
     health_timeout: float = 30.0
     log: Path | None = None
     """With ``pidfile``/``match`` and ``action = "restart"``: append the relaunched process's output here."""
+
+
+def _text_problem(text: str) -> str | None:
+    if not text.strip():
+        return "must not be empty"
+    if "\0" in text:
+        return "must not contain a NUL character"
+    return None
+
+
+def module_problem(text: str) -> str | None:
+    """Why *text* is not a module for the import gate (``import_check``, ``--import-check``), or
+    ``None`` when it is a dotted module name (``app``, ``app.main``)."""
+    problem = _text_problem(text)
+    if problem is not None:
+        return problem
+    if not all(p.isidentifier() and not keyword.iskeyword(p) for p in text.split(".")):
+        return f"is not a dotted module name: {text!r}"
+    return None
+
+
+def url_problem(text: str) -> str | None:
+    """Why *text* is not a URL for the health check (``health_url``, ``--health-url``), or ``None``
+    when it is an ``http://`` or ``https://`` URL with a host."""
+    problem = _text_problem(text)
+    if problem is not None:
+        return problem
+    try:
+        parts = urllib.parse.urlsplit(text)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError as exc:
+        return f"is not a valid URL ({exc})"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"must be a URL like http://host/, not {text!r}"
+    return None

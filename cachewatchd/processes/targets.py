@@ -13,7 +13,7 @@ import shutil
 import subprocess
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -224,21 +224,41 @@ class SupervisorTarget(Target):
 
 
 class ProcessTarget(Target):
-    """An existing process found by ``pidfile`` or ``match`` (+ ``cwd``)."""
+    """An existing process found by ``pidfile`` or ``match`` (+ ``cwd``, else ``scope``).
+
+    A ``match`` without ``cwd`` finds, by default (``scope = "roots"``), only the processes that
+    run code of the target's *roots* (their cwd, or a file on their command line, lies under one):
+    the same pattern in another project is not touched unless the user asks for
+    ``scope = "any"``.
+    """
 
     kind = "process"
 
-    def __init__(self, spec: ProcessSpec, *, log: Path | None = None) -> None:
+    def __init__(
+        self, spec: ProcessSpec, roots: Sequence[Path] = (), *, log: Path | None = None
+    ) -> None:
         super().__init__(spec)
+        self.roots = tuple(Path(r) for r in roots)
         self.log = log if log is not None else spec.log
         self._launched: list[psutil.Process] = []
         """Processes we relaunched (used when the pidfile is not rewritten by the app)."""
 
+    @property
+    def _under(self) -> tuple[Path, ...] | None:
+        """The roots a ``match`` is limited to; ``None`` when it is not (``cwd``, ``scope``)."""
+        if self.spec.cwd is not None or self.spec.scope == "any":
+            return None
+        return self.roots
+
     def _describe(self) -> str:
         if self.spec.pidfile is not None:
             return f"pidfile {self.spec.pidfile}"
-        where = f" in {self.spec.cwd}" if self.spec.cwd else ""
-        return f"match {self.spec.match!r}{where}"
+        if self.spec.cwd is not None:
+            return f"match {self.spec.match!r} in {self.spec.cwd}"
+        under = self._under
+        if under is None:
+            return f"match {self.spec.match!r}"
+        return f"match {self.spec.match!r} under {', '.join(map(str, under))}"
 
     def _find(self) -> list[psutil.Process]:
         launched = [p for p in self._launched if p.is_running()]
@@ -250,7 +270,7 @@ class ProcessTarget(Target):
                     return launched
                 raise
         assert self.spec.match is not None
-        return find_by_match(self.spec.match, self.spec.cwd)
+        return find_by_match(self.spec.match, self.spec.cwd, self._under)
 
     def check(self) -> str | None:
         try:
@@ -356,20 +376,21 @@ class SystemdTarget(Target):
         return _processes([int(text)]) if text.isdigit() and int(text) > 0 else []
 
 
-_FACTORIES: dict[str, Callable[[ProcessSpec], Target]] = {
-    "command": ChildTarget,
-    "supervisor": SupervisorTarget,
+_FACTORIES: dict[str, Callable[[ProcessSpec, Sequence[Path]], Target]] = {
+    "command": lambda spec, roots: ChildTarget(spec),
+    "supervisor": lambda spec, roots: SupervisorTarget(spec),
     "pidfile": ProcessTarget,
     "match": ProcessTarget,
-    "systemd": SystemdTarget,
+    "systemd": lambda spec, roots: SystemdTarget(spec),
 }
 
 
-def make_target(spec: ProcessSpec) -> Target:
-    """The backend for *spec*, chosen by its one selector."""
+def make_target(spec: ProcessSpec, roots: Sequence[Path] = ()) -> Target:
+    """The backend for *spec*, chosen by its one selector; *roots* are the target's roots (its
+    ``root``, else the daemon's): a ``match`` acts only on processes under them (``scope``)."""
     for selector, factory in _FACTORIES.items():
         if getattr(spec, selector) is not None:
-            return factory(spec)
+            return factory(spec, roots)
     raise TargetError(
         f"process {spec.name!r} needs one of command, supervisor, pidfile, match or systemd"
     )

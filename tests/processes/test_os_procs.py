@@ -246,3 +246,69 @@ def test_alive_and_wait_gone(tmp_path: Path, reaper: Reaper) -> None:
     assert procs.wait_gone([proc, dead], 0.05) == [proc]
     proc.terminate()
     assert procs.wait_gone([proc, dead], 10) == []
+
+
+def _pids_matching(marker: str) -> set[int]:
+    return {p.pid for p in procs.find_by_match(marker)}
+
+
+def test_match_acts_only_on_processes_under_the_roots_unless_scope_any(
+    tmp_path: Path, reaper: Reaper
+) -> None:
+    root, elsewhere = tmp_path / "proj", tmp_path / "other-project"
+    root.mkdir()
+    elsewhere.mkdir()
+    marker = f"cw-scope-{os.getpid()}-{tmp_path.name}"
+    inline = [sys.executable, "-c", SLEEPER, marker]
+    inside = reaper.popen(inline, cwd=root)  # runs in the project
+    outside = reaper.popen(inline, cwd=elsewhere)  # the same command, another project
+    script = reaper.popen([sys.executable, str(_sleeper(root)), marker], cwd=elsewhere)
+    wait_until(lambda: _pids_matching(marker) == {inside.pid, outside.pid, script.pid})
+
+    spec = ProcessSpec(name="w", match=marker, grace=5)
+    controller = Controller([spec], [root])
+    with capture_logs() as logs:
+        controller.start()
+        controller.notify({root / "m.py"})
+        done = wait_event(logs, "restarted")
+        for pid in done["pids"]:
+            reaper.track(pid)
+        controller.stop()
+    assert inside.wait(timeout=10) == -signal.SIGTERM
+    assert script.wait(timeout=10) == -signal.SIGTERM  # its script lies under the root
+    assert outside.poll() is None, "a process of another project was restarted"
+    assert len(done["pids"]) == 2
+    relaunched = {psutil.Process(pid).cwd() for pid in done["pids"]}
+    assert relaunched == {str(root), str(elsewhere)}
+
+    wider = ProcessSpec(name="w", match=marker, grace=5, scope="any")
+    controller = Controller([wider], [root])
+    with capture_logs() as logs:
+        controller.start()
+        controller.notify({root / "m.py"})
+        done = wait_event(logs, "restarted")
+        for pid in done["pids"]:
+            reaper.track(pid)
+        controller.stop()
+    assert outside.wait(timeout=10) == -signal.SIGTERM  # asked for explicitly: scope = "any"
+    assert len(done["pids"]) == 3
+
+
+def test_a_match_with_nothing_under_the_roots_says_where_it_looked(
+    tmp_path: Path, reaper: Reaper
+) -> None:
+    root, elsewhere = tmp_path / "proj", tmp_path / "elsewhere"
+    root.mkdir()
+    elsewhere.mkdir()
+    marker = f"cw-scope-none-{os.getpid()}-{tmp_path.name}"
+    outside = reaper.popen([sys.executable, "-c", SLEEPER, marker], cwd=elsewhere)
+    wait_until(lambda: _pids_matching(marker) == {outside.pid})
+    controller = Controller([ProcessSpec(name="w", match=marker)], [root])
+    with capture_logs() as logs:
+        controller.start()
+        wait_until(lambda: controller.status()[0].state is TargetState.NOT_FOUND)
+        problem = controller.status()[0].problem
+        controller.stop()
+    assert problem == f"no running process for match {marker!r} under {root}"
+    assert outside.poll() is None
+    assert_one_line_faults(logs)
