@@ -45,41 +45,136 @@ def _seconds(text: str) -> float:
     return value
 
 
+_RUN_EPILOG = """\
+examples:
+  cachewatchd --foreground src
+  cachewatchd --foreground src -- python -m uvicorn app:app --port 8000
+
+signals (with --foreground):
+  SIGTERM, SIGINT  finish the current batch, stop the managed processes, exit 0
+  SIGHUP           reload the config; but when the terminal the daemon runs in hangs up
+                   (an SSH connection drops, a terminal window closes), stop as on SIGTERM
+
+exit status:
+  0  stopped by SIGTERM, SIGINT or a hang-up of its terminal; or detached and running
+  2  usage error, bad config, a PATH that does not exist or cannot be read
+  3  could not start (another daemon watches an overlapping root, COMMAND cannot be
+     executed), or a thread of the daemon died
+"""
+
+_STOP_EPILOG = """\
+exit status:
+  0  stopped (or no daemon was running)
+  2  usage error, a PATH that does not exist
+  3  a daemon was still running after --timeout seconds, or could not be signalled
+"""
+
+
 def register(sub: Any) -> None:
     run = sub.add_parser(
         "run",
         help="watch PATHs and keep their bytecode caches true (the default command)",
+        usage="%(prog)s [OPTIONS] [PATH ...] [-- COMMAND [ARG ...]]",
         description="Watch PATH (default: the config's roots, else .), invalidate bytecode caches "
         "the moment their source changes, follow git, and restart managed processes. "
         "Everything after -- is a COMMAND the daemon runs and restarts after each change.",
+        epilog=_RUN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    run.add_argument("paths", nargs="*", type=Path, metavar="PATH")
-    run.add_argument("--foreground", action="store_true", help="stay attached, log to stderr")
+    run.add_argument(
+        "paths",
+        nargs="*",
+        type=Path,
+        metavar="PATH",
+        help="directory to watch (default: the config's roots, else the current directory)",
+    )
+    run.add_argument(
+        "--foreground", action="store_true", help="stay attached, log to stderr (else detach)"
+    )
     run.add_argument("--config", type=Path, metavar="FILE", help="config file to use")
-    run.add_argument("--poll", choices=POLL_MODES, help="polling override")
+    run.add_argument(
+        "--poll", choices=POLL_MODES, help="polling instead of native events: always|never|auto"
+    )
     run.add_argument("--poll-interval", type=_seconds, metavar="S", help="seconds between polls")
     run.add_argument(
         "--reconcile-interval", type=_seconds, metavar="S", help="seconds between full audits"
     )
-    run.add_argument("--exclude", action="append", default=[], metavar="GLOB")
-    run.add_argument("--pycache-prefix", type=Path, metavar="DIR")
-    run.add_argument("--log-format", choices=("auto", "console", "json"), default="auto")
-    run.add_argument("--log-level", default="info", metavar="LEVEL")
-    child = run.add_argument_group("the own child (with -- COMMAND ARGS...)")
-    child.add_argument("--grace", type=_seconds, metavar="S", help="seconds before KILL")
-    child.add_argument("--import-check", metavar="MODULE", help="import gate before restarts")
-    child.add_argument("--health-url", metavar="URL", help="poll after a restart until HTTP 200")
+    run.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="skip paths matching GLOB (name or root-relative path; repeatable)",
+    )
+    run.add_argument(
+        "--pycache-prefix",
+        type=Path,
+        metavar="DIR",
+        help="the PYTHONPYCACHEPREFIX tree to keep true too (default: $PYTHONPYCACHEPREFIX)",
+    )
+    run.add_argument(
+        "--log-format",
+        choices=("auto", "console", "json"),
+        default="auto",
+        help="auto: console on a terminal, JSON lines otherwise (default auto)",
+    )
+    run.add_argument(
+        "--log-level",
+        default="info",
+        metavar="LEVEL",
+        help="debug, info, warning, error or critical (default info)",
+    )
+    child = run.add_argument_group("the own child (with -- COMMAND [ARG ...])")
     child.add_argument(
-        "--health-timeout", type=_seconds, metavar="S", help="with --health-url (default 30)"
+        "--grace", type=_seconds, metavar="S", help="seconds between TERM and KILL (default 10)"
+    )
+    child.add_argument(
+        "--import-check",
+        metavar="MODULE",
+        help="import MODULE in a fresh interpreter before each restart; keep the old process "
+        "when it fails",
+    )
+    child.add_argument(
+        "--health-url",
+        metavar="URL",
+        help="after a restart, poll URL until HTTP 200 before logging 'restarted'",
+    )
+    child.add_argument(
+        "--health-timeout",
+        type=_seconds,
+        metavar="S",
+        help="with --health-url: seconds a restarted COMMAND has to answer 200 (default 30)",
     )
     run.set_defaults(handler=_run)
 
-    stop = sub.add_parser("stop", help="stop this user's daemons (those watching PATH)")
-    stop.add_argument("paths", nargs="*", type=Path, metavar="PATH")
-    stop.add_argument("--timeout", type=_seconds, default=30.0, metavar="S")
+    stop = sub.add_parser(
+        "stop",
+        help="stop this user's daemons (those watching PATH)",
+        description="Stop this user's daemons: all of them, or those whose roots overlap a PATH.",
+        epilog=_STOP_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    stop.add_argument(
+        "paths",
+        nargs="*",
+        type=Path,
+        metavar="PATH",
+        help="stop only the daemons watching PATH (default: every daemon of this user)",
+    )
+    stop.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=30.0,
+        metavar="S",
+        help="seconds to wait for them to exit (default 30)",
+    )
     stop.set_defaults(handler=_stop)
 
-    status = sub.add_parser("status", help="show this user's running daemons")
+    status = sub.add_parser(
+        "status",
+        help="show this user's running daemons",
+        description="Show this user's running daemons: roots, observers, counters, processes.",
+    )
     status.add_argument("--json", action="store_true", help="print one JSON document")
     status.set_defaults(handler=_status)
 
@@ -87,12 +182,23 @@ def register(sub: Any) -> None:
 # -- run ------------------------------------------------------------------------------------------
 def _command_line(args: argparse.Namespace) -> CommandLine:
     from cachewatchd.config.settings import CommandLine
-    from cachewatchd.processes.spec import ProcessSpec
+    from cachewatchd.processes.spec import ProcessSpec, module_problem, url_problem
 
-    child_command: list[str] = list(getattr(args, "child_command", []) or [])
+    given: list[str] = list(getattr(args, "child_command", None) or [])
+    if getattr(args, "child_separator", False) and not given:
+        raise UsageError("'--' must be followed by the COMMAND to run: PATH -- COMMAND [ARG ...]")
+    if given and not given[0].strip():
+        raise UsageError("the COMMAND after '--' must not be empty")
+    for flag, value, problem_of in (
+        ("--import-check", args.import_check, module_problem),
+        ("--health-url", args.health_url, url_problem),
+    ):
+        problem = problem_of(value) if value is not None else None
+        if problem is not None:
+            raise UsageError(f"{flag}: {problem}")
     child: ProcessSpec | None = None
-    if child_command:
-        options: dict[str, Any] = {"name": "child", "command": tuple(child_command)}
+    if given:
+        options: dict[str, Any] = {"name": "child", "command": tuple(given)}
         if args.grace is not None:
             options["grace"] = args.grace
         options["import_check"] = args.import_check
@@ -284,29 +390,52 @@ def _stop(args: argparse.Namespace) -> int:
     import psutil
 
     from cachewatchd.daemon.registry import find_daemons, process_of
-    from cachewatchd.processes.os_procs import wait_gone
+    from cachewatchd.processes.os_procs import owned, wait_gone
 
+    for path in args.paths:
+        _existing(path)
     daemons = find_daemons(list(args.paths) or None)
-    if not daemons:
-        where = f" for {', '.join(str(p) for p in args.paths)}" if args.paths else ""
-        print(f"no cachewatchd daemon running{where}")
-        return EXIT_OK
     procs = []
+    refused: list[str] = []
     for record in daemons:
         proc = process_of(record)
         if proc is None:
             continue
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc.send_signal(signal.SIGTERM)
-            procs.append(proc)
+        if not owned(proc):  # the record's uid is what the file says; the process tells the truth
+            refused.append(f"pid {proc.pid} belongs to another user: not signalled")
+            continue
+        try:
+            proc.send_signal(signal.SIGTERM)  # psutil refuses a recycled pid
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue
+        except psutil.AccessDenied:
+            refused.append(f"pid {proc.pid}: not permitted to signal it")
+            continue
+        procs.append(proc)
+    if not procs and not refused:
+        where = f" for {', '.join(str(p) for p in args.paths)}" if args.paths else ""
+        print(f"no cachewatchd daemon running{where}")
+        return EXIT_OK
     left = wait_gone(procs, args.timeout)  # a zombie is gone: its parent may not be us
     for proc in procs:
         if proc not in left:
             print(f"stopped cachewatchd (pid {proc.pid})")
     if left:
         pids = ", ".join(str(p.pid) for p in left)
-        raise RuntimeFailure(f"daemon(s) still running after {args.timeout:g}s: pid {pids}")
+        refused.append(f"daemon(s) still running after {args.timeout:g}s: pid {pids}")
+    if refused:
+        raise RuntimeFailure("; ".join(refused))
     return EXIT_OK
+
+
+def _existing(path: Path) -> Path:
+    """*path* resolved; a :class:`UsageError` (exit 2) when it does not exist or cannot be read."""
+    try:
+        return path.expanduser().resolve(strict=True)
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such file or directory") from None
+    except OSError as exc:
+        raise UsageError(f"{path}: {exc.strerror or exc}") from None
 
 
 def _status(args: argparse.Namespace) -> int:
