@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -86,6 +87,8 @@ def check_root(path: Path) -> Path:
         raise UsageError(f"{path}: no such directory") from None
     except OSError as exc:
         raise UsageError(f"{path}: {exc.strerror or exc}") from None
+    except RuntimeError:  # a symlink loop before Python 3.13 (an OSError since)
+        raise UsageError(f"{path}: {os.strerror(errno.ELOOP)}") from None
     if not resolved.is_dir():
         raise UsageError(f"{path}: not a directory")
     if not os.access(resolved, os.R_OK | os.X_OK):
@@ -126,9 +129,9 @@ def build_report(roots: Sequence[Path], results: Sequence[Result]) -> AuditRepor
 def audit(roots: Sequence[Path], options: AuditOptions | None = None) -> AuditReport:
     """Judge every cache entry under *roots* (already resolved directories)."""
     opts = options if options is not None else AuditOptions()
-    auditor = Auditor(opts)
-    for root in roots:
-        auditor.tree(str(root))
-        if opts.pycache_prefix is not None:
-            auditor.prefix_tree(root, opts.pycache_prefix)
-    return build_report(roots, [auditor.take()])
+    with Auditor(opts) as auditor:
+        for root in roots:
+            auditor.tree(str(root))
+            if opts.pycache_prefix is not None:
+                auditor.prefix_tree(root, opts.pycache_prefix)
+        return build_report(roots, [auditor.take()])

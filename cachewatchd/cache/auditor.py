@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import NamedTuple
 
+from cachewatchd.cache.checks import CheckPool
 from cachewatchd.cache.judge import (
     FRESH_HEADER,
     MASK,
@@ -86,11 +87,16 @@ class Auditor:
     """Judges directories and trees; collects plain rows until :meth:`take`.
 
     Fresh entries are only counted unless ``keep_fresh``. With *dedup*, an entry reached twice
-    (overlapping roots, a prefix tree inside a root) is judged once.
+    (overlapping roots, a prefix tree inside a root) is judged once. Exact checks run in the
+    worker of *checks* (:mod:`cachewatchd.cache.checks`), started on the first one; :meth:`close`
+    stops it (an auditor is a context manager).
     """
 
-    def __init__(self, options: AuditOptions, *, dedup: bool = True) -> None:
+    def __init__(
+        self, options: AuditOptions, *, dedup: bool = True, checks: CheckPool | None = None
+    ) -> None:
         self.options = options
+        self.checks = checks if checks is not None else CheckPool()
         self.excluder = Excluder(options.walk_options())
         self._seen: set[str] | None = set() if dedup else None
         self.rows: list[Row] = []
@@ -100,6 +106,16 @@ class Auditor:
         """``__pycache__`` name after the stem -> tag and opt level."""
         self._magic: dict[str, bytes] = {}
         """Tag -> the magic of a pyc of that tag found fresh by its header."""
+
+    def __enter__(self) -> Auditor:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the checking process, if one was started."""
+        self.checks.close()
 
     def take(self) -> Result:
         """What was found since the last call."""
@@ -237,7 +253,16 @@ class Auditor:
         else:
             try:
                 verdict = judge_header(
-                    path, source.path, st, tag, opt, data, mtime_ns, size, deep=self.options.deep
+                    path,
+                    source.path,
+                    st,
+                    tag,
+                    opt,
+                    data,
+                    mtime_ns,
+                    size,
+                    checks=self.checks,
+                    deep=self.options.deep,
                 )
             except VanishedError:
                 return True
@@ -260,7 +285,9 @@ class Auditor:
         stem = entry.name[:-4]
         has_source = any(stem + suffix in sources for suffix in SOURCE_SUFFIXES)
         try:
-            verdict = judge_legacy(entry.path, has_source, deep=self.options.deep)
+            verdict = judge_legacy(
+                entry.path, has_source, checks=self.checks, deep=self.options.deep
+            )
         except VanishedError:
             return
         except OSError as exc:
@@ -289,7 +316,13 @@ class Auditor:
             return
         try:
             verdict = judge_pycache(
-                path, source, stat, parsed.tag, parsed.opt, deep=self.options.deep
+                path,
+                source,
+                stat,
+                parsed.tag,
+                parsed.opt,
+                checks=self.checks,
+                deep=self.options.deep,
             )
         except VanishedError:
             return

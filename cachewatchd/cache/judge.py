@@ -1,13 +1,14 @@
 """Judge one cache entry against its source: the seven states (README, "The states of a cache entry").
 
-This is the hot path of every scan: a header check costs a few microseconds; the exact check
-(unmarshal + compile + compare) runs only when the cheap evidence cannot settle the question.
+This is the hot path of every scan: a header check costs a few microseconds and reads 16 bytes; the
+exact check (unmarshal + compile + compare) runs only when the cheap evidence cannot settle the
+question, and then in a checking process with memory and time limits (:mod:`.checks`): pyc bodies
+and sources are untrusted input, never unmarshalled or compiled in this process.
 """
 
 from __future__ import annotations
 
 import errno
-import marshal
 import os
 import stat
 import sys
@@ -15,9 +16,11 @@ from enum import Enum
 from pathlib import Path
 from typing import Literal, NamedTuple
 
+from cachewatchd.cache.checks import MAX_SOURCE_BYTES, CheckPool, Outcome
 from cachewatchd.cache.pyc import (
     HEADER_SIZE,
     RUNNING_MAGIC,
+    Header,
     HeaderError,
     Mode,
     parse_header,
@@ -93,6 +96,10 @@ class VanishedError(Exception):
     """The pyc or its source disappeared while being judged."""
 
 
+class _Unchecked(Exception):
+    """The exact check hit a limit of the checking process; ``str()`` says which."""
+
+
 def _version_text(version: tuple[int, int] | None) -> str:
     return "?" if version is None else f"{version[0]}.{version[1]}"
 
@@ -117,70 +124,112 @@ def read_header(pyc: str, dir_fd: int | None = None) -> tuple[bytes, int, int]:
     return data, st.st_mtime_ns, st.st_size
 
 
-def _open_regular(path: str) -> int:
-    """Open *path* for reading without blocking on a FIFO; refuse anything but a regular file."""
+def _read_capped(path: str, cap: int) -> bytes | None:
+    """The bytes of the regular file *path*; ``None`` when it holds more than *cap*."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError as exc:
         raise VanishedError(path) from exc
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise OSError(errno.EINVAL, "not a regular file", path)
-    return fd
-
-
-def _read_bytes(path: str) -> bytes:
-    with os.fdopen(_open_regular(path), "rb") as f:
-        return f.read()
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
+        if st.st_size > cap:
+            return None
+        data = f.read(cap + 1)
+    return None if len(data) > cap else data
 
 
 def _opt_level(opt: str) -> int:
     return int(opt) if opt.isdigit() else 0
 
 
-def _exact(pyc: str, source: str, opt: str) -> Verdict | None:
-    """Compare the pyc's code with a fresh compile; ``None`` means identical."""
-    body = _read_bytes(pyc)[HEADER_SIZE:]
-    try:
-        cached = marshal.loads(body)
-    except (EOFError, ValueError, TypeError) as exc:
-        return Verdict(State.CORRUPT, f"body does not unmarshal ({exc})")
-    try:
-        fresh = compile(
-            _read_bytes(source), source, "exec", dont_inherit=True, optimize=_opt_level(opt)
+def _outcome_error(outcome: Outcome) -> None:
+    """Raise what the worker could not read, as the in-process reads would."""
+    if outcome.result == "gone":
+        raise VanishedError(outcome.detail)
+    if outcome.result == "unreadable":
+        raise OSError(errno.EIO, outcome.detail)
+
+
+def _exact(checks: CheckPool, pyc: str, source: str, opt: str) -> Verdict | None:
+    """Compare the pyc's code with a fresh compile (in a worker process; see :mod:`.checks`).
+
+    ``None`` when identical; a verdict whose mode is left for the caller otherwise; raises
+    :class:`VanishedError` or :class:`OSError` when a file cannot be read. The states, as CPython
+    would behave (docs/api.md, "Untrusted files"):
+
+    - the body cannot be unmarshalled, or is not a code object, or the worker dies or times out
+      while unmarshalling it: ``corrupt`` (CPython's import of it fails the same way);
+    - the source does not compile (``SyntaxError``, ``ValueError``, ``RecursionError``: CPython's
+      own limits, so an import of the source alone would fail the same way): ``stale``, since the
+      header matches and Python runs the cached code instead of failing;
+    - the compile exceeds a limit of the checking process (memory, time, the size cap, a crash):
+      raises :class:`_Unchecked` (the caller judges by the header alone).
+    """
+    outcome = checks.exact(pyc, source, _opt_level(opt))
+    _outcome_error(outcome)
+    result, detail = outcome.result, outcome.detail
+    if result == "same":
+        return None
+    if result == "corrupt":
+        return Verdict(State.CORRUPT, detail)
+    if result == "failed" and not outcome.loaded:
+        return Verdict(
+            State.CORRUPT, f"the body cannot be unmarshalled (checking process {detail})"
         )
-    except (SyntaxError, ValueError) as exc:
+    if result == "differs":
+        field = f" ({detail})" if detail else ""
         return Verdict(
             State.STALE,
-            f"the source no longer compiles ({type(exc).__name__}) but the header matches: "
+            f"header matches the source but the code differs{field} (same-second or "
+            "mtime-restored edit): Python runs the old code",
+        )
+    if result == "no_compile":
+        return Verdict(
+            State.STALE,
+            f"the source does not compile ({detail}) but the header matches: "
             "Python runs the old cached code",
         )
-    if cached == fresh:
+    if result == "failed":
+        detail = f"compiling the source failed (checking process {detail})"
+    raise _Unchecked(detail)
+
+
+def _unmarshal_check(checks: CheckPool, pyc: str) -> Verdict | None:
+    """``None`` when the body unmarshals to a code object; else why not (``corrupt``); raises
+    :class:`_Unchecked` when a limit of the checking process stopped it."""
+    outcome = checks.load(pyc)
+    _outcome_error(outcome)
+    if outcome.result == "loaded":
         return None
-    return Verdict(
-        State.STALE,
-        "header matches the source but the code differs (same-second or mtime-restored edit): "
-        "Python runs the old code",
-    )
-
-
-def _unmarshal_check(pyc: str) -> Verdict | None:
-    try:
-        marshal.loads(_read_bytes(pyc)[HEADER_SIZE:])
-    except (EOFError, ValueError, TypeError) as exc:
-        return Verdict(State.CORRUPT, f"body does not unmarshal ({exc})")
-    return None
+    if outcome.result == "corrupt":
+        return Verdict(State.CORRUPT, outcome.detail)
+    if outcome.result == "failed":
+        return Verdict(
+            State.CORRUPT, f"the body cannot be unmarshalled (checking process {outcome.detail})"
+        )
+    raise _Unchecked(outcome.detail)
 
 
 def judge_pycache(
-    pyc: str, source: str, source_stat: os.stat_result, tag: str, opt: str, *, deep: bool = False
+    pyc: str,
+    source: str,
+    source_stat: os.stat_result,
+    tag: str,
+    opt: str,
+    *,
+    checks: CheckPool,
+    deep: bool = False,
 ) -> Verdict:
     """Judge a ``__pycache__`` or prefix-tree entry whose source exists.
 
     Raises :class:`VanishedError` when a file disappears, :class:`OSError` when unreadable.
     """
     data, pyc_mtime_ns, pyc_size = read_header(pyc)
-    return judge_header(pyc, source, source_stat, tag, opt, data, pyc_mtime_ns, pyc_size, deep=deep)
+    return judge_header(
+        pyc, source, source_stat, tag, opt, data, pyc_mtime_ns, pyc_size, checks=checks, deep=deep
+    )
 
 
 def judge_header(
@@ -193,9 +242,14 @@ def judge_header(
     pyc_mtime_ns: int,
     pyc_size: int,
     *,
+    checks: CheckPool,
     deep: bool = False,
 ) -> Verdict:
-    """:func:`judge_pycache` once the header has been read with :func:`read_header`."""
+    """:func:`judge_pycache` once the header has been read with :func:`read_header`.
+
+    The exact check of a pyc of this Python (when the source changed after the pyc was written,
+    or with *deep*) runs in *checks*' worker process.
+    """
     tag_version = _RUNNING_TAG_VERSION if tag == _RUNNING_TAG else version_of_tag(tag)
     try:
         header = parse_header(data, any_magic=tag_version is None)
@@ -211,7 +265,7 @@ def judge_header(
         )
     ours = header.magic == RUNNING_MAGIC
     if header.mode != "timestamp":
-        return _judge_hash(pyc, source, header.magic, header.hash, header.mode, ours, deep)
+        return _judge_hash(checks, pyc, source, header, opt, ours, deep)
     if header.mtime != (int(source_stat.st_mtime) & MASK) or header.size != (
         source_stat.st_size & MASK
     ):
@@ -222,35 +276,58 @@ def judge_header(
             "timestamp",
         )
     changed_since = source_stat.st_ctime_ns > pyc_mtime_ns
-    if not (changed_since or deep):
+    if not (changed_since or deep) or not (ours or changed_since):
         return FRESH_HEADER
-    if ours:
-        verdict = _exact(pyc, source, opt)
-        if verdict is not None:
-            return Verdict(verdict.state, verdict.reason, "timestamp")
-        return Verdict(State.FRESH, "code identical to a fresh compile", "timestamp")
-    if not changed_since:
-        return FRESH_HEADER
+    if not ours:
+        why_not = f"this pyc of CPython {_version_text(header.version)} cannot be compared here"
+    else:
+        try:
+            verdict = _exact(checks, pyc, source, opt)
+        except _Unchecked as exc:
+            why_not = f"the exact check could not run: {exc}"
+        else:
+            if verdict is not None:
+                return Verdict(verdict.state, verdict.reason, "timestamp")
+            return Verdict(State.FRESH, "code identical to a fresh compile", "timestamp")
+        if not changed_since:
+            return Verdict(State.FRESH, f"header matches the source ({why_not})", "timestamp")
     return Verdict(
         State.SUSPECT,
-        "header matches but the source changed after the cache was written, and this pyc of "
-        f"CPython {_version_text(header.version)} cannot be compared here",
+        f"header matches but the source changed after the cache was written, and {why_not}",
         "timestamp",
     )
 
 
 def _judge_hash(
-    pyc: str, source: str, magic: bytes, stored: bytes, mode: Mode, ours: bool, deep: bool
+    checks: CheckPool, pyc: str, source: str, header: Header, opt: str, ours: bool, deep: bool
 ) -> Verdict:
+    mode = header.mode
+    data = _read_capped(source, MAX_SOURCE_BYTES)
+    if data is None:
+        return Verdict(
+            State.SUSPECT,
+            f"source over {MAX_SOURCE_BYTES >> 20} MiB (a cap of cachewatchd): its hash is not "
+            "computed",
+            mode,
+        )
     try:
-        expected = source_hash(magic, _read_bytes(source))
+        expected = source_hash(header.magic, data)
     except HeaderError as exc:  # another implementation's magic: its hash key is unknown
         return Verdict(State.SUSPECT, f"cannot hash for this pyc: {exc}", mode)
-    if expected == stored:
+    del data
+    if expected == header.hash:
         if deep and ours:
-            bad = _unmarshal_check(pyc)
+            try:
+                bad = _exact(checks, pyc, source, opt)
+            except _Unchecked as exc:
+                return Verdict(
+                    State.FRESH, f"source hash matches (the exact check could not run: {exc})", mode
+                )
             if bad is not None:
                 return Verdict(bad.state, bad.reason, mode)
+            return Verdict(
+                State.FRESH, "source hash matches; code identical to a fresh compile", mode
+            )
         return Verdict(State.FRESH, "source hash matches", mode)
     if mode == "unchecked-hash":
         return Verdict(
@@ -265,7 +342,7 @@ def _judge_hash(
     )
 
 
-def judge_legacy(pyc: str, has_source: bool, *, deep: bool = False) -> Verdict:
+def judge_legacy(pyc: str, has_source: bool, *, checks: CheckPool, deep: bool = False) -> Verdict:
     """Judge a legacy ``m.pyc``/``m.pyo`` lying beside where ``m.py`` would be."""
     if pyc.endswith(".pyo"):
         if has_source:
@@ -284,12 +361,16 @@ def judge_legacy(pyc: str, has_source: bool, *, deep: bool = False) -> Verdict:
         return Verdict(State.CORRUPT, f"sourceless pyc, {exc}")
     if size <= HEADER_SIZE:
         return Verdict(State.CORRUPT, "sourceless pyc, header without a body", header.mode)
+    note = ""
     if deep and header.magic == RUNNING_MAGIC:
-        bad = _unmarshal_check(pyc)
+        try:
+            bad = _unmarshal_check(checks, pyc)
+        except _Unchecked as exc:
+            bad, note = None, f" (its body could not be checked: {exc})"
         if bad is not None:
             return Verdict(bad.state, f"sourceless pyc, {bad.reason}", header.mode)
     return Verdict(
         State.SOURCELESS,
-        f"no source beside it: Python {_version_text(header.version)} imports this bytecode",
+        f"no source beside it: Python {_version_text(header.version)} imports this bytecode{note}",
         header.mode,
     )

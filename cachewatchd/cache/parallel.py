@@ -14,6 +14,7 @@ Overlapping roots (or a prefix tree inside a root) need one process to judge eac
 
 from __future__ import annotations
 
+import contextlib
 import marshal
 import os
 import signal
@@ -73,11 +74,12 @@ def audit_jobs(roots: Sequence[Path], options: AuditOptions, jobs: int) -> Audit
     if jobs <= 1 or threading.active_count() > 1 or _overlapping(roots, options):
         return audit(roots, options)
     plan = _Plan(roots, options, PIECES_PER_JOB * jobs)
-    if plan.worth_forking:
-        results = _run_forked(plan, min(jobs, len(plan.pending)))
-    else:
-        results = {i: plan.run(i) for i in range(len(plan.pending))}
-    return plan.report(results)
+    with plan.auditor:
+        if plan.worth_forking:
+            results = _run_forked(plan, min(jobs, len(plan.pending)))
+        else:
+            results = {i: plan.run(i) for i in range(len(plan.pending))}
+        return plan.report(results)
 
 
 def _overlapping(roots: Sequence[Path], options: AuditOptions) -> bool:
@@ -264,6 +266,8 @@ def _child(plan: _Plan, items: list[range], queue: int, result_in: int) -> NoRet
     except BaseException as exc:  # noqa: BLE001 - reported by the parent, which then fails
         payload = marshal.dumps(("failed", f"{type(exc).__name__}: {exc}"))
         code = 1
+    with contextlib.suppress(BaseException):  # exiting anyway: the worker exits on EOF then
+        plan.auditor.close()  # this child's checking process, if it started one
     try:
         with os.fdopen(result_in, "wb") as out:
             out.write(payload)

@@ -5,7 +5,8 @@ the old one: it took the source's stat before the edit and read the old bytes, s
 the old code under a header that matches the edited source when its size is the same and its mtime
 was restored. Such a pyc is newer than the source's ctime, so the ctime trigger of the audit never
 fires again. Shortly after each invalidation, the caches of those sources are compared exactly with
-the source (unmarshal + compile) and removed when they hold other code.
+the source (unmarshal + compile, in a checking process: a hostile pyc or source cannot harm the
+daemon) and removed when they hold other code or cannot be loaded.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from cachewatchd.cache.checks import CheckPool
 from cachewatchd.cache.judge import State, VanishedError, judge_pycache
 from cachewatchd.cache.pyc import RUNNING_MAGIC, parse_cache_name
 from cachewatchd.cache.remove import cache_files_for_source
@@ -65,18 +67,25 @@ class Rechecker:
         except OSError:
             return []
         wrong = []
-        for pyc in cache_files_for_source(source, pycache_prefix=self._prefix):
-            parsed = parse_cache_name(pyc.name)
-            if parsed is None or not _ours(pyc):
-                continue
-            try:
-                verdict = judge_pycache(
-                    str(pyc), str(source), stat, parsed.tag, parsed.opt, deep=True
-                )
-            except (VanishedError, OSError):
-                continue
-            if verdict.state in (State.STALE, State.CORRUPT):
-                wrong.append(pyc)
+        with CheckPool() as checks:  # unmarshal and compile out of this process
+            for pyc in cache_files_for_source(source, pycache_prefix=self._prefix):
+                parsed = parse_cache_name(pyc.name)
+                if parsed is None or not _ours(pyc):
+                    continue
+                try:
+                    verdict = judge_pycache(
+                        str(pyc),
+                        str(source),
+                        stat,
+                        parsed.tag,
+                        parsed.opt,
+                        checks=checks,
+                        deep=True,
+                    )
+                except (VanishedError, OSError):
+                    continue
+                if verdict.state in (State.STALE, State.CORRUPT):
+                    wrong.append(pyc)
         return wrong
 
 
