@@ -18,23 +18,15 @@ one pool take turns.
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import json
 import os
-import select
-import signal
-import struct
-import subprocess
 import sys
 import threading
 import time
-import weakref
-from pathlib import Path
 from types import TracebackType
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from cachewatchd.cache.pyc import RUNNING_MAGIC
+if TYPE_CHECKING:
+    from cachewatchd.cache.check_process import CheckProcess
 
 __all__ = [
     "MAX_PYC_BYTES",
@@ -50,17 +42,6 @@ MAX_SOURCE_BYTES = 16 << 20
 MiB: generated API clients, data tables); their caches are judged by the header alone."""
 MAX_PYC_BYTES = 64 << 20
 """Pyc bodies bigger than this are not unmarshalled."""
-
-_LENGTH = struct.Struct("<I")
-_MAX_ANSWER = 64 << 10
-"""An answer frame's cap (a pyc's bytes have :data:`MAX_PYC_BYTES`)."""
-_WRONG_PYTHON = 3
-"""The worker's exit status when its magic number is not this process's."""
-_WORKER = Path(__file__).with_name("check_worker.py")
-_LOADER = (
-    "import sys; p = sys.argv.pop(1); "
-    "exec(compile(open(p, 'rb').read(), p, 'exec'), {'__name__': '__main__', '__file__': p})"
-)
 
 
 class Limits(NamedTuple):
@@ -93,157 +74,12 @@ class PycBytes(NamedTuple):
     data: bytes
 
 
-class _Gone(Exception):
-    """The worker is gone or misbehaved: *why* says how."""
-
-    def __init__(self, why: str) -> None:
-        super().__init__(why)
-        self.why = why
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """Close the worker's input (it exits on EOF), wait a moment, then kill it."""
-    for pipe in (proc.stdin, proc.stdout):
-        if pipe is not None:
-            with contextlib.suppress(OSError):
-                pipe.close()
-    try:
-        proc.wait(timeout=2)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-def _interpreters() -> list[str]:
-    """This Python's executable, then its base installation's (a venv's ``bin/python`` may be a
-    symlink into a directory this user cannot enter). The worker refuses another version."""
-    version = f"python{sys.version_info[0]}.{sys.version_info[1]}"
-    found = [
-        sys.executable,
-        getattr(sys, "_base_executable", ""),
-        os.path.join(sys.base_exec_prefix, "bin", version),
-    ]
-    return [exe for i, exe in enumerate(found) if exe and exe not in found[:i]]
-
-
-class _Worker:
-    def __init__(self, limits: Limits) -> None:
-        config = {
-            "memory": limits.memory,
-            "max_source": limits.max_source,
-            "max_pyc": limits.max_pyc,
-            "magic": RUNNING_MAGIC.hex(),
-        }
-        args = ["-I", "-S", "-B", "-c", _LOADER, str(_WORKER), json.dumps(config)]
-        error = "no Python executable"
-        for exe in _interpreters():
-            try:
-                self.proc = subprocess.Popen(
-                    [exe, *args],
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.DEVNULL,
-                    bufsize=0,
-                    close_fds=True,
-                )
-                break
-            except OSError as exc:
-                error = f"{exe}: {exc.strerror or exc}"
-        else:
-            raise _Gone(f"the checking process cannot start ({error})")
-        assert self.proc.stdin is not None
-        assert self.proc.stdout is not None
-        self._in = self.proc.stdin.fileno()
-        self._out = self.proc.stdout.fileno()
-        self._finalizer = weakref.finalize(self, _stop, self.proc)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def send(self, request: dict[str, Any]) -> None:
-        data = json.dumps(request).encode()
-        view = memoryview(_LENGTH.pack(len(data)) + data)
-        try:
-            while view:
-                view = view[os.write(self._in, view) :]
-        except OSError as exc:
-            raise _Gone(self._death(exc.strerror or str(exc))) from None
-
-    def receive(self, deadline: float, cap: int = _MAX_ANSWER) -> bytes:
-        (size,) = _LENGTH.unpack(self._read(_LENGTH.size, deadline))
-        if size > cap:
-            raise _Gone(f"sent {size} bytes (at most {cap} expected)")
-        return self._read(size, deadline)
-
-    def answer(self, deadline: float) -> dict[str, Any]:
-        try:
-            answer = json.loads(self.receive(deadline))
-        except ValueError:
-            raise _Gone("sent a garbled answer") from None
-        if not isinstance(answer, dict):
-            raise _Gone("sent a garbled answer")
-        return answer
-
-    def _read(self, n: int, deadline: float) -> bytes:
-        chunks = []
-        poller = select.poll()
-        poller.register(self._out, select.POLLIN)
-        while n:
-            left = deadline - time.monotonic()
-            if left <= 0 or not poller.poll(left * 1000):
-                self.kill()
-                raise _Gone("timed out")
-            try:
-                chunk = os.read(self._out, min(n, 1 << 20))
-            except OSError as exc:
-                chunk = b""
-                if exc.errno not in (errno.EIO, errno.EPIPE, errno.ECONNRESET):
-                    raise
-            if not chunk:
-                raise _Gone(self._death("no answer"))
-            chunks.append(chunk)
-            n -= len(chunk)
-        return b"".join(chunks)
-
-    def _death(self, default: str) -> str:
-        try:
-            code = self.proc.wait(timeout=1)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            return default
-        if code < 0:
-            try:
-                return f"killed by {signal.Signals(-code).name}"
-            except ValueError:
-                return f"killed by signal {-code}"
-        return f"exited with status {code}"
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(OSError):
-                self.proc.kill()
-        self.close()
-
-    def close(self) -> None:
-        self._finalizer()
-
-    def abandon(self) -> None:
-        """In a forked child: forget the parent's worker without touching it."""
-        self._finalizer.detach()
-        for pipe in (self.proc.stdin, self.proc.stdout):
-            if pipe is not None:
-                with contextlib.suppress(OSError):
-                    pipe.close()
-        self.proc.returncode = 0  # not ours to wait for
-
-
 class CheckPool:
     """Runs checks of untrusted files in a worker process; see the module's docstring."""
 
     def __init__(self, limits: Limits | None = None) -> None:
         self.limits = limits if limits is not None else Limits()
-        self._worker: _Worker | None = None
+        self._worker: CheckProcess | None = None
         self._pid = os.getpid()
         self._lock = threading.Lock()
         self._cannot_start: str | None = None
@@ -294,6 +130,8 @@ class CheckPool:
             self._pid = os.getpid()
 
     def _ask(self, request: dict[str, Any], payload: list[bytes] | None = None) -> Outcome:
+        from cachewatchd.cache.check_process import ProcessGone
+
         with self._lock:
             self._forked()
             if self._cannot_start is not None:
@@ -302,7 +140,7 @@ class CheckPool:
             try:
                 worker = self._worker
                 if worker is None:
-                    worker = self._worker = _Worker(self.limits)
+                    worker = self._worker = _start(self.limits)
                 deadline = time.monotonic() + self.limits.timeout
                 worker.send(request)
                 answer = worker.answer(deadline)
@@ -315,7 +153,7 @@ class CheckPool:
                 if result == "compiled" and payload is not None:
                     payload.append(worker.receive(deadline, self.limits.max_pyc + (1 << 20)))
                 return Outcome(result, detail, loaded)
-            except _Gone as gone:
+            except ProcessGone as gone:
                 return self._lost(gone.why, loaded)
             except BaseException:  # interrupted mid-request: its answer must not reach the next
                 if self._worker is not None:
@@ -325,7 +163,9 @@ class CheckPool:
 
     def _lost(self, why: str, loaded: bool) -> Outcome:
         worker, self._worker = self._worker, None
-        if worker is None or why == f"exited with status {_WRONG_PYTHON}":
+        from cachewatchd.cache.check_process import WRONG_PYTHON
+
+        if worker is None or why == f"exited with status {WRONG_PYTHON}":
             if worker is not None:
                 why = f"{sys.executable} is not the Python running cachewatchd"
             self._cannot_start = why
@@ -334,3 +174,11 @@ class CheckPool:
         if why == "timed out":
             why = f"timed out after {self.limits.timeout:g} s"
         return Outcome("failed", why, loaded)
+
+
+def _start(limits: Limits) -> CheckProcess:
+    """A new checking process (the module holding it is imported on the first need: a plain scan
+    never pays for ``subprocess``)."""
+    from cachewatchd.cache.check_process import CheckProcess
+
+    return CheckProcess(limits.memory, limits.max_source, limits.max_pyc)

@@ -19,7 +19,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from cachewatchd.cache import checks as checks_module
+from cachewatchd.cache import check_process
 from cachewatchd.cache.audit import AuditOptions, State, audit
 from cachewatchd.cache.checks import CheckPool, Limits
 from cachewatchd.cache.clean import clean
@@ -357,7 +357,7 @@ def test_a_killed_worker_gives_a_verdict_and_a_fresh_worker(
 def test_a_worker_that_cannot_start_gives_a_suspect_not_an_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(checks_module, "_interpreters", lambda: [str(tmp_path / "no-python")])
+    monkeypatch.setattr(check_process, "interpreters", lambda: [str(tmp_path / "no-python")])
     source = write(tmp_path / "m.py", "X = 1\n")
     pyc = compile_pyc(source)
     triggered(pyc)
@@ -370,13 +370,13 @@ def test_one_worker_per_audit_started_only_when_needed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     started: list[int] = []
-    real = checks_module._Worker.__init__
+    real = check_process.CheckProcess.__init__
 
-    def counting(self: checks_module._Worker, limits: Limits) -> None:
-        real(self, limits)
+    def counting(self: check_process.CheckProcess, *limits: int) -> None:
+        real(self, *limits)
         started.append(self.pid)
 
-    monkeypatch.setattr(checks_module._Worker, "__init__", counting)
+    monkeypatch.setattr(check_process.CheckProcess, "__init__", counting)
     for i in range(5):
         compile_pyc(write(tmp_path / f"m{i}.py", f"X = {i}\n"))
     audit([tmp_path.resolve()])

@@ -1,0 +1,185 @@
+"""One checking process, seen from this side: start it, send a request, read its answers with a
+deadline, stop it. Used by :class:`cachewatchd.cache.checks.CheckPool`, which imports this module
+on the first exact check (``subprocess`` and ``json`` cost a plain scan nothing).
+
+Frames both ways: a 4-byte little-endian length, then the payload (see
+:mod:`cachewatchd.cache.check_worker`). An answer is read with a deadline and a size cap; any
+misbehaviour raises :class:`ProcessGone` saying how (``timed out``, ``killed by SIGKILL``,
+``exited with status 1``, ``sent a garbled answer``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import select
+import signal
+import struct
+import subprocess
+import sys
+import time
+import weakref
+from pathlib import Path
+from typing import Any
+
+from cachewatchd.cache.pyc import RUNNING_MAGIC
+
+__all__ = ["WRONG_PYTHON", "CheckProcess", "ProcessGone", "interpreters"]
+
+_LENGTH = struct.Struct("<I")
+_MAX_ANSWER = 64 << 10
+"""An answer frame's cap (the pyc bytes of a ``compile`` answer have their own)."""
+WRONG_PYTHON = 3
+"""The worker's exit status when its magic number is not this process's."""
+_WORKER = Path(__file__).with_name("check_worker.py")
+_LOADER = (
+    "import sys; p = sys.argv.pop(1); "
+    "exec(compile(open(p, 'rb').read(), p, 'exec'), {'__name__': '__main__', '__file__': p})"
+)
+
+
+class ProcessGone(Exception):
+    """The worker is gone or misbehaved: *why* says how."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """Close the worker's input (it exits on EOF), wait a moment, then kill it."""
+    for pipe in (proc.stdin, proc.stdout):
+        if pipe is not None:
+            with contextlib.suppress(OSError):
+                pipe.close()
+    try:
+        proc.wait(timeout=2)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def interpreters() -> list[str]:
+    """This Python's executable, then its base installation's (a venv's ``bin/python`` may be a
+    symlink into a directory this user cannot enter). The worker refuses another version."""
+    version = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    found = [
+        sys.executable,
+        getattr(sys, "_base_executable", ""),
+        os.path.join(sys.base_exec_prefix, "bin", version),
+    ]
+    return [exe for i, exe in enumerate(found) if exe and exe not in found[:i]]
+
+
+class CheckProcess:
+    def __init__(self, memory: int, max_source: int, max_pyc: int) -> None:
+        config = {
+            "memory": memory,
+            "max_source": max_source,
+            "max_pyc": max_pyc,
+            "magic": RUNNING_MAGIC.hex(),
+        }
+        args = ["-I", "-S", "-B", "-c", _LOADER, str(_WORKER), json.dumps(config)]
+        error = "no Python executable"
+        for exe in interpreters():
+            try:
+                self.proc = subprocess.Popen(
+                    [exe, *args],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.DEVNULL,
+                    bufsize=0,
+                    close_fds=True,
+                )
+                break
+            except OSError as exc:
+                error = f"{exe}: {exc.strerror or exc}"
+        else:
+            raise ProcessGone(f"the checking process cannot start ({error})")
+        assert self.proc.stdin is not None
+        assert self.proc.stdout is not None
+        self._in = self.proc.stdin.fileno()
+        self._out = self.proc.stdout.fileno()
+        self._finalizer = weakref.finalize(self, _stop, self.proc)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def send(self, request: dict[str, Any]) -> None:
+        data = json.dumps(request).encode()
+        view = memoryview(_LENGTH.pack(len(data)) + data)
+        try:
+            while view:
+                view = view[os.write(self._in, view) :]
+        except OSError as exc:
+            raise ProcessGone(self._death(exc.strerror or str(exc))) from None
+
+    def receive(self, deadline: float, cap: int = _MAX_ANSWER) -> bytes:
+        (size,) = _LENGTH.unpack(self._read(_LENGTH.size, deadline))
+        if size > cap:
+            raise ProcessGone(f"sent {size} bytes (at most {cap} expected)")
+        return self._read(size, deadline)
+
+    def answer(self, deadline: float) -> dict[str, Any]:
+        try:
+            answer = json.loads(self.receive(deadline))
+        except ValueError:
+            raise ProcessGone("sent a garbled answer") from None
+        if not isinstance(answer, dict):
+            raise ProcessGone("sent a garbled answer")
+        return answer
+
+    def _read(self, n: int, deadline: float) -> bytes:
+        chunks = []
+        poller = select.poll()
+        poller.register(self._out, select.POLLIN)
+        while n:
+            left = deadline - time.monotonic()
+            if left <= 0 or not poller.poll(left * 1000):
+                self.kill()
+                raise ProcessGone("timed out")
+            try:
+                chunk = os.read(self._out, min(n, 1 << 20))
+            except OSError as exc:
+                chunk = b""
+                if exc.errno not in (errno.EIO, errno.EPIPE, errno.ECONNRESET):
+                    raise
+            if not chunk:
+                raise ProcessGone(self._death("no answer"))
+            chunks.append(chunk)
+            n -= len(chunk)
+        return b"".join(chunks)
+
+    def _death(self, default: str) -> str:
+        try:
+            code = self.proc.wait(timeout=1)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return default
+        if code < 0:
+            try:
+                return f"killed by {signal.Signals(-code).name}"
+            except ValueError:
+                return f"killed by signal {-code}"
+        return f"exited with status {code}"
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(OSError):
+                self.proc.kill()
+        self.close()
+
+    def close(self) -> None:
+        self._finalizer()
+
+    def abandon(self) -> None:
+        """In a forked child: forget the parent's worker without touching it."""
+        self._finalizer.detach()
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
+        self.proc.returncode = 0  # not ours to wait for
