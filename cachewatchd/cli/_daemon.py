@@ -484,4 +484,9 @@ def _describe_target(entry: Mapping[str, Any]) -> str:
     stale = f", STALE: {target.stale_reason}" if target.stale else ""
     problem = f" ({target.problem})" if target.problem else ""
     pids = ",".join(str(pid) for pid in target.pids) or "-"
-    return f"  process {target.name}: {target.state.value} pid {pids}{problem}{stale}"
+    crashes = ""
+    if target.crashes:
+        times = "once" if target.crashes == 1 else f"{target.crashes} times"
+        shown = target.last_exit if target.last_exit and target.last_exit != target.problem else ""
+        crashes = f", crashed {times}" + (f" (last: {shown})" if shown else "")
+    return f"  process {target.name}: {target.state.value} pid {pids}{problem}{crashes}{stale}"

@@ -53,6 +53,10 @@ class Observed:
     """Why there is no process (the last start failed)."""
     idle_state: TargetState | None = None
     """The state to show, without a process, while no action is under way."""
+    crashes: int = 0
+    """Times the process exited on its own with an error (the own child's crash loop)."""
+    last_exit: str | None = None
+    """How it last exited on its own, with its last stderr line (see :class:`TargetStatus`)."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,12 @@ class TargetStatus:
     """Which process started before which source changed; ``None`` when not stale."""
     problem: str | None = None
     """Why the target has no process right now."""
+    crashes: int = 0
+    """The own child: times it exited on its own with an error (each one restarted after the
+    crash-loop backoff). Absent from documents written before it existed: 0."""
+    last_exit: str | None = None
+    """The own child: how it last exited on its own, with the last line it wrote to stderr, e.g.
+    ``exited with code 1: ERROR: [Errno 98] ... address already in use``; ``None`` until it did."""
 
     @property
     def stale(self) -> bool:
@@ -96,6 +106,8 @@ class TargetStatus:
             "stale": self.stale,
             "stale_reason": self.stale_reason,
             "problem": self.problem,
+            "crashes": self.crashes,
+            "last_exit": self.last_exit,
         }
 
     @classmethod
@@ -113,6 +125,8 @@ class TargetStatus:
                 pending=entry["pending"],
                 stale_reason=entry["stale_reason"],
                 problem=entry["problem"],
+                crashes=entry.get("crashes", 0),
+                last_exit=entry.get("last_exit"),
             )
             stale = entry["stale"]
         except KeyError as exc:
@@ -120,12 +134,19 @@ class TargetStatus:
         except (TypeError, ValueError) as exc:
             raise ValueError(f"malformed target status: {exc}") from None
         texts = (status.name, status.kind)
-        optional = (status.last_action, status.last_action_at, status.stale_reason, status.problem)
+        optional = (
+            status.last_action,
+            status.last_action_at,
+            status.stale_reason,
+            status.problem,
+            status.last_exit,
+        )
         well_typed = (
             all(isinstance(text, str) for text in texts)
             and all(text is None or isinstance(text, str) for text in optional)
             and all(type(pid) is int for pid in status.pids)
             and type(status.restarts) is int
+            and type(status.crashes) is int
             and type(status.pending) is bool
             and stale is status.stale
         )

@@ -160,17 +160,20 @@ class ChildTarget(Target):
         return self.child.poll()
 
     def failures(self) -> int:
-        return self.child.start_failures
+        """Crash restarts that could not start COMMAND, and crashes (non-zero exits)."""
+        return self.child.start_failures + self.child.crashes
 
     def observed(self) -> Observed:
         """The child's pid, read live; without one, ``backoff`` while a crash restart is
-        scheduled, else ``exited``, and the last start's error."""
-        pid = self.child.pid
+        scheduled, else ``exited``, and why: the last start's error, or how it exited (with its
+        last stderr line). The crashes so far, and the last exit, either way."""
+        child = self.child
+        crashes, last_exit = child.crashes, child.last_reason
+        pid = child.pid
         if pid is not None:
-            return Observed((pid,))
-        waiting = self.child.waiting_until is not None
-        state = TargetState.BACKOFF if waiting else TargetState.EXITED
-        return Observed((), self.child.last_error, state)
+            return Observed((pid,), crashes=crashes, last_exit=last_exit)
+        state = TargetState.BACKOFF if child.waiting_until is not None else TargetState.EXITED
+        return Observed((), child.last_error or last_exit, state, crashes, last_exit)
 
     def act(self, cancel: threading.Event) -> ActionResult:
         if self.spec.action == "signal" and self.child.pid is not None:

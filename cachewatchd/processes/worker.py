@@ -107,8 +107,8 @@ class Worker:
         with self._cond:
             state = TargetState.RESTARTING if self._busy else self.state
             pids, problem = tuple(self.pids), self.problem
-            seen = self.target.observed() if state is not TargetState.STOPPED else None
-            if seen is not None:  # the target's own view, read live
+            seen = self.target.observed()
+            if seen is not None and state is not TargetState.STOPPED:  # its own view, live
                 pids, problem = seen.pids, seen.problem
                 idle = state not in (TargetState.RESTARTING, TargetState.STARTING)
                 if seen.idle_state is not None and idle:
@@ -124,6 +124,8 @@ class Worker:
                 pending=self._pending,
                 stale_reason=self.stale,
                 problem=problem,
+                crashes=seen.crashes if seen is not None else 0,
+                last_exit=seen.last_exit if seen is not None else None,
             )
 
     # -- the worker thread --------------------------------------------------------------------

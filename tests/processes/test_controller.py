@@ -221,7 +221,7 @@ def test_status_shape_and_stop_without_start(tmp_path: Path) -> None:
     (status,) = controller.status()
     assert set(status.to_json()) == {
         "name", "kind", "pids", "state", "restarts", "last_action", "last_action_at",
-        "pending", "stale", "stale_reason", "problem",
+        "pending", "stale", "stale_reason", "problem", "crashes", "last_exit",
     }  # fmt: skip
     assert status.state is TargetState.STARTING
     controller.notify({tmp_path / "x.py"})
@@ -309,4 +309,7 @@ def test_every_target_fault_is_counted(tmp_path: Path) -> None:
         ("restart-blocked", "gated"),
         ("restart-failed", "crashing"),
     }
-    assert len(counted) == len(faults)  # the child's own crash restarts included
+    crashes = [e for e in logs if e["event"] == "child-exited" and e["code"] != 0]
+    assert crashes
+    # The child's own crash, and its crash restart that could not start it, are errors too.
+    assert len(counted) == len(faults) + len(crashes)

@@ -3,6 +3,9 @@ group, output passing through."""
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -10,8 +13,9 @@ import psutil
 import pytest
 from structlog.testing import capture_logs
 
+from cachewatchd.cli._daemon import _describe_target
 from cachewatchd.processes.controller import Controller
-from cachewatchd.processes.own_child import ChildError, OwnChild
+from cachewatchd.processes.own_child import ChildError, OwnChild, StderrTee
 from cachewatchd.processes.spec import ProcessSpec
 from cachewatchd.processes.status import TargetState
 from tests.support.servers import (
@@ -148,3 +152,82 @@ def test_a_child_that_cannot_be_executed_fails_the_start_then_backs_off(tmp_path
     status = controller.status()[0]
     controller.stop()
     assert (status.state, status.problem) == (TargetState.RUNNING, None)
+
+
+def test_a_crash_looping_child_says_why_and_its_stderr_still_passes_through(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    write_asgi_app(tmp_path, "never served")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))  # the port is ours: uvicorn cannot bind it
+        taken.listen()
+        port = taken.getsockname()[1]
+        spec = ProcessSpec(name="app", command=tuple(uvicorn_command(port)), cwd=tmp_path, grace=5)
+        controller = Controller([spec], [tmp_path])
+        faults: list[None] = []
+        controller.subscribe_errors(lambda: faults.append(None))
+        with capture_logs() as logs:
+            controller.start()
+            first = wait_event(logs, "child-exited")
+
+            def backing_off_after_two() -> bool:
+                status = controller.status()[0]
+                return status.state is TargetState.BACKOFF and status.crashes >= 2
+
+            wait_until(backing_off_after_two, 30, message="a second crash")
+            shown = controller.status()[0]
+            controller.stop()
+    reason = first["reason"]
+    assert reason.endswith("address already in use"), reason
+    assert f"('127.0.0.1', {port})" in reason
+    code = first["code"]
+    assert code == 3  # uvicorn's startup failure
+    assert shown.last_exit == f"exited with code {code}: {reason}"
+    assert shown.problem == shown.last_exit  # backing off: why there is no process
+    assert len(faults) >= shown.crashes >= 2  # every crash counts as an error
+    text = _describe_target(shown.to_json())
+    assert text.startswith(f"  process app: backoff pid - (exited with code {code}: {reason})")
+    assert f"crashed {shown.crashes} times" in text
+    err = capfd.readouterr().err
+    # Passed through unchanged: uvicorn's own line, with its own spacing.
+    assert "ERROR:    [Errno 98] error while attempting to bind on address" in err
+
+
+def test_the_stderr_tee_never_blocks_the_child_when_our_stderr_stalls(tmp_path: Path) -> None:
+    stalled_read, stalled = os.pipe()  # nobody reads it: our stderr, stalled
+    os.set_blocking(stalled, False)
+    try:
+        while True:
+            os.write(stalled, b"x" * 65536)
+    except BlockingIOError:
+        os.set_blocking(stalled, True)  # full, as a stalled terminal or log reader leaves it
+    tee = StderrTee.open(name="loud", out=stalled)
+    script = "import sys; sys.stderr.write('y' * 4_000_000 + '\\nlast words\\n')"
+    child = subprocess.Popen([sys.executable, "-c", script], stderr=tee.child_end)
+    tee.started()
+    try:
+        assert child.wait(timeout=20) == 0, "the child blocked on its stderr"
+        assert tee.wait(10)
+    finally:
+        child.kill()
+        child.wait()
+        os.close(stalled)
+        os.close(stalled_read)
+    assert tee.last_line == "last words"
+    assert tee.dropped == 4_000_000 + len("\nlast words\n")
+
+
+def test_the_stderr_tee_keeps_draining_when_our_stderr_is_gone(tmp_path: Path) -> None:
+    gone_read, gone = os.pipe()
+    os.close(gone_read)  # the reader left: every write fails (EPIPE)
+    tee = StderrTee.open(name="orphan", out=gone)
+    script = "import sys\nfor i in range(2000): print('line', i, file=sys.stderr)"
+    child = subprocess.Popen([sys.executable, "-c", script], stderr=tee.child_end)
+    tee.started()
+    try:
+        assert child.wait(timeout=20) == 0
+        assert tee.wait(10)
+    finally:
+        os.close(gone)
+    assert tee.last_line == "line 1999"
+    assert tee.dropped > 0

@@ -60,6 +60,8 @@ def test_to_json_from_json_round_trip() -> None:
         "stale": True,
         "stale_reason": "pid 7 started before app.py changed",
         "problem": "pidfile /r/w.pid names pid 9, which is not running",
+        "crashes": 0,
+        "last_exit": None,
     }
     assert bare.to_json()["stale"] is False
     assert bare.to_json()["pids"] == []
@@ -74,6 +76,8 @@ def test_to_json_from_json_round_trip() -> None:
         {"restarts": "2"},
         {"pending": 1},
         {"problem": 3},
+        {"crashes": "2"},
+        {"last_exit": 1},
         {"stale": False},  # says not stale, with a reason
         {"name": None},
     ],
@@ -96,3 +100,18 @@ def test_timestamp_is_utc_iso_to_the_second() -> None:
     now = datetime.fromisoformat(timestamp())
     assert now.utcoffset() == timedelta(0)
     assert abs(now - datetime.now(timezone.utc)) < timedelta(seconds=5)
+
+
+def test_a_crashing_child_entry_and_an_entry_written_before_crashes_existed() -> None:
+    crashed = TargetStatus(
+        name="app",
+        kind="child",
+        state=TargetState.BACKOFF,
+        crashes=3,
+        last_exit="exited with code 3: ERROR: [Errno 98] ... address already in use",
+    )
+    entry = json.loads(json.dumps(crashed.to_json()))
+    assert (entry["crashes"], entry["last_exit"]) == (3, crashed.last_exit)
+    assert TargetStatus.from_json(entry) == crashed
+    older = {k: v for k, v in _entry().items() if k not in ("crashes", "last_exit")}
+    assert TargetStatus.from_json(older).crashes == 0  # a daemon of the previous version
