@@ -1,12 +1,24 @@
 """watchdog 7's inotify observer, made to tell what it otherwise hides.
 
-Three additions built on watchdog 7.x internals (``InotifyWatchGroup``, ``InotifyFD``; pinned below 8
+Additions built on watchdog 7.x internals (``InotifyWatchGroup``, ``InotifyFD``; pinned below 8
 in pyproject.toml): excluded directories, ``__pycache__`` and virtual environments get no inotify
 watch; a directory that cannot be watched because the inotify limit is reached is *noticed*
 (watchdog 7 silently skips it) and reported to a :class:`CoverageSink` (the
 :class:`~cachewatchd.watch.observers.Watcher`), which falls back to polling; an event-queue overflow
 becomes a rescan request. Where these internals are missing (another watchdog, not Linux),
 :func:`inotify_classes` returns ``None`` and the stock observer is used.
+
+Coverage is re-established by construction, never from memory:
+
+- A tree is watched top-down, each directory *before* it is listed: a sub-directory created after
+  the listing raises an event on the watch just added (watchdog lists first, so a ``mkdir -p``
+  racing the walk could leave a directory unwatched for good).
+- A directory tree that left (an unpaired move-out, reported after watchdog's 0.5 s pairing window)
+  loses every watch below its path; if a directory is at that path again (moved back within the
+  window, or another one), its whole subtree is watched again from the filesystem and its sources
+  are reported (edits in between may have been missed).
+- Every directory that appears (created or moved in) is reported to the sink, which checks the
+  coverage of its subtree once the storm settles and repairs what is missing.
 """
 
 from __future__ import annotations
@@ -17,7 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from cachewatchd.cache.walk import Excluder, WalkOptions
+from cachewatchd.cache.pyc import SOURCE_SUFFIXES
+from cachewatchd.cache.walk import Excluder, WalkOptions, subdirectories, walk_stack
 
 __all__ = ["LIMITS", "CoverageSink", "Guard", "inotify_classes"]
 
@@ -40,6 +53,13 @@ class CoverageSink(Protocol):
     def report_denied(self, path: str, exc: OSError) -> None: ...
     def request_fallback(self, root: Path, reason: str) -> None: ...
     def report_overflow(self, root: Path) -> None: ...
+    def report_appeared(self, root: Path, path: str) -> None:
+        """A directory appeared at *path* (created or moved in): check its subtree's coverage."""
+        ...
+
+    def report_rewatched(self, root: Path, path: str, reason: str) -> None:
+        """The subtree at *path* was watched again from the filesystem, for *reason*."""
+        ...
 
 
 class Guard:
@@ -57,8 +77,29 @@ class Guard:
         name = os.path.basename(path)
         if name == "__pycache__":
             return True
-        rel = os.path.relpath(path, self.root).replace(os.sep, "/")
-        return self.excluder.excluded(name, rel)
+        return self.excluder.excluded(name, self.relative(path))
+
+    def relative(self, path: str) -> str:
+        """*path* relative to the root, ``/``-separated (``""`` for the root itself)."""
+        if path == self.root:
+            return ""
+        return os.path.relpath(path, self.root).replace(os.sep, "/")
+
+    def sources(self, top: str) -> list[str]:
+        """Every source below the directory *top*, pruned as every walk prunes."""
+        stack = [(top, self.relative(top))]
+        return [
+            entry.path
+            for _, entries in walk_stack(stack, self.excluder, lambda p, e: None)
+            for entry in entries
+            if entry.name.endswith(SOURCE_SUFFIXES) and not _is_dir(entry)
+        ]
+
+    def rewatch(self, path: str) -> None:
+        """Watch the subtree at *path* again from the filesystem (what is watched stays)."""
+        group = self.group
+        if group is not None:
+            group.rewatch(os.fsencode(path))
 
     def walk_error(self, exc: OSError) -> None:
         if isinstance(exc, PermissionError):
@@ -81,9 +122,17 @@ class Guard:
             return {os.fsdecode(p) for p in group._active_callbacks_by_path}
 
 
+def _is_dir(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_dir(follow_symlinks=False)
+    except OSError:
+        return False
+
+
 def inotify_classes() -> tuple[Any, Any] | None:
     """``(observer class, InotifyFD class)`` on watchdog 7's inotify internals; None elsewhere."""
     try:
+        from watchdog.events import FileCreatedEvent
         from watchdog.observers.api import BaseObserver
         from watchdog.observers.inotify import InotifyEmitter, InotifyWatchGroup
         from watchdog.observers.inotify_c import InotifyFD
@@ -95,24 +144,38 @@ def inotify_classes() -> tuple[Any, Any] | None:
         guard: Any = None
 
         def _add_all_callbacks(self, path: bytes) -> None:
+            """Watch *path* and, recursively, every directory below it that is not pruned.
+
+            Top-down, each directory watched *before* it is listed (watchdog lists first): what
+            appears after the listing raises an event on the new watch, which watches it in turn.
+            Called with the group's lock held (watchdog's own callers hold it).
+            """
             guard: Guard = self.guard
             top = os.fsdecode(path)
-            is_dir = os.path.isdir(path)
-            if path != self.path and guard.skip(top):
+            if path != self.path and (guard.skip(top) or os.path.islink(path)):
+                return  # a symlinked directory is not followed, as no walk follows one
+            if not (self.is_recursive and os.path.isdir(path)):
+                self._add_callback(path)
                 return
-            if path == self.path or not is_dir:
-                self._add_callback(path)  # first, so that a root that cannot be watched raises
-            if not (self.is_recursive and is_dir):
-                return
-            for dirpath, dirnames, filenames in os.walk(top, onerror=guard.walk_error):
-                if dirpath != guard.root and guard.excluder.is_venv(filenames):
-                    dirnames[:] = []
+            stack = [(top, guard.relative(top))]
+            while stack:
+                directory, rel = stack.pop()
+                encoded = os.fsencode(directory)
+                if not self._add_callback(encoded):  # raises for the root itself
                     continue
-                if dirpath != guard.root:
-                    self._add_callback(os.fsencode(dirpath))
-                dirnames[:] = [d for d in dirnames if not guard.skip(os.path.join(dirpath, d))]
+                try:
+                    with os.scandir(directory) as listing:
+                        entries = list(listing)
+                except OSError as exc:  # gone meanwhile, or unreadable (reported)
+                    guard.walk_error(exc)
+                    continue
+                if directory != guard.root and guard.excluder.is_venv([e.name for e in entries]):
+                    self._unwatch([self._active_callbacks_by_path[encoded]])
+                    continue
+                stack += subdirectories(entries, rel, guard.excluder)
 
-        def _add_callback(self, path: bytes) -> None:
+        def _add_callback(self, path: bytes) -> bool:  # type: ignore[override]
+            """Watch *path*; False when it could not be watched (reported to the guard)."""
             fd = self._inotify_fd
             try:
                 with fd._lock:  # add_callback() without its warning for an inode seen again
@@ -123,31 +186,62 @@ def inotify_classes() -> tuple[Any, Any] | None:
                 if path == self.path:
                     raise
                 self.guard.watch_failed(os.fsdecode(path), exc)
-                return
+                return False
             if wd < 0:  # EACCES: watchdog registers wd -1 instead of raising
                 fd.remove_callbacks([(wd, self._id)])
                 denied = PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fsdecode(path))
                 if path == self.path:
                     raise denied
                 self.guard.watch_failed(os.fsdecode(path), denied)
-                return
+                return False
             stale = self._active_callbacks_by_watch.get(wd)
             if stale is not None and stale != path:  # moved out, then back in under a new name
                 self._move_watches(stale, path)
             self._active_callbacks_by_path[path] = wd
             self._active_callbacks_by_watch[wd] = path
+            return True
 
-        def forget(self, path: bytes) -> None:
-            """Drop the watches of a directory tree moved out of the root."""
+        def _unwatch(self, wds: list[Any]) -> None:
+            """Remove the watches *wds* and every trace of them (lock held).
+
+            watchdog's ``_remove_callbacks`` fails when two watches claim one path (the tree that
+            left and the one there now) and they are removed in the wrong order."""
+            self._inotify_fd.remove_callbacks([(wd, self._id) for wd in wds])
+            gone = set(wds)
+            for wd in wds:
+                self._active_callbacks_by_watch.pop(wd, None)
+            by_path = self._active_callbacks_by_path
+            for p in [p for p, wd in by_path.items() if wd in gone]:
+                del by_path[p]
+
+        def _drop_tree(self, path: bytes) -> None:
+            """Drop every watch whose path is *path* or below it (lock held)."""
             prefix = path + os.sep.encode()
+            below = [(p, wd) for p, wd in self._active_callbacks_by_path.items()]
+            below += [(p, wd) for wd, p in self._active_callbacks_by_watch.items()]
+            wds = {wd for p, wd in below if p == path or p.startswith(prefix)}
+            if wds:
+                self._unwatch(sorted(wds))
+
+        def forget(self, path: bytes) -> bool:
+            """A directory tree left *path* (an unpaired move out): drop its watches. If a directory
+            is at *path* again (moved back within the pairing window, or another one), watch its
+            subtree again from the filesystem and return True: the watches found there belonged to
+            the path, not to what is there now."""
             with self._lock:
-                wds = [
-                    wd
-                    for p, wd in self._active_callbacks_by_path.items()
-                    if p == path or p.startswith(prefix)
-                ]
-                if self.is_active and wds:
-                    self._remove_callbacks(wds)
+                if not self.is_active:
+                    return False
+                self._drop_tree(path)
+                if os.path.islink(path) or not os.path.isdir(path):
+                    return False
+                self._add_all_callbacks(path)
+                return True
+
+        def rewatch(self, path: bytes) -> None:
+            """Watch the subtree at *path* again from the filesystem (from another thread)."""
+            with self._lock:
+                if self.is_active and os.path.isdir(path):
+                    self._add_all_callbacks(path)
 
         def on_queue_overflow(self) -> None:
             super().on_queue_overflow()
@@ -171,10 +265,28 @@ def inotify_classes() -> tuple[Any, Any] | None:
         def build_and_queue_event(self, event: Any, *, full_events: bool = False) -> None:
             super().build_and_queue_event(event, full_events=full_events)
             single = getattr(event, "ev", None)  # an unpaired event: the other side is elsewhere
-            if single is not None and single.is_moved_from and single.is_directory:
+            if single is None:  # a paired move (from, to) inside the root
+                if event[1].ev.is_directory:
+                    self._appeared(event[1].path)
+            elif single.is_directory and (single.is_create or single.is_moved_to):
+                self._appeared(event.path)
+            elif single.is_directory and single.is_moved_from:
                 group = self._inotify
-                if isinstance(group, PrunedGroup):
-                    group.forget(event.path)
+                if isinstance(group, PrunedGroup) and group.forget(event.path):
+                    self._came_back(os.fsdecode(event.path))
+
+        def _appeared(self, path: bytes) -> None:
+            guard = self._guard
+            guard.sink.report_appeared(Path(guard.root), os.fsdecode(path))
+
+        def _came_back(self, path: str) -> None:
+            """The tree at *path* is watched again: report its sources (edits made while its
+            watches were being replaced would be lost) and check its coverage."""
+            guard = self._guard
+            for source in guard.sources(path):
+                self.queue_event(FileCreatedEvent(source))
+            guard.sink.report_rewatched(Path(guard.root), path, "moved away and back")
+            guard.sink.report_appeared(Path(guard.root), path)
 
     class NativeObserver(BaseObserver):
         def __init__(self, fd: Any, guard: Guard) -> None:
