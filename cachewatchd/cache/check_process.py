@@ -26,7 +26,10 @@ from typing import Any
 
 from cachewatchd.cache.pyc import RUNNING_MAGIC
 
-__all__ = ["WRONG_PYTHON", "CheckProcess", "ProcessGone", "interpreters"]
+__all__ = ["STARTUP_TIMEOUT", "WRONG_PYTHON", "CheckProcess", "ProcessGone", "interpreters"]
+
+STARTUP_TIMEOUT = 10.0
+"""Seconds for a new checking process to say it is ready (not counted in a request's time)."""
 
 _LENGTH = struct.Struct("<I")
 _MAX_ANSWER = 64 << 10
@@ -74,6 +77,13 @@ def interpreters() -> list[str]:
 
 
 class CheckProcess:
+    """A started checking process that has said it is ready (its limits are set).
+
+    Raises :class:`ProcessGone` when no candidate of :func:`interpreters` starts and says so
+    within :data:`STARTUP_TIMEOUT` seconds (one of another Python version exits with
+    :data:`WRONG_PYTHON`).
+    """
+
     def __init__(self, memory: int, max_source: int, max_pyc: int) -> None:
         config = {
             "memory": memory,
@@ -85,24 +95,39 @@ class CheckProcess:
         error = "no Python executable"
         for exe in interpreters():
             try:
-                self.proc = subprocess.Popen(
-                    [exe, *args],
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.DEVNULL,
-                    bufsize=0,
-                    close_fds=True,
-                )
-                break
+                self._spawn([exe, *args])
             except OSError as exc:
                 error = f"{exe}: {exc.strerror or exc}"
-        else:
-            raise ProcessGone(f"the checking process cannot start ({error})")
+                continue
+            try:
+                ready = self.answer(time.monotonic() + STARTUP_TIMEOUT)
+            except ProcessGone as gone:
+                ready = {"failed": gone.why}
+            if ready == {"ready": True}:
+                return
+            self.kill()
+            error = f"{exe}: {ready.get('failed', 'sent a garbled greeting')}"
+            if error.endswith(f"exited with status {WRONG_PYTHON}"):
+                error = f"{exe} is not the Python running cachewatchd"
+        raise ProcessGone(f"the checking process cannot start ({error})")
+
+    def _spawn(self, argv: list[str]) -> None:
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            bufsize=0,
+            close_fds=True,
+        )
         assert self.proc.stdin is not None
         assert self.proc.stdout is not None
         self._in = self.proc.stdin.fileno()
         self._out = self.proc.stdout.fileno()
         self._finalizer = weakref.finalize(self, _stop, self.proc)
+        self._poller = select.poll()
+        self._poller.register(self._out, select.POLLIN)
+        self._buffer = b""
 
     @property
     def pid(self) -> int:
@@ -133,25 +158,24 @@ class CheckProcess:
         return answer
 
     def _read(self, n: int, deadline: float) -> bytes:
-        chunks = []
-        poller = select.poll()
-        poller.register(self._out, select.POLLIN)
-        while n:
+        """*n* bytes of the worker's output, by *deadline* (``time.monotonic()``)."""
+        buffer = self._buffer
+        while len(buffer) < n:
             left = deadline - time.monotonic()
-            if left <= 0 or not poller.poll(left * 1000):
+            if left <= 0 or not self._poller.poll(left * 1000):
                 self.kill()
                 raise ProcessGone("timed out")
             try:
-                chunk = os.read(self._out, min(n, 1 << 20))
+                chunk = os.read(self._out, max(1 << 16, min(n - len(buffer), 1 << 20)))
             except OSError as exc:
                 chunk = b""
                 if exc.errno not in (errno.EIO, errno.EPIPE, errno.ECONNRESET):
                     raise
             if not chunk:
                 raise ProcessGone(self._death("no answer"))
-            chunks.append(chunk)
-            n -= len(chunk)
-        return b"".join(chunks)
+            buffer += chunk
+        data, self._buffer = buffer[:n], buffer[n:]
+        return data
 
     def _death(self, default: str) -> str:
         try:

@@ -2,13 +2,14 @@
 
 Run by :class:`cachewatchd.cache.checks.CheckPool` as ``python -I -S -B -c <loader> <this file>
 <limits>``; it imports nothing but the standard library, so it runs without ``cachewatchd`` on
-``sys.path``. It sets its own limits (address space ``RLIMIT_AS``, no core files, no file writes),
-then serves requests until its standard input closes.
+``sys.path``. It exits with status 3 when it is another Python version than its parent; else it sets
+its own limits (address space ``RLIMIT_AS``, no core files, no file writes), says
+``{"ready": true}``, then serves requests until its standard input closes.
 
 Frames both ways: a 4-byte little-endian length, then the payload. A request is one JSON object;
-an answer is one JSON object (``{"result": ...}``), preceded by ``{"phase": "loaded"}`` once the
-pyc's body has been unmarshalled in an ``exact`` request (so that a death after it is blamed on the
-source, not on the pyc), and followed by one raw frame (the pyc's bytes) for a ``compile`` answer.
+an answer is one JSON object (``{"result": ...}``), followed by one raw frame (the pyc's bytes) for
+a ``compile`` answer. (When this process dies during an ``exact`` request, the parent asks a fresh
+one to unmarshal the body alone, to tell whether the pyc or the source is to blame.)
 
 Results: ``loaded`` (the body unmarshals to a code object), ``same`` (identical to a fresh compile),
 ``differs``, ``corrupt`` (CPython cannot load or run the body), ``no_compile`` (CPython cannot
@@ -152,7 +153,6 @@ def compare(cached: CodeType, fresh: CodeType) -> tuple[str, str]:
 
 def _exact(request: dict[str, Any], limits: dict[str, int]) -> tuple[str, str]:
     cached = _load(request["pyc"], limits)
-    _send({"phase": "loaded"})
     fresh, _, _ = _compile(request["source"], request["optimize"], limits)
     return compare(cached, fresh)
 
@@ -207,15 +207,20 @@ def _send(answer: dict[str, Any]) -> None:
     _write(json.dumps(answer).encode())
 
 
-def _read_exact(n: int) -> bytes | None:
-    chunks = []
-    while n:
-        chunk = os.read(0, n)
-        if not chunk:
-            return None
-        chunks.append(chunk)
-        n -= len(chunk)
-    return b"".join(chunks)
+class _Input:
+    """Frames from standard input, read in big chunks (one ``read`` per request, usually)."""
+
+    def __init__(self) -> None:
+        self._buffer = b""
+
+    def take(self, n: int) -> bytes | None:
+        while len(self._buffer) < n:
+            chunk = os.read(0, max(1 << 16, n - len(self._buffer)))
+            if not chunk:
+                return None
+            self._buffer += chunk
+        data, self._buffer = self._buffer[:n], self._buffer[n:]
+        return data
 
 
 def _limit(resource_id: int, value: int) -> None:
@@ -242,11 +247,13 @@ def main(argv: list[str]) -> int:
     _limit(resource.RLIMIT_FSIZE, 0)
     limits = {key: int(config[key]) for key in ("memory", "max_source", "max_pyc")}
     _limit(resource.RLIMIT_AS, limits["memory"])
+    _send({"ready": True})
+    frames = _Input()
     while True:
-        head = _read_exact(_LENGTH.size)
+        head = frames.take(_LENGTH.size)
         if head is None:
             return 0
-        body = _read_exact(_LENGTH.unpack(head)[0])
+        body = frames.take(_LENGTH.unpack(head)[0])
         if body is None:
             return 0
         _serve(json.loads(body), limits)

@@ -19,7 +19,6 @@ one pool take turns.
 from __future__ import annotations
 
 import os
-import sys
 import threading
 import time
 from types import TracebackType
@@ -58,14 +57,16 @@ class Limits(NamedTuple):
 class Outcome(NamedTuple):
     """The answer to one request.
 
-    ``result``: ``loaded``, ``same``, ``differs``, ``corrupt``, ``no_compile``, ``unchecked``
-    (see :mod:`cachewatchd.cache.check_worker`) or ``failed`` (the worker died, was killed or
-    timed out; ``loaded`` tells whether the pyc's body had been unmarshalled by then).
+    ``result``: ``loaded``, ``same``, ``differs``, ``corrupt``, ``no_compile``, ``unchecked``,
+    ``gone``, ``unreadable``, ``compiled`` (see :mod:`cachewatchd.cache.check_worker`) or
+    ``failed`` (the worker died, was killed, timed out or misbehaved: *detail* says how).
     """
 
     result: str
     detail: str = ""
-    loaded: bool = False
+    source_failed: bool = False
+    """With ``failed`` from :meth:`CheckPool.exact`: the body unmarshals; compiling the source
+    failed."""
 
 
 class PycBytes(NamedTuple):
@@ -111,8 +112,19 @@ class CheckPool:
         return self._ask({"op": "load", "pyc": pyc})
 
     def exact(self, pyc: str, source: str, optimize: int) -> Outcome:
-        """Compare *pyc*'s code with a compile of *source* at *optimize*."""
-        return self._ask({"op": "exact", "pyc": pyc, "source": source, "optimize": optimize})
+        """Compare *pyc*'s code with a compile of *source* at *optimize*.
+
+        When the worker fails (``failed``), a fresh one unmarshals the body alone, to tell which
+        file is to blame: the body (its outcome, ``corrupt`` or ``failed``, is returned) or the
+        source (``failed``, with ``source_failed``).
+        """
+        outcome = self._ask({"op": "exact", "pyc": pyc, "source": source, "optimize": optimize})
+        if outcome.result != "failed":
+            return outcome
+        body = self.load(pyc)
+        if body.result == "loaded":
+            return outcome._replace(source_failed=True)
+        return body
 
     def compile(self, source: str, optimize: int, mode: str) -> PycBytes | Outcome:
         """The pyc CPython would write for *source* (*mode*: ``timestamp``, ``checked-hash``,
@@ -136,7 +148,6 @@ class CheckPool:
             self._forked()
             if self._cannot_start is not None:
                 return Outcome("unchecked", self._cannot_start)
-            loaded = False
             try:
                 worker = self._worker
                 if worker is None:
@@ -144,36 +155,29 @@ class CheckPool:
                 deadline = time.monotonic() + self.limits.timeout
                 worker.send(request)
                 answer = worker.answer(deadline)
-                if answer.get("phase") == "loaded":
-                    loaded = True
-                    answer = worker.answer(deadline)
                 result, detail = answer.get("result"), answer.get("detail", "")
                 if not isinstance(result, str) or not isinstance(detail, str):
-                    return self._lost("sent a garbled answer", loaded)
+                    return self._lost("sent a garbled answer")
                 if result == "compiled" and payload is not None:
                     payload.append(worker.receive(deadline, self.limits.max_pyc + (1 << 20)))
-                return Outcome(result, detail, loaded)
+                return Outcome(result, detail)
             except ProcessGone as gone:
-                return self._lost(gone.why, loaded)
+                return self._lost(gone.why)
             except BaseException:  # interrupted mid-request: its answer must not reach the next
                 if self._worker is not None:
                     self._worker.kill()
                     self._worker = None
                 raise
 
-    def _lost(self, why: str, loaded: bool) -> Outcome:
+    def _lost(self, why: str) -> Outcome:
         worker, self._worker = self._worker, None
-        from cachewatchd.cache.check_process import WRONG_PYTHON
-
-        if worker is None or why == f"exited with status {WRONG_PYTHON}":
-            if worker is not None:
-                why = f"{sys.executable} is not the Python running cachewatchd"
+        if worker is None:  # it did not start: no use trying again for every file
             self._cannot_start = why
             return Outcome("unchecked", why)
         worker.kill()
         if why == "timed out":
             why = f"timed out after {self.limits.timeout:g} s"
-        return Outcome("failed", why, loaded)
+        return Outcome("failed", why)
 
 
 def _start(limits: Limits) -> CheckProcess:

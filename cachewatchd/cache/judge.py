@@ -174,7 +174,7 @@ def _exact(checks: CheckPool, pyc: str, source: str, opt: str) -> Verdict | None
         return None
     if result == "corrupt":
         return Verdict(State.CORRUPT, detail)
-    if result == "failed" and not outcome.loaded:
+    if result == "failed" and not outcome.source_failed:
         return Verdict(
             State.CORRUPT, f"the body cannot be unmarshalled (checking process {detail})"
         )

@@ -29,7 +29,7 @@ from cachewatchd.daemon.recheck import Rechecker
 from tests.conftest import child_env
 from tests.support.daemon import DaemonProc, isolated_env
 from tests.support.pycs import write
-from tests.support.wait import compile_pyc, wait_until
+from tests.support.wait import compile_pyc, find_interpreters, wait_until
 
 TAG = sys.implementation.cache_tag
 DEEP_SUM = "x = " + "+".join(["1"] * 100_000) + "\n"
@@ -309,8 +309,8 @@ def test_a_compile_over_the_time_limit_is_unchecked_and_the_worker_replaced(
         state, reason = judge(pool, pyc, source)
         assert state is State.SUSPECT  # the source changed after the pyc: it may be stale
         assert "compiling the source failed (checking process timed out after 0.05 s)" in reason
-        assert pool.worker_pid is None
-        assert not psutil.pid_exists(first or 0)
+        assert not psutil.pid_exists(first or 0)  # killed and reaped
+        assert worker_of(pool) not in (None, first)  # the fresh one that loaded the body alone
         os.utime(pyc, (2**32, 2**32))  # no change since the pyc: --deep alone finds it fresh
         unchanged = judge(pool, pyc, source)
         assert unchanged[0] is State.FRESH
@@ -321,6 +321,14 @@ def test_a_compile_over_the_time_limit_is_unchecked_and_the_worker_replaced(
         )
         assert worker_of(pool) not in (None, first)
     assert no_children()
+
+
+def test_a_body_the_worker_cannot_unmarshal_in_time_is_corrupt(tmp_path: Path) -> None:
+    pyc = with_body(tmp_path, "m", marshal.dumps(list(range(3_000_000))))
+    with CheckPool(Limits(timeout=0.01)) as pool:
+        state, reason = judge(pool, pyc, tmp_path / "m.py")
+    assert state is State.CORRUPT
+    assert reason == "the body cannot be unmarshalled (checking process timed out after 0.01 s)"
 
 
 def test_a_compile_over_the_memory_limit_is_unchecked(tmp_path: Path) -> None:
@@ -364,6 +372,23 @@ def test_a_worker_that_cannot_start_gives_a_suspect_not_an_error(
     (entry,) = audit([tmp_path.resolve()]).entries
     assert entry.state is State.SUSPECT
     assert "cannot start" in entry.reason
+
+
+def test_another_python_version_is_refused_as_the_checking_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    running = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    supported = ("3.10", "3.11", "3.12", "3.13", "3.14")  # older ones cannot run the worker
+    found = find_interpreters()
+    other = next((found[v] for v in supported if v != running and v in found), None)
+    if other is None:
+        pytest.skip("no other supported CPython version on this machine")
+    monkeypatch.setattr(check_process, "interpreters", lambda: [other])
+    source = write(tmp_path / "m.py", "X = 1\n")
+    triggered(compile_pyc(source))
+    (entry,) = audit([tmp_path.resolve()]).entries
+    assert entry.state is State.SUSPECT
+    assert f"{other} is not the Python running cachewatchd" in entry.reason
 
 
 def test_one_worker_per_audit_started_only_when_needed(
