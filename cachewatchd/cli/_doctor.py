@@ -25,7 +25,7 @@ removed); clock skew between this machine and the filesystem; inotify limits and
 holding the project's files open; whether a cachewatchd daemon watches the root.
 
 Exit status: 0 nothing needs action (only info findings); 1 a warning or an error was found;
-2 bad command line, PATH or config.
+2 bad command line, PATH or config (one line on stderr, no report).
 """
 
 _ORDER = {"error": 0, "warning": 1, "info": 2}
@@ -61,11 +61,10 @@ def register(sub: Any) -> None:  # argparse's _SubParsersAction
 
 def _doctor(args: argparse.Namespace) -> int:
     from cachewatchd.cache.audit import check_root
+    from cachewatchd.config.user import BOUNDS, check_number
     from cachewatchd.doctor.report import DoctorOptions, run_doctor
-    from cachewatchd.errors import UsageError
 
-    if args.probe_timeout <= 0:
-        raise UsageError("--probe-timeout must be positive")
+    check_number("--probe-timeout", args.probe_timeout, *BOUNDS["probe_timeout"])
     roots = list(dict.fromkeys(check_root(p) for p in (args.paths or [Path()])))
     report = run_doctor(roots, DoctorOptions(poll=args.poll, probe_timeout=args.probe_timeout))
     if args.json:
@@ -77,6 +76,8 @@ def _doctor(args: argparse.Namespace) -> int:
 
 
 def _print(report: DoctorReport) -> None:
+    from cachewatchd.doctor.findings import plural
+
     print(f"cachewatchd doctor: {', '.join(str(r) for r in report.roots)}")
     for finding in sorted(report.findings, key=lambda f: _ORDER[f.severity]):
         level = colour(f"{finding.severity:<8}", _COLOUR[finding.severity])
@@ -88,6 +89,7 @@ def _print(report: DoctorReport) -> None:
             print(f"         -> {finding.action}")
     needing = sum(1 for f in report.findings if f.needs_action)
     if needing:
-        print(colour(f"{needing} finding(s) need action.", "bold"))
+        verb = "needs" if needing == 1 else "need"
+        print(colour(f"{plural(needing, 'finding')} {verb} action.", "bold"))
     else:
         print(colour("Nothing needs action.", "green"))

@@ -21,7 +21,7 @@ from typing import Any
 
 from cachewatchd.config.toml import KeyPath, format_key, key_lines, loads, show_value, value_name
 from cachewatchd.errors import ConfigError, UsageError
-from cachewatchd.paths import config_dir, read_regular
+from cachewatchd.paths import APP_NAME, read_regular
 from cachewatchd.processes.spec import ProcessSpec, SupervisorSpec
 from cachewatchd.watch.mounts import POLL_MODES, PollMode
 from cachewatchd.watch.polling import POLL_INTERVAL_RANGE
@@ -111,8 +111,13 @@ def _seconds(value: object, low: float, high: float) -> tuple[float, str | None]
 
 
 def default_config_path() -> Path:
-    """``<user config dir>/config.toml``, e.g. ``~/.config/cachewatchd/config.toml``."""
-    return config_dir() / "config.toml"
+    """``<user config dir>/config.toml``, e.g. ``~/.config/cachewatchd/config.toml``.
+
+    Nothing is created: reading the config must work (and find none) where the directory cannot
+    be made, e.g. a service user whose ``$HOME`` does not exist."""
+    import platformdirs
+
+    return Path(platformdirs.user_config_dir(APP_NAME)) / "config.toml"
 
 
 def load_config(path: Path | None = None) -> Config:
@@ -126,10 +131,12 @@ def load_config(path: Path | None = None) -> Config:
     file = path if path is not None else default_config_path()
     try:
         data = read_regular(file, CONFIG_FILE_LIMIT)
-    except FileNotFoundError:
-        if path is not None:
-            raise ConfigError(str(file), "no such file") from None
-        return Config()
+    except (FileNotFoundError, NotADirectoryError) as exc:
+        if path is None:  # nothing at the default place (or on the way to it): the defaults
+            return Config()
+        missing = isinstance(exc, FileNotFoundError)
+        reason = "no such file" if missing else f"cannot read: {exc.strerror}"
+        raise ConfigError(str(file), reason) from None
     except (OSError, ValueError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise ConfigError(str(file), f"cannot read: {reason}") from None

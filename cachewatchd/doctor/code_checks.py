@@ -17,9 +17,9 @@ from typing import Any
 
 import psutil
 
-from cachewatchd.cache.audit import AuditOptions, State, audit
+from cachewatchd.cache.audit import AuditError, AuditOptions, State, audit
 from cachewatchd.config.settings import RootPlan
-from cachewatchd.doctor.findings import MAX_DETAILS, Finding, Severity
+from cachewatchd.doctor.findings import MAX_DETAILS, Finding, Severity, plural
 from cachewatchd.paths import is_under
 from cachewatchd.processes.staleness import Change, SourceScan, importers, predates
 
@@ -63,12 +63,30 @@ def check_caches(plans: Sequence[RootPlan], prefix: str | None) -> list[Finding]
             findings.append(
                 Finding(f"{state.value}-caches", severity, message, todo, None, details)
             )
+    if report.errors:
+        findings.append(_partial_audit(report.errors))
     summary = report.summary()
     counts = ", ".join(f"{n} {state}" for state, n in summary.items() if n)
     findings.append(
         Finding("caches", "info", f"{_entries(sum(summary.values()))}: {counts or 'none'}")
     )
     return findings
+
+
+def _partial_audit(errors: Sequence[AuditError]) -> Finding:
+    """What the audit could not read: its caches were not judged."""
+    dirs = sum(1 for e in errors if e.path.is_dir())
+    files = len(errors) - dirs
+    parts = [plural(dirs, "directory", "directories")] if dirs else []
+    parts += [plural(files, "file")] if files else []
+    first = errors[0].path
+    message = (
+        f"the audit was partial: {' and '.join(parts)} could not be read (first: {first}); "
+        "the caches there were not judged"
+    )
+    action = "run doctor as a user who can read them, or make them readable"
+    details = tuple(f"{e.path}: {e.error}" for e in errors[:MAX_DETAILS])
+    return Finding("audit-partial", "warning", message, action, None, details)
 
 
 # -- processes ------------------------------------------------------------------------------------
@@ -127,17 +145,25 @@ def check_processes(roots: Sequence[Path], scan: SourceScan) -> list[Finding]:
     if stale and scan.newest is not None:
         findings.append(_stale_finding(stale, scan.newest))
     if holding:
-        message = f"{len(holding)} files under the roots are held open by processes"
-        details = tuple(holding[:MAX_DETAILS])
+        files = len(holding)
+        holders = len({label for label, _ in holding})
+        verb = "is" if files == 1 else "are"
+        message = (
+            f"{plural(files, 'file')} under the roots {verb} held open by "
+            f"{plural(holders, 'process', 'processes')}"
+        )
+        details = tuple(f"{label}: {path}" for label, path in holding[:MAX_DETAILS])
         findings.append(Finding("open-files", "info", message, "", None, details))
     return findings
 
 
-def _survey(roots: Sequence[Path], own: set[int]) -> tuple[list[str], list[psutil.Process]]:
+def _survey(
+    roots: Sequence[Path], own: set[int]
+) -> tuple[list[tuple[str, str]], list[psutil.Process]]:
     """This user's processes (but *own*): files they hold open under *roots* (three per process at
-    most, ``"pid ...: path"``), and the Python ones that work under a root."""
+    most, ``("pid ...", path)``), and the Python ones that work under a root."""
     uid = os.getuid()
-    holding: list[str] = []
+    holding: list[tuple[str, str]] = []
     pythons: list[psutil.Process] = []
     attrs = ["pid", "name", "exe", "cmdline", "cwd", "uids"]
     for proc in psutil.process_iter(attrs, ad_value=None):
@@ -145,7 +171,9 @@ def _survey(roots: Sequence[Path], own: set[int]) -> tuple[list[str], list[psuti
         if info["pid"] in own or info["uids"] is None or info["uids"].real != uid:
             continue
         opened = _open_under(proc, roots)
-        holding += [f"{_label(proc)}: {path}" for path in opened[:3]]
+        if opened:
+            label = _label(proc)
+            holding += [(label, path) for path in opened[:3]]
         if _is_python(info) and _involved(info, opened, roots):
             pythons.append(proc)
     return holding, pythons
@@ -183,11 +211,14 @@ def _stale_importers(
 
 
 def _stale_finding(stale: Sequence[str], newest: Change) -> Finding:
+    one = len(stale) == 1
     message = (
-        f"{len(stale)} Python processes started before the newest source change "
-        f"({newest.path}, {_clock(newest.time)}): they may run old code"
+        f"{plural(len(stale), 'Python process', 'Python processes')} started before the newest "
+        f"source change ({newest.path}, {_clock(newest.time)}): "
+        f"{'it' if one else 'they'} may run old code"
     )
-    action = "restart them, or let cachewatchd restart them (see `cachewatchd run --help`)"
+    them = "it" if one else "them"
+    action = f"restart {them}, or let cachewatchd restart {them} (see `cachewatchd run --help`)"
     details = tuple(stale[:MAX_DETAILS])
     return Finding("stale-processes", "warning", message, action, None, details)
 

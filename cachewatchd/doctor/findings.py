@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["MAX_DETAILS", "Finding", "Severity"]
+__all__ = ["MAX_DETAILS", "Finding", "Severity", "plural"]
 
 Severity = Literal["info", "warning", "error"]
 MAX_DETAILS = 10
@@ -28,3 +28,9 @@ class Finding:
     @property
     def needs_action(self) -> bool:
         return self.severity != "info"
+
+
+def plural(count: int, singular: str, plural_form: str | None = None) -> str:
+    """``"1 process"``, ``"2 processes"``: *count* with the noun it needs (default: *singular* + s)."""
+    noun = singular if count == 1 else (plural_form or f"{singular}s")
+    return f"{count} {noun}"

@@ -7,14 +7,18 @@ probe's mtime). On Linux: the inotify limits against this user's instances and w
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import secrets
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from cachewatchd.config.settings import RootPlan
-from cachewatchd.doctor.findings import Finding, Severity
+from cachewatchd.doctor.findings import Finding, Severity, plural
 from cachewatchd.watch.mounts import choose_observer, mount_for
 
 __all__ = ["check_inotify", "probe_root"]
@@ -86,6 +90,13 @@ def _probe(root: Path, timeout: float) -> tuple[bool, float] | tuple[Severity, s
         observer.start()
     except OSError as exc:  # e.g. the inotify instance or watch limit
         return "warning", f"no native watcher could be started: {exc.strerror or exc}"
+    with _quiet_watchdog():
+        return _write_probe(root, name, seen, observer, timeout)
+
+
+def _write_probe(
+    root: Path, name: str, seen: threading.Event, observer: Any, timeout: float
+) -> tuple[bool, float] | tuple[Severity, str]:
     path = root / name
     try:
         before = time.time()
@@ -106,6 +117,20 @@ def _probe(root: Path, timeout: float) -> tuple[bool, float] | tuple[Severity, s
     return arrived, (mtime - after if mtime > after else min(mtime - before, 0.0))
 
 
+@contextlib.contextmanager
+def _quiet_watchdog() -> Iterator[None]:
+    """No stray lines from watchdog's loggers on stderr while the probe observer stops (stopping
+    races its emitter, which logs "queue_events() called when the thread is inactive" through
+    logging's last-resort handler when nothing is configured). Records still propagate."""
+    logger = logging.getLogger("watchdog")
+    handler = logging.NullHandler()
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+
+
 # -- inotify --------------------------------------------------------------------------------------
 
 
@@ -117,7 +142,7 @@ def check_inotify(directories: int) -> list[Finding]:
     instances, watches = _inotify_use(os.getuid())
     message = (
         f"this user has {instances}/{max_instances} inotify instances and {watches}/{max_watches} "
-        f"watches in use; the roots need about {directories} watches"
+        f"watches in use; the roots need about {plural(directories, 'watch', 'watches')}"
     )
     findings = [Finding("inotify", "info", message)]
     sysctl = "sudo sysctl fs.inotify.{}={} (and persist it in /etc/sysctl.d/)"

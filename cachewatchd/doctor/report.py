@@ -69,7 +69,13 @@ class DoctorReport:
 
 
 def run_doctor(roots: Sequence[Path], options: DoctorOptions | None = None) -> DoctorReport:
-    """Run every check over *roots* (resolved directories)."""
+    """Run every check over *roots* (resolved directories).
+
+    Raises :class:`~cachewatchd.errors.ConfigError` when the user's config is broken (the CLI
+    prints its one line and exits 2): doctor judges the roots by that config, so it is not guessed.
+    A project's broken ``pyproject.toml`` is a warning finding instead (the project's, not the
+    user's). Every other check that fails becomes a finding.
+    """
     opts = options if options is not None else DoctorOptions()
     env = os.environ if opts.environ is None else opts.environ
     report = DoctorReport(roots=list(roots))
@@ -106,13 +112,9 @@ def _plans(
     """Per root: poll mode, where it came from, excludes (command line > config > project)."""
     from cachewatchd.config.project import load_project_config
     from cachewatchd.config.settings import plan_root
-    from cachewatchd.config.user import Config, load_config
+    from cachewatchd.config.user import load_config
 
-    try:
-        config = load_config()
-    except CachewatchdError as exc:
-        add([Finding("config", "error", exc.message, "fix the config file")])
-        config = Config()
+    config = load_config()  # a broken config is the user's to fix first: ConfigError, exit 2
     plans = []
     for root in roots:
         project = load_project_config(root)

@@ -15,6 +15,7 @@ from cachewatchd.config.project import PROJECT_FILE_LIMIT, load_project_config
 from cachewatchd.config.user import (
     BOUNDS,
     CONFIG_FILE_LIMIT,
+    Config,
     _Validator,
     check_number,
     load_config,
@@ -172,3 +173,13 @@ def test_fifo_helper_unblocks_a_plain_reader(tmp_path: Path) -> None:
     with rescued(fifo, after=0.1):
         assert Path(fifo).read_bytes() == b""
     assert not os.path.isfile(fifo)
+
+
+def test_default_config_is_looked_for_without_creating_its_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A service user whose $HOME cannot be written: no config, the defaults (was an OSError)."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(blocker / "config"))  # mkdir fails, even for root
+    assert load_config() == Config()

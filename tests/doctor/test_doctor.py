@@ -15,7 +15,10 @@ import pytest
 
 from cachewatchd.cache.audit import mirror_dir
 from cachewatchd.cli import main
+from cachewatchd.doctor.findings import plural
 from cachewatchd.doctor.report import DoctorOptions, DoctorReport, Finding, run_doctor
+from cachewatchd.errors import ConfigError
+from tests.support.fifo import fifo_at, rescued
 from tests.support.pycs import restore_mtime_edit, write
 from tests.support.wait import compile_pyc, wait_until
 
@@ -151,13 +154,52 @@ def test_forced_polling_from_the_config_and_the_project(project: Path, tmp_path:
     assert "polling" not in by_id(doctor(project, poll="auto"))
 
 
-def test_project_config_warnings_and_broken_config(project: Path, tmp_path: Path) -> None:
+def test_project_config_warnings(project: Path) -> None:
     write(project / "pyproject.toml", '[tool.cachewatchd]\nprocess = "evil"\n')
-    write(tmp_path / "config" / "cachewatchd" / "config.toml", "poll = [\n")
     found = by_id(doctor(project))
     assert "process ignored" in found["project-config"][0].message
-    assert found["config"][0].severity == "error"
-    assert "config.toml" in found["config"][0].message
+    assert found["project-config"][0].severity == "warning"
+
+
+@pytest.mark.parametrize("json_output", [False, True], ids=["text", "json"])
+def test_broken_config_is_one_line_and_exit_2(
+    project: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], json_output: bool
+) -> None:
+    config = write(tmp_path / "config" / "cachewatchd" / "config.toml", "poll = [\n")
+    with pytest.raises(ConfigError):
+        doctor(project)
+    args = ["doctor", *(["--json"] if json_output else []), str(project)]
+    assert main(args) == 2  # as --help says: 2 bad command line, PATH or config
+    out = capsys.readouterr()
+    assert out.out == ""
+    assert out.err.startswith(f"cachewatchd: {config}:1: invalid TOML: ")
+    assert out.err.count("\n") == 1
+
+
+def test_fifo_as_the_config_is_one_line_and_exit_2(
+    project: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fifo = fifo_at(tmp_path / "config" / "cachewatchd" / "config.toml")
+    with rescued(fifo):
+        assert main(["doctor", str(project)]) == 2
+    out = capsys.readouterr()
+    assert (out.out, out.err) == (
+        "",
+        f"cachewatchd: {fifo}: cannot read: a FIFO, not a regular file\n",
+    )
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "1e12", "0", "-1"])
+def test_probe_timeout_out_of_bounds_is_one_line_and_exit_2(
+    project: Path, capsys: pytest.CaptureFixture[str], value: str
+) -> None:
+    assert main(["doctor", "--probe-timeout", value, str(project)]) == 2
+    out = capsys.readouterr()
+    assert out.out == ""
+    assert out.err == (
+        f"cachewatchd: --probe-timeout: must be a number of seconds from 0.05 to 600, "
+        f"not {float(value):g}\n"
+    )
 
 
 @pytest.fixture
@@ -198,6 +240,36 @@ def test_stale_process_and_open_files(
         line.startswith(f"pid {pid} ") and line.endswith(str(project / "data.txt"))
         for line in found["open-files"][0].details
     )
+
+
+def test_one_of_everything_is_said_in_the_singular(
+    project: Path, old_python_in_project: subprocess.Popen[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    pid = old_python_in_project.pid
+    started = psutil.Process(pid).create_time()
+    os.utime(project / "pkg" / "m.py", (started + 30, started + 30))
+    found = by_id(doctor(project))
+    (stale,) = found["stale-processes"]
+    assert stale.message.startswith("1 Python process started before the newest source change")
+    assert stale.message.endswith(": it may run old code")
+    assert stale.action.startswith("restart it, or let cachewatchd restart it")
+    (held,) = found["open-files"]
+    assert held.message == "1 file under the roots is held open by 1 process"
+    assert main(["doctor", "--probe-timeout", "5", str(project)]) == 1
+    out = capsys.readouterr().out
+    assert out.rstrip().endswith("\n1 finding needs action.")
+    assert " 1 Python processes" not in out
+
+
+def test_counts_in_the_plural() -> None:
+    from cachewatchd.doctor.fs_checks import check_inotify
+
+    if not Path("/proc/sys/fs/inotify").is_dir():
+        pytest.skip("no /proc/sys/fs/inotify")
+    assert check_inotify(1)[0].message.endswith("the roots need about 1 watch")
+    assert check_inotify(2)[0].message.endswith("the roots need about 2 watches")
+    assert plural(1, "process", "processes") == "1 process"
+    assert plural(0, "file") == "0 files"
 
 
 def test_process_newer_than_every_source_is_not_stale(
