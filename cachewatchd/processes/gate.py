@@ -15,7 +15,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import psutil
@@ -160,8 +160,15 @@ def _probe_once(opener: urllib.request.OpenerDirector, url: str, timeout: float)
         return str(exc) or type(exc).__name__
 
 
-def wait_healthy(url: str, timeout: float, *, cancel: threading.Event | None = None) -> str | None:
-    """Poll *url* until it answers HTTP 200 (``None``) or *timeout* passes (a reason)."""
+def wait_healthy(
+    url: str,
+    timeout: float,
+    *,
+    cancel: threading.Event | None = None,
+    ended: Callable[[], str | None] | None = None,
+) -> str | None:
+    """Poll *url* until it answers HTTP 200 (``None``) or *timeout* passes (a reason). *ended*
+    says why the process that should answer is gone (``None`` while it runs): no use waiting."""
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     pause = cancel if cancel is not None else threading.Event()
     deadline = time.monotonic() + timeout
@@ -171,6 +178,9 @@ def wait_healthy(url: str, timeout: float, *, cancel: threading.Event | None = N
         last = _probe_once(opener, url, max(0.1, min(2.0, left)))
         if last is None:
             return None
+        why = ended() if ended is not None else None
+        if why is not None:
+            return f"{why}, before {url} answered HTTP 200 (last: {last})"
         left = deadline - time.monotonic()
         if left <= 0:
             return f"{url} did not answer HTTP 200 within {timeout:g}s (last: {last})"

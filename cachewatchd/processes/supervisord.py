@@ -148,7 +148,10 @@ class SupervisorClient:
 
     # -- operations ---------------------------------------------------------------------------
     def restart(self) -> list[int]:
-        """``stopProcess`` then ``startProcess`` (both waiting); return the new pids."""
+        """``stopProcess`` (waiting until stopped), then ``startProcess`` without waiting for
+        supervisord's ``startsecs``: return the new pids at once, so that the caller judges when
+        the new server is up (:mod:`cachewatchd.processes.ready`), neither earlier nor later.
+        Raises :class:`SupervisorError` when supervisord started no process."""
         program = self.spec.program
         try:
             self.call("stopProcess", program, True)
@@ -156,11 +159,20 @@ class SupervisorClient:
             if exc.fault_code != _NOT_RUNNING:
                 raise
         try:
-            self.call("startProcess", program, True)
+            self.call("startProcess", program, False)
         except SupervisorError as exc:
             if exc.fault_code != _ALREADY_STARTED:
                 raise
-        return self.pids()
+        infos = self.infos()
+        pids = [int(i["pid"]) for i in infos if int(i.get("pid") or 0) > 0]
+        if not pids:
+            states = ", ".join(
+                f"{i.get('name')} {i.get('statename')}"
+                + (f" ({i['spawnerr']})" if i.get("spawnerr") else "")
+                for i in infos
+            )
+            raise SupervisorError(f"supervisor started no process for {program!r}: {states}")
+        return pids
 
     def signal(self, signame: str) -> None:
         """``signalProcess(program, signame)``."""

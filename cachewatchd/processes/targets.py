@@ -24,6 +24,7 @@ from cachewatchd.errors import RuntimeFailure
 from cachewatchd.processes.gate import Probe, probe_from_command, probe_from_process
 from cachewatchd.processes.os_procs import (
     ProcessActionError,
+    alive,
     find_by_match,
     find_by_pidfile,
     restart_process,
@@ -116,6 +117,13 @@ class Target(ABC):
         actions and every ``REFRESH`` seconds)."""
         return None
 
+    def ended(self, procs: Sequence[psutil.Process]) -> str | None:
+        """Why *procs* (what an action started) are all gone, or ``None`` while one runs."""
+        if not procs or any(alive(proc) for proc in procs):
+            return None
+        pids = ", ".join(str(proc.pid) for proc in procs)
+        return f"pid {pids} exited"
+
     @abstractmethod
     def act(self, cancel: threading.Event) -> ActionResult:
         """Restart or signal, per ``spec.action``."""
@@ -174,6 +182,14 @@ class ChildTarget(Target):
             return Observed((pid,), crashes=crashes, last_exit=last_exit)
         state = TargetState.BACKOFF if child.waiting_until is not None else TargetState.EXITED
         return Observed((), child.last_error or last_exit, state, crashes, last_exit)
+
+    def ended(self, procs: Sequence[psutil.Process]) -> str | None:
+        """``None`` while the child runs; else how it exited, with its last stderr line (its
+        exit is taken in now: ``child-exited``, and the crash-loop backoff)."""
+        if self.child.pid is not None:
+            return None
+        self.child.poll()
+        return self.child.last_reason or "exited"
 
     def act(self, cancel: threading.Event) -> ActionResult:
         if self.spec.action == "signal" and self.child.pid is not None:

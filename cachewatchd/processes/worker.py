@@ -2,7 +2,10 @@
 
 A request (from :meth:`Worker.request`) is handled at once, or, while an action is under way,
 collapses with every other request of that time into exactly one more action. Before a restart the
-import gate may block it (the old process keeps running); after it the health check may fail it.
+import gate may block it (the old process keeps running). After it, ``restarted`` is logged only
+once the new server is up (:mod:`cachewatchd.processes.ready`: the health check, else the port it
+listens on, else a moment without exiting); a new process that exits first, or never answers,
+fails it (``restart-failed``).
 After a signal, the processes that ran the old code get ``grace`` seconds to be replaced before
 the target is looked at again (stale or not). Between actions the worker refreshes the target's
 pids and stale state. Every fault is one log line (and one ``on_error``) and the worker carries on.
@@ -25,10 +28,17 @@ from cachewatchd.log import get_logger
 from cachewatchd.paths import is_under
 from cachewatchd.processes.gate import import_check, wait_healthy
 from cachewatchd.processes.os_procs import alive
+from cachewatchd.processes.ready import (
+    STEADY,
+    listening_ports,
+    named_ports,
+    wait_listening,
+    wait_steady,
+)
 from cachewatchd.processes.spec import ProcessSpec
 from cachewatchd.processes.staleness import SourceClock, importers, stale_reason
 from cachewatchd.processes.status import TargetState, TargetStatus, timestamp
-from cachewatchd.processes.targets import Target
+from cachewatchd.processes.targets import ActionResult, Target
 
 __all__ = ["REFRESH", "Worker"]
 
@@ -261,7 +271,9 @@ class Worker:
         if not self._gate():
             return
         started = time.monotonic()
-        old = importers(self.target.processes()) if self.spec.action == "signal" else []
+        before = self.target.processes()
+        old = importers(before) if self.spec.action == "signal" else []
+        ports = set() if self.spec.health_url else listening_ports(before)
         try:
             result = self.target.act(self._cancel)
         except CachewatchdError as exc:
@@ -270,14 +282,11 @@ class Worker:
             return
         if result.event == "signalled":
             self._wait_replaced(old)
-        if self.spec.health_url:
-            problem = wait_healthy(
-                self.spec.health_url, self.spec.health_timeout, cancel=self._cancel
-            )
-            if problem is not None:
-                self._fault("restart-failed", error=problem, pids=result.pids)
-                self._record(TargetState.FAILED, f"failed: {problem}")
-                return
+        problem = self._wait_up(result, ports)
+        if problem is not None:
+            self._fault("restart-failed", error=problem, pids=result.pids)
+            self._record(TargetState.FAILED, f"failed: {problem}")
+            return
         seconds = round(time.monotonic() - started, 3)
         with self._cond:
             self.restarts += 1
@@ -289,6 +298,26 @@ class Worker:
             self._log.info("restarted", target=name, seconds=seconds, pids=result.pids)
         self._record(TargetState.RUNNING, f"{result.event} in {seconds:g}s")
 
+    def _wait_up(self, result: ActionResult, old_ports: set[int]) -> str | None:
+        """Wait until what *result* started is up (see :mod:`cachewatchd.processes.ready`):
+        ``None``, or why it is not. *old_ports*: where the old processes listened."""
+        new = [proc for pid in result.pids if (proc := _process(pid)) is not None]
+        if result.event == "restarted" and result.pids and not new:
+            return f"pid {', '.join(map(str, result.pids))} exited at once"
+
+        def ended() -> str | None:
+            return self.target.ended(new) if result.event == "restarted" else None
+
+        if self.spec.health_url:
+            url, timeout = self.spec.health_url, self.spec.health_timeout
+            return wait_healthy(url, timeout, cancel=self._cancel, ended=ended)
+        if result.event != "restarted" or not new:
+            return None  # a signal: its processes kept running; no pid to watch (systemd)
+        ports = old_ports or {port for proc in new for port in _named_ports(proc)}
+        if ports:
+            return wait_listening(new, ports, self.spec.health_timeout, self._cancel, ended)
+        return wait_steady(STEADY, self._cancel, ended)
+
     def _wait_replaced(self, old: Sequence[psutil.Process]) -> None:
         """After a signal, give the processes that ran the old code up to ``grace`` seconds to be
         replaced (gunicorn's HUP swaps its workers), so that the refresh which follows does not
@@ -298,3 +327,17 @@ class Worker:
             left = deadline - time.monotonic()
             if left <= 0 or self._cancel.wait(min(0.05, left)):
                 return
+
+
+def _process(pid: int) -> psutil.Process | None:
+    try:
+        return psutil.Process(pid)
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+
+
+def _named_ports(proc: psutil.Process) -> set[int]:
+    try:
+        return named_ports(proc.cmdline())
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return set()
