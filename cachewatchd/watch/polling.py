@@ -60,8 +60,9 @@ def bounded_interval(interval: float, *, what: str = "poll interval") -> float:
         number = math.nan
     used = DEFAULT_POLL_INTERVAL if math.isnan(number) else min(max(number, low), high)
     if used != number:
+        shown = interval if math.isnan(number) else f"{number:g}"
         get_logger(__name__).warning(
-            "error", error=f"{what} {interval!r} out of range", action=f"using {used:g} s"
+            "error", error=f"{what} {shown} out of range", action=f"using {used:g} s"
         )
     return used
 

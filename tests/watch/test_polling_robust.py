@@ -71,6 +71,7 @@ def test_bad_interval_never_kills_the_poller(
     assert not any(t.is_alive() for t in threads)  # and stop() still ends them
     (warning,) = [e for e in logs if "out of range" in e.get("error", "")]
     assert warning["action"] == f"using {bounded_interval(interval):g} s"
+    assert warning["error"] == f"poll interval {interval:g} out of range"
 
 
 def test_bounded_interval_keeps_sane_values() -> None:
