@@ -15,12 +15,13 @@ from cachewatchd.cache.judge import (
     FRESH_HEADER,
     MASK,
     Kind,
+    Pending,
     State,
     VanishedError,
     Verdict,
-    judge_header,
+    finish,
     judge_legacy,
-    judge_pycache,
+    prejudge,
     read_header,
 )
 from cachewatchd.cache.pyc import (
@@ -106,6 +107,8 @@ class Auditor:
         """``__pycache__`` name after the stem -> tag and opt level."""
         self._magic: dict[str, bytes] = {}
         """Tag -> the magic of a pyc of that tag found fresh by its header."""
+        self._pending: list[tuple[Pending, str, str, str, Kind]] = []
+        """Entries waiting for the exact check, with their source, tag, opt and kind."""
 
     def __enter__(self) -> Auditor:
         return self
@@ -119,6 +122,7 @@ class Auditor:
 
     def take(self) -> Result:
         """What was found since the last call."""
+        self.settle()
         result = (self.rows, self.errors, self.fresh)
         self.rows, self.errors, self.fresh = [], [], 0
         return result
@@ -201,6 +205,7 @@ class Auditor:
             if fds is not None:
                 os.close(fds[0])
                 os.close(fds[1])
+        self.settle()
 
     def _parse_rest(self, rest: str) -> tuple[str, str] | None:
         """Tag and opt level of ``<stem>.<rest>`` (same for every stem); remembered when valid."""
@@ -252,23 +257,18 @@ class Auditor:
             verdict = FRESH_HEADER
         else:
             try:
-                verdict = judge_header(
-                    path,
-                    source.path,
-                    st,
-                    tag,
-                    opt,
-                    data,
-                    mtime_ns,
-                    size,
-                    checks=self.checks,
-                    deep=self.options.deep,
+                judged = prejudge(
+                    path, source.path, st, tag, opt, data, mtime_ns, size, deep=self.options.deep
                 )
             except VanishedError:
                 return True
             except OSError as exc:
                 self.on_error(path, exc)
                 return True
+            if isinstance(judged, Pending):
+                self._pending.append((judged, source.path, tag, opt, "pycache"))
+                return True
+            verdict = judged
             if verdict is FRESH_HEADER:
                 self._magic[tag] = data[:4]
         self.add(path, source.path, verdict, tag, opt, "pycache")
@@ -314,14 +314,18 @@ class Auditor:
             verdict = Verdict(State.ORPHAN, f"source {parsed.stem}.py is gone: never imported")
             self.add(path, None, verdict, parsed.tag, parsed.opt, kind)
             return
+        source_path = os.path.join(source_dir, source_name)
         try:
-            verdict = judge_pycache(
+            data, mtime_ns, size = read_header(path)
+            judged = prejudge(
                 path,
                 source,
                 stat,
                 parsed.tag,
                 parsed.opt,
-                checks=self.checks,
+                data,
+                mtime_ns,
+                size,
                 deep=self.options.deep,
             )
         except VanishedError:
@@ -329,8 +333,27 @@ class Auditor:
         except OSError as exc:
             self.on_error(path, exc)
             return
-        source_path = os.path.join(source_dir, source_name)
-        self.add(path, source_path, verdict, parsed.tag, parsed.opt, kind)
+        if isinstance(judged, Pending):
+            self._pending.append((judged, source_path, parsed.tag, parsed.opt, kind))
+        else:
+            self.add(path, source_path, judged, parsed.tag, parsed.opt, kind)
+
+    def settle(self) -> None:
+        """Run the exact checks the entries judged so far wait for, all in one pipeline, and
+        add their verdicts (after the other entries of their directory)."""
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        outcomes = self.checks.exact_many([(p.pyc, p.source, p.optimize) for p, *_ in pending])
+        for (entry, source, tag, opt, kind), outcome in zip(pending, outcomes, strict=True):
+            try:
+                verdict = finish(entry, outcome)
+            except VanishedError:
+                continue
+            except OSError as exc:
+                self.on_error(entry.pyc, exc)
+                continue
+            self.add(entry.pyc, source, verdict, tag, opt, kind)
 
     def _find_source(
         self, source_dir: str, stem: str, sources: dict[str, os.DirEntry[str]] | None
@@ -378,3 +401,4 @@ class Auditor:
                     and self.first_visit(entry.path)
                 ):
                     self.cached(entry.path, entry.name, source_dir, None, "prefix")
+            self.settle()

@@ -125,6 +125,9 @@ class CheckProcess:
         self._in = self.proc.stdin.fileno()
         self._out = self.proc.stdout.fileno()
         self._finalizer = weakref.finalize(self, _stop, self.proc)
+        os.set_blocking(self._in, False)
+        self._writable = select.poll()
+        self._writable.register(self._in, select.POLLOUT)
         self._poller = select.poll()
         self._poller.register(self._out, select.POLLIN)
         self._buffer = b""
@@ -133,14 +136,22 @@ class CheckProcess:
     def pid(self) -> int:
         return self.proc.pid
 
-    def send(self, request: dict[str, Any]) -> None:
+    def send(self, request: dict[str, Any], deadline: float) -> int:
+        """Write one request by *deadline* (``time.monotonic()``); its size in bytes."""
         data = json.dumps(request).encode()
-        view = memoryview(_LENGTH.pack(len(data)) + data)
-        try:
-            while view:
+        frame = _LENGTH.pack(len(data)) + data
+        view = memoryview(frame)
+        while view:
+            try:
                 view = view[os.write(self._in, view) :]
-        except OSError as exc:
-            raise ProcessGone(self._death(exc.strerror or str(exc))) from None
+            except BlockingIOError:  # the pipe is full: the worker is busy
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._writable.poll(left * 1000):
+                    self.kill()
+                    raise ProcessGone("timed out") from None
+            except OSError as exc:
+                raise ProcessGone(self._death(exc.strerror or str(exc))) from None
+        return len(frame)
 
     def receive(self, deadline: float, cap: int = _MAX_ANSWER) -> bytes:
         (size,) = _LENGTH.unpack(self._read(_LENGTH.size, deadline))

@@ -21,6 +21,8 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections import deque
+from collections.abc import Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
 __all__ = [
     "MAX_PYC_BYTES",
     "MAX_SOURCE_BYTES",
+    "WINDOW",
     "CheckPool",
     "Limits",
     "Outcome",
@@ -41,6 +44,9 @@ MAX_SOURCE_BYTES = 16 << 20
 MiB: generated API clients, data tables); their caches are judged by the header alone."""
 MAX_PYC_BYTES = 64 << 20
 """Pyc bodies bigger than this are not unmarshalled."""
+WINDOW = 16 << 10
+"""Bytes of requests in flight in :meth:`CheckPool.exact_many`: below a pipe's buffer, so writing
+a request rarely waits (and never past the timeout); answers are smaller still."""
 
 
 class Limits(NamedTuple):
@@ -126,6 +132,17 @@ class CheckPool:
             return outcome._replace(source_failed=True)
         return body
 
+    def exact_many(self, requests: Sequence[tuple[str, str, int]]) -> list[Outcome]:
+        """:meth:`exact` of each ``(pyc, source, optimize)``, in order, pipelined: up to
+        :data:`WINDOW` bytes of requests are in flight, so the worker rarely waits for this
+        process. From a failure of the worker on, the rest are checked one by one with
+        :meth:`exact`."""
+        outcomes = self._pipelined(
+            [{"op": "exact", "pyc": p, "source": s, "optimize": o} for p, s, o in requests]
+        )
+        outcomes += [self.exact(*request) for request in requests[len(outcomes) :]]
+        return outcomes
+
     def compile(self, source: str, optimize: int, mode: str) -> PycBytes | Outcome:
         """The pyc CPython would write for *source* (*mode*: ``timestamp``, ``checked-hash``,
         ``unchecked-hash``), or why not."""
@@ -141,6 +158,45 @@ class CheckPool:
                 self._worker = None
             self._pid = os.getpid()
 
+    def _pipelined(self, requests: list[dict[str, Any]]) -> list[Outcome]:
+        """The outcomes of *requests* answered before the worker failed (all, usually)."""
+        from cachewatchd.cache.check_process import ProcessGone
+
+        outcomes: list[Outcome] = []
+        if len(requests) < 2:
+            return outcomes
+        with self._lock:
+            self._forked()
+            if self._cannot_start is not None:
+                return outcomes
+            sizes: deque[int] = deque()  # of the requests sent and not answered yet
+            try:
+                worker = self._worker
+                if worker is None:
+                    worker = self._worker = _start(self.limits)
+                while len(outcomes) < len(requests):
+                    # the worker answers in order: this one's time runs from the last answer
+                    deadline = time.monotonic() + self.limits.timeout
+                    sent = len(outcomes) + len(sizes)
+                    while sent < len(requests) and (not sizes or sum(sizes) < WINDOW):
+                        sizes.append(worker.send(requests[sent], deadline))
+                        sent += 1
+                    answer = worker.answer(deadline)
+                    result, detail = answer.get("result"), answer.get("detail", "")
+                    if not isinstance(result, str) or not isinstance(detail, str):
+                        self._lost("sent a garbled answer")
+                        break
+                    outcomes.append(Outcome(result, detail))
+                    sizes.popleft()
+            except ProcessGone as gone:
+                self._lost(gone.why)
+            except BaseException:
+                if self._worker is not None:
+                    self._worker.kill()
+                    self._worker = None
+                raise
+        return outcomes
+
     def _ask(self, request: dict[str, Any], payload: list[bytes] | None = None) -> Outcome:
         from cachewatchd.cache.check_process import ProcessGone
 
@@ -153,7 +209,7 @@ class CheckPool:
                 if worker is None:
                     worker = self._worker = _start(self.limits)
                 deadline = time.monotonic() + self.limits.timeout
-                worker.send(request)
+                worker.send(request, deadline)
                 answer = worker.answer(deadline)
                 result, detail = answer.get("result"), answer.get("detail", "")
                 if not isinstance(result, str) or not isinstance(detail, str):

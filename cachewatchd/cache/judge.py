@@ -34,12 +34,15 @@ __all__ = [
     "MASK",
     "Entry",
     "Kind",
+    "Pending",
     "State",
     "VanishedError",
     "Verdict",
+    "finish",
     "judge_header",
     "judge_legacy",
     "judge_pycache",
+    "prejudge",
     "read_header",
 ]
 
@@ -152,12 +155,11 @@ def _outcome_error(outcome: Outcome) -> None:
         raise OSError(errno.EIO, outcome.detail)
 
 
-def _exact(checks: CheckPool, pyc: str, source: str, opt: str) -> Verdict | None:
-    """Compare the pyc's code with a fresh compile (in a worker process; see :mod:`.checks`).
-
-    ``None`` when identical; a verdict whose mode is left for the caller otherwise; raises
-    :class:`VanishedError` or :class:`OSError` when a file cannot be read. The states, as CPython
-    would behave (docs/api.md, "Untrusted files"):
+def _exact_verdict(outcome: Outcome) -> Verdict | None:
+    """The verdict of an exact check (:meth:`CheckPool.exact`): ``None`` when the code is
+    identical; a verdict whose mode is left for the caller otherwise; raises
+    :class:`VanishedError` or :class:`OSError` when a file could not be read. The states, as
+    CPython would behave (docs/api.md, "Untrusted files"):
 
     - the body cannot be unmarshalled, or is not a code object, or the worker dies or times out
       while unmarshalling it: ``corrupt`` (CPython's import of it fails the same way);
@@ -167,7 +169,6 @@ def _exact(checks: CheckPool, pyc: str, source: str, opt: str) -> Verdict | None
     - the compile exceeds a limit of the checking process (memory, time, the size cap, a crash):
       raises :class:`_Unchecked` (the caller judges by the header alone).
     """
-    outcome = checks.exact(pyc, source, _opt_level(opt))
     _outcome_error(outcome)
     result, detail = outcome.result, outcome.detail
     if result == "same":
@@ -194,6 +195,45 @@ def _exact(checks: CheckPool, pyc: str, source: str, opt: str) -> Verdict | None
     if result == "failed":
         detail = f"compiling the source failed (checking process {detail})"
     raise _Unchecked(detail)
+
+
+class Pending(NamedTuple):
+    """An entry of this Python whose verdict needs the exact check: ask
+    ``checks.exact(pending.pyc, pending.source, pending.optimize)`` (or many at once with
+    :meth:`CheckPool.exact_many`), then :func:`finish` with the outcome."""
+
+    pyc: str
+    source: str
+    optimize: int
+    mode: Mode
+    changed_since: bool
+    """The source changed after the pyc was written (the trigger); else ``deep`` asked."""
+
+
+def finish(pending: Pending, outcome: Outcome) -> Verdict:
+    """The verdict of *pending* given the exact check's *outcome*.
+
+    Raises :class:`VanishedError` or :class:`OSError` when a file could not be read.
+    """
+    mode = pending.mode
+    try:
+        verdict = _exact_verdict(outcome)
+    except _Unchecked as exc:
+        why_not = f"the exact check could not run: {exc}"
+        if mode != "timestamp":
+            return Verdict(State.FRESH, f"source hash matches ({why_not})", mode)
+        if not pending.changed_since:
+            return Verdict(State.FRESH, f"header matches the source ({why_not})", mode)
+        return Verdict(
+            State.SUSPECT,
+            f"header matches but the source changed after the cache was written, and {why_not}",
+            mode,
+        )
+    if verdict is not None:
+        return Verdict(verdict.state, verdict.reason, mode)
+    if mode != "timestamp":
+        return Verdict(State.FRESH, "source hash matches; code identical to a fresh compile", mode)
+    return Verdict(State.FRESH, "code identical to a fresh compile", mode)
 
 
 def _unmarshal_check(checks: CheckPool, pyc: str) -> Verdict | None:
@@ -250,6 +290,28 @@ def judge_header(
     The exact check of a pyc of this Python (when the source changed after the pyc was written,
     or with *deep*) runs in *checks*' worker process.
     """
+    verdict = prejudge(pyc, source, source_stat, tag, opt, data, pyc_mtime_ns, pyc_size, deep=deep)
+    if isinstance(verdict, Pending):
+        return finish(verdict, checks.exact(verdict.pyc, verdict.source, verdict.optimize))
+    return verdict
+
+
+def prejudge(
+    pyc: str,
+    source: str,
+    source_stat: os.stat_result,
+    tag: str,
+    opt: str,
+    data: bytes,
+    pyc_mtime_ns: int,
+    pyc_size: int,
+    *,
+    deep: bool = False,
+) -> Verdict | Pending:
+    """:func:`judge_header` up to the exact check: the verdict, or what the check must settle.
+
+    Reads nothing but the source of a hash pyc (at most :data:`MAX_SOURCE_BYTES` of it).
+    """
     tag_version = _RUNNING_TAG_VERSION if tag == _RUNNING_TAG else version_of_tag(tag)
     try:
         header = parse_header(data, any_magic=tag_version is None)
@@ -265,7 +327,7 @@ def judge_header(
         )
     ours = header.magic == RUNNING_MAGIC
     if header.mode != "timestamp":
-        return _judge_hash(checks, pyc, source, header, opt, ours, deep)
+        return _judge_hash(pyc, source, header, opt, ours, deep)
     if header.mtime != (int(source_stat.st_mtime) & MASK) or header.size != (
         source_stat.st_size & MASK
     ):
@@ -276,31 +338,21 @@ def judge_header(
             "timestamp",
         )
     changed_since = source_stat.st_ctime_ns > pyc_mtime_ns
-    if not (changed_since or deep) or not (ours or changed_since):
+    if ours and (changed_since or deep):
+        return Pending(pyc, source, _opt_level(opt), "timestamp", changed_since)
+    if not changed_since:
         return FRESH_HEADER
-    if not ours:
-        why_not = f"this pyc of CPython {_version_text(header.version)} cannot be compared here"
-    else:
-        try:
-            verdict = _exact(checks, pyc, source, opt)
-        except _Unchecked as exc:
-            why_not = f"the exact check could not run: {exc}"
-        else:
-            if verdict is not None:
-                return Verdict(verdict.state, verdict.reason, "timestamp")
-            return Verdict(State.FRESH, "code identical to a fresh compile", "timestamp")
-        if not changed_since:
-            return Verdict(State.FRESH, f"header matches the source ({why_not})", "timestamp")
     return Verdict(
         State.SUSPECT,
-        f"header matches but the source changed after the cache was written, and {why_not}",
+        "header matches but the source changed after the cache was written, and this pyc of "
+        f"CPython {_version_text(header.version)} cannot be compared here",
         "timestamp",
     )
 
 
 def _judge_hash(
-    checks: CheckPool, pyc: str, source: str, header: Header, opt: str, ours: bool, deep: bool
-) -> Verdict:
+    pyc: str, source: str, header: Header, opt: str, ours: bool, deep: bool
+) -> Verdict | Pending:
     mode = header.mode
     data = _read_capped(source, MAX_SOURCE_BYTES)
     if data is None:
@@ -317,17 +369,7 @@ def _judge_hash(
     del data
     if expected == header.hash:
         if deep and ours:
-            try:
-                bad = _exact(checks, pyc, source, opt)
-            except _Unchecked as exc:
-                return Verdict(
-                    State.FRESH, f"source hash matches (the exact check could not run: {exc})", mode
-                )
-            if bad is not None:
-                return Verdict(bad.state, bad.reason, mode)
-            return Verdict(
-                State.FRESH, "source hash matches; code identical to a fresh compile", mode
-            )
+            return Pending(pyc, source, _opt_level(opt), mode, changed_since=False)
         return Verdict(State.FRESH, "source hash matches", mode)
     if mode == "unchecked-hash":
         return Verdict(

@@ -20,7 +20,8 @@ import psutil
 import pytest
 
 from cachewatchd.cache import check_process
-from cachewatchd.cache.audit import AuditOptions, State, audit
+from cachewatchd.cache.audit import AuditOptions, State, audit, build_report
+from cachewatchd.cache.auditor import Auditor
 from cachewatchd.cache.checks import CheckPool, Limits
 from cachewatchd.cache.clean import clean
 from cachewatchd.cache.judge import judge_pycache
@@ -321,6 +322,31 @@ def test_a_compile_over_the_time_limit_is_unchecked_and_the_worker_replaced(
         )
         assert worker_of(pool) not in (None, first)
     assert no_children()
+
+
+def test_a_worker_failing_amid_a_directory_costs_only_that_entry(tmp_path: Path) -> None:
+    """The exact checks of a directory are pipelined; the worker times out on the slow source in
+    the middle; every other entry still gets its own verdict, from a fresh worker."""
+    for i in range(6):
+        compile_pyc(write(tmp_path / f"a{i}.py", f"A = {i}\n"))
+    slow = behind_header(tmp_path, "m", "".join(f"v{i} = [{i}]\n" for i in range(300_000)))[1]
+    bad = with_body(tmp_path, "n", argcount_minus_one())
+    for i in range(6):
+        compile_pyc(write(tmp_path / f"z{i}.py", f"Z = {i}\n"))
+    with Auditor(
+        AuditOptions(deep=True, keep_fresh=True), checks=CheckPool(Limits(timeout=0.5))
+    ) as auditor:
+        auditor.tree(str(tmp_path))
+        report = build_report([tmp_path], [auditor.take()])
+    verdicts = {e.path.name: (e.state, e.reason) for e in report.entries}
+    assert verdicts.pop(slow.name) == (
+        State.SUSPECT,
+        "header matches but the source changed after the cache was written, and the exact check "
+        "could not run: compiling the source failed (checking process timed out after 0.5 s)",
+    )
+    assert verdicts.pop(bad.name)[0] is State.CORRUPT
+    assert set(verdicts.values()) == {(State.FRESH, "code identical to a fresh compile")}
+    assert len(verdicts) == 12
 
 
 def test_a_body_the_worker_cannot_unmarshal_in_time_is_corrupt(tmp_path: Path) -> None:
