@@ -437,6 +437,34 @@ def test_one_worker_per_audit_started_only_when_needed(
     assert no_children()
 
 
+def test_a_forked_child_starts_its_own_worker_and_leaves_the_parents_alone(
+    tmp_path: Path,
+) -> None:
+    pyc = compile_pyc(write(tmp_path / "m.py", "X = 1\n"))
+    with CheckPool() as pool:
+        assert pool.load(str(pyc)).result == "loaded"
+        parent_worker = pool.worker_pid
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: check with the inherited pool, report its worker, exit
+            code = 1
+            try:
+                ok = pool.load(str(pyc)).result == "loaded"
+                os.write(write_end, f"{ok} {pool.worker_pid}".encode())
+                pool.close()
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(write_end)
+        with os.fdopen(read_end) as report:
+            ok, child_worker = report.read().split()
+        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+        assert ok == "True"
+        assert int(child_worker) not in (parent_worker, pid)
+        assert pool.load(str(pyc)).result == "loaded"
+        assert pool.worker_pid == parent_worker
+
+
 def test_forked_scan_workers_each_check_with_their_own_process(tmp_path: Path) -> None:
     for d in range(30):
         for m in range(15):
