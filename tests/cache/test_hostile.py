@@ -449,17 +449,17 @@ def test_a_forked_child_starts_its_own_worker_and_leaves_the_parents_alone(
         if pid == 0:  # the child: check with the inherited pool, report its worker, exit
             code = 1
             try:
-                ok = pool.load(str(pyc)).result == "loaded"
-                os.write(write_end, f"{ok} {pool.worker_pid}".encode())
+                loaded = pool.load(str(pyc)).result == "loaded"
+                os.write(write_end, f"{loaded} {pool.worker_pid}".encode())
                 pool.close()
                 code = 0
             finally:
                 os._exit(code)
         os.close(write_end)
         with os.fdopen(read_end) as report:
-            ok, child_worker = report.read().split()
+            child_loaded, child_worker = report.read().split()
         assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
-        assert ok == "True"
+        assert child_loaded == "True"
         assert int(child_worker) not in (parent_worker, pid)
         assert pool.load(str(pyc)).result == "loaded"
         assert pool.worker_pid == parent_worker
