@@ -1,7 +1,9 @@
 """``cachewatchd run``, ``stop`` and ``status``: the daemon's command line.
 
 This module is where the daemon's process-wide concerns live: logging setup, signal handlers (they
-only post to the daemon), systemd notification environment, and detaching. Without ``--foreground``
+only post to the daemon; a SIGHUP that is the hang-up of the daemon's terminal stops it instead of
+reloading, see :mod:`cachewatchd.cli._terminal`), systemd notification environment, detaching, and
+the last word of a run: whatever ended it, the own child's process group is stopped. Without ``--foreground``
 the daemon is spawned in a new session with ``--foreground``, its output appended to
 ``<user log dir>/cachewatchd.log``; this command returns once the daemon reports ready through a
 pipe (or prints the error it reported).
@@ -250,9 +252,11 @@ def _foreground(args: argparse.Namespace, settings: DaemonSettings, ready_fd: in
     from cachewatchd.daemon.loop import Daemon
     from cachewatchd.daemon.sd_notify import NOTIFY_ENV_VARS, Notifier, WatchdogPinger
     from cachewatchd.log import configure_logging, route_stdlib_logging
+    from cachewatchd.processes.own_child import stop_own_children
 
     configure_logging(args.log_format, args.log_level.lower())
     notifier = Notifier.from_env()
+    service = bool(os.environ.get("NOTIFY_SOCKET"))
     for var in NOTIFY_ENV_VARS:  # managed processes must not talk to systemd in our name
         os.environ.pop(var, None)
     daemon = Daemon(
@@ -263,8 +267,11 @@ def _foreground(args: argparse.Namespace, settings: DaemonSettings, ready_fd: in
         on_ready=lambda: _tell_parent(ready_fd, f"ready {os.getpid()}"),
     )
     pinger = WatchdogPinger(notifier, healthy=daemon.healthy)
-    with _signals(daemon), route_stdlib_logging(), pinger:
-        return daemon.run()
+    try:
+        with _signals(daemon, service=service), route_stdlib_logging(), pinger:
+            return daemon.run()
+    finally:
+        stop_own_children()  # whatever ended the run: the own child's group never outlives it
 
 
 def _make_controller(
@@ -277,24 +284,36 @@ def _make_controller(
 
 
 @contextlib.contextmanager
-def _signals(daemon: Daemon) -> Iterator[None]:
-    """SIGTERM/SIGINT ask the daemon to stop, SIGHUP to reload; previous handlers come back after."""
+def _signals(daemon: Daemon, *, service: bool = False) -> Iterator[None]:
+    """SIGTERM/SIGINT ask the daemon to stop; SIGHUP to reload, unless it is the hang-up of the
+    terminal the daemon runs in, which stops it (:mod:`cachewatchd.cli._terminal`; *service*: a
+    service manager runs it, every SIGHUP is a reload). Previous handlers come back after."""
+    from cachewatchd.cli._terminal import TerminalWatch
+
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    watch = TerminalWatch.attach(
+        on_hangup=daemon.request_stop,
+        on_reload=daemon.request_reload,
+        survive=signal.getsignal(signal.SIGHUP) == signal.SIG_IGN,
+        service=service,
+    )
     wanted = {
         signal.SIGTERM: daemon.request_stop,
         signal.SIGINT: daemon.request_stop,
-        signal.SIGHUP: daemon.request_reload,
+        signal.SIGHUP: watch.sighup if watch is not None else daemon.request_reload,
     }
     previous = {}
-    for signum, action in wanted.items():
-        previous[signum] = signal.signal(signum, _poster(action))
     try:
+        for signum, action in wanted.items():
+            previous[signum] = signal.signal(signum, _poster(action))
         yield
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        if watch is not None:
+            watch.close()
 
 
 def _poster(action: Callable[[], None]) -> Callable[[int, FrameType | None], None]:

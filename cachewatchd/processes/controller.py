@@ -16,7 +16,7 @@ from pathlib import Path
 
 from cachewatchd.processes.spec import ProcessSpec
 from cachewatchd.processes.staleness import SourceClock
-from cachewatchd.processes.status import TargetState, TargetStatus
+from cachewatchd.processes.status import TargetStatus
 from cachewatchd.processes.targets import make_target
 from cachewatchd.processes.worker import Worker
 
@@ -101,15 +101,15 @@ class Controller:
                 worker.request()
 
     def stop(self) -> None:
-        """Stop the worker threads (interrupting health waits) and the own child."""
+        """Stop the worker threads (interrupting health waits) and the own child: also the child
+        of a worker that never started, or whose thread died (:meth:`Worker.finish` runs once)."""
         self._cancel.set()
         for worker in self._workers:
             worker.stop()
         for worker in self._workers:
             if worker.thread.is_alive():
                 worker.thread.join()
-            elif not self._started or worker.state is not TargetState.STOPPED:
-                worker.target.stop()  # never started, or its thread died before stopping it
+            worker.finish()
 
     def status(self) -> list[TargetStatus]:
         """Each target's status, in the order of the specs."""

@@ -140,6 +140,20 @@ class Worker:
 
     # -- the worker thread --------------------------------------------------------------------
     def _run(self) -> None:
+        try:
+            self._serve()
+        finally:  # also when the thread dies: the own child never outlives its worker
+            self.finish()
+
+    def finish(self) -> None:
+        """Stop the target (the own child's group) once; the state becomes ``stopped``."""
+        with self._cond:
+            if self.state is TargetState.STOPPED:
+                return
+            self.state = TargetState.STOPPED
+        self._guard(self.target.stop)
+
+    def _serve(self) -> None:
         self._guard(self._startup)
         next_wake: float | None = 0.0  # tick once right away
         refresh_at = time.monotonic() + REFRESH
@@ -163,9 +177,6 @@ class Worker:
                 self._guard(self._refresh)
                 refresh_at = time.monotonic() + REFRESH
             next_wake = min(tick, REFRESH) if tick is not None else REFRESH
-        self._guard(self.target.stop)
-        with self._cond:
-            self.state = TargetState.STOPPED
 
     def _changed(self) -> None:
         """Call ``on_change`` when what :meth:`status` shows differs from the last call."""

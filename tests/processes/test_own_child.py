@@ -29,6 +29,8 @@ from tests.support.servers import (
 )
 from tests.support.wait import wait_until
 
+SLEEPER = "import signal; signal.pause()"
+
 
 def test_uvicorn_as_own_child_restarts_onto_new_code(tmp_path: Path) -> None:
     app = write_asgi_app(tmp_path, "first")
@@ -231,3 +233,36 @@ def test_the_stderr_tee_keeps_draining_when_our_stderr_is_gone(tmp_path: Path) -
         os.close(gone)
     assert tee.last_line == "line 1999"
     assert tee.dropped > 0
+
+
+class _Bug(BaseException):
+    """What a worker's guard does not catch."""
+
+
+def test_a_worker_thread_that_dies_stops_its_child_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("threading.excepthook", lambda args: None)  # no traceback in the output
+    spec = ProcessSpec(name="app", command=(sys.executable, "-c", SLEEPER), grace=5)
+    controller = Controller([spec], [tmp_path])
+    controller.start()
+    wait_until(lambda: controller.status()[0].state is TargetState.RUNNING)
+    (pid,) = controller.status()[0].pids
+    worker = controller._workers[0]
+
+    def broken_tick() -> float | None:
+        raise _Bug
+
+    def running(pid: int) -> bool:
+        return psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"
+
+    with capture_logs() as logs:  # the thread's death may be logged too (thread-died)
+        monkeypatch.setattr(worker.target, "tick", broken_tick)
+        controller.notify({tmp_path / "m.py"})  # the worker wakes up, restarts, ticks and dies
+        worker.thread.join(20)
+        (restarted,) = wait_event(logs, "restarted")["pids"]
+        left = [p for p in (pid, restarted) if running(p)]
+        controller.stop()
+    assert not worker.thread.is_alive()
+    assert left == [], "the child outlived its worker"
+    assert controller.status()[0].state is TargetState.STOPPED
