@@ -177,11 +177,11 @@ class TerminalWatch:
                         return
                     if pending is None:
                         pending = time.monotonic() + SETTLE
-                elif watching_tty:  # hung up: poll would report it over and over
-                    poller.unregister(self._tty)
+                elif watching_tty:  # it would report it over and over
+                    poller.unregister(self._tty)  # a hang-up, or (macOS) a tty poll cannot watch
                     watching_tty = False
             now = time.monotonic()
-            if self._gone_since is None and (not watching_tty or self._gone()):
+            if self._gone_since is None and self._gone():  # the terminal says which
                 self._gone_since = now
             if pending is None:
                 continue
