@@ -77,8 +77,8 @@ def register(sub: Any) -> None:
         "run",
         help="watch PATHs and keep their bytecode caches true (the default command)",
         usage="%(prog)s [OPTIONS] [PATH ...] [-- COMMAND [ARG ...]]",
-        description="Watch PATH (default: the config's roots, else .), invalidate bytecode caches "
-        "the moment their source changes, follow git, and restart managed processes. "
+        description="Watch PATH (default: the config's roots, else .), invalidate bytecode caches\n"
+        "the moment their source changes, follow git, and restart managed processes.\n"
         "Everything after -- is a COMMAND the daemon runs and restarts after each change.",
         epilog=_RUN_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
