@@ -4,7 +4,14 @@ Threads: the batcher hands every batch to :class:`~cachewatchd.daemon.batch_hand
 thread, so invalidations and audits never run concurrently. The thread calling :meth:`Daemon.run`
 owns the lifecycle: it waits on an inbox for ``stop`` / ``reload`` requests (posted by signal
 handlers in the CLI through :meth:`request_stop` and :meth:`request_reload`; ``queue.SimpleQueue`` is
-safe to use from a signal handler) and runs the periodic reconciliation.
+safe to use from a signal handler) and runs the periodic reconciliation and the second looks.
+
+No thread dies silently: every thread of the daemon is made by
+:func:`cachewatchd.threads.daemon_thread`, and while :meth:`Daemon.run` runs, a thread that dies
+(its own or watchdog's) logs ``thread-died`` and posts ``fatal`` to the inbox; so does an
+unexpected error on the loop's own thread. The daemon then stops everything like on ``stop``
+(managed processes included) and :meth:`Daemon.run` returns :data:`~cachewatchd.errors.EXIT_FAILURE`:
+it never stays "ready" while part of it is dead.
 
 Start: register in the daemon registry (refusing overlapping roots), attach every root, audit every
 root once, and only then start the managed processes, so that none of them imports a stale cache;
@@ -16,6 +23,7 @@ finish the batch under way plus what is pending, stop the managed processes, rem
 
 from __future__ import annotations
 
+import enum
 import os
 import queue
 import threading
@@ -27,13 +35,28 @@ from typing import Any, Protocol
 from cachewatchd.config.settings import DaemonSettings
 from cachewatchd.daemon.batch_handler import BatchHandler, Counters
 from cachewatchd.daemon.watching import Watching
-from cachewatchd.errors import CachewatchdError
+from cachewatchd.errors import EXIT_FAILURE, EXIT_OK, CachewatchdError
 from cachewatchd.log import ReportedPaths, get_logger
 from cachewatchd.processes.spec import ProcessSpec
 from cachewatchd.processes.status import TargetStatus
+from cachewatchd.threads import died, on_death
 from cachewatchd.watch.batch import DEFAULT_MAX_WINDOW, DEFAULT_QUIET, Batch, Batcher
 
-__all__ = ["ControllerLike", "Daemon"]
+__all__ = ["ControllerLike", "Daemon", "DaemonState"]
+
+
+class DaemonState(str, enum.Enum):
+    """What the daemon is doing; the value is its ``state`` in the status document."""
+
+    STARTING = "starting"
+    """Attaching the roots and auditing each once; the managed processes are not started yet."""
+    READY = "ready"
+    """Watching every root; the managed processes run."""
+    STOPPING = "stopping"
+    """Asked to stop, or a thread died: detaching, finishing the batch, stopping the processes."""
+
+    def __str__(self) -> str:
+        return str(self.value)
 
 
 class ControllerLike(Protocol):
@@ -65,7 +88,8 @@ class _Notifier(Protocol):
 
 
 class Daemon:
-    """One daemon run. Construct, then call :meth:`run` (blocks until stopped; returns 0)."""
+    """One daemon run. Construct, then call :meth:`run` (blocks until stopped; returns 0, or 3 when
+    a thread died)."""
 
     def __init__(
         self,
@@ -92,8 +116,10 @@ class Daemon:
         self._watching: Watching | None = None
         self._controller: ControllerLike | None = None
         self._registration: Any = None
-        self._state = "starting"
+        self._state = DaemonState.STARTING
         self._pending_start: set[Path] = set()
+        self._failure: str | None = None
+        """The first thread that died, and of what (set once, under the state lock)."""
         self._state_lock = threading.Lock()
         self._log = get_logger(__name__)
 
@@ -106,20 +132,43 @@ class Daemon:
 
     # -- lifecycle -------------------------------------------------------------------------------
     def run(self) -> int:
+        """Run until stopped: :data:`~cachewatchd.errors.EXIT_OK`, or
+        :data:`~cachewatchd.errors.EXIT_FAILURE` when a thread died (``thread-died`` says which).
+
+        Raises :class:`~cachewatchd.errors.CachewatchdError` when the daemon cannot start: its
+        record cannot be written, another daemon watches an overlapping root, the own child cannot
+        be executed.
+        """
         from cachewatchd.daemon.registry import register_daemon
 
         for warning in self.settings.warnings:
             self._log.warning("config-warning", warning=warning)
-        self._registration = register_daemon(self.settings.paths)
-        try:
-            self._batcher.start()
-            self._start_watching()
-            if self._wait_for_start():
-                self._become_ready()
-                self._loop()
-        finally:
-            self._shutdown()
-        return 0
+        with on_death(self._thread_died):
+            self._registration = register_daemon(self.settings.paths)
+            try:
+                self._batcher.start()
+                self._start_watching()
+                if self._wait_for_start() and self._become_ready():
+                    self._loop()
+            except CachewatchdError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the loop's own thread: one line, exit 3
+                died(threading.current_thread().name, exc)
+            finally:
+                self._shutdown()
+        return EXIT_FAILURE if self._failed() else EXIT_OK
+
+    def _thread_died(self, name: str, exc: BaseException) -> None:
+        """A thread died (logged already): stop everything (on the dying thread: post only)."""
+        with self._state_lock:
+            if self._failure is None:
+                self._failure = f"{name}: {type(exc).__name__}: {exc}"
+            self._state = DaemonState.STOPPING
+        self._inbox.put("fatal")
+
+    def _failed(self) -> bool:
+        """A thread died."""
+        return self._failure is not None
 
     def _start_watching(self, reason: str = "start") -> None:
         """Attach every root and audit each once (the ``rescan`` gives *reason*)."""
@@ -139,16 +188,22 @@ class Daemon:
                 if not self._pending_start:
                     break
             message = self._inbox.get()
-            if message == "stop":
+            if message in ("stop", "fatal"):
                 return False
             reload = reload or message == "reload"
         if reload:
             self._inbox.put("reload")  # handled by the loop, once ready
         return True
 
-    def _become_ready(self) -> None:
+    def _become_ready(self) -> bool:
+        """Start the managed processes and say ``ready``; False when a thread died meanwhile."""
+        if self._failed():
+            return False
         self._start_controller()  # raises when the own child cannot be executed
-        self._state = "ready"
+        with self._state_lock:
+            if self._failed():  # meanwhile
+                return False
+            self._state = DaemonState.READY
         observers = self._watching.observers() if self._watching else {}
         plans = {str(p.path): p for p in self.settings.roots}
         for root, info in observers.items():
@@ -161,6 +216,7 @@ class Daemon:
             self._notifier.ready(self._status_line())
         if self._on_ready is not None:
             self._on_ready()
+        return True
 
     def _loop(self) -> None:
         next_reconcile = time.monotonic() + self.settings.reconcile_interval
@@ -174,7 +230,7 @@ class Daemon:
                 message = self._inbox.get(timeout=max(0.0, wait))
             except queue.Empty:
                 message = "tick"
-            if message == "stop":
+            if message in ("stop", "fatal"):
                 return
             self._recheck()
             if message == "reload":
@@ -188,17 +244,27 @@ class Daemon:
                 self._publish()  # a target changed; or roots may have come back
 
     def _shutdown(self) -> None:
-        self._state = "stopping"
+        """Stop everything; a step that fails is reported and the next ones still run (the
+        managed processes are stopped whatever happened before)."""
+        with self._state_lock:
+            self._state = DaemonState.STOPPING
         self._log.info("stopping")
+        steps: list[Callable[[], object]] = [self._publish]
         if self._notifier is not None:
-            self._notifier.stopping()
+            notifier, failure = self._notifier, self._failure
+            steps.append(lambda: notifier.stopping(failure and f"a thread died: {failure}"))
         if self._watching is not None:
-            self._watching.stop()
-        self._batcher.stop()  # finishes the batch under way and hands over what is pending
+            steps.append(self._watching.stop)
+        steps.append(self._batcher.stop)  # finishes the batch under way and what is pending
         if self._controller is not None:
-            self._controller.stop()
+            steps.append(self._controller.stop)
         if self._registration is not None:
-            self._registration.close()
+            steps.append(self._registration.close)
+        for step in steps:
+            try:
+                step()
+            except Exception as exc:  # noqa: BLE001 - reported; the processes must still stop
+                died(threading.current_thread().name, exc)
 
     # -- reload (SIGHUP) ---------------------------------------------------------------------------
     def _reload(self) -> None:
@@ -258,14 +324,21 @@ class Daemon:
             controller = self._controller
             if controller is not None and outcome.touched:
                 controller.notify(sorted(outcome.touched))
-        finally:
-            with self._state_lock:
-                was_pending = bool(self._pending_start)
-                self._pending_start -= {rescan.root for rescan in batch.rescans}
-                started = was_pending and not self._pending_start
-            self._publish()
-            if started:
-                self._inbox.put("started")
+        except Exception:  # logged by the batcher, which carries on: the batch is over
+            self._batch_over(batch)
+            raise
+        # Anything else kills the batcher thread (thread-died, fatal): the start is not over.
+        self._batch_over(batch)
+
+    def _batch_over(self, batch: Batch) -> None:
+        """Publish; the roots this batch audited are started (the last one: post ``started``)."""
+        with self._state_lock:
+            was_pending = bool(self._pending_start)
+            self._pending_start -= {rescan.root for rescan in batch.rescans}
+            started = was_pending and not self._pending_start
+        self._publish()
+        if started:
+            self._inbox.put("started")
 
     # -- helpers -----------------------------------------------------------------------------------
     def _new_handler(self, settings: DaemonSettings) -> BatchHandler:
@@ -298,8 +371,8 @@ class Daemon:
         self._inbox.put("publish")
 
     def healthy(self) -> bool:
-        """The batcher thread is alive (the systemd watchdog pings only then)."""
-        return self._batcher.alive()
+        """No thread died and the batcher thread is alive (the systemd watchdog pings only then)."""
+        return not self._failed() and self._batcher.alive()
 
     def status(self) -> dict[str, Any]:
         """What ``cachewatchd status`` shows for this daemon."""
@@ -308,7 +381,7 @@ class Daemon:
             last_event = self._counters.last_event
         controller = self._controller
         return {
-            "state": self._state,
+            "state": self._state.value,
             "observers": self._watching.observers() if self._watching else {},
             "counters": counters,
             "last_event": last_event,

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from types import TracebackType
 
 from cachewatchd.log import get_logger
+from cachewatchd.threads import daemon_thread
 
 __all__ = ["NOTIFY_ENV_VARS", "Notifier", "WatchdogPinger"]
 
@@ -152,7 +153,7 @@ class WatchdogPinger:
     def start(self) -> bool:
         if self._interval is None or self._interval <= 0 or self._thread is not None:
             return False
-        self._thread = threading.Thread(target=self._run, name="cachewatchd-watchdog", daemon=True)
+        self._thread = daemon_thread(self._run, "cachewatchd-watchdog")
         self._thread.start()
         return True
 

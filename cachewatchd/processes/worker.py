@@ -39,6 +39,7 @@ from cachewatchd.processes.spec import ProcessSpec
 from cachewatchd.processes.staleness import SourceClock, importers, stale_reason
 from cachewatchd.processes.status import TargetState, TargetStatus, timestamp
 from cachewatchd.processes.targets import ActionResult, Target
+from cachewatchd.threads import daemon_thread
 
 __all__ = ["REFRESH", "Worker"]
 
@@ -94,9 +95,7 @@ class Worker:
         self.problem: str | None = None
         """Why the target has no process right now (pidfile unusable, supervisord unreachable...)."""
         self._stale_logged: str | None = None
-        self.thread = threading.Thread(
-            target=self._run, name=f"cachewatchd-target-{self.spec.name}", daemon=True
-        )
+        self.thread = daemon_thread(self._run, f"cachewatchd-target-{self.spec.name}")
 
     # -- called from other threads ------------------------------------------------------------
     def affected(self, paths: Sequence[Path]) -> bool:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cachewatchd.log import get_logger
+from cachewatchd.threads import daemon_thread
 
 __all__ = [
     "Batch",
@@ -145,7 +146,7 @@ class Batcher:
         self._flush_now = False
         self._busy = False
         self._batches = 0
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread = daemon_thread(self._run, name)
         self._log = get_logger(__name__)
 
     # -- lifecycle -------------------------------------------------------------------------------

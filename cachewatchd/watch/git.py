@@ -33,6 +33,7 @@ from typing import Any, Protocol
 from cachewatchd.cache.walk import WalkOptions, walk
 from cachewatchd.log import get_logger
 from cachewatchd.paths import read_regular
+from cachewatchd.threads import daemon_thread
 from cachewatchd.watch.batch import GitMove
 from cachewatchd.watch.events import Poke, event_filter
 from cachewatchd.watch.mounts import PollMode, choose_observer
@@ -262,7 +263,7 @@ class GitWatcher:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._checks = 0
-        self._thread = threading.Thread(target=self._run, name="cachewatchd-git", daemon=True)
+        self._thread = daemon_thread(self._run, "cachewatchd-git")
         self._log = get_logger(__name__)
 
     def start(self) -> None:

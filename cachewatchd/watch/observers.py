@@ -28,6 +28,7 @@ from typing import Any
 from cachewatchd.cache.walk import VENV_MARKER, Excluder, WalkOptions, walk, walk_stack
 from cachewatchd.log import ReportedPaths, get_logger
 from cachewatchd.paths import is_under
+from cachewatchd.threads import daemon_thread
 from cachewatchd.watch.events import EventMapper, EventSink, event_filter
 from cachewatchd.watch.mounts import ObserverChoice, PollMode, choose_observer
 from cachewatchd.watch.native import LIMITS, Guard, inotify_classes
@@ -154,9 +155,7 @@ class Watcher:
         self._appeared_first = self._appeared_last = 0.0
         self._wake = threading.Event()
         self._stopping = threading.Event()
-        self._thread = threading.Thread(
-            target=self._supervise, name="cachewatchd-watch", daemon=True
-        )
+        self._thread = daemon_thread(self._supervise, "cachewatchd-watch")
         self._native = inotify_classes()
         self._fd: Any = None
         self._log = get_logger(__name__)

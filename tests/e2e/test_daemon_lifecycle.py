@@ -15,6 +15,7 @@ import psutil
 import pytest
 
 from cachewatchd.daemon.loop import Daemon
+from cachewatchd.processes.os_procs import alive
 from cachewatchd.processes.status import TargetState, TargetStatus
 from cachewatchd.watch import batch
 from tests.support.daemon import DaemonProc, cli, isolated_env
@@ -157,3 +158,76 @@ def test_the_audit_after_a_reload_says_reload(
         assert daemon.stop() == 0
     assert after["reason"] == "reload"
     assert after["root"] == str(proj)
+
+
+POISON = '''\
+"""Test-side fault (a sitecustomize on PYTHONPATH): a batch that meets a source named poison.py
+kills the batcher thread. A BaseException: the batcher outlives a batch that fails normally."""
+from cachewatchd.daemon.batch_handler import BatchHandler
+
+
+class Poison(BaseException):
+    pass
+
+
+_handle = BatchHandler.handle
+
+
+def handle(self, batch):
+    roots = [rescan.root for rescan in batch.rescans]
+    if any(p.name == "poison.py" for p in batch.changed) or any(
+        (root / "poison.py").exists() for root in roots
+    ):
+        raise Poison("poison.py")
+    return _handle(self, batch)
+
+
+BatchHandler.handle = handle
+'''
+
+
+def poisoned(env: dict[str, str], tmp_path: Path) -> dict[str, str]:
+    """*env* whose Python processes load :data:`POISON` first."""
+    inject = tmp_path / "inject"
+    inject.mkdir(exist_ok=True)
+    (inject / "sitecustomize.py").write_text(POISON, encoding="utf-8")
+    return {**env, "PYTHONPATH": os.pathsep.join([str(inject), env["PYTHONPATH"]])}
+
+
+def test_a_thread_that_dies_stops_the_daemon_and_its_child(
+    proj: Path, env: dict[str, str], tmp_path: Path
+) -> None:
+    poison_env = poisoned(env, tmp_path)
+    with DaemonProc([str(proj), "--", "sleep", "600"], poison_env) as daemon:
+        daemon.ready()
+        wait_until(lambda: bool(getattr(target(env), "pids", ())), 20, message="the own child")
+        shown = target(env)
+        assert shown is not None
+        assert published(env)["state"] == "ready"
+        (proj / "pkg" / "poison.py").write_text("X = 1\n", encoding="utf-8")
+        assert daemon.wait_exit() == 3
+    (died,) = daemon.events("thread-died")
+    assert died["thread"] == "cachewatchd-batcher"
+    assert died["error"] == "Poison: poison.py"
+    assert daemon.garbage == []  # log events only: no traceback
+    assert daemon.events("stopping")
+    assert not any(alive(pid) for pid in shown.pids)
+    assert "no cachewatchd daemon running" in cli(["status"], env).stdout
+
+
+def test_a_thread_that_dies_before_ready_fails_the_start(
+    proj: Path, env: dict[str, str], tmp_path: Path
+) -> None:
+    (proj / "poison.py").write_text("X = 1\n", encoding="utf-8")  # the start audit meets it
+    poison_env = poisoned(env, tmp_path)
+    with DaemonProc([str(proj), "--", "sleep", "600"], poison_env) as daemon:
+        assert daemon.wait_exit() == 3
+    assert [e["thread"] for e in daemon.events("thread-died")] == ["cachewatchd-batcher"]
+    assert not daemon.events("ready")
+    assert daemon.garbage == []
+
+    detached = cli(["run", str(proj), "--", "sleep", "600"], poison_env)
+    assert detached.returncode == 3
+    (line,) = detached.stderr.splitlines()
+    assert line.startswith("cachewatchd: the daemon exited before it was ready (exit code 3)")
+    assert "no cachewatchd daemon running" in cli(["status"], env).stdout
