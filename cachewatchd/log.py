@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Literal, TextIO
 
 from cachewatchd.errors import UsageError
@@ -88,12 +88,15 @@ class ReportedPaths:
     """Paths whose problem was already logged: one report per path, whichever thread finds it.
 
     The daemon creates one and hands it to its watchers and its batch handler; ``first_time`` is the
-    only way to test and add, under the lock.
+    only way to test and add, under the lock. *on_first* is called (outside the lock, on the
+    reporting thread) with each path reported for the first time: the owner counts the reports
+    there, wherever they happen.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, on_first: Callable[[str], None] | None = None) -> None:
         self._paths: set[str] = set()
         self._lock = threading.Lock()
+        self._on_first = on_first
 
     def first_time(self, path: str | os.PathLike[str]) -> bool:
         """True the first time *path* is reported (and it is remembered), False afterwards."""
@@ -102,7 +105,9 @@ class ReportedPaths:
             if key in self._paths:
                 return False
             self._paths.add(key)
-            return True
+        if self._on_first is not None:
+            self._on_first(key)
+        return True
 
 
 def configure_logging(

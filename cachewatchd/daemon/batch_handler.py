@@ -68,7 +68,12 @@ class Outcome:
 
 
 class BatchHandler:
-    """Handles batches for a fixed set of roots (rebuilt on reload). Counters are shared."""
+    """Handles batches for a fixed set of roots (rebuilt on reload). Counters are shared.
+
+    A problem is logged once per path through *reported*; whoever owns that set counts the first
+    reports (its ``on_first``), since a watcher may be the first to meet the path. Without one,
+    the handler makes its own set, counted in ``counters.errors``.
+    """
 
     def __init__(
         self,
@@ -82,7 +87,7 @@ class BatchHandler:
         self._excludes = excludes
         self._prefix = pycache_prefix
         self.counters = counters
-        self._reported = ReportedPaths() if reported is None else reported
+        self._reported = ReportedPaths(self._count) if reported is None else reported
         """Paths already reported (shared with the watchers: one report per path)."""
         self.lock = threading.Lock()
         """Held while counters change (status readers take it too)."""
@@ -236,6 +241,8 @@ class BatchHandler:
         if len(fresh) > _MAX_ERROR_LINES:
             more = len(fresh) - _MAX_ERROR_LINES
             self._log.warning("error", error=f"{more} more problems", during=during)
-        if fresh:
-            with self.lock:
-                self.counters.errors += len(fresh)
+
+    def _count(self, path: str) -> None:
+        """One more problem reported (the ``on_first`` of the handler's own set)."""
+        with self.lock:
+            self.counters.errors += 1

@@ -109,8 +109,9 @@ class Daemon:
         self._on_ready = on_ready
         self._inbox: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._counters = Counters()
-        self._reported = ReportedPaths()
-        """Paths whose problem was already logged, by a watcher or the handler: one report each."""
+        self._reported = ReportedPaths(on_first=lambda _path: self._count_error())
+        """Paths whose problem was already logged, by a watcher or the handler: one report each,
+        counted in ``errors`` wherever it happens."""
         self._handler = self._new_handler(settings)
         self._batcher = Batcher(self._on_batch, quiet=quiet, max_window=max_window)
         self._watching: Watching | None = None

@@ -35,29 +35,44 @@ def test_first_time_is_true_once_per_path_across_threads() -> None:
     assert len(firsts) == 50
 
 
-def test_a_path_the_watcher_reported_is_not_reported_again_by_the_handler(tmp_path: Path) -> None:
-    """The daemon's one ReportedPaths is shared by its watchers and its batch handler."""
-    reported = ReportedPaths()
+def test_a_path_the_watcher_reported_is_counted_once_not_reported_again(tmp_path: Path) -> None:
+    """The daemon's one ReportedPaths is shared by its watchers and its batch handler; its owner
+    counts the first report, whoever makes it."""
+    counted: list[str] = []
+    reported = ReportedPaths(on_first=counted.append)
     batcher = Batcher(lambda batch: None)
     watcher = Watcher([tmp_path], batcher=batcher, reported=reported)
-    watcher.report_denied(str(tmp_path / "denied"), PermissionError(13, "Permission denied"))
+    with capture_logs() as logs:
+        watcher.report_denied(str(tmp_path / "denied"), PermissionError(13, "Permission denied"))
+    assert [(e["event"], e["action"]) for e in logs] == [("error", "not watched")]
     handler = BatchHandler(
         {tmp_path: ()}, pycache_prefix=None, counters=Counters(), reported=reported
     )
     with capture_logs() as logs:
         handler._errors([(tmp_path / "denied", "Permission denied")], during="test")
     assert logs == []
+    assert counted == [str(tmp_path / "denied")]
+    assert handler.counters.errors == 0  # the owner of the shared set counts
     assert not reported.first_time(tmp_path / "denied")
 
 
 def test_handlers_sharing_the_set_report_a_problem_once(tmp_path: Path) -> None:
-    shared = ReportedPaths()  # the daemon loop's one, shared with its watchers and every handler
+    counted: list[str] = []
+    shared = ReportedPaths(counted.append)  # the daemon's one, shared with its watchers
     first = BatchHandler({tmp_path: ()}, pycache_prefix=None, counters=Counters(), reported=shared)
     first._errors([(tmp_path / "x", "boom")], during="test")
     assert not shared.first_time(tmp_path / "x")
     again = BatchHandler({tmp_path: ()}, pycache_prefix=None, counters=Counters(), reported=shared)
     again._errors([(tmp_path / "x", "boom"), (tmp_path / "y", "boom")], during="test")
-    assert (first.counters.errors, again.counters.errors) == (1, 1)
+    assert counted == [str(tmp_path / "x"), str(tmp_path / "y")]
     alone = BatchHandler({tmp_path: ()}, pycache_prefix=None, counters=Counters())
-    alone._errors([(tmp_path / "x", "boom")], during="test")
-    assert alone.counters.errors == 1
+    alone._errors([(tmp_path / "x", "boom"), (tmp_path / "x", "boom")], during="test")
+    assert alone.counters.errors == 1  # a handler with a set of its own counts it itself
+
+
+def test_the_first_report_callback_runs_outside_the_lock() -> None:
+    """The callback may look at the set again (the daemon's takes other locks): no deadlock."""
+    seen: list[bool] = []
+    reported = ReportedPaths(on_first=lambda path: seen.append(reported.first_time(path)))
+    assert reported.first_time("/p")
+    assert seen == [False]

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -17,7 +18,9 @@ from cachewatchd.cache.audit import State
 from cachewatchd.daemon.batch_handler import BatchHandler, Counters
 from cachewatchd.watch.batch import Batch, GitMove, Rescan
 from tests.support.daemon import DaemonProc, cli, isolated_env
-from tests.support.pycs import restore_mtime_edit
+from tests.support.fs import reachable_tree
+from tests.support.pycs import restore_mtime_edit, write
+from tests.support.users import REPO, unprivileged
 from tests.support.wait import compile_pyc, wait_until
 from tests.support.wait import git as run_git
 
@@ -322,7 +325,9 @@ def test_status_and_stop_commands(proj: Path, env: dict[str, str]) -> None:
         assert f"pid {daemon.pid}" in human
         assert f"{proj}: native" in human
         assert "invalidated 1" in human
-        other = cli(["stop", str(proj.parent / "elsewhere")], env)
+        elsewhere = proj.parent / "elsewhere"
+        elsewhere.mkdir()  # a PATH that does not exist is a usage error (exit 2)
+        other = cli(["stop", str(elsewhere)], env)
         assert other.returncode == 0
         assert "no cachewatchd daemon running" in other.stdout
         stopped = cli(["stop", str(proj / "pkg")], env)
@@ -448,3 +453,54 @@ def test_sd_notify_ready_reloading_stopping(proj: Path, tmp_path: Path) -> None:
             assert "READY=1" in sock.recv(4096).decode()
             assert daemon.stop() == 0
             assert "STOPPING=1" in sock.recv(4096).decode()
+
+
+def test_status_counts_the_denied_subtree_the_watcher_reported() -> None:
+    """The watcher meets the unreadable directory first and reports it; the start audit meets it
+    too and stays quiet (one report per path): the one report still counts as an error."""
+    with reachable_tree() as base:
+        home = base / "home"
+        home.mkdir(mode=0o777)
+        home.chmod(0o777)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "NOTIFY_"))}
+        env |= {
+            "HOME": str(home),
+            "XDG_CONFIG_HOME": str(home / "config"),
+            "XDG_STATE_HOME": str(home / "state"),
+            "XDG_RUNTIME_DIR": str(home / "run"),
+            "PYTHONPATH": str(REPO),
+        }
+        project = base / "project"
+        write(project / "ok" / "m.py", "X = 1\n")
+        (project / "secret" / "inner").mkdir(parents=True)
+        (project / "secret").chmod(0o000)
+        nobody = unprivileged()
+        log = base / "home" / "daemon.log"
+        command = [*nobody, sys.executable, "-m", "cachewatchd", "--foreground"]
+        with open(log, "w") as err:
+            proc = subprocess.Popen(
+                [*command, "--log-format", "json", str(project)], stderr=err, env=env
+            )
+        try:
+            wait_until(lambda: '"event": "ready"' in log.read_text(), 30, message="ready")
+            status = [*nobody, sys.executable, "-m", "cachewatchd", "status"]
+
+            def errors_shown() -> object:
+                shown = subprocess.run(
+                    [*status, "--json"], capture_output=True, text=True, env=env, timeout=60
+                )
+                (record,) = json.loads(shown.stdout)["daemons"]
+                return record["counters"]["errors"] == 1
+
+            counted = wait_until(errors_shown, 10, raise_on_timeout=False)
+            human = subprocess.run(status, capture_output=True, text=True, env=env, timeout=60)
+        finally:
+            proc.terminate()
+            assert proc.wait(30) == 0
+        lines = [json.loads(line) for line in log.read_text().splitlines()]
+    errors = [e for e in lines if e["event"] == "error"]
+    assert [(e["path"], e.get("action")) for e in errors] == [
+        (str(project / "secret"), "not watched")
+    ]
+    assert counted, human.stdout
+    assert "errors 1;" in human.stdout
