@@ -36,6 +36,10 @@ class Rechecker:
         self._delays = tuple(delays)
         self._due: dict[Path, list[float]] = {}
         self._lock = threading.Lock()
+        self._checks: CheckPool | None = None
+        self._burst: set[Path] = set()
+        """Sources handed out by the last :meth:`take_due` not checked yet: one checking process
+        serves them all, stopped when the last is done (or at the next :meth:`take_due`)."""
 
     def schedule(self, sources: Iterable[Path], now: float | None = None) -> None:
         start = time.monotonic() if now is None else now
@@ -58,35 +62,53 @@ class Rechecker:
                     times.pop(0)
                     if not times:
                         del self._due[source]
+        self._end_burst()
+        self._burst = set(due)
         return due
 
     def wrong_caches(self, source: Path) -> list[Path]:
-        """Cache files of *source* written by this Python whose code differs from the source."""
+        """Cache files of *source* written by this Python whose code differs from the source, or
+        that CPython cannot load. The sources of one :meth:`take_due` share a checking process."""
+        try:
+            return self._wrong_caches(source)
+        finally:
+            self._burst.discard(source)
+            if not self._burst:
+                self._end_burst()
+
+    def _wrong_caches(self, source: Path) -> list[Path]:
         try:
             stat = os.stat(source)
         except OSError:
             return []
         wrong = []
-        with CheckPool() as checks:  # unmarshal and compile out of this process
-            for pyc in cache_files_for_source(source, pycache_prefix=self._prefix):
-                parsed = parse_cache_name(pyc.name)
-                if parsed is None or not _ours(pyc):
-                    continue
-                try:
-                    verdict = judge_pycache(
-                        str(pyc),
-                        str(source),
-                        stat,
-                        parsed.tag,
-                        parsed.opt,
-                        checks=checks,
-                        deep=True,
-                    )
-                except (VanishedError, OSError):
-                    continue
-                if verdict.state in (State.STALE, State.CORRUPT):
-                    wrong.append(pyc)
+        for pyc in cache_files_for_source(source, pycache_prefix=self._prefix):
+            parsed = parse_cache_name(pyc.name)
+            if parsed is None or not _ours(pyc):
+                continue
+            if self._checks is None:  # unmarshal and compile out of this process
+                self._checks = CheckPool()
+            try:
+                verdict = judge_pycache(
+                    str(pyc),
+                    str(source),
+                    stat,
+                    parsed.tag,
+                    parsed.opt,
+                    checks=self._checks,
+                    deep=True,
+                )
+            except (VanishedError, OSError):
+                continue
+            if verdict.state in (State.STALE, State.CORRUPT):
+                wrong.append(pyc)
         return wrong
+
+    def _end_burst(self) -> None:
+        self._burst = set()
+        if self._checks is not None:
+            self._checks.close()
+            self._checks = None
 
 
 def _ours(pyc: Path) -> bool:

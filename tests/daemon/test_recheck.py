@@ -7,6 +7,10 @@ import os
 import sys
 from pathlib import Path
 
+import psutil
+import pytest
+
+from cachewatchd.cache import check_process
 from cachewatchd.daemon.recheck import Rechecker
 from tests.support.daemon import DaemonProc, isolated_env
 from tests.support.pycs import restore_mtime_edit, write
@@ -71,3 +75,28 @@ def test_daemon_removes_a_pyc_written_with_old_code_during_the_edit(tmp_path: Pa
         event = daemon.wait_event("invalidated", lambda e: "reason" in e)
         assert event["removed"] == [str(pyc)]
         assert daemon.stop() == 0
+
+
+def test_the_sources_of_one_look_share_one_checking_process_and_leave_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started: list[int] = []
+    real = check_process.CheckProcess.__init__
+
+    def counting(self: check_process.CheckProcess, *limits: int) -> None:
+        real(self, *limits)
+        started.append(self.pid)
+
+    monkeypatch.setattr(check_process.CheckProcess, "__init__", counting)
+    sources = [write(tmp_path / f"m{i}.py", f"X = {i}\n") for i in range(5)]
+    for source in sources:
+        compile_pyc(source)
+        restore_mtime_edit(source, source.read_text().replace("X", "Y"))
+        late_writer_pyc(source, source.read_text().replace("Y", "X"))
+    rechecker = Rechecker(pycache_prefix=None, delays=(1.0,))
+    rechecker.schedule(sources, now=0.0)
+    due = rechecker.take_due(now=2.0)
+    wrong = [pyc for source in due for pyc in rechecker.wrong_caches(source)]
+    assert len(wrong) == 5
+    assert len(started) == 1
+    assert not psutil.Process().children(recursive=True)
