@@ -1,6 +1,8 @@
 """Command line: the only place that prints, exits or installs signal handlers.
 
 ``main(argv)`` returns an exit code (see :mod:`cachewatchd.errors`); ``run()`` is the console script.
+No traceback reaches the user: an error the commands did not expect (an :class:`OSError` from the
+environment, or a bug) is one line too, with exit code 3.
 Each subcommand lives in its own module exposing ``register(subparsers)``; a module imports its heavy
 dependencies inside the handler so that ``cachewatchd scan`` starts fast.
 """
@@ -10,12 +12,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 from collections.abc import Sequence
 from typing import NoReturn
 
 from cachewatchd import __version__
 from cachewatchd.cli import _daemon, _doctor, _scan, _service
-from cachewatchd.errors import EXIT_BROKEN_PIPE, EXIT_USAGE, CachewatchdError
+from cachewatchd.errors import EXIT_BROKEN_PIPE, EXIT_FAILURE, EXIT_USAGE, CachewatchdError
 
 __all__ = ["main", "run"]
 
@@ -70,23 +73,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # argparse's --help / --version / error
         return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
     args.child_command = child
+    args.child_separator = "--" in args_list  # 'run PATH --' with no COMMAND is refused
     if child and args.command != _DEFAULT_COMMAND:
         sys.stderr.write("cachewatchd: error: '-- COMMAND' is only valid with 'run'\n")
         return EXIT_USAGE
     try:
         code: int = args.handler(args)
     except CachewatchdError as exc:
-        sys.stderr.write(f"cachewatchd: {exc.message}\n")
+        _say(exc.message)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
         return _reader_gone()
+    except OSError as exc:  # the environment refused what no command expected: still one line
+        where = f"{exc.filename}: " if exc.filename else ""
+        _say(f"{where}{exc.strerror or exc}")
+        return EXIT_FAILURE
+    except Exception as exc:  # noqa: BLE001 - a bug: one line saying where, never a traceback
+        _say(f"unexpected error (please report it): {_described(exc)}")
+        return EXIT_FAILURE
     try:
         sys.stdout.flush()  # what is still buffered fails here, not in the interpreter's exit
     except BrokenPipeError:
         return _reader_gone()
     return code
+
+
+def _say(message: str) -> None:
+    """One line on stderr, whatever *message* holds."""
+    sys.stderr.write(f"cachewatchd: {' '.join(message.splitlines())}\n")
+
+
+def _described(exc: BaseException) -> str:
+    """``Type: message at file:line`` (the innermost frame)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    at = f" at {os.path.basename(frames[-1].filename)}:{frames[-1].lineno}" if frames else ""
+    return f"{type(exc).__name__}: {exc}{at}"
 
 
 def _reader_gone() -> int:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import errno
 import fcntl
 import json
 import os
@@ -36,7 +37,7 @@ from typing import Any
 import psutil
 
 from cachewatchd import __version__
-from cachewatchd.errors import RuntimeFailure
+from cachewatchd.errors import RuntimeFailure, UsageError
 from cachewatchd.log import get_logger
 from cachewatchd.paths import is_under, runtime_dir
 from cachewatchd.processes.os_procs import alive
@@ -104,7 +105,8 @@ def register_daemon(roots: Sequence[Path]) -> Registration:
     """Record the calling process as the daemon watching *roots*.
 
     Raises :class:`RuntimeFailure` naming the other daemon's pid when a live daemon of this user
-    already watches a root equal to, inside or above one of *roots*.
+    already watches a root equal to, inside or above one of *roots*, and when the record cannot be
+    written (a full or read-only runtime directory).
     """
     resolved = _resolve(roots)
     me = psutil.Process()
@@ -117,11 +119,12 @@ def register_daemon(roots: Sequence[Path]) -> Registration:
         uid=os.getuid(),
         version=__version__,
     )
-    directory = registry_dir()
-    file = directory / f"{me.pid}@{_host()}.json"
-    with _locked(directory):
-        _refuse_overlap(directory, resolved, me.pid)
-        _write_atomic(file, core.to_json())
+    with _writing("cannot write the daemon's record"):
+        directory = registry_dir()
+        file = directory / f"{me.pid}@{_host()}.json"
+        with _locked(directory):
+            _refuse_overlap(directory, resolved, me.pid)
+            _write_atomic(file, core.to_json())
     return Registration(file, core)
 
 
@@ -171,9 +174,10 @@ class Registration:
             return self._write()
 
     def set_roots(self, roots: Sequence[Path]) -> None:
-        """Change the recorded roots (config reload), refusing overlap like :func:`register_daemon`."""
+        """Change the recorded roots (config reload), refusing overlap like :func:`register_daemon`
+        (:class:`RuntimeFailure`, also when the registry cannot be locked)."""
         resolved = _resolve(roots)
-        with self._lock, _locked(self.file.parent):
+        with self._lock, _writing("cannot update the daemon's record"), _locked(self.file.parent):
             _refuse_overlap(self.file.parent, resolved, self.pid)
             self._core = dataclasses.replace(self._core, roots=tuple(map(str, resolved)))
             self._write()
@@ -241,7 +245,28 @@ def process_of(record: DaemonRecord | Mapping[str, Any]) -> psutil.Process | Non
 
 
 def _resolve(paths: Sequence[Path]) -> list[Path]:
-    return [Path(p).expanduser().resolve() for p in paths]
+    """*paths* made absolute, symlinks resolved; :class:`UsageError` for a symlink loop."""
+    resolved = []
+    for path in paths:
+        real = os.path.realpath(Path(path).expanduser())  # leaves a loop as it is, never raises
+        try:
+            os.stat(real)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise UsageError(f"{path}: {exc.strerror}") from None
+        resolved.append(Path(real))
+    return resolved
+
+
+@contextmanager
+def _writing(what: str) -> Iterator[None]:
+    """An :class:`OSError` inside (full disk, read-only directory) becomes one
+    :class:`RuntimeFailure` line: ``<what>: <file>: <reason>``."""
+    try:
+        yield
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        raise RuntimeFailure(f"{what}: {where}{exc.strerror or exc}") from None
 
 
 def _overlap(a: Path, b: Path) -> bool:
@@ -262,6 +287,10 @@ def _refuse_overlap(directory: Path, roots: Sequence[Path], own_pid: int) -> Non
             continue
         for theirs in core.roots:
             for mine in roots:
+                if Path(theirs) == mine:
+                    raise RuntimeFailure(
+                        f"{mine} is already watched by another cachewatchd (pid {core.pid})"
+                    )
                 if _overlap(Path(theirs), mine):
                     raise RuntimeFailure(
                         f"another cachewatchd (pid {core.pid}) already watches {theirs}, "
@@ -319,12 +348,20 @@ def _locked(directory: Path) -> Iterator[None]:
 
 
 def _write_atomic(file: Path, record: Mapping[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{file.name}.", suffix=".tmp", dir=file.parent)
+    """Write *record* to *file* atomically; an :class:`OSError` names *file* (a full disk fails
+    the write or the close, which name nothing)."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{file.name}.", suffix=".tmp", dir=file.parent)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(file)) from exc
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as out:  # mkstemp: mode 0600
             json.dump(record, out, indent=2, sort_keys=True, default=_jsonable)
             out.write("\n")
         os.replace(tmp, file)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise OSError(exc.errno, exc.strerror, str(file)) from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -30,7 +30,8 @@ from cachewatchd.daemon.registry import (
     register_daemon,
     registry_dir,
 )
-from cachewatchd.errors import EXIT_FAILURE, RuntimeFailure
+from cachewatchd.errors import EXIT_FAILURE, RuntimeFailure, UsageError
+from tests.support.fs import full_filesystem
 
 CHILD = """\
 import sys
@@ -142,11 +143,41 @@ def test_overlapping_second_daemon_is_refused_naming_the_pid(tree: Path, mine: s
         with pytest.raises(RuntimeFailure) as info:
             register_daemon([tree / "b", tree / mine])
         theirs, ours = (tree / "a").resolve(), (tree / mine).resolve()
-        assert str(info.value) == (
-            f"another cachewatchd (pid {child.pid}) already watches {theirs}, which overlaps {ours}"
-        )
+        if theirs == ours:
+            expected = f"{ours} is already watched by another cachewatchd (pid {child.pid})"
+        else:
+            expected = (
+                f"another cachewatchd (pid {child.pid}) already watches {theirs}, "
+                f"which overlaps {ours}"
+            )
+        assert str(info.value) == expected
         assert info.value.exit_code == EXIT_FAILURE
         assert [d["pid"] for d in list_daemons()] == [child.pid]  # nothing of ours was written
+
+
+def test_a_symlink_loop_is_a_usage_error(tree: Path, tmp_path: Path) -> None:
+    loop = tmp_path / "loop"
+    loop.symlink_to(tmp_path / "back")
+    (tmp_path / "back").symlink_to(loop)
+    with pytest.raises(UsageError) as info:
+        find_daemons([loop])
+    assert str(info.value) == f"{loop}: Too many levels of symbolic links"
+    assert find_daemons([tree / "missing"]) == []  # a path that does not exist: no daemon
+
+
+def test_a_full_runtime_dir_fails_the_registration_in_one_line(
+    tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with full_filesystem(tmp_path / "full", dirs=("cachewatchd/daemons",)) as full:
+        monkeypatch.setenv("XDG_RUNTIME_DIR", str(full))
+        daemons = full / "cachewatchd" / "daemons"
+        with pytest.raises(RuntimeFailure) as info:
+            register_daemon([tree / "a"])
+        message = str(info.value)
+        assert message.startswith(f"cannot write the daemon's record: {daemons}/{os.getpid()}@")
+        assert message.endswith(".json: No space left on device")
+        assert info.value.exit_code == EXIT_FAILURE
+        assert sorted(p.name for p in daemons.iterdir()) == [".lock"]  # no half-written record
 
 
 def test_overlap_through_a_symlink_is_seen(tree: Path, tmp_path: Path) -> None:

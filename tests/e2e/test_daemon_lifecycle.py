@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from cachewatchd.processes.status import TargetState, TargetStatus
 from cachewatchd.watch import batch
 from tests.support.daemon import DaemonProc, cli, isolated_env
 from tests.support.e2e import toml_config
+from tests.support.fs import full_filesystem
 from tests.support.servers import Reaper
 from tests.support.wait import wait_until
 
@@ -231,3 +233,39 @@ def test_a_thread_that_dies_before_ready_fails_the_start(
     (line,) = detached.stderr.splitlines()
     assert line.startswith("cachewatchd: the daemon exited before it was ready (exit code 3)")
     assert "no cachewatchd daemon running" in cli(["status"], env).stdout
+
+
+@pytest.fixture
+def full_runtime_dir(tmp_path: Path) -> Iterator[Path]:
+    """A real full filesystem to be ``$XDG_RUNTIME_DIR``."""
+    with full_filesystem(tmp_path / "run", dirs=("cachewatchd/daemons",)) as run:
+        yield run
+
+
+def test_a_full_runtime_dir_is_one_line_exit_three(
+    proj: Path, env: dict[str, str], full_runtime_dir: Path
+) -> None:
+    full_env = {**env, "XDG_RUNTIME_DIR": str(full_runtime_dir)}
+    for args in (["--foreground", str(proj)], ["run", str(proj)]):
+        proc = cli(args, full_env)
+        assert proc.returncode == 3, proc.stderr
+        (line,) = proc.stderr.splitlines()
+        assert line.startswith(
+            f"cachewatchd: cannot write the daemon's record: {full_runtime_dir}/cachewatchd/daemons/"
+        )
+        assert line.endswith(": No space left on device")
+    assert list((full_runtime_dir / "cachewatchd" / "daemons").glob("*.json")) == []
+
+
+def test_a_root_that_is_a_symlink_loop_is_one_line_exit_two(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    loop = tmp_path / "loop"
+    loop.symlink_to(tmp_path / "back")
+    (tmp_path / "back").symlink_to(loop)
+    for args in (["--foreground", str(loop)], ["run", str(loop)]):
+        proc = cli(args, env)
+        assert (proc.returncode, proc.stderr) == (
+            2,
+            f"cachewatchd: {loop}: Too many levels of symbolic links\n",
+        ), args
