@@ -123,7 +123,8 @@ def register(sub: Any) -> None:
         description="Classify every bytecode cache entry under PATH as fresh, outdated, stale, "
         "suspect, orphan, sourceless or corrupt.",
         epilog="Exit status: 0 nothing dangerous; 1 stale, sourceless or corrupt entries found; "
-        "2 usage error or unreadable PATH.",
+        "2 usage error or unreadable PATH; 3 nothing dangerous found, but part of the tree could "
+        "not be read (listed on stderr): the audit is incomplete.",
     )
     _audit_arguments(scan)
     scan.set_defaults(handler=_scan)
@@ -241,7 +242,23 @@ def _scan(args: argparse.Namespace) -> int:
         _print_summary(report)
         _print_entries(report.non_fresh())
         _print_errors([(e.path, e.error) for e in report.errors])
-    return EXIT_FINDINGS if report.dangerous() else EXIT_OK
+        _print_incomplete([e.path for e in report.errors])
+    if report.dangerous():
+        return EXIT_FINDINGS
+    return EXIT_FAILURE if report.errors else EXIT_OK
+
+
+def _print_incomplete(unread: Sequence[Path]) -> None:
+    """The closing line of a partial audit: how many directories and files were not read."""
+    if not unread:
+        return
+    dirs = sum(1 for path in unread if os.path.isdir(path))
+    parts = [_count(dirs, "directory", "directories")] if dirs else []
+    if len(unread) > dirs:
+        parts.append(_count(len(unread) - dirs, "file"))
+    sys.stderr.write(
+        f"cachewatchd: incomplete audit: {' and '.join(parts)} could not be read (listed above)\n"
+    )
 
 
 def _clean(args: argparse.Namespace) -> int:
@@ -293,7 +310,7 @@ def _print_clean(result: CleanResult) -> None:
             f"{_count(len(result.removed_dirs), 'empty cache directory', 'empty cache directories')}"
         )
     if result.recompiled:
-        print(f"recompiled {len(result.recompiled)} sources")
+        print(f"recompiled {_count(len(result.recompiled), 'source')}")
     for entry in result.kept:
         if entry.state.value == "sourceless":
             print(f"kept {colour('sourceless', 'red')} {_display(entry.path)} (use --sourceless)")

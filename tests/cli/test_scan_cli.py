@@ -22,7 +22,9 @@ from cachewatchd.cache.audit import AuditOptions, audit
 from cachewatchd.cache.parallel import audit_jobs
 from cachewatchd.cli import main
 from cachewatchd.errors import RuntimeFailure
+from tests.support.fs import reachable_tree
 from tests.support.pycs import compile_with, restore_mtime_edit, write
+from tests.support.users import REPO, unprivileged
 from tests.support.wait import compile_pyc, find_interpreters, wait_until
 
 TAG = sys.implementation.cache_tag
@@ -127,13 +129,81 @@ def test_clean_text_says_what_went_and_what_was_kept(
     assert main(["clean", "--recompile"]) == 1
     assert capsys.readouterr().out.splitlines() == [
         "removed 1 cache file and 1 empty cache directory",
-        "recompiled 1 sources",
+        "recompiled 1 source",
         kept,
     ]
     assert main(["clean", "--sourceless"]) == 0
     assert capsys.readouterr().out.splitlines() == [
         "removed 1 cache file and 0 empty cache directories"
     ]
+
+
+def nobody_runs(*args: str) -> subprocess.CompletedProcess[str]:
+    """``cachewatchd ARGS`` as an unprivileged user."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("XDG_")}
+    env |= {"HOME": "/nonexistent", "PYTHONPATH": str(REPO), "NO_COLOR": "1"}
+    return subprocess.run(
+        [*unprivileged(), sys.executable, "-m", "cachewatchd", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+
+
+def test_an_unreadable_subtree_is_an_incomplete_audit_exit_three() -> None:
+    with reachable_tree() as base:
+        compile_pyc(write(base / "ok" / "m.py", "X = 1\n"))
+        secret = base / "secret"
+        write(secret / "inner" / "n.py", "Y = 1\n")
+        secret.chmod(0o000)
+        text = nobody_runs("scan", str(base))
+        as_json = nobody_runs("scan", "--json", str(base))
+        source = base / "ok" / "m.py"
+        restore_mtime_edit(source, "X = 2\n")  # now a stale pyc too: findings beat the gap
+        dangerous = nobody_runs("scan", str(base))
+    assert text.returncode == 3, text.stderr
+    assert "fresh            1" in text.stdout
+    assert text.stderr.splitlines() == [
+        f"cachewatchd: {secret}: Permission denied",
+        "cachewatchd: incomplete audit: 1 directory could not be read (listed above)",
+    ]
+    assert as_json.returncode == 3
+    assert json.loads(as_json.stdout)["errors"] == [
+        {"path": str(secret), "error": "Permission denied"}
+    ]
+    assert as_json.stderr == ""
+    assert dangerous.returncode == 1
+    assert dangerous.stderr.splitlines()[-1] == (
+        "cachewatchd: incomplete audit: 1 directory could not be read (listed above)"
+    )
+
+
+def test_scan_help_documents_exit_three() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "cachewatchd", "scan", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert "3 nothing dangerous found, but part of the tree could not be read" in " ".join(
+        proc.stdout.split()
+    )
+
+
+def test_a_root_that_is_a_symlink_loop_is_one_line_exit_two(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    loop = tmp_path / "loop"
+    loop.symlink_to(tmp_path / "back")
+    (tmp_path / "back").symlink_to(loop)
+    for command in ("scan", "clean", "doctor"):
+        assert main([command, str(loop)]) == 2, command
+        assert (
+            capsys.readouterr().err == f"cachewatchd: {loop}: Too many levels of symbolic links\n"
+        )
 
 
 def test_corrupt_is_dangerous_but_outdated_is_not(
