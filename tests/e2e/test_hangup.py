@@ -255,6 +255,7 @@ def test_under_nohup_the_hang_up_is_ignored(
 
     wait_until(lambda: logged("ready"), 30, message="ready")
     _, child_pid = _child(env, reaper)
+    wait_until(lambda: fetch(port) == "served", 30, message="the server")
     terminal.hang_up()
     wait_until(lambda: logged("terminal-hangup"), 30, message="terminal-hangup")
     assert logged("terminal-hangup")[0]["action"] == "ignored"
@@ -263,3 +264,31 @@ def test_under_nohup_the_hang_up_is_ignored(
     daemon.send_signal(signal.SIGTERM)
     assert daemon.wait(timeout=30) == 0
     assert not alive(child_pid)
+
+
+def test_in_a_terminal_the_own_childs_stderr_is_a_terminal_and_passes_through_unchanged(
+    tmp_path: Path, env: dict[str, str], terminal: Terminal, reaper: Reaper
+) -> None:
+    proj = (tmp_path / "proj").resolve()
+    proj.mkdir()
+    script = proj / "talk.py"
+    script.write_text(
+        "import signal, sys\n"
+        "print('stdout', sys.stdout.isatty(), flush=True)\n"
+        "sys.stderr.write('stderr %s \\x1b[31mred\\x1b[0m\\tend\\n' % sys.stderr.isatty())\n"
+        "sys.stderr.flush()\n"
+        "signal.pause()\n",
+        encoding="utf-8",
+    )
+    argv = [sys.executable, "-m", "cachewatchd", "--foreground", str(proj), "--log-format"]
+    argv += ["json", "--", sys.executable, str(script)]
+    daemon = terminal.run(argv, env, reaper, proj)
+    wait_until(lambda: "\x1b[0m\tend" in terminal.read(), 30, message="the child's stderr")
+    _, child_pid = _child(env, reaper)
+    daemon.send_signal(signal.SIGTERM)
+    assert daemon.wait(timeout=30) == 0
+    assert not alive(child_pid)
+    shown = terminal.read()
+    assert "stdout True\n" in shown
+    # Byte for byte, one newline translation (the terminal's own): no second pty in cooked mode.
+    assert "stderr True \x1b[31mred\x1b[0m\tend\n" in shown
