@@ -184,6 +184,7 @@ def register(sub: Any) -> None:
 # -- run ------------------------------------------------------------------------------------------
 def _command_line(args: argparse.Namespace) -> CommandLine:
     from cachewatchd.config.settings import CommandLine
+    from cachewatchd.config.user import BOUNDS, check_number
     from cachewatchd.processes.spec import ProcessSpec, module_problem, url_problem
 
     given: list[str] = list(getattr(args, "child_command", None) or [])
@@ -198,6 +199,15 @@ def _command_line(args: argparse.Namespace) -> CommandLine:
         problem = problem_of(value) if value is not None else None
         if problem is not None:
             raise UsageError(f"{flag}: {problem}")
+    for flag, key in (
+        ("--poll-interval", "poll_interval"),
+        ("--reconcile-interval", "reconcile_interval"),
+        ("--grace", "grace"),
+        ("--health-timeout", "health_timeout"),
+    ):
+        value = getattr(args, key)
+        if value is not None:  # the config's bounds of the same setting
+            check_number(flag, value, *BOUNDS[key])
     child: ProcessSpec | None = None
     if given:
         options: dict[str, Any] = {"name": "child", "command": tuple(given)}
@@ -408,9 +418,11 @@ def _detach(argv: list[str]) -> int:
 def _stop(args: argparse.Namespace) -> int:
     import psutil
 
+    from cachewatchd.config.user import BOUNDS, check_number
     from cachewatchd.daemon.registry import find_daemons, process_of
     from cachewatchd.processes.os_procs import owned, wait_gone
 
+    check_number("--timeout", args.timeout, *BOUNDS["stop_timeout"])
     for path in args.paths:
         _existing(path)
     daemons = find_daemons(list(args.paths) or None)

@@ -80,6 +80,10 @@ def test_child_options_without_their_partner_are_usage_errors(
         (["--foreground", ".", "--"], "cachewatchd: '--' must be followed by the COMMAND"),
         (["run", "--", ""], "cachewatchd: the COMMAND after '--' must not be empty\n"),
         (["stop", "/nonexistent/cachewatchd"], "cachewatchd: /nonexistent/cachewatchd: no such "),
+        (["run", "--poll-interval", "1e12"], "cachewatchd: --poll-interval: must be a number of "),
+        (["run", "--reconcile-interval", "0.001"], "cachewatchd: --reconcile-interval: must be "),
+        (["run", "--grace", "1e9", "--", "true"], "cachewatchd: --grace: must be a number of "),
+        (["stop", "--timeout", "1e9"], "cachewatchd: --timeout: must be a number of seconds "),
     ],
 )
 def test_command_line_values_are_checked_like_the_config(
