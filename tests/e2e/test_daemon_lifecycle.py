@@ -207,13 +207,20 @@ def test_a_thread_that_dies_stops_the_daemon_and_its_child(
         assert shown is not None
         assert published(env)["state"] == "ready"
         (proj / "pkg" / "poison.py").write_text("X = 1\n", encoding="utf-8")
-        assert daemon.wait_exit() == 3
+        try:
+            code = daemon.wait_exit()
+            left = [pid for pid in shown.pids if alive(pid)]
+        finally:  # a daemon that did not stop its child: stop it here, by pid
+            for pid in shown.pids:
+                if alive(pid):
+                    os.kill(pid, signal.SIGKILL)
+    assert code == 3
     (died,) = daemon.events("thread-died")
     assert died["thread"] == "cachewatchd-batcher"
     assert died["error"] == "Poison: poison.py"
     assert daemon.garbage == []  # log events only: no traceback
     assert daemon.events("stopping")
-    assert not any(alive(pid) for pid in shown.pids)
+    assert left == []
     assert "no cachewatchd daemon running" in cli(["status"], env).stdout
 
 
