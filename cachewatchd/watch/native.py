@@ -1,12 +1,14 @@
-"""watchdog 7's inotify observer, made to tell what it otherwise hides.
+"""watchdog's inotify observer, made to tell what it otherwise hides: the part shared by the backends.
 
-Additions built on watchdog 7.x internals (``InotifyWatchGroup``, ``InotifyFD``; pinned below 8
-in pyproject.toml): excluded directories, ``__pycache__`` and virtual environments get no inotify
-watch; a directory that cannot be watched because the inotify limit is reached is *noticed*
-(watchdog 7 silently skips it) and reported to a :class:`CoverageSink` (the
-:class:`~cachewatchd.watch.observers.Watcher`), which falls back to polling; an event-queue overflow
-becomes a rescan request. Where these internals are missing (another watchdog, not Linux),
-:func:`inotify_classes` returns ``None`` and the stock observer is used.
+Additions built on watchdog's inotify internals: excluded directories, ``__pycache__`` and virtual
+environments get no inotify watch; a directory that cannot be watched because the inotify limit is
+reached is *noticed* (watchdog silently skips it) and reported to a :class:`CoverageSink` (the
+:class:`~cachewatchd.watch.observers.Watcher`), which falls back to polling; a directory whose watch
+is refused (``EACCES``) is reported; an event-queue overflow becomes a rescan request; the watched
+paths can be read (:meth:`Guard.watched`). Two backends build the observer classes on the internals
+of the watchdog installed: :mod:`~cachewatchd.watch.native7` (watchdog 7.1.0, Python 3.11+) and
+:mod:`~cachewatchd.watch.native6` (watchdog 6, Python 3.10). Where neither fits (another watchdog,
+not Linux), :func:`inotify_classes` returns ``None`` and the stock observer is used.
 
 Coverage is re-established by construction, never from memory:
 
@@ -25,12 +27,13 @@ from __future__ import annotations
 
 import errno
 import os
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
 from cachewatchd.cache.pyc import SOURCE_SUFFIXES
-from cachewatchd.cache.walk import Excluder, WalkOptions, subdirectories, walk_stack
+from cachewatchd.cache.walk import Excluder, WalkOptions, walk_stack
+from cachewatchd.watch import native6, native7
 
 __all__ = ["LIMITS", "CoverageSink", "Guard", "inotify_classes"]
 
@@ -70,6 +73,7 @@ class Guard:
         self.root = str(root)
         self.excluder = Excluder(sink.walk_options)
         self.group: Any = None
+        """This root's watches, set by the backend: ``watched()``, ``rewatch(path)``."""
         self.limit: str | None = None
 
     def skip(self, path: str) -> bool:
@@ -115,11 +119,24 @@ class Guard:
             self.sink.report_denied(path, exc)
 
     def watched(self) -> set[str]:
+        """The paths that hold a watch now."""
         group = self.group
         if group is None:
             return set()
-        with group._lock:
-            return {os.fsdecode(p) for p in group._active_callbacks_by_path}
+        paths: set[str] = group.watched()
+        return paths
+
+    def appeared(self, path: bytes) -> None:
+        """A directory appeared at *path* (created or moved in): have its coverage checked."""
+        self.sink.report_appeared(Path(self.root), os.fsdecode(path))
+
+    def came_back(self, path: str, report_created: Callable[[str], None]) -> None:
+        """The tree at *path* is watched again: report its sources to *report_created* (edits made
+        while its watches were being replaced would be lost) and have its coverage checked."""
+        for source in self.sources(path):
+            report_created(source)
+        self.sink.report_rewatched(Path(self.root), path, "moved away and back")
+        self.sink.report_appeared(Path(self.root), path)
 
 
 def _is_dir(entry: os.DirEntry[str]) -> bool:
@@ -130,166 +147,16 @@ def _is_dir(entry: os.DirEntry[str]) -> bool:
 
 
 def inotify_classes() -> tuple[Any, Any] | None:
-    """``(observer class, InotifyFD class)`` on watchdog 7's inotify internals; None elsewhere."""
+    """``(observer class, shared inotify class)`` on the installed watchdog's inotify internals.
+
+    The observer class is called as ``observer_cls(shared, guard)``; the shared inotify class is
+    instantiated once per :class:`~cachewatchd.watch.observers.Watcher` and started and stopped
+    with it. ``None`` where watchdog is neither 7.1.0 nor 6.x, or not on Linux.
+    """
     try:
-        from watchdog.events import FileCreatedEvent
-        from watchdog.observers.api import BaseObserver
-        from watchdog.observers.inotify import InotifyEmitter, InotifyWatchGroup
-        from watchdog.observers.inotify_c import InotifyFD
-    except Exception:  # noqa: BLE001 - not Linux (UnsupportedLibcError) or an older watchdog
+        from watchdog.version import VERSION_MAJOR
+    except Exception:  # noqa: BLE001 - no usable watchdog
         return None
-
-    @dataclass
-    class PrunedGroup(InotifyWatchGroup):
-        guard: Any = None
-
-        def _add_all_callbacks(self, path: bytes) -> None:
-            """Watch *path* and, recursively, every directory below it that is not pruned.
-
-            Top-down, each directory watched *before* it is listed (watchdog lists first): what
-            appears after the listing raises an event on the new watch, which watches it in turn.
-            Called with the group's lock held (watchdog's own callers hold it).
-            """
-            guard: Guard = self.guard
-            top = os.fsdecode(path)
-            if path != self.path and (guard.skip(top) or os.path.islink(path)):
-                return  # a symlinked directory is not followed, as no walk follows one
-            if not (self.is_recursive and os.path.isdir(path)):
-                self._add_callback(path)
-                return
-            stack = [(top, guard.relative(top))]
-            while stack:
-                directory, rel = stack.pop()
-                encoded = os.fsencode(directory)
-                if not self._add_callback(encoded):  # raises for the root itself
-                    continue
-                try:
-                    with os.scandir(directory) as listing:
-                        entries = list(listing)
-                except OSError as exc:  # gone meanwhile, or unreadable (reported)
-                    guard.walk_error(exc)
-                    continue
-                if directory != guard.root and guard.excluder.is_venv([e.name for e in entries]):
-                    self._unwatch([self._active_callbacks_by_path[encoded]])
-                    continue
-                stack += subdirectories(entries, rel, guard.excluder)
-
-        def _add_callback(self, path: bytes) -> bool:  # type: ignore[override]
-            """Watch *path*; False when it could not be watched (reported to the guard)."""
-            fd = self._inotify_fd
-            try:
-                with fd._lock:  # add_callback() without its warning for an inode seen again
-                    watch = fd._get_or_create_watch(path, self.event_mask)
-                    watch.callbacks[self._id] = self._callback
-                    wd = watch.wd
-            except OSError as exc:
-                if path == self.path:
-                    raise
-                self.guard.watch_failed(os.fsdecode(path), exc)
-                return False
-            if wd < 0:  # EACCES: watchdog registers wd -1 instead of raising
-                fd.remove_callbacks([(wd, self._id)])
-                denied = PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fsdecode(path))
-                if path == self.path:
-                    raise denied
-                self.guard.watch_failed(os.fsdecode(path), denied)
-                return False
-            stale = self._active_callbacks_by_watch.get(wd)
-            if stale is not None and stale != path:  # moved out, then back in under a new name
-                self._move_watches(stale, path)
-            self._active_callbacks_by_path[path] = wd
-            self._active_callbacks_by_watch[wd] = path
-            return True
-
-        def _unwatch(self, wds: list[Any]) -> None:
-            """Remove the watches *wds* and every trace of them (lock held).
-
-            watchdog's ``_remove_callbacks`` fails when two watches claim one path (the tree that
-            left and the one there now) and they are removed in the wrong order."""
-            self._inotify_fd.remove_callbacks([(wd, self._id) for wd in wds])
-            gone = set(wds)
-            for wd in wds:
-                self._active_callbacks_by_watch.pop(wd, None)
-            by_path = self._active_callbacks_by_path
-            for p in [p for p, wd in by_path.items() if wd in gone]:
-                del by_path[p]
-
-        def _drop_tree(self, path: bytes) -> None:
-            """Drop every watch whose path is *path* or below it (lock held)."""
-            prefix = path + os.sep.encode()
-            below = [(p, wd) for p, wd in self._active_callbacks_by_path.items()]
-            below += [(p, wd) for wd, p in self._active_callbacks_by_watch.items()]
-            wds = {wd for p, wd in below if p == path or p.startswith(prefix)}
-            if wds:
-                self._unwatch(sorted(wds))
-
-        def forget(self, path: bytes) -> bool:
-            """A directory tree left *path* (an unpaired move out): drop its watches. If a directory
-            is at *path* again (moved back within the pairing window, or another one), watch its
-            subtree again from the filesystem and return True: the watches found there belonged to
-            the path, not to what is there now."""
-            with self._lock:
-                if not self.is_active:
-                    return False
-                self._drop_tree(path)
-                if os.path.islink(path) or not os.path.isdir(path):
-                    return False
-                self._add_all_callbacks(path)
-                return True
-
-        def rewatch(self, path: bytes) -> None:
-            """Watch the subtree at *path* again from the filesystem (from another thread)."""
-            with self._lock:
-                if self.is_active and os.path.isdir(path):
-                    self._add_all_callbacks(path)
-
-        def on_queue_overflow(self) -> None:
-            super().on_queue_overflow()
-            self.guard.sink.report_overflow(Path(self.guard.root))
-
-    class GuardedEmitter(InotifyEmitter):
-        def __init__(self, *args: Any, guard: Guard, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self._guard = guard
-
-        def on_thread_start(self) -> None:
-            self._inotify = PrunedGroup(
-                self._inotify_fd,
-                os.fsencode(self.watch.path),
-                is_recursive=self.watch.is_recursive,
-                event_mask=self.get_event_mask_from_filter(),
-                guard=self._guard,
-            )
-            self._guard.group = self._inotify
-
-        def build_and_queue_event(self, event: Any, *, full_events: bool = False) -> None:
-            super().build_and_queue_event(event, full_events=full_events)
-            single = getattr(event, "ev", None)  # an unpaired event: the other side is elsewhere
-            if single is None:  # a paired move (from, to) inside the root
-                if event[1].ev.is_directory:
-                    self._appeared(event[1].path)
-            elif single.is_directory and (single.is_create or single.is_moved_to):
-                self._appeared(event.path)
-            elif single.is_directory and single.is_moved_from:
-                group = self._inotify
-                if isinstance(group, PrunedGroup) and group.forget(event.path):
-                    self._came_back(os.fsdecode(event.path))
-
-        def _appeared(self, path: bytes) -> None:
-            guard = self._guard
-            guard.sink.report_appeared(Path(guard.root), os.fsdecode(path))
-
-        def _came_back(self, path: str) -> None:
-            """The tree at *path* is watched again: report its sources (edits made while its
-            watches were being replaced would be lost) and check its coverage."""
-            guard = self._guard
-            for source in guard.sources(path):
-                self.queue_event(FileCreatedEvent(source))
-            guard.sink.report_rewatched(Path(guard.root), path, "moved away and back")
-            guard.sink.report_appeared(Path(guard.root), path)
-
-    class NativeObserver(BaseObserver):
-        def __init__(self, fd: Any, guard: Guard) -> None:
-            super().__init__(GuardedEmitter, inotify_fd=fd, guard=guard)
-
-    return NativeObserver, InotifyFD
+    backends = {7: native7.inotify_classes, 6: native6.inotify_classes}
+    backend = backends.get(VERSION_MAJOR)
+    return None if backend is None else backend()

@@ -21,7 +21,7 @@ from cachewatchd.watch.observers import Watcher, coverage_gaps
 from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.skipif(
-    inotify_classes() is None, reason="needs watchdog 7's inotify internals (Linux)"
+    inotify_classes() is None, reason="needs watchdog's inotify internals (Linux)"
 )
 
 

@@ -14,7 +14,7 @@ from tests.support.daemon import DaemonProc, isolated_env
 from tests.support.wait import compile_pyc, wait_until
 
 pytestmark = pytest.mark.skipif(
-    inotify_classes() is None, reason="needs watchdog 7's inotify internals (Linux)"
+    inotify_classes() is None, reason="needs watchdog's inotify internals (Linux)"
 )
 
 
@@ -49,6 +49,7 @@ def test_package_moved_out_and_back_quickly_still_gets_its_caches_removed(tmp_pa
 
 
 _RACE_HOOK = """
+import functools
 import os
 _target = os.environ.get("CW_TEST_RACE_DIR")
 _real = os.scandir
@@ -76,8 +77,8 @@ def _racing(path="."):
         os.makedirs(os.path.join(_target, "late", "deeper", "deepest"))
     return _Listing(entries)
 
-if _target:
-    os.scandir = _racing
+if _target:  # a partial, not a function: Python 3.10's pathlib holds os.scandir as a class
+    os.scandir = functools.partial(_racing)  # attribute, where a function becomes a method
 """
 
 

@@ -23,6 +23,7 @@ from cachewatchd.cache.walk import WalkOptions
 from cachewatchd.watch.batch import Batch, Batcher, Rescan
 from cachewatchd.watch.observers import Watcher, coverage_gaps
 from cachewatchd.watch.polling import SourceLister, change_stat
+from tests.support.inotify import fail_instances, fail_watches, inject_overflow, reader_lock
 from tests.support.users import unprivileged
 from tests.support.wait import wait_until
 
@@ -236,22 +237,11 @@ def test_coverage_gaps_lists_unwatched_directories(tmp_path: Path) -> None:
 
 
 # -- faults: limits, overflow, vanished roots, permissions ------------------------------------------
-def _failing_watches(monkeypatch: pytest.MonkeyPatch, marker: bytes, err: int) -> None:
-    original = inotify_c.InotifyFD._get_or_create_watch
-
-    def failing(self: Any, path: bytes, mask: int) -> Any:
-        if marker in path:
-            raise OSError(err, os.strerror(err))
-        return original(self, path, mask)
-
-    monkeypatch.setattr(inotify_c.InotifyFD, "_get_or_create_watch", failing)
-
-
 def test_watch_limit_at_start_falls_back_to_polling(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     root = _tree(tmp_path)
-    _failing_watches(monkeypatch, b"/pkg/sub", errno.ENOSPC)
+    fail_watches(monkeypatch, b"/pkg/sub", errno.ENOSPC)
     with capture_logs() as logs, watching([root], poll_mode="auto") as (watcher, feed):
         choice = watcher.observers()[root]
         assert choice.kind == "polling"
@@ -270,10 +260,7 @@ def test_instance_limit_falls_back_to_polling(
 ) -> None:
     root = _tree(tmp_path)
 
-    def no_instance(cls: Any) -> int:
-        raise OSError(errno.EMFILE, "inotify instance limit reached")
-
-    monkeypatch.setattr(inotify_c.InotifyFD, "_create_inotify_fd", classmethod(no_instance))
+    fail_instances(monkeypatch)
     with watching([root], poll_mode="auto") as (watcher, feed):
         assert watcher.observers()[root].kind == "polling"
         assert "instance limit" in watcher.observers()[root].reason
@@ -305,7 +292,7 @@ def test_watch_limit_while_running_falls_back(
     root = _tree(tmp_path)
     with watching([root], poll_mode="auto") as (watcher, feed):
         assert watcher.observers()[root].kind == "native"
-        _failing_watches(monkeypatch, b"/later", errno.ENOSPC)
+        fail_watches(monkeypatch, b"/later", errno.ENOSPC)
         (root / "later").mkdir()
         wait_until(lambda: watcher.observers()[root].kind == "polling", 10, message="fallback")
         (root / "later" / "x.py").write_text("")
@@ -316,10 +303,7 @@ def test_watch_limit_while_running_falls_back(
 def test_injected_queue_overflow_requests_a_rescan(tmp_path: Path) -> None:
     root = _tree(tmp_path)
     with watching([root], poll_mode="never") as (watcher, feed):
-        overflow = inotify_c.InotifyEvent(
-            inotify_c.WatchDescriptor(-1), inotify_c.InotifyConstants.IN_Q_OVERFLOW, 0, b""
-        )
-        watcher._fd.handle_event(overflow)
+        inject_overflow(watcher, root)
         wait_until(lambda: Rescan(root, "event queue overflow") in feed.rescans(), 10)
         (root / "pkg" / "sub" / "after.py").write_text("")  # watches were rebuilt
         wait_until(lambda: root / "pkg/sub/after.py" in feed.changed(), 10)
@@ -332,8 +316,7 @@ def test_real_queue_overflow_requests_a_rescan(tmp_path: Path) -> None:
     root = _tree(tmp_path)
     a, b = root / "pkg" / "mod.py", root / "pkg" / "__init__.py"
     with watching([root], poll_mode="never") as (watcher, feed):
-        fd = watcher._fd
-        with fd._lock:
+        with reader_lock(watcher, root):
             fa, fb = os.open(a, os.O_WRONLY), os.open(b, os.O_WRONLY)
             try:
                 for _ in range(limit // 2 + 4096):  # alternate files: no coalescing
