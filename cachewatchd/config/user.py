@@ -22,7 +22,7 @@ from typing import Any
 from cachewatchd.config.toml import KeyPath, format_key, key_lines, loads, show_value, value_name
 from cachewatchd.errors import ConfigError, UsageError
 from cachewatchd.paths import APP_NAME, read_regular
-from cachewatchd.processes.spec import ProcessSpec, SupervisorSpec
+from cachewatchd.processes.spec import SCOPES, ProcessSpec, SupervisorSpec
 from cachewatchd.watch.mounts import POLL_MODES, PollMode
 from cachewatchd.watch.polling import POLL_INTERVAL_RANGE
 
@@ -54,7 +54,7 @@ longer than that dies of ``OverflowError``. :func:`check_number` applies them.""
 
 _TOP_KEYS = ("roots", "poll", "poll_interval", "reconcile_interval", "exclude", "process")
 _SELECTORS = ("supervisor", "pidfile", "match", "systemd")
-_OPTIONS = ("cwd", "root", "grace", "import_check", "health_url", "health_timeout", "log")
+_OPTIONS = ("cwd", "root", "scope", "grace", "import_check", "health_url", "health_timeout", "log")
 _PROCESS_KEYS = ("name", "action", "signal", *_SELECTORS, *_OPTIONS)
 _SUPERVISOR_KEYS = ("url", "program", "username", "password")
 _UNIT_NAME = re.compile(r"[A-Za-z0-9:_.@\\-]+")
@@ -271,7 +271,11 @@ class _Validator:
             keys = [(*at, key) for key in chosen] or [at]
             where = max(keys, key=lambda k: self.lines.get(k, 0))
             raise self.error(where, f"needs exactly one of {', '.join(_SELECTORS)}{found}")
-        for option, needs in (("cwd", "match"), ("health_timeout", "health_url")):
+        for option, needs in (
+            ("cwd", "match"),
+            ("scope", "match"),
+            ("health_timeout", "health_url"),
+        ):
             if option in item and needs not in item:
                 raise self.error((*at, option), f"only applies together with {needs}")
         if "log" in item and not ("match" in item or "pidfile" in item):
@@ -289,6 +293,7 @@ class _Validator:
             "systemd": self.unit,
             "cwd": self.path,
             "root": self.path,
+            "scope": self.scope,
             "grace": self.seconds,
             "import_check": self.module,
             "health_url": self.http_url,
@@ -354,6 +359,12 @@ class _Validator:
         if compiled.search("") is not None:
             raise self.error(key, "matches an empty command line, so it would match every process")
         return pattern
+
+    def scope(self, key: KeyPath, value: object) -> str:
+        if value not in SCOPES:
+            allowed = " or ".join(f'"{s}"' for s in SCOPES)
+            raise self.error(key, f"must be {allowed}, not {show_value(value)}")
+        return str(value)
 
     def unit(self, key: KeyPath, value: object) -> str:
         unit = self.string(key, value)

@@ -288,6 +288,18 @@ ERRORS = [
     ('[[process]]\nname = "a"\nmatch = "("\n', 3, "process[0].match", "not a valid regular expr"),
     ('[[process]]\nname = "a"\nmatch = ".*"\n', 3, "process[0].match", "would match every process"),
     ('[[process]]\nname = "a"\npidfile = "/p"\ncwd = "/x"\n', 4, "process[0].cwd", "with match"),
+    (
+        '[[process]]\nname = "a"\npidfile = "/p"\nscope = "any"\n',
+        4,
+        "process[0].scope",
+        "with match",
+    ),
+    (
+        '[[process]]\nname = "a"\nmatch = "x"\nscope = "everywhere"\n',
+        4,
+        "process[0].scope",
+        'must be "roots" or "any", not "everywhere"',
+    ),
     ('[[process]]\nname = "a"\npidfile = "/p"\ngrace = 0\n', 4, "process[0].grace", "0.1 to 3600"),
     ('[[process]]\nname = "a"\npidfile = "/p"\ngrace = 1e12\n', 4, "process[0].grace", "1e+12"),
     (
@@ -573,3 +585,13 @@ def test_process_log_option(tmp_path: Path) -> None:
     cfg.write_text('[[process]]\nname = "web"\nsystemd = "web.service"\nlog = "web.log"\n')
     with pytest.raises(ConfigError, match=r"config.toml:4: process\[0\].log: only applies"):
         load_config(cfg)
+
+
+def test_process_scope_option(tmp_path: Path) -> None:
+    from cachewatchd.config.user import load_config
+
+    cfg = tmp_path / "config.toml"
+    cfg.write_text('[[process]]\nname = "web"\nmatch = "uvicorn"\nscope = "any"\n')
+    assert load_config(cfg).processes[0].scope == "any"
+    cfg.write_text('[[process]]\nname = "web"\nmatch = "uvicorn"\n')
+    assert load_config(cfg).processes[0].scope == "roots"
