@@ -27,7 +27,6 @@ import ctypes
 import errno
 import functools
 import importlib
-import logging
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,8 +37,6 @@ if TYPE_CHECKING:
     from cachewatchd.watch.native import Guard
 
 __all__ = ["NoSharedInotify", "inotify_classes"]
-
-_log = logging.getLogger("watchdog.observers.inotify_c")
 
 
 class NoSharedInotify:
@@ -235,7 +232,6 @@ def inotify_classes() -> tuple[Any, Any] | None:
             self.guard.sink.report_overflow(Path(self.guard.root))
 
         def _overflowed(self) -> None:
-            _log.warning("Inotify queue overflowed; filesystem events were lost")
             self._rebuild()
 
         # -- reading (the buffer's thread) -----------------------------------------------------------

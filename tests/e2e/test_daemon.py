@@ -27,6 +27,12 @@ from tests.support.wait import git as run_git
 GIT = shutil.which("git")
 
 
+def watchdog_major() -> int:
+    from importlib.metadata import version
+
+    return int(version("watchdog").split(".")[0])
+
+
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
     return isolated_env(tmp_path / "home")
@@ -200,7 +206,8 @@ def test_queue_overflow_triggers_a_rescan(proj: Path, env: dict[str, str]) -> No
             if daemon.events("rescan")[1:]:
                 break
         daemon.wait_event("rescan", lambda e: "overflow" in e["reason"])
-        assert daemon.events("library-warning")  # watchdog's own warning, as a JSON line
+        if watchdog_major() >= 7:  # watchdog 6 says nothing: the rescan above is the report
+            assert daemon.events("library-warning")  # watchdog's own warning, as a JSON line
         assert daemon.garbage == []  # nothing but JSON lines on stderr
         assert daemon.stop() == 0
 
