@@ -326,6 +326,7 @@ class Daemon:
             if controller is not None and outcome.touched:
                 controller.notify(sorted(outcome.touched))
         except Exception:  # logged by the batcher, which carries on: the batch is over
+            self._count_error()
             self._batch_over(batch)
             raise
         # Anything else kills the batcher thread (thread-died, fatal): the start is not over.

@@ -259,3 +259,21 @@ def test_a_normal_stop_is_still_zero(running: Callable[..., Run]) -> None:
     run.daemon.request_stop()
     assert wait_exit(run) == EXIT_OK
     assert not run.events("thread-died")
+
+
+def test_a_batch_that_fails_is_a_counted_error_not_a_death(
+    running: Callable[..., Run], monkeypatch: pytest.MonkeyPatch, root: Path
+) -> None:
+    """The batcher outlives a batch that raises (one ``error`` line): status counts it."""
+    run = running()
+    child_running(run)
+    before = run.daemon.status()["counters"]["errors"]
+    monkeypatch.setattr(BatchHandler, "handle", bug)
+    edit(root)
+    wait_until(lambda: run.events("error"), 10, message="the batch's error")
+    wait_until(
+        lambda: run.daemon.status()["counters"]["errors"] == before + 1, 10, message="counted"
+    )
+    assert run.daemon.healthy()
+    assert run.daemon.status()["state"] == "ready"
+    assert not run.events("thread-died")
