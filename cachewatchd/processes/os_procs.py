@@ -23,7 +23,7 @@ from pathlib import Path
 import psutil
 
 from cachewatchd.errors import RuntimeFailure
-from cachewatchd.paths import is_under
+from cachewatchd.paths import is_under, read_regular
 
 __all__ = [
     "ProcessActionError",
@@ -33,6 +33,7 @@ __all__ = [
     "find_by_pidfile",
     "launch_detached",
     "owned",
+    "read_pidfile",
     "restart_process",
     "send_signal",
     "signal_refusal",
@@ -44,6 +45,9 @@ __all__ = [
 
 _KILL_WAIT = 10.0
 """Seconds to wait for processes to vanish after SIGKILL."""
+
+PIDFILE_LIMIT = 4096
+"""Bytes a pidfile may hold: a pid and a newline, with room for comments some tools add."""
 
 _LAUNCHER = """\
 import os, subprocess, sys
@@ -95,9 +99,13 @@ def _describe(proc: psutil.Process) -> str:
 
 
 def find_by_pidfile(pidfile: Path) -> list[psutil.Process]:
-    """The process named by *pidfile*; raises :class:`ProcessActionError` when unusable."""
+    """The process named by *pidfile*; raises :class:`ProcessActionError` when unusable.
+
+    The pidfile is read with :func:`~cachewatchd.paths.read_regular`: a FIFO (or a device, a
+    directory) where the pidfile belongs is "cannot read pidfile", never a hang.
+    """
     try:
-        text = pidfile.read_text(encoding="ascii", errors="replace").strip()
+        text = read_pidfile(pidfile)
     except OSError as exc:
         raise ProcessActionError(f"cannot read pidfile {pidfile}: {exc.strerror or exc}") from None
     try:
@@ -120,6 +128,13 @@ def find_by_pidfile(pidfile: Path) -> list[psutil.Process]:
             f"pid {pid} from {pidfile} belongs to another user; cachewatchd never touches it"
         )
     return [proc]
+
+
+def read_pidfile(pidfile: Path) -> str:
+    """The text of *pidfile*, stripped: a regular file of at most :data:`PIDFILE_LIMIT` bytes, read
+    without blocking. Raises :class:`OSError` (``strerror`` says why: ``"a FIFO, not a regular
+    file"``, ``"larger than 4096 bytes"``, ``"No such file or directory"``...)."""
+    return read_regular(pidfile, PIDFILE_LIMIT).decode("ascii", "replace").strip()
 
 
 def _cwd_matches(proc: psutil.Process, cwd: Path | None) -> bool:

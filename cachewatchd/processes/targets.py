@@ -8,9 +8,12 @@ act (restart or signal) and which processes it currently runs; failures are
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import stat
 import subprocess
+import tempfile
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -27,6 +30,7 @@ from cachewatchd.processes.os_procs import (
     alive,
     find_by_match,
     find_by_pidfile,
+    read_pidfile,
     restart_process,
     send_signal,
     signal_refusal,
@@ -327,14 +331,21 @@ class ProcessTarget(Target):
         pidfile = self.spec.pidfile
         if pidfile is None:
             return
-        try:
-            if pidfile.read_text(encoding="ascii", errors="replace").strip() != str(old):
+        try:  # never a blocking open: a FIFO here (or at a fixed temporary name) would hang us
+            if read_pidfile(pidfile) != str(old):
                 return
-            tmp = pidfile.with_name(f".{pidfile.name}.cachewatchd")
-            tmp.write_text(f"{new}\n", encoding="ascii")
-            os.replace(tmp, pidfile)
+            mode = stat.S_IMODE(os.stat(pidfile).st_mode)
+            fd, tmp = tempfile.mkstemp(prefix=f".{pidfile.name}.", dir=pidfile.parent)
         except OSError:
             return
+        try:
+            with os.fdopen(fd, "w", encoding="ascii") as out:
+                os.fchmod(out.fileno(), mode)
+                out.write(f"{new}\n")
+            os.replace(tmp, pidfile)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
 
 
 class SystemdTarget(Target):

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import stat
 import sys
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -15,6 +20,9 @@ from cachewatchd.processes import os_procs as procs
 from cachewatchd.processes.controller import Controller
 from cachewatchd.processes.spec import ProcessSpec
 from cachewatchd.processes.status import TargetState
+from tests.support.daemon import DaemonProc, cli, isolated_env
+from tests.support.e2e import toml_config
+from tests.support.fifo import RESCUE_AFTER, fifo_at, rescued
 from tests.support.servers import (
     Reaper,
     assert_one_line_faults,
@@ -312,3 +320,109 @@ def test_a_match_with_nothing_under_the_roots_says_where_it_looked(
     assert problem == f"no running process for match {marker!r} under {root}"
     assert outside.poll() is None
     assert_one_line_faults(logs)
+
+
+# -- pidfiles a hostile tree made FIFOs: unreadable, never a hang -----------------------------------
+def test_a_pidfile_that_is_a_fifo_is_unreadable_not_a_hang(tmp_path: Path) -> None:
+    fifo = fifo_at(tmp_path / "app.pid")
+    start = time.monotonic()
+    with rescued(fifo), pytest.raises(procs.ProcessActionError) as raised:
+        procs.find_by_pidfile(fifo)
+    assert time.monotonic() - start < RESCUE_AFTER
+    assert raised.value.message == f"cannot read pidfile {fifo}: a FIFO, not a regular file"
+
+
+def test_a_fifo_pidfile_is_the_targets_problem_and_the_controller_stops(tmp_path: Path) -> None:
+    fifo = fifo_at(tmp_path / "w.pid")
+    controller = Controller([ProcessSpec(name="w", pidfile=fifo)], [tmp_path])
+    start = time.monotonic()
+    with rescued(fifo), capture_logs() as logs:
+        controller.start()
+        try:
+            wait_until(lambda: [s.state for s in controller.status()] == [TargetState.NOT_FOUND])
+            controller.notify({tmp_path / "m.py"})  # a batch: the restart fails, at once
+            failed = wait_event(logs, "restart-failed", timeout=RESCUE_AFTER)
+        finally:
+            controller.stop()
+    assert time.monotonic() - start < RESCUE_AFTER
+    (status,) = controller.status()
+    assert status.problem == f"cannot read pidfile {fifo}: a FIFO, not a regular file"
+    assert failed["error"] == status.problem
+    assert_one_line_faults(logs)
+
+
+def test_a_fifo_at_the_pidfiles_old_temporary_name_does_not_hang_the_rewrite(
+    tmp_path: Path, reaper: Reaper
+) -> None:
+    script = _sleeper(tmp_path)
+    old = reaper.popen([sys.executable, str(script)], cwd=tmp_path)
+    pidfile = tmp_path / "app.pid"
+    pidfile.write_text(f"{old.pid}\n", encoding="ascii")
+    pidfile.chmod(0o644)
+    trap = fifo_at(tmp_path / ".app.pid.cachewatchd")  # the fixed name once written through
+    controller = Controller([ProcessSpec(name="bg", pidfile=pidfile, grace=5)], [tmp_path])
+    start = time.monotonic()
+    # without the fix the FIFO becomes the pidfile: rescued() unblocks the reads of it
+    with _drained(trap), rescued(pidfile), capture_logs() as logs:
+        controller.start()
+        try:
+            controller.notify({script})
+            done = wait_event(logs, "restarted")
+            reaper.track(done["pids"][0])
+        finally:
+            controller.stop()
+    assert time.monotonic() - start < RESCUE_AFTER
+    assert stat.S_ISREG(pidfile.stat().st_mode)
+    assert pidfile.read_text(encoding="ascii") == f"{done['pids'][0]}\n"
+    assert stat.S_IMODE(pidfile.stat().st_mode) == 0o644  # the pidfile's mode is kept
+    assert stat.S_ISFIFO(trap.stat().st_mode)  # untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [".app.pid.cachewatchd", "app.pid", script.name]
+    )
+
+
+@contextlib.contextmanager
+def _drained(fifo: Path) -> Iterator[None]:
+    """Run the body; from RESCUE_AFTER seconds on, open *fifo* for reading over and over, so that
+    a writer blocked in ``open`` (the bug) gets through and the test fails on its assertions
+    instead of hanging."""
+    stop = threading.Event()
+
+    def drain() -> None:
+        if stop.wait(RESCUE_AFTER):
+            return
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+                stop.wait(0.05)
+                with contextlib.suppress(OSError):
+                    os.read(fd, 4096)
+                os.close(fd)
+
+    thread = threading.Thread(target=drain, name="fifo-drain", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def test_a_daemon_whose_pidfile_is_a_fifo_reports_it_and_stops(tmp_path: Path) -> None:
+    proj = (tmp_path / "proj").resolve()
+    proj.mkdir()
+    (proj / "m.py").write_text("X = 1\n", encoding="utf-8")
+    fifo = fifo_at(proj / "run" / "app.pid")  # in the watched tree: anyone with write access
+    config = toml_config(tmp_path / "config.toml", [{"name": "app", "pidfile": fifo}])
+    env = isolated_env(tmp_path / "home")
+    problem = f"cannot read pidfile {fifo}: a FIFO, not a regular file"
+    with rescued(fifo), DaemonProc(["--config", str(config), str(proj)], env) as daemon:
+        daemon.ready()
+        daemon.wait_event("error", lambda e: e.get("target") == "app")
+        human = cli(["status"], env).stdout
+        start = time.monotonic()
+        assert daemon.stop() == 0
+    assert time.monotonic() - start < RESCUE_AFTER
+    assert daemon.events("error")[0]["error"] == problem
+    assert f"  process app: not-found pid - ({problem})" in human
+    assert daemon.garbage == []
