@@ -77,6 +77,16 @@ def _error_text(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
+def _not_a_source_here(verdict: Verdict, directory: str, stem: str) -> Verdict:
+    """*verdict* (no source found), saying so when ``<stem>.pyw`` is there but is no source on
+    this platform (``.pyw`` is one on Windows only)."""
+    if ".pyw" in SOURCE_SUFFIXES or not os.path.lexists(os.path.join(directory, stem + ".pyw")):
+        return verdict
+    return verdict._replace(
+        reason=f"{verdict.reason} ({stem}.pyw is here, but .pyw is not a source on this platform)"
+    )
+
+
 Row = tuple[str, str | None, str, str, str, str, Mode | None, Kind]
 """One judged entry as plain data: path, source, state value, reason, tag, opt, mode, kind."""
 
@@ -293,6 +303,8 @@ class Auditor:
         except OSError as exc:
             self.on_error(entry.path, exc)
             return
+        if verdict.state is State.SOURCELESS:
+            verdict = _not_a_source_here(verdict, dirpath, stem)
         source = os.path.join(dirpath, f"{stem}.py") if has_source else None
         self.add(entry.path, source, verdict, "", "", "legacy")
 
@@ -312,6 +324,7 @@ class Auditor:
         source, source_name, stat = self._find_source(source_dir, parsed.stem, sources)
         if source is None or stat is None:
             verdict = Verdict(State.ORPHAN, f"source {parsed.stem}.py is gone: never imported")
+            verdict = _not_a_source_here(verdict, source_dir, parsed.stem)
             self.add(path, None, verdict, parsed.tag, parsed.opt, kind)
             return
         source_path = os.path.join(source_dir, source_name)

@@ -7,6 +7,7 @@ and size (each ``& 0xFFFFFFFF``) or an 8-byte SipHash of the source keyed by the
 
 from __future__ import annotations
 
+import importlib.machinery
 import importlib.util
 import struct
 import sys
@@ -31,8 +32,10 @@ __all__ = [
     "version_of_tag",
 ]
 
-SOURCE_SUFFIXES = (".py", ".pyw")
-"""Suffixes of the sources CPython caches: a cache entry's source is ``<stem><suffix>``."""
+SOURCE_SUFFIXES: tuple[str, ...] = tuple(importlib.machinery.SOURCE_SUFFIXES)
+"""Suffixes of the sources CPython imports and caches on this platform: ``.py``, and ``.pyw`` on
+Windows only (on Linux and macOS an ``m.pyw`` is never imported, so its caches are never read). A
+cache entry's source is ``<stem><suffix>``."""
 LEGACY_SUFFIXES = (".pyc", ".pyo")
 """Suffixes of a legacy cache file beside its source (``m.pyc``, ``m.pyo``: before PEP 3147)."""
 

@@ -1,0 +1,88 @@
+"""Verdicts proven by the interpreter that reads the pyc.
+
+Each test builds a tree with real interpreters, asks the interpreter that would read the cache
+what it runs (``python -B -v -c "import m; print(m.X)"``: the pyc, or the source it recompiles;
+see ``real_import.py``), and checks that cachewatchd's verdict says the same. A test whose
+interpreter is not installed is skipped, saying so.
+"""
+
+from __future__ import annotations
+
+import importlib.machinery
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cachewatchd.cache.audit import AuditOptions, Entry, State, audit
+from tests.cache.real_import import import_v
+from tests.conftest import child_env
+from tests.support.pycs import write
+from tests.support.wait import compile_pyc
+
+TAG = sys.implementation.cache_tag
+
+posix_only = pytest.mark.skipif(
+    ".pyw" in importlib.machinery.SOURCE_SUFFIXES, reason=".pyw is a source on Windows"
+)
+
+
+def judged(root: Path, **options: Any) -> dict[str, Entry]:
+    """Every entry under *root* (fresh ones too), by path relative to *root* (else absolute)."""
+    report = audit([root], AuditOptions(keep_fresh=True, **options))
+    assert not report.errors, report.errors
+    found = {}
+    for entry in report.entries:
+        try:
+            key = str(entry.path.relative_to(root))
+        except ValueError:
+            key = str(entry.path)
+        found[key] = entry
+    return found
+
+
+def compile_old(exe: str, source: Path, *flags: str) -> None:
+    """Compile *source* with *exe* as its ``py_compile`` does by default (2.7: ``m.pyc`` beside
+    the source, ``m.pyo`` with ``-O``; 3.6: in ``__pycache__``). ``compile_with`` needs
+    invalidation modes, which older ``py_compile`` lacks."""
+    code = "import py_compile, sys; py_compile.compile(sys.argv[1], doraise=True)"
+    subprocess.run([exe, *flags, "-c", code, str(source)], check=True, env=child_env(), timeout=60)
+
+
+def set_magic(pyc: Path, number: int) -> None:
+    data = bytearray(pyc.read_bytes())
+    data[:2] = number.to_bytes(2, "little")
+    pyc.write_bytes(bytes(data))
+
+
+def backdate(pyc: Path) -> None:
+    """Make the pyc older than its source's last change (ctime), so that the exact check runs:
+    CPython never looks at a pyc's own mtime."""
+    st = pyc.stat()
+    os.utime(pyc, ns=(st.st_atime_ns, st.st_mtime_ns - 10**9))
+
+
+# -- 1. .pyw is a source on Windows only ------------------------------------------------------------
+@posix_only
+def test_a_legacy_pyc_beside_a_pyw_is_imported_as_sourceless(tmp_path: Path) -> None:
+    pyc = compile_pyc(write(tmp_path / "m.pyw", "X = 'pyw'\n"), cfile=tmp_path / "m.pyc")
+    run = import_v(sys.executable, tmp_path)
+    assert (run.loaded, run.value) == (pyc, "pyw"), run.log
+    entry = judged(tmp_path)["m.pyc"]
+    assert (entry.state, entry.source) == (State.SOURCELESS, None)
+    assert "m.pyw is here, but .pyw is not a source on this platform" in entry.reason
+
+
+@posix_only
+def test_the_pycache_of_a_pyw_is_never_read(tmp_path: Path) -> None:
+    pyc = compile_pyc(write(tmp_path / "m.pyw", "X = 'pyw'\n"))
+    assert pyc == tmp_path / "__pycache__" / f"m.{TAG}.pyc"
+    run = import_v(sys.executable, tmp_path)
+    assert run.loaded is None, run.log
+    assert "No module named 'm'" in run.log, run.log
+    entry = judged(tmp_path)[f"__pycache__/m.{TAG}.pyc"]
+    assert (entry.state, entry.source) == (State.ORPHAN, None)
+    assert "m.pyw is here, but .pyw is not a source" in entry.reason
