@@ -20,9 +20,11 @@ this process, not of CPython: a file over its size cap, ``MemoryError`` while co
 
 from __future__ import annotations
 
+import cmath
 import errno
 import json
 import marshal
+import math
 import os
 import signal
 import stat
@@ -34,6 +36,7 @@ from typing import Any
 __all__ = ["compare", "main"]
 
 _LENGTH = struct.Struct("<I")
+_DOUBLE = struct.Struct("<d")
 _HEADER_SIZE = 16
 _MASK = 0xFFFFFFFF
 _FLAGS = {"timestamp": 0, "unchecked-hash": 0b01, "checked-hash": 0b11}
@@ -121,15 +124,47 @@ def _compile(source: str, optimize: int, limits: dict[str, int]) -> tuple[CodeTy
     return code, data, st
 
 
+_NANS: dict[bytes, object] = {}
+"""One stand-in per bit pattern of a NaN constant (see :func:`_nan_free`)."""
+
+
+def _nan_free(value: Any) -> Any:
+    """*value* (a constant, or a code object and its constants, recursively) with each NaN (a
+    float, or a complex number with a NaN part) replaced by one object per bit pattern, so that
+    ``==`` compares NaN constants by their bits as marshal stores them: ``nan != nan``, so a code
+    object holding one is never equal to another. *value* itself when it holds no NaN."""
+    if isinstance(value, float):
+        if not math.isnan(value):
+            return value
+        return _NANS.setdefault(b"f" + _DOUBLE.pack(value), object())
+    if isinstance(value, complex):
+        if not cmath.isnan(value):
+            return value
+        return _NANS.setdefault(
+            b"c" + _DOUBLE.pack(value.real) + _DOUBLE.pack(value.imag), object()
+        )
+    if isinstance(value, (tuple, frozenset)):
+        items = [_nan_free(item) for item in value]
+        if all(new is old for new, old in zip(items, value, strict=True)):
+            return value
+        return tuple(items) if isinstance(value, tuple) else frozenset(items)
+    if isinstance(value, CodeType):
+        consts = _nan_free(value.co_consts)
+        return value if consts is value.co_consts else value.replace(co_consts=consts)
+    return value
+
+
 def compare(cached: CodeType, fresh: CodeType) -> tuple[str, str]:
     """``("same", "")``, ``("differs", what)`` or ``("corrupt", why)`` for a pyc's code against a
     fresh compile of its source.
 
-    ``==`` on code objects compares bytecode, constants, names, line and exception tables; it
-    ignores the stack size (a frame CPython cannot allocate, or an evaluation stack too small) and
-    the fields below, which are checked here on every nested code object.
+    ``==`` on code objects compares bytecode, constants, names, line and exception tables (a float
+    constant by value and sign, so ``-0.0`` is not ``0.0``; a NaN by identity, never equal to
+    another: compared here by its bits); it ignores the stack size (a frame CPython cannot
+    allocate, or an evaluation stack too small) and the fields below, which are checked here on
+    every nested code object.
     """
-    if cached != fresh:
+    if cached != fresh and _nan_free(cached) != _nan_free(fresh):
         return "differs", ""
     pairs = [(cached, fresh)]
     while pairs:

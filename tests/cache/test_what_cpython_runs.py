@@ -20,7 +20,7 @@ import pytest
 from cachewatchd.cache.audit import AuditOptions, Entry, State, audit
 from tests.cache.real_import import import_v
 from tests.conftest import child_env
-from tests.support.pycs import write
+from tests.support.pycs import restore_mtime_edit, write
 from tests.support.wait import compile_pyc
 
 TAG = sys.implementation.cache_tag
@@ -86,3 +86,45 @@ def test_the_pycache_of_a_pyw_is_never_read(tmp_path: Path) -> None:
     entry = judged(tmp_path)[f"__pycache__/m.{TAG}.pyc"]
     assert (entry.state, entry.source) == (State.ORPHAN, None)
     assert "m.pyw is here, but .pyw is not a source" in entry.reason
+
+
+# -- 2. NaN constants --------------------------------------------------------------------------------
+NAN_SOURCE = """\
+X = 1e999 * 0
+T = (1e999 * 0, -0.0)
+S = 2 in {1e999 * 0, 2}
+C = 1j * 1e999
+def f():
+    return 1e999 * 0
+"""
+
+
+def test_a_pyc_holding_nan_constants_is_fresh(tmp_path: Path) -> None:
+    source = write(tmp_path / "m.py", NAN_SOURCE)
+    pyc = compile_pyc(source)
+    backdate(pyc)
+    run = import_v(sys.executable, tmp_path)
+    assert (run.loaded, run.value) == (pyc, "nan"), run.log
+    for deep in (False, True):
+        entry = judged(tmp_path, deep=deep)[f"__pycache__/{pyc.name}"]
+        assert (entry.state, entry.reason) == (State.FRESH, "code identical to a fresh compile")
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "printed"),
+    [
+        ("X = 1e999 * 0\n", "X = 1e999 * 1\n", "nan"),  # NaN -> inf
+        ("X = 1e999 * 1\n", "X = 1e999 * 0\n", "inf"),  # inf -> NaN
+        ("X = 0.0\n", "X = -0.\n", "0.0"),  # -0.0 is not 0.0
+        ("X = 1e999 * 0\n", "X =-(1e999*0)\n", "nan"),  # NaN -> NaN of the other sign
+    ],
+)
+def test_an_edit_of_a_float_constant_is_stale(
+    tmp_path: Path, before: str, after: str, printed: str
+) -> None:
+    source = write(tmp_path / "m.py", before)
+    pyc = compile_pyc(source)
+    restore_mtime_edit(source, after)
+    run = import_v(sys.executable, tmp_path)
+    assert (run.loaded, run.value) == (pyc, printed), run.log
+    assert judged(tmp_path)[f"__pycache__/{pyc.name}"].state is State.STALE
