@@ -24,7 +24,9 @@ from cachewatchd.cache.pyc import (
     HeaderError,
     Mode,
     parse_header,
+    released_magics,
     source_hash,
+    version_of_magic,
     version_of_tag,
 )
 
@@ -50,6 +52,7 @@ MASK = 0xFFFFFFFF
 """CPython stores the source mtime and size modulo 2**32."""
 _RUNNING_TAG = sys.implementation.cache_tag
 _RUNNING_TAG_VERSION = None if _RUNNING_TAG is None else version_of_tag(_RUNNING_TAG)
+_RUNNING_VERSION = (sys.version_info[0], sys.version_info[1])
 
 
 class State(str, Enum):
@@ -313,6 +316,14 @@ def prejudge(
     Reads nothing but the source of a hash pyc (at most :data:`MAX_SOURCE_BYTES` of it).
     """
     tag_version = _RUNNING_TAG_VERSION if tag == _RUNNING_TAG else version_of_tag(tag)
+    if tag_version is not None and data[:4] != RUNNING_MAGIC:  # PyPy's magics are its own
+        superseded = _superseded(data, tag_version)
+        if superseded is not None:
+            return Verdict(
+                State.OUTDATED,
+                f"{superseded}: CPython rejects it (bad magic number) and recompiles it on import",
+                _mode_of(data),
+            )
     try:
         header = parse_header(data, any_magic=tag_version is None)
     except HeaderError as exc:
@@ -328,10 +339,18 @@ def prejudge(
     ours = header.magic == RUNNING_MAGIC
     if header.mode != "timestamp":
         return _judge_hash(pyc, source, header, opt, ours, deep)
-    if header.mtime != (int(source_stat.st_mtime) & MASK) or header.size != (
-        source_stat.st_size & MASK
-    ):
-        what = "mtime" if header.mtime != (int(source_stat.st_mtime) & MASK) else "size"
+    mtime = int(source_stat.st_mtime)
+    if header.version is not None and header.version < (3, 7) and not 0 <= mtime <= MASK:
+        # 3.3-3.6 compare the header's 32 bits with the whole mtime (3.7 masks both sides).
+        return Verdict(
+            State.OUTDATED,
+            f"CPython {_version_text(header.version)} compares the header with the source's "
+            f"whole mtime ({mtime}: before 1970 or after 2106), which never fits in its 32 bits: "
+            "it recompiles on every import",
+            "timestamp",
+        )
+    if header.mtime != (mtime & MASK) or header.size != (source_stat.st_size & MASK):
+        what = "mtime" if header.mtime != (mtime & MASK) else "size"
         return Verdict(
             State.OUTDATED,
             f"source {what} differs from the header: Python recompiles it on import",
@@ -348,6 +367,37 @@ def prejudge(
         f"CPython {_version_text(header.version)} cannot be compared here",
         "timestamp",
     )
+
+
+def _mode_of(data: bytes) -> Mode | None:
+    """The mode a header declares, or ``None`` when it cannot be parsed."""
+    try:
+        return parse_header(data, any_magic=True).mode
+    except HeaderError:
+        return None
+
+
+def _superseded(data: bytes, tag_version: tuple[int, int] | None) -> str | None:
+    """Why the interpreters of the version whose magic *data* starts with reject it as a bad magic
+    number (the magic of a pre-release: a release reads only its own); ``None`` when they read it,
+    when its version has no release yet, or when it contradicts *tag_version*."""
+    magic = bytes(data[:4])
+    version = version_of_magic(magic)
+    if version is None or (tag_version is not None and version != tag_version):
+        return None
+    released = released_magics(version)
+    read = (RUNNING_MAGIC,) if version == _RUNNING_VERSION else released
+    if read is None or magic in read:
+        return None
+    text = _version_text(version)
+    wanted = " or ".join(str(int.from_bytes(m[:2], "little")) for m in read)
+    number = int.from_bytes(magic[:2], "little")
+    if released is not None and magic in released:  # this interpreter is a pre-release
+        return (
+            f"magic {number} of a release of CPython {text}, while this CPython {text} reads "
+            f"{wanted}"
+        )
+    return f"magic {number} of a pre-release of CPython {text}, whose releases read {wanted}"
 
 
 def _judge_hash(
@@ -403,6 +453,15 @@ def judge_legacy(pyc: str, has_source: bool, *, checks: CheckPool, deep: bool = 
         return Verdict(State.CORRUPT, f"sourceless pyc, {exc}")
     if size <= HEADER_SIZE:
         return Verdict(State.CORRUPT, "sourceless pyc, header without a body", header.mode)
+    superseded = _superseded(data, None)
+    if superseded is not None:  # a pre-release's magic, or another implementation's (PyPy)
+        return Verdict(
+            State.SOURCELESS,
+            f"no source beside it, and {superseded}: CPython {_version_text(header.version)} "
+            "refuses to import it (bad magic number); an interpreter using this magic (that "
+            "pre-release, PyPy) imports this bytecode",
+            header.mode,
+        )
     note = ""
     if deep and header.magic == RUNNING_MAGIC:
         try:

@@ -2,7 +2,8 @@
 
 Pure functions, no policy. Facts (PEP 552, PEP 3147, PEP 488): a 3.7+ pyc starts with a 16-byte header:
 magic (uint16 + ``b"\\r\\n"``), flags (bit 0 hash-based, bit 1 check_source), then either the source mtime
-and size (each ``& 0xFFFFFFFF``) or an 8-byte SipHash of the source keyed by the magic.
+and size (each ``& 0xFFFFFFFF``) or an 8-byte SipHash of the source keyed by the magic. A 3.3-3.6 pyc
+starts with magic, mtime, size (12 bytes).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ __all__ = [
     "mirror_dir",
     "parse_cache_name",
     "parse_header",
+    "released_magics",
     "source_hash",
     "version_of_magic",
     "version_of_tag",
@@ -48,10 +50,12 @@ _RUNNING_VERSION = sys.version_info[:2]
 
 Mode = Literal["timestamp", "checked-hash", "unchecked-hash"]
 
-# Each CPython 3.x release reserves a range of magic numbers for its alphas and betas
-# (Lib/importlib/_bootstrap_external.py). The range's end is exclusive.
+# Each CPython 3.x version reserves a range of magic numbers for its alphas, betas, release
+# candidates and releases (Include/internal/pycore_magic_number.h, formerly
+# Lib/importlib/_bootstrap_external.py). The range's end is exclusive.
 _MAGIC_RANGES: tuple[tuple[int, int, tuple[int, int]], ...] = (
-    (3000, 3160, (3, 0)),
+    (3000, 3140, (3, 0)),
+    (3140, 3160, (3, 1)),
     (3160, 3190, (3, 2)),
     (3190, 3250, (3, 3)),
     (3250, 3320, (3, 4)),
@@ -72,6 +76,28 @@ _MAGIC_VERSIONS: dict[bytes, tuple[int, int]] = {
     for start, end, version in _MAGIC_RANGES
     for number in range(start, end)
 }
+# The magic numbers the releases of each version write and read (CPython's table of magic numbers,
+# Include/internal/pycore_magic_number.h): the others of its range belong to its alphas, betas and
+# release candidates, and a release rejects them ("bad magic number"). 3.5.3 changed the magic of
+# 3.5 (3350 -> 3351): both are releases. A version not listed has no release yet: any magic of its
+# range may be the one in use.
+_RELEASED: dict[tuple[int, int], tuple[int, ...]] = {
+    (3, 0): (3131,),
+    (3, 1): (3151,),
+    (3, 2): (3180,),
+    (3, 3): (3230,),
+    (3, 4): (3310,),
+    (3, 5): (3350, 3351),
+    (3, 6): (3379,),
+    (3, 7): (3394,),
+    (3, 8): (3413,),
+    (3, 9): (3425,),
+    (3, 10): (3439,),
+    (3, 11): (3495,),
+    (3, 12): (3531,),
+    (3, 13): (3571,),
+    (3, 14): (3627,),
+}
 _OLD_HEADER = struct.Struct("<II")
 """After the magic of a 3.3-3.6 pyc: the source mtime and size."""
 
@@ -79,6 +105,15 @@ _OLD_HEADER = struct.Struct("<II")
 def version_of_magic(magic: bytes) -> tuple[int, int] | None:
     """CPython ``(major, minor)`` that writes *magic*, or ``None`` when no CPython 3 does."""
     return _MAGIC_VERSIONS.get(bytes(magic))
+
+
+def released_magics(version: tuple[int, int]) -> tuple[bytes, ...] | None:
+    """The magic numbers the releases of CPython *version* write and read; ``None`` for a version
+    with no release yet (any magic of its range may be the one in use)."""
+    numbers = _RELEASED.get(version)
+    if numbers is None:
+        return None
+    return tuple(number.to_bytes(2, "little") + b"\r\n" for number in numbers)
 
 
 def version_of_tag(tag: str) -> tuple[int, int] | None:

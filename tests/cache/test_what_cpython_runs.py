@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.machinery
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,9 +19,9 @@ from typing import Any
 import pytest
 
 from cachewatchd.cache.audit import AuditOptions, Entry, State, audit
-from tests.cache.real_import import import_v
+from tests.cache.real_import import import_v, interpreter
 from tests.conftest import child_env
-from tests.support.pycs import restore_mtime_edit, write
+from tests.support.pycs import compile_with, restore_mtime_edit, write
 from tests.support.wait import compile_pyc
 
 TAG = sys.implementation.cache_tag
@@ -128,3 +129,88 @@ def test_an_edit_of_a_float_constant_is_stale(
     run = import_v(sys.executable, tmp_path)
     assert (run.loaded, run.value) == (pyc, printed), run.log
     assert judged(tmp_path)[f"__pycache__/{pyc.name}"].state is State.STALE
+
+
+# -- 3. magic numbers of pre-releases -----------------------------------------------------------------
+PRE_RELEASES = [
+    ("3.7", 3393, 3394),
+    ("3.8", 3412, 3413),
+    ("3.9", 3424, 3425),
+    ("3.10", 3438, 3439),
+    ("3.11", 3494, 3495),
+    ("3.12", 3530, 3531),
+    ("3.13", 3570, 3571),
+]
+
+
+@pytest.mark.parametrize(("version", "magic", "released"), PRE_RELEASES)
+def test_a_pre_release_magic_is_outdated(
+    tmp_path: Path, version: str, magic: int, released: int
+) -> None:
+    exe = interpreter(version)
+    source = write(tmp_path / "m.py", "X = 1\n")
+    pyc = compile_with(exe, source)
+    assert pyc.read_bytes()[:2] == released.to_bytes(2, "little")
+    set_magic(pyc, magic)
+    run = import_v(exe, tmp_path)
+    assert "bad magic number" in run.log, run.log
+    assert (run.loaded, run.value) == (source, "1"), run.log
+    entry = judged(tmp_path)[f"__pycache__/{pyc.name}"]
+    assert entry.state is State.OUTDATED
+    assert f"magic {magic} of a pre-release of CPython {version}, whose releases read " in (
+        entry.reason
+    )
+    assert "bad magic number" in entry.reason
+
+
+def test_an_unchecked_hash_pyc_of_a_pre_release_is_outdated_not_stale(tmp_path: Path) -> None:
+    exe = interpreter("3.12")
+    source = write(tmp_path / "m.py", "X = 1\n")
+    pyc = compile_with(exe, source, "unchecked-hash")
+    set_magic(pyc, 3530)
+    source.write_text("X = 2\n")  # a released 3.12 would never check an unchecked-hash pyc...
+    run = import_v(exe, tmp_path)  # ...but it refuses this one's magic first
+    assert "bad magic number" in run.log, run.log
+    assert (run.loaded, run.value) == (source, "2"), run.log
+    entry = judged(tmp_path)[f"__pycache__/{pyc.name}"]
+    assert (entry.state, entry.mode) == (State.OUTDATED, "unchecked-hash")
+
+
+def test_a_sourceless_pyc_of_a_pre_release_does_not_import_on_a_release(tmp_path: Path) -> None:
+    exe = interpreter("3.12")
+    source = write(tmp_path / "m.py", "X = 1\n")
+    pyc = compile_with(exe, source)
+    legacy = tmp_path / "m.pyc"
+    legacy.write_bytes(pyc.read_bytes())
+    shutil.rmtree(pyc.parent)
+    source.unlink()
+    set_magic(legacy, 3530)
+    run = import_v(exe, tmp_path)
+    assert run.loaded is None, run.log
+    assert "ImportError: bad magic number" in run.log, run.log
+    # Still sourceless (that pre-release, or PyPy, may use this magic), and the reason says so.
+    entry = judged(tmp_path)["m.pyc"]
+    assert entry.state is State.SOURCELESS
+    assert "magic 3530 of a pre-release of CPython 3.12, whose releases read 3531" in entry.reason
+    assert "CPython 3.12 refuses to import it (bad magic number)" in entry.reason
+
+
+# -- 4. 3.3-3.6 compare the unmasked mtime ------------------------------------------------------------
+@pytest.mark.parametrize(("mtime", "read"), [(2**32 + 5, False), (-5, False), (2**31 + 5, True)])
+def test_cpython_36_compares_the_whole_mtime(tmp_path: Path, mtime: int, read: bool) -> None:
+    exe = interpreter("3.6")
+    source = write(tmp_path / "m.py", "X = 1\n")
+    os.utime(source, (mtime, mtime))
+    compile_old(exe, source)
+    pyc = tmp_path / "__pycache__" / "m.cpython-36.pyc"
+    run = import_v(exe, tmp_path)
+    entry = judged(tmp_path)["__pycache__/m.cpython-36.pyc"]
+    if read:
+        assert "matches" in run.log, run.log
+        assert run.loaded == pyc, run.log
+        assert entry.state is State.FRESH
+    else:
+        assert "bytecode is stale" in run.log, run.log
+        assert run.loaded == source, run.log
+        assert entry.state is State.OUTDATED
+        assert f"whole mtime ({mtime}" in entry.reason
