@@ -293,10 +293,23 @@ class Auditor:
         if seen is not None:
             seen.add(entry.path)
         stem = entry.name[:-4]
-        has_source = any(stem + suffix in sources for suffix in SOURCE_SUFFIXES)
+        source = next((sources[n] for s in SOURCE_SUFFIXES if (n := stem + s) in sources), None)
+        source_stat = None
+        if source is not None:
+            try:
+                source_stat = source.stat()
+            except FileNotFoundError:
+                source = None
+            except OSError as exc:
+                self.on_error(source.path, exc)
+                return
         try:
             verdict = judge_legacy(
-                entry.path, has_source, checks=self.checks, deep=self.options.deep
+                entry.path,
+                None if source is None else source.path,
+                source_stat,
+                checks=self.checks,
+                deep=self.options.deep,
             )
         except VanishedError:
             return
@@ -305,8 +318,7 @@ class Auditor:
             return
         if verdict.state is State.SOURCELESS:
             verdict = _not_a_source_here(verdict, dirpath, stem)
-        source = os.path.join(dirpath, f"{stem}.py") if has_source else None
-        self.add(entry.path, source, verdict, "", "", "legacy")
+        self.add(entry.path, None if source is None else source.path, verdict, "", "", "legacy")
 
     def cached(
         self,

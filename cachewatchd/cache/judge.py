@@ -50,6 +50,9 @@ __all__ = [
 
 MASK = 0xFFFFFFFF
 """CPython stores the source mtime and size modulo 2**32."""
+_PY27_LIVE = 0x7FFFFFFF
+"""Python 2.7 reads the header's mtime as a signed 32-bit number and compares it with the source's
+mtime modulo 2**32: only mtimes whose 32 bits stay below 2**31 can match."""
 _RUNNING_TAG = sys.implementation.cache_tag
 _RUNNING_TAG_VERSION = None if _RUNNING_TAG is None else version_of_tag(_RUNNING_TAG)
 _RUNNING_VERSION = (sys.version_info[0], sys.version_info[1])
@@ -336,6 +339,11 @@ def prejudge(
             f"magic of CPython {_version_text(header.version)} in a {tag} file",
             header.mode,
         )
+    if header.version == (2, 7):
+        return Verdict(
+            State.ORPHAN,
+            "pyc of CPython 2.7, which never reads __pycache__ or a prefix tree: never imported",
+        )
     ours = header.magic == RUNNING_MAGIC
     if header.mode != "timestamp":
         return _judge_hash(pyc, source, header, opt, ours, deep)
@@ -434,23 +442,40 @@ def _judge_hash(
     )
 
 
-def judge_legacy(pyc: str, has_source: bool, *, checks: CheckPool, deep: bool = False) -> Verdict:
-    """Judge a legacy ``m.pyc``/``m.pyo`` lying beside where ``m.py`` would be."""
+def judge_legacy(
+    pyc: str,
+    source: str | None,
+    source_stat: os.stat_result | None,
+    *,
+    checks: CheckPool,
+    deep: bool = False,
+) -> Verdict:
+    """Judge a legacy ``m.pyc``/``m.pyo`` lying beside where ``m.py`` would be (*source* and its
+    stat when it exists).
+
+    Python 3 reads a legacy ``m.pyc`` only when ``m.py`` is missing, and never a ``.pyo``; Python
+    2.7 reads ``m.pyc`` (``m.pyo`` under ``-O``) beside ``m.py`` as its live cache when the header's
+    mtime matches the source's, and imports it without ``m.py``.
+    """
+    data, pyc_mtime_ns, size = read_header(pyc)
+    try:
+        header: Header | None = parse_header(data)
+    except HeaderError as exc:
+        header, error = None, exc
+    if header is not None and header.version == (2, 7):
+        return _judge_py27(pyc, header, size, source_stat, pyc_mtime_ns)
     if pyc.endswith(".pyo"):
-        if has_source:
+        if source is not None:
             return Verdict(State.OUTDATED, "legacy .pyo beside its source: never imported")
         return Verdict(State.ORPHAN, "legacy .pyo: Python 3.5+ never imports .pyo files")
-    if has_source:
+    if source is not None:
         return Verdict(
             State.OUTDATED,
             "legacy .pyc beside its source: ignored while the source exists, "
             "imported if the source is deleted",
         )
-    data, _, size = read_header(pyc)
-    try:
-        header = parse_header(data)
-    except HeaderError as exc:
-        return Verdict(State.CORRUPT, f"sourceless pyc, {exc}")
+    if header is None:
+        return Verdict(State.CORRUPT, f"sourceless pyc, {error}")
     if size <= HEADER_SIZE:
         return Verdict(State.CORRUPT, "sourceless pyc, header without a body", header.mode)
     superseded = _superseded(data, None)
@@ -475,3 +500,50 @@ def judge_legacy(pyc: str, has_source: bool, *, checks: CheckPool, deep: bool = 
         f"no source beside it: Python {_version_text(header.version)} imports this bytecode{note}",
         header.mode,
     )
+
+
+def _judge_py27(
+    pyc: str,
+    header: Header,
+    size: int,
+    source_stat: os.stat_result | None,
+    pyc_mtime_ns: int,
+) -> Verdict:
+    """A legacy pyc of Python 2.7, judged as 2.7 reads it: magic, then the source's mtime (whole
+    seconds, modulo 2**32, against the header's read as a signed 32-bit number); no size. Its code
+    cannot be compared here (Python 3 neither unmarshals nor compiles Python 2)."""
+    reader = "python2 -O" if pyc.endswith(".pyo") else "Python 2.7"
+    if size <= HEADER_SIZE:
+        what = "header without a body"
+        return Verdict(
+            State.CORRUPT,
+            what if source_stat is not None else f"sourceless pyc, {what}",
+            "timestamp",
+        )
+    if source_stat is None:
+        return Verdict(
+            State.SOURCELESS, f"no source beside it: {reader} imports this bytecode", "timestamp"
+        )
+    seconds = source_stat.st_mtime_ns // 1_000_000_000  # 2.7's time_t: the whole seconds, floored
+    if seconds & MASK > _PY27_LIVE:
+        return Verdict(
+            State.OUTDATED,
+            "Python 2.7 reads the header's mtime as a signed 32-bit number, which never equals "
+            f"the source's ({seconds}: before 1970, or 2038 to 2106): {reader} recompiles it on "
+            "every import",
+            "timestamp",
+        )
+    if header.mtime != seconds & MASK:
+        return Verdict(
+            State.OUTDATED,
+            f"source mtime differs from the header: {reader} recompiles it on import",
+            "timestamp",
+        )
+    if source_stat.st_ctime_ns > pyc_mtime_ns:
+        return Verdict(
+            State.SUSPECT,
+            "header matches but the source changed after the cache was written, and this pyc of "
+            "CPython 2.7 cannot be compared here",
+            "timestamp",
+        )
+    return Verdict(State.FRESH, f"header matches the source: {reader} imports it", "timestamp")

@@ -3,7 +3,7 @@
 Pure functions, no policy. Facts (PEP 552, PEP 3147, PEP 488): a 3.7+ pyc starts with a 16-byte header:
 magic (uint16 + ``b"\\r\\n"``), flags (bit 0 hash-based, bit 1 check_source), then either the source mtime
 and size (each ``& 0xFFFFFFFF``) or an 8-byte SipHash of the source keyed by the magic. A 3.3-3.6 pyc
-starts with magic, mtime, size (12 bytes).
+starts with magic, mtime, size (12 bytes); a 2.7 pyc with magic, mtime (8 bytes).
 """
 
 from __future__ import annotations
@@ -76,12 +76,15 @@ _MAGIC_VERSIONS: dict[bytes, tuple[int, int]] = {
     for start, end, version in _MAGIC_RANGES
     for number in range(start, end)
 }
+_PY27_MAGIC = 62211
+_MAGIC_VERSIONS[_PY27_MAGIC.to_bytes(2, "little") + b"\r\n"] = (2, 7)
 # The magic numbers the releases of each version write and read (CPython's table of magic numbers,
 # Include/internal/pycore_magic_number.h): the others of its range belong to its alphas, betas and
 # release candidates, and a release rejects them ("bad magic number"). 3.5.3 changed the magic of
 # 3.5 (3350 -> 3351): both are releases. A version not listed has no release yet: any magic of its
 # range may be the one in use.
 _RELEASED: dict[tuple[int, int], tuple[int, ...]] = {
+    (2, 7): (_PY27_MAGIC,),
     (3, 0): (3131,),
     (3, 1): (3151,),
     (3, 2): (3180,),
@@ -100,10 +103,13 @@ _RELEASED: dict[tuple[int, int], tuple[int, ...]] = {
 }
 _OLD_HEADER = struct.Struct("<II")
 """After the magic of a 3.3-3.6 pyc: the source mtime and size."""
+_PY2_HEADER = struct.Struct("<I")
+"""After the magic of a 2.7 pyc: the source mtime."""
 
 
 def version_of_magic(magic: bytes) -> tuple[int, int] | None:
-    """CPython ``(major, minor)`` that writes *magic*, or ``None`` when no CPython 3 does."""
+    """CPython ``(major, minor)`` whose magic-number range holds *magic* (its releases' and its
+    pre-releases'), or ``None`` when no CPython 2.7 or 3 does."""
     return _MAGIC_VERSIONS.get(bytes(magic))
 
 
@@ -127,7 +133,7 @@ def version_of_tag(tag: str) -> tuple[int, int] | None:
 
 
 class HeaderError(ValueError):
-    """The first bytes of a pyc are not a valid 3.7+ header."""
+    """The first bytes of a pyc are not a valid header of CPython 2.7 or 3.3+."""
 
 
 class Header(NamedTuple):
@@ -143,8 +149,8 @@ class Header(NamedTuple):
 
 
 def parse_header(data: bytes, *, any_magic: bool = False) -> Header:
-    """Parse the 16-byte header of a 3.7+ pyc (or the 12-byte one of 3.3-3.6); raise
-    :class:`HeaderError` with the reason.
+    """Parse the 16-byte header of a 3.7+ pyc (or the 12-byte one of 3.3-3.6, the 8-byte one of
+    2.7: no size); raise :class:`HeaderError` with the reason.
 
     With *any_magic* (a pyc of another implementation, e.g. PyPy) an unknown magic is accepted.
     """
@@ -155,6 +161,9 @@ def parse_header(data: bytes, *, any_magic: bool = False) -> Header:
     if version is None and not any_magic:
         raise HeaderError(f"magic {magic.hex()} matches no CPython 3")
     if version is not None and version < (3, 7):
+        if version == (2, 7):
+            (py2_mtime,) = _PY2_HEADER.unpack_from(data, 4)
+            return Header(magic, version, 0, "timestamp", py2_mtime)
         if version < (3, 3):
             raise HeaderError(f"pyc of CPython {version[0]}.{version[1]} (no source size)")
         # 3.3-3.6 (PEP 3147 era): magic, source mtime, source size; no flags, no hash pycs.

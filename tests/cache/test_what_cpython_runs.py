@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from cachewatchd.cache.audit import AuditOptions, Entry, State, audit
+from cachewatchd.cache.clean import clean
 from tests.cache.real_import import import_v, interpreter
 from tests.conftest import child_env
 from tests.support.pycs import compile_with, restore_mtime_edit, write
@@ -214,3 +215,98 @@ def test_cpython_36_compares_the_whole_mtime(tmp_path: Path, mtime: int, read: b
         assert run.loaded == source, run.log
         assert entry.state is State.OUTDATED
         assert f"whole mtime ({mtime}" in entry.reason
+
+
+# -- 5. Python 2.7: m.pyc / m.pyo beside m.py ---------------------------------------------------------
+def test_a_27_pyc_beside_its_source_is_its_live_cache(tmp_path: Path) -> None:
+    exe = interpreter("2.7")
+    source = write(tmp_path / "m.py", "X = 1\n")
+    compile_old(exe, source)
+    pyc = tmp_path / "m.pyc"
+    run = import_v(exe, tmp_path)
+    assert "m.pyc matches m.py" in run.log, run.log
+    assert (run.loaded, run.value) == (pyc, "1"), run.log
+    entry = judged(tmp_path)["m.pyc"]
+    assert (entry.state, entry.source, entry.mode) == (State.FRESH, source, "timestamp")
+
+    restore_mtime_edit(source, "X = 2\n")  # Python 2.7 runs the old code
+    run = import_v(exe, tmp_path)
+    assert (run.loaded, run.value) == (pyc, "1"), run.log
+    entry = judged(tmp_path)["m.pyc"]
+    assert entry.state is State.SUSPECT
+    assert "CPython 2.7 cannot be compared here" in entry.reason
+
+    st = source.stat()
+    os.utime(source, ns=(st.st_atime_ns, st.st_mtime_ns + 7 * 10**9))  # the mtime moves on
+    run = import_v(exe, tmp_path)
+    assert "has bad mtime" in run.log, run.log
+    assert (run.loaded, run.value) == (source, "2"), run.log
+    assert judged(tmp_path)["m.pyc"].state is State.OUTDATED
+
+
+@pytest.mark.parametrize(("mtime", "read"), [(2**32 + 5, True), (2**31 + 5, False), (-5, False)])
+def test_python_27_reads_the_header_mtime_as_a_signed_number(
+    tmp_path: Path, mtime: int, read: bool
+) -> None:
+    exe = interpreter("2.7")
+    source = write(tmp_path / "m.py", "X = 1\n")
+    os.utime(source, (mtime, mtime))
+    compile_old(exe, source)
+    run = import_v(exe, tmp_path)
+    entry = judged(tmp_path)["m.pyc"]
+    if read:
+        assert (run.loaded, run.value) == (tmp_path / "m.pyc", "1"), run.log
+        assert entry.state is State.FRESH
+    else:
+        assert "has bad mtime" in run.log, run.log
+        assert run.loaded == source, run.log
+        assert entry.state is State.OUTDATED
+        assert "signed 32-bit number" in entry.reason
+
+
+def test_a_27_pyo_is_the_live_cache_of_python2_with_o(tmp_path: Path) -> None:
+    exe = interpreter("2.7")
+    source = write(tmp_path / "m.py", "X = 1\n")
+    compile_old(exe, source, "-O")
+    pyo = tmp_path / "m.pyo"
+    run = import_v(exe, tmp_path, "-O")
+    assert (run.loaded, run.value) == (pyo, "1"), run.log
+    entry = judged(tmp_path)["m.pyo"]
+    assert (entry.state, entry.source) == (State.FRESH, source)
+    assert "python2 -O imports it" in entry.reason
+
+    source.unlink()
+    run = import_v(exe, tmp_path, "-O")
+    assert (run.loaded, run.value) == (pyo, "1"), run.log
+    entry = judged(tmp_path)["m.pyo"]
+    assert (entry.state, entry.source) == (State.SOURCELESS, None)
+    assert "python2 -O imports this bytecode" in entry.reason
+
+
+def test_a_sourceless_27_deployment_is_sourceless_and_clean_keeps_it(tmp_path: Path) -> None:
+    exe = interpreter("2.7")
+    source = write(tmp_path / "m.py", "X = 'shipped'\n")
+    compile_old(exe, source)
+    source.unlink()
+    pyc = tmp_path / "m.pyc"
+    run = import_v(exe, tmp_path)
+    assert (run.loaded, run.value) == (pyc, "shipped"), run.log
+    entry = judged(tmp_path)["m.pyc"]
+    assert entry.state is State.SOURCELESS
+    assert "Python 2.7 imports this bytecode" in entry.reason
+    result = clean([tmp_path])
+    assert result.removed == ()
+    assert [e.path for e in result.kept] == [pyc]
+    assert pyc.exists()
+
+
+def test_a_27_pyc_in_pycache_is_never_read(tmp_path: Path) -> None:
+    exe = interpreter("2.7")
+    source = write(tmp_path / "m.py", "X = 1\n")
+    compile_old(exe, source)
+    cached = tmp_path / "__pycache__" / "m.cpython-27.pyc"
+    cached.parent.mkdir()
+    (tmp_path / "m.pyc").rename(cached)
+    run = import_v(exe, tmp_path)
+    assert (run.loaded, run.value) == (source, "1"), run.log
+    assert judged(tmp_path)["__pycache__/m.cpython-27.pyc"].state is State.ORPHAN
