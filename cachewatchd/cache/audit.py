@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-from cachewatchd.cache.auditor import AuditOptions, Auditor, Result
+from cachewatchd.cache.auditor import AuditOptions, Auditor, Result, plan
 from cachewatchd.cache.judge import DANGEROUS, Entry, State
 from cachewatchd.cache.pyc import mirror_dir
 from cachewatchd.errors import UsageError
@@ -130,8 +130,6 @@ def audit(roots: Sequence[Path], options: AuditOptions | None = None) -> AuditRe
     """Judge every cache entry under *roots* (already resolved directories)."""
     opts = options if options is not None else AuditOptions()
     with Auditor(opts) as auditor:
-        for root in roots:
-            auditor.tree(str(root))
-            if opts.pycache_prefix is not None:
-                auditor.prefix_tree(root, opts.pycache_prefix)
+        for part in plan(roots, opts):
+            auditor.part(part)
         return build_report(roots, [auditor.take()])

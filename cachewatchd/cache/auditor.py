@@ -7,6 +7,7 @@ in other processes (rows are plain data: they travel through a pipe).
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -36,7 +37,7 @@ from cachewatchd.cache.pyc import (
 )
 from cachewatchd.cache.walk import Excluder, WalkOptions, walk_stack
 
-__all__ = ["AuditOptions", "Auditor", "Result", "Row"]
+__all__ = ["AuditOptions", "Auditor", "Part", "Result", "Row", "plan"]
 
 
 class AuditOptions(NamedTuple):
@@ -54,9 +55,64 @@ class AuditOptions(NamedTuple):
     """Also audit the ``PYTHONPYCACHEPREFIX`` tree mirroring each root."""
     keep_fresh: bool = False
     """Keep an :class:`Entry` for every fresh entry too (``clean --all``); else only count them."""
+    aliases: tuple[Path, ...] = ()
+    """Other absolute paths of the roots or of directories inside them (a symlink, as the user
+    gave it): the prefix tree's mirror of each is audited too."""
 
     def walk_options(self) -> WalkOptions:
         return WalkOptions(self.include_venvs, self.excludes, self.default_excludes)
+
+
+class Part(NamedTuple):
+    """A part of an audit: a root walked as a source tree, or a directory of the prefix tree."""
+
+    path: Path
+    source: Path | None = None
+    """For a prefix-tree directory: the source directory it mirrors."""
+    skip: frozenset[str] = frozenset()
+    """Prefix-tree directories below *path* that other parts judge."""
+
+
+def _within(path: str, base: str) -> bool:
+    return path == base or path.startswith(base.rstrip(os.sep) + os.sep)
+
+
+def plan(roots: Sequence[Path], options: AuditOptions) -> list[Part]:
+    """The parts of an audit of *roots*, in report order.
+
+    Without a prefix, the roots. With one (CPython 3.8+ keeps every cache at ``<prefix>/<the source
+    directory's absolute path>``, and reads no ``__pycache__``), each root is followed by its
+    mirrors: that of the root as given (unresolved: CPython mirrors a ``sys.path`` entry as
+    written, symlinks and all), that of its resolved path, and those of the *aliases* that resolve
+    into it. A root inside the prefix tree is judged as the part of the tree it is; a prefix tree
+    inside a root is not walked as the root's sources (its pycs would look like legacy pycs without
+    a source) but judged whole as the prefix tree, after the roots.
+    """
+    prefix = options.pycache_prefix
+    if prefix is None:
+        return [Part(root) for root in roots]
+    real_prefix = os.path.realpath(prefix)
+    aliases = [(os.path.realpath(alias), Path(os.path.abspath(alias))) for alias in options.aliases]
+    parts: list[Part] = []
+    mirrors: set[str] = set()
+    prefix_inside = False
+    for root in roots:
+        real = os.path.realpath(root)
+        if _within(real, real_prefix):
+            parts.append(Part(root, Path("/", os.path.relpath(real, real_prefix))))
+            continue
+        parts.append(Part(root))
+        prefix_inside = prefix_inside or _within(real_prefix, real)
+        sources = [Path(os.path.abspath(root)), Path(real)]
+        sources += [alias for real_alias, alias in aliases if _within(real_alias, real)]
+        for source in sources:
+            mirror = mirror_dir(prefix, source)
+            if str(mirror) not in mirrors:
+                mirrors.add(str(mirror))
+                parts.append(Part(mirror, source))
+    if prefix_inside:
+        parts.append(Part(prefix, Path("/"), frozenset(mirrors)))
+    return parts
 
 
 def _open_dirs(source_dir: str, cache_dir: str) -> tuple[int, int] | None:
@@ -71,6 +127,17 @@ def _open_dirs(source_dir: str, cache_dir: str) -> tuple[int, int] | None:
     except OSError:
         os.close(source_fd)
         return None
+
+
+def _prefix_identity(prefix: Path | None) -> list[tuple[int, int]]:
+    """``(st_dev, st_ino)`` of the prefix tree, which a walk of a root never enters."""
+    if prefix is None:
+        return []
+    try:
+        st = os.stat(prefix)
+    except OSError:
+        return []
+    return [(st.st_dev, st.st_ino)]
 
 
 def _error_text(exc: OSError) -> str:
@@ -108,7 +175,7 @@ class Auditor:
     ) -> None:
         self.options = options
         self.checks = checks if checks is not None else CheckPool()
-        self.excluder = Excluder(options.walk_options())
+        self.excluder = Excluder(options.walk_options(), _prefix_identity(options.pycache_prefix))
         self._seen: set[str] | None = set() if dedup else None
         self.rows: list[Row] = []
         self.errors: list[tuple[str, str]] = []
@@ -401,9 +468,17 @@ class Auditor:
                 return None, "", None
         return None, "", None
 
-    def prefix_tree(self, root: Path, prefix: Path) -> None:
-        mirror = mirror_dir(prefix, root)
-        stack = [(str(mirror), "")]
+    def part(self, part: Part) -> None:
+        """Judge one :class:`Part` of an audit."""
+        if part.source is None:
+            self.tree(str(part.path))
+        else:
+            self.mirror_tree(str(part.path), str(part.source), part.skip)
+
+    def mirror_tree(self, mirror: str, source: str, skip: frozenset[str] = frozenset()) -> None:
+        """Judge the prefix-tree directory *mirror* and below as the caches of the sources in
+        *source* (the directory it mirrors) and below; the directories in *skip* are not entered."""
+        stack = [(mirror, "")]
         while stack:
             path, rel = stack.pop()
             try:
@@ -414,11 +489,11 @@ class Auditor:
             except OSError as exc:
                 self.on_error(path, exc)
                 continue
-            source_dir = os.path.join(str(root), rel) if rel else str(root)
+            source_dir = os.path.join(source, rel) if rel else source
             for entry in entries:
                 child_rel = f"{rel}/{entry.name}" if rel else entry.name
                 if entry.is_dir(follow_symlinks=False):
-                    if not self.excluder.excluded(entry.name, child_rel):
+                    if entry.path not in skip and not self.excluder.excluded(entry.name, child_rel):
                         stack.append((entry.path, child_rel))
                 elif (
                     entry.name.endswith(".pyc")

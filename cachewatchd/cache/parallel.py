@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import NoReturn
 
 from cachewatchd.cache.audit import AuditReport, audit, build_report
-from cachewatchd.cache.auditor import AuditOptions, Auditor, Result
-from cachewatchd.cache.pyc import LEGACY_SUFFIXES, SOURCE_SUFFIXES, mirror_dir
+from cachewatchd.cache.auditor import AuditOptions, Auditor, Part, Result, plan
+from cachewatchd.cache.pyc import LEGACY_SUFFIXES, SOURCE_SUFFIXES
 from cachewatchd.cache.walk import list_directory, subdirectories
 from cachewatchd.errors import RuntimeFailure
 
@@ -71,21 +71,23 @@ def audit_jobs(roots: Sequence[Path], options: AuditOptions, jobs: int) -> Audit
     Runs in this process alone when *jobs* is 1, when other threads run, when roots overlap, or
     when the tree is small. Raises :class:`RuntimeFailure` when a worker process fails.
     """
-    if jobs <= 1 or threading.active_count() > 1 or _overlapping(roots, options):
+    if jobs <= 1 or threading.active_count() > 1:
         return audit(roots, options)
-    plan = _Plan(roots, options, PIECES_PER_JOB * jobs)
-    with plan.auditor:
-        if plan.worth_forking:
-            results = _run_forked(plan, min(jobs, len(plan.pending)))
+    parts = plan(roots, options)
+    if _overlapping(parts):
+        return audit(roots, options)
+    work = _Plan(roots, parts, options, PIECES_PER_JOB * jobs)
+    with work.auditor:
+        if work.worth_forking:
+            results = _run_forked(work, min(jobs, len(work.pending)))
         else:
-            results = {i: plan.run(i) for i in range(len(plan.pending))}
-        return plan.report(results)
+            results = {i: work.run(i) for i in range(len(work.pending))}
+        return work.report(results)
 
 
-def _overlapping(roots: Sequence[Path], options: AuditOptions) -> bool:
-    areas = list(roots)
-    if options.pycache_prefix is not None:
-        areas += [mirror_dir(options.pycache_prefix, root) for root in roots]
+def _overlapping(parts: Sequence[Part]) -> bool:
+    """Any part inside another (resolved): one process must judge each entry once."""
+    areas = [Path(os.path.realpath(part.path)) for part in parts]
     return any(
         i != j and (a == b or a.is_relative_to(b))
         for i, a in enumerate(areas)
@@ -94,16 +96,16 @@ def _overlapping(roots: Sequence[Path], options: AuditOptions) -> bool:
 
 
 class _Node:
-    """A part of the walk: a subtree to audit, a prefix tree, or a listed directory whose
-    entries are judged as one piece (``entries``) and whose subtrees (``children``, in walk
-    order) follow it. ``result`` is set once the part has been judged."""
+    """A part of the walk: a subtree to audit, a part of the prefix tree (``mirror``), or a listed
+    directory whose entries are judged as one piece (``entries``) and whose subtrees
+    (``children``, in walk order) follow it. ``result`` is set once the part has been judged."""
 
     __slots__ = (
         "children",
         "depth",
         "entries",
+        "mirror",
         "path",
-        "prefix_of",
         "rel",
         "result",
         "root",
@@ -111,13 +113,13 @@ class _Node:
     )
 
     def __init__(
-        self, path: str, rel: str, depth: int, *, root: bool = False, prefix_of: Path | None = None
+        self, path: str, rel: str, depth: int, *, root: bool = False, mirror: Part | None = None
     ) -> None:
         self.path = path
         self.rel = rel
         self.depth = depth
         self.root = root
-        self.prefix_of = prefix_of
+        self.mirror = mirror
         self.entries: list[os.DirEntry[str]] | None = None
         self.size = 0
         self.result: Result | None = None
@@ -133,15 +135,18 @@ class _Node:
 class _Plan:
     """The audit cut into pieces: ``pending[i]`` is run by :meth:`run` in any process."""
 
-    def __init__(self, roots: Sequence[Path], options: AuditOptions, pieces: int) -> None:
+    def __init__(
+        self, roots: Sequence[Path], parts: Sequence[Part], options: AuditOptions, pieces: int
+    ) -> None:
         self.roots = list(roots)
         self.options = options
         self.auditor = Auditor(options, dedup=False)
-        self.top: list[_Node] = []
-        for root in roots:
-            self.top.append(_Node(str(root), "", 0, root=True))
-            if options.pycache_prefix is not None:
-                self.top.append(_Node(str(root), "", 0, prefix_of=root))
+        self.top: list[_Node] = [
+            _Node(str(part.path), "", 0, root=True)
+            if part.source is None
+            else _Node(str(part.path), "", 0, mirror=part)
+            for part in parts
+        ]
         self._expand(pieces)
         pending = [node for node in self._walk_order() if node.result is None]
         self.pending = sorted(pending, key=_Node.order)
@@ -156,7 +161,7 @@ class _Plan:
         judged here (no I/O).
         """
         auditor = self.auditor
-        queue = deque(node for node in self.top if node.prefix_of is None)
+        queue = deque(node for node in self.top if node.mirror is None)
         subtrees = len(queue)
         listed = 0
         while (
@@ -192,9 +197,8 @@ class _Plan:
 
     def run(self, index: int) -> Result:
         node = self.pending[index]
-        if node.prefix_of is not None:
-            assert self.options.pycache_prefix is not None
-            self.auditor.prefix_tree(node.prefix_of, self.options.pycache_prefix)
+        if node.mirror is not None:
+            self.auditor.part(node.mirror)
         elif node.entries is not None:
             self.auditor.directory(node.path, node.entries)
         else:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import NamedTuple
 
 __all__ = [
@@ -45,12 +45,31 @@ class WalkOptions(NamedTuple):
 
 
 class Excluder:
-    """Decides which directories and files a walk leaves out."""
+    """Decides which directories and files a walk leaves out.
 
-    def __init__(self, options: WalkOptions) -> None:
+    *avoid*: ``(st_dev, st_ino)`` of directories a walk never enters, whatever their path (the
+    ``PYTHONPYCACHEPREFIX`` tree inside a root: it is judged as the prefix tree, apart).
+    """
+
+    def __init__(self, options: WalkOptions, avoid: Iterable[tuple[int, int]] = ()) -> None:
         self._names = frozenset(DEFAULT_EXCLUDES if options.default_excludes else ())
         self._globs = tuple(options.excludes)
         self.include_venvs = options.include_venvs
+        self._avoid = frozenset(avoid)
+        self._avoid_inodes = frozenset(ino for _, ino in self._avoid)
+
+    def avoided(self, entry: os.DirEntry[str]) -> bool:
+        """True when the directory *entry* is one of *avoid* (its inode number is free on Linux and
+        macOS; its device is looked up only when the inode number is one of them)."""
+        if not self._avoid_inodes:
+            return False
+        try:
+            if entry.inode() not in self._avoid_inodes:
+                return False
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) in self._avoid
 
     def excluded(self, name: str, relpath: str) -> bool:
         """True when *name* (at *relpath* below its root, ``/``-separated) is left out."""
@@ -139,7 +158,7 @@ def subdirectories(
         if not is_dir:
             continue
         child_rel = f"{rel}/{name}" if rel else name
-        if excluder.excluded(name, child_rel):
+        if excluder.excluded(name, child_rel) or excluder.avoided(entry):
             continue
         found.append((entry.path, child_rel))
     return found

@@ -18,8 +18,9 @@ from typing import Any
 
 import pytest
 
-from cachewatchd.cache.audit import AuditOptions, Entry, State, audit
+from cachewatchd.cache.audit import AuditOptions, Entry, State, audit, mirror_dir
 from cachewatchd.cache.clean import clean
+from cachewatchd.cache.parallel import audit_jobs
 from tests.cache.real_import import import_v, interpreter
 from tests.conftest import child_env
 from tests.support.pycs import compile_with, restore_mtime_edit, write
@@ -310,3 +311,80 @@ def test_a_27_pyc_in_pycache_is_never_read(tmp_path: Path) -> None:
     run = import_v(exe, tmp_path)
     assert (run.loaded, run.value) == (source, "1"), run.log
     assert judged(tmp_path)["__pycache__/m.cpython-27.pyc"].state is State.ORPHAN
+
+
+# -- 6. a prefix tree inside the root -----------------------------------------------------------------
+def test_a_prefix_tree_inside_the_root_is_judged_as_the_prefix_tree(tmp_path: Path) -> None:
+    root = (tmp_path / "proj").resolve()
+    prefix = root / ".pycache"
+    source = write(root / "m.py", "X = 1\n")
+    subprocess.run(  # the app, as users run it: it writes the prefix tree
+        [sys.executable, "-c", "import m"],
+        cwd=root,
+        env=child_env(PYTHONPYCACHEPREFIX=str(prefix)),
+        check=True,
+        timeout=60,
+    )
+    pyc = mirror_dir(prefix, root) / f"m.{TAG}.pyc"
+    run = import_v(sys.executable, root, PYTHONPYCACHEPREFIX=str(prefix))
+    assert (run.loaded, run.value) == (pyc, "1"), run.log
+    options = AuditOptions(pycache_prefix=prefix, keep_fresh=True)
+    report = audit([root], options)
+    assert not report.errors
+    assert report.entries  # the app's mirror, and the standard library's that it imported
+    assert {(e.state, e.kind) for e in report.entries} == {(State.FRESH, "prefix")}
+    assert pyc in [e.path for e in report.entries]
+
+    restore_mtime_edit(source, "X = 2\n")
+    run = import_v(sys.executable, root, PYTHONPYCACHEPREFIX=str(prefix))
+    assert (run.loaded, run.value) == (pyc, "1"), run.log
+    report = audit([root], options)
+    assert [(e.path, e.source, e.state) for e in report.entries if e.state is not State.FRESH] == [
+        (pyc, source, State.STALE)
+    ]
+    assert audit_jobs([root], options, 2).entries == report.entries
+    # The prefix tree as the root: the same verdicts, not legacy pycs without a source.
+    inside = audit([prefix], options)
+    assert {(e.path, e.source, e.state) for e in inside.entries if e.state is not State.FRESH} == {
+        (pyc, source, State.STALE)
+    }
+    assert {e.kind for e in inside.entries} == {"prefix"}
+
+
+# -- 7. a symlinked root and the prefix tree ----------------------------------------------------------
+def test_both_mirrors_of_a_symlinked_root_are_judged(tmp_path: Path) -> None:
+    base = tmp_path.resolve()
+    real = base / "real"
+    link = base / "link"
+    link.symlink_to(real, target_is_directory=True)
+    prefix = base / "prefix"
+    source = write(real / "m.py", "X = 1\n")
+    env = {"PYTHONPYCACHEPREFIX": str(prefix)}
+    # sys.path as written (PYTHONPATH=link) is mirrored unresolved; the working directory resolved.
+    for cwd, extra in ((base, {"PYTHONPATH": str(link)}), (link, {})):
+        subprocess.run(
+            [sys.executable, "-c", "import m"],
+            cwd=cwd,
+            env=child_env(**env, **extra),
+            check=True,
+            timeout=60,
+        )
+    as_given = mirror_dir(prefix, link) / f"m.{TAG}.pyc"
+    resolved = mirror_dir(prefix, real) / f"m.{TAG}.pyc"
+    restore_mtime_edit(source, "X = 2\n")
+    run = import_v(sys.executable, base, PYTHONPATH=str(link), **env)
+    assert (run.loaded, run.value) == (as_given, "1"), run.log
+    run = import_v(sys.executable, link, **env)
+    assert (run.loaded, run.value) == (resolved, "1"), run.log
+
+    expected = {(as_given, link / "m.py", State.STALE), (resolved, real / "m.py", State.STALE)}
+    as_linked = audit([link], AuditOptions(pycache_prefix=prefix))  # the root as given
+    assert not as_linked.errors
+    assert {(e.path, e.source, e.state) for e in as_linked.entries} == expected
+    # The root resolved (as the CLI resolves it), and the path the user gave as an alias.
+    options = AuditOptions(pycache_prefix=prefix, aliases=(link,))
+    report = audit([real], options)
+    assert not report.errors
+    assert {(e.path, e.source, e.state) for e in report.entries} == expected
+    assert audit_jobs([real], options, 2).entries == report.entries
+    assert audit_jobs([link], AuditOptions(pycache_prefix=prefix), 2).entries == as_linked.entries
