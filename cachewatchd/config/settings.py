@@ -33,6 +33,21 @@ class RootPlan:
     poll_source: str
     """Where ``poll`` came from: ``"command line"``, ``"config"``, ``"project"`` or ``"default"``."""
     exclude: tuple[str, ...] = ()
+    poll_file: Path | None = field(default=None, compare=False)
+    """The file that set ``poll``: the user's config or the root's ``pyproject.toml``."""
+
+    @property
+    def poll_reason(self) -> str:
+        """Where ``poll`` came from, as the observer's reason names it when ``poll`` forces one:
+        ``--poll always``, ``poll = "always" in /home/u/.config/cachewatchd/config.toml``,
+        ``[tool.cachewatchd] poll = "always" in /srv/app/pyproject.toml``."""
+        if self.poll_source == "config" and self.poll_file is not None:
+            return f'poll = "{self.poll}" in {self.poll_file}'
+        if self.poll_source == "project" and self.poll_file is not None:
+            return f'[tool.cachewatchd] poll = "{self.poll}" in {self.poll_file}'
+        if self.poll_source == "default":
+            return f'poll = "{self.poll}" (the default)'
+        return f"--poll {self.poll}"
 
 
 def plan_root(
@@ -50,16 +65,17 @@ def plan_root(
     up (command line, then user config, then project), duplicates dropped.
     """
     poll: PollMode
+    file: Path | None = None
     if cli_poll is not None:
         poll, source = cli_poll, "command line"
     elif "poll" in config.explicit:
-        poll, source = config.poll, "config"
+        poll, source, file = config.poll, "config", config.path
     elif project.poll is not None:
-        poll, source = project.poll, "project"
+        poll, source, file = project.poll, "project", root / "pyproject.toml"
     else:
         poll, source = config.poll, "default"
     exclude = tuple(dict.fromkeys([*cli_exclude, *config.exclude, *project.exclude]))
-    return RootPlan(root, poll, source, exclude)
+    return RootPlan(root, poll, source, exclude, poll_file=file)
 
 
 @dataclass(frozen=True)

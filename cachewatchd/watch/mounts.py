@@ -126,14 +126,19 @@ def _is_under(target: str, mountpoint: str) -> bool:
     return target == mountpoint or target.startswith(mountpoint.rstrip(os.sep) + os.sep)
 
 
-def choose_observer(root: Path, mode: PollMode = "auto") -> ObserverChoice:
+def choose_observer(
+    root: Path, mode: PollMode = "auto", forced_by: str | None = None
+) -> ObserverChoice:
     """Pick the observer for *root*: native events where the kernel sees changes, polling elsewhere.
 
     ``mode`` is the user's override: ``"always"`` polls, ``"never"`` uses native events even on a
-    network mount (the reason then says what would have been chosen).
+    network mount (the reason then says what would have been chosen). *forced_by* is where the
+    override came from, the reason given for it (default ``"--poll <mode>"``; the settings name
+    the config file or the project's ``pyproject.toml`` when it came from there).
     """
+    forced = forced_by or f"--poll {mode}"
     if mode == "always":
-        return ObserverChoice("polling", "--poll always")
+        return ObserverChoice("polling", forced)
     try:
         mount = mount_for(root)
     except OSError as exc:  # psutil reads /proc/self/mounts
@@ -145,9 +150,9 @@ def choose_observer(root: Path, mode: PollMode = "auto") -> ObserverChoice:
     if mode == "never":
         if remote and mount is not None:
             return ObserverChoice(
-                "native", f"--poll never (on {mount.fstype} mount {mount.mountpoint})"
+                "native", f"{forced} (on {mount.fstype} mount {mount.mountpoint})"
             )
-        return ObserverChoice("native", "--poll never")
+        return ObserverChoice("native", forced)
     if mount is None:
         return ObserverChoice("native", f"{unknown}: native events")
     if remote:

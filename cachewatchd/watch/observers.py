@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,6 +122,8 @@ class Watcher:
 
     Roots are resolved. :meth:`start` attaches every root before it returns (a root that cannot be
     attached is logged and retried every *check_interval* seconds); :meth:`stop` stops every thread.
+    *forced_by* says, per root as given, where a forcing *poll_mode* came from: the observer's
+    reason (default ``--poll <mode>``, see :func:`~cachewatchd.watch.mounts.choose_observer`).
     """
 
     def __init__(
@@ -136,6 +138,7 @@ class Watcher:
         include_venvs: bool = False,
         check_interval: float = 1.0,
         reported: ReportedPaths | None = None,
+        forced_by: Mapping[Path, str] | None = None,
     ) -> None:
         self.sink = batcher
         self.walk_options = WalkOptions(include_venvs, tuple(excludes), default_excludes)
@@ -145,6 +148,8 @@ class Watcher:
         unattached = ObserverChoice("native", "not attached")
         resolved = [Path(os.path.realpath(r)) for r in roots]
         self._roots = {p: _Root(p, unattached) for p in resolved}
+        given = dict(forced_by or {})
+        self._forced_by = {p: given[r] for p, r in zip(resolved, roots, strict=True) if r in given}
         self._lock = threading.RLock()  # roots and observers; never taken by observer threads
         self._req_lock = threading.Lock()  # requests and reports posted by observer threads
         self._requests: list[tuple[str, Path, str]] = []
@@ -325,7 +330,7 @@ class Watcher:
         if ident is None:
             self._report_once(root, "root missing or not a directory")
             return False
-        choice = choose_observer(root.path, self._poll_mode)
+        choice = choose_observer(root.path, self._poll_mode, self._forced_by.get(root.path))
         if root.forced is not None and choice.kind == "native":
             choice = ObserverChoice("polling", f"{root.forced}: polling")
         try:
