@@ -1,5 +1,5 @@
-"""Where cachewatchd keeps its files (platformdirs locations), whether a path lies under a root, and
-reading a small file that must be a regular file.
+"""Where cachewatchd keeps its files (platformdirs locations, the log file of a detached daemon),
+whether a path lies under a root, and reading a small file that must be a regular file.
 
 Every location function computes its answer from the environment at call time (``XDG_*`` variables
 are honoured through platformdirs), creates the directory on demand with mode ``0o700`` and returns
@@ -9,9 +9,11 @@ it. platformdirs is imported by them, not here: :func:`is_under` must stay cheap
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import stat
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 __all__ = [
@@ -19,6 +21,7 @@ __all__ = [
     "FileTooLargeError",
     "NotRegularFileError",
     "config_dir",
+    "daemon_log_file",
     "is_under",
     "log_dir",
     "read_regular",
@@ -120,6 +123,15 @@ def log_dir() -> Path:
     import platformdirs
 
     return _ensure(Path(platformdirs.user_log_dir(APP_NAME)))
+
+
+def daemon_log_file(roots: Iterable[str | os.PathLike[str]]) -> Path:
+    """The log file of the detached daemon watching *roots* (resolved paths), in :func:`log_dir`:
+    ``cachewatchd-<12 hex digits>.log``, the digits a hash of the sorted roots. One file per set of
+    roots, the same for the same set whatever its order; the directory is created on demand."""
+    key = "\0".join(sorted({os.fspath(root) for root in roots}))
+    digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+    return log_dir() / f"{APP_NAME}-{digest}.log"
 
 
 def _usable_xdg_runtime_dir() -> Path | None:

@@ -4,9 +4,11 @@ This module is where the daemon's process-wide concerns live: logging setup, sig
 only post to the daemon; a SIGHUP that is the hang-up of the daemon's terminal stops it instead of
 reloading, see :mod:`cachewatchd.cli._terminal`), systemd notification environment, detaching, and
 the last word of a run: whatever ended it, the own child's process group is stopped. Without ``--foreground``
-the daemon is spawned in a new session with ``--foreground``, its output appended to
-``<user log dir>/cachewatchd.log``; this command returns once the daemon reports ready through a
-pipe (or prints the error it reported).
+the daemon is spawned in a new session with ``--foreground``, its output appended to the log file of
+its set of roots (``<user log dir>/cachewatchd-<hash>.log``, :func:`cachewatchd.paths.daemon_log_file`),
+which it rotates by size (:class:`RotatingLog`); this command returns once the daemon reports ready
+through a pipe (or prints the error it reported). Whatever a detached daemon has to say goes to that
+log in the log's format, its refusal to start included (``start-failed``).
 """
 
 from __future__ import annotations
@@ -15,13 +17,14 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO, cast
 
 from cachewatchd.errors import EXIT_OK, CachewatchdError, RuntimeFailure, UsageError
 from cachewatchd.watch.mounts import POLL_MODES
@@ -34,7 +37,14 @@ if TYPE_CHECKING:
 __all__ = ["register"]
 
 READY_FD_ENV = "CACHEWATCHD_READY_FD"
-LOG_FILE_NAME = "cachewatchd.log"
+LOG_FILE_ENV = "CACHEWATCHD_LOG_FILE"
+"""Set by :func:`_detach` for the daemon it spawns: the log file its stdout and stderr are."""
+LOG_MAX_BYTES = 5 * 1024 * 1024
+"""A detached daemon's log file is rotated once it holds this many bytes..."""
+LOG_FILES = 3
+"""...and this many files are kept: ``X.log``, ``X.log.1``, ``X.log.2`` (the oldest dropped)."""
+_LOG_NAME = re.compile(r"cachewatchd-[0-9a-f]{12}\.log")
+"""The name of a detached daemon's log file (:func:`cachewatchd.paths.daemon_log_file`)."""
 
 
 def _seconds(text: str) -> float:
@@ -91,7 +101,10 @@ def register(sub: Any) -> None:
         help="directory to watch (default: the config's roots, else the current directory)",
     )
     run.add_argument(
-        "--foreground", action="store_true", help="stay attached, log to stderr (else detach)"
+        "--foreground",
+        action="store_true",
+        help="stay attached, log to stderr (else detach; the log file is named on start and by "
+        "'status')",
     )
     run.add_argument("--config", type=Path, metavar="FILE", help="config file to use")
     run.add_argument(
@@ -243,28 +256,41 @@ def _settings(args: argparse.Namespace) -> DaemonSettings:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from cachewatchd.log import LEVELS
+    from cachewatchd.log import LEVELS, configure_logging, get_logger
 
     if args.log_level.lower() not in LEVELS:
         raise UsageError(f"unknown log level {args.log_level!r} (one of: {', '.join(LEVELS)})")
     ready_fd = _take_ready_fd()
+    log = _take_log_file() if args.foreground else None  # a detached daemon: its own log file
+    if log is not None:  # from the first line on, in the log's format
+        configure_logging(args.log_format, args.log_level.lower(), cast("TextIO", log))
     try:
         settings = _settings(args)  # bad config or root: one line, before detaching
         if not args.foreground:
-            return _detach(_detached_argv(args))
-        return _foreground(args, settings, ready_fd)
+            return _detach(_detached_argv(args), settings)
+        return _foreground(args, settings, ready_fd, log)
     except CachewatchdError as exc:
         _tell_parent(ready_fd, f"error {exc.exit_code} {exc.message}")
-        raise
+        if log is None:
+            raise
+        # the command that detached it prints the line; the log gets it as a log event
+        get_logger(__name__).error("start-failed", error=exc.message, exit_code=exc.exit_code)
+        return exc.exit_code
 
 
-def _foreground(args: argparse.Namespace, settings: DaemonSettings, ready_fd: int | None) -> int:
+def _foreground(
+    args: argparse.Namespace,
+    settings: DaemonSettings,
+    ready_fd: int | None,
+    log: RotatingLog | None = None,
+) -> int:
     from cachewatchd.daemon.loop import Daemon
     from cachewatchd.daemon.sd_notify import NOTIFY_ENV_VARS, Notifier, WatchdogPinger
     from cachewatchd.log import configure_logging, route_stdlib_logging
     from cachewatchd.processes.own_child import stop_own_children
 
-    configure_logging(args.log_format, args.log_level.lower())
+    stream = cast("TextIO", log) if log is not None else None
+    configure_logging(args.log_format, args.log_level.lower(), stream)
     notifier = Notifier.from_env()
     service = bool(os.environ.get("NOTIFY_SOCKET"))
     for var in NOTIFY_ENV_VARS:  # managed processes must not talk to systemd in our name
@@ -373,11 +399,12 @@ def _detached_argv(args: argparse.Namespace) -> list[str]:
     return argv + (["--", *child] if child else [])
 
 
-def _detach(argv: list[str]) -> int:
-    """Spawn the daemon in a new session; return once it is ready, or raise the error it reported."""
-    from cachewatchd.paths import log_dir
+def _detach(argv: list[str], settings: DaemonSettings) -> int:
+    """Spawn the daemon in a new session, its stdout and stderr the log file of its roots; return
+    once it is ready, or raise the error it reported."""
+    from cachewatchd.paths import daemon_log_file
 
-    log_file = log_dir() / LOG_FILE_NAME
+    log_file = daemon_log_file(settings.paths)
     read_end, write_end = os.pipe()
     log_fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
     null_fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
@@ -386,7 +413,7 @@ def _detach(argv: list[str]) -> int:
         pid = os.posix_spawn(
             argv[0],
             argv,
-            {**os.environ, READY_FD_ENV: str(write_end)},
+            {**os.environ, READY_FD_ENV: str(write_end), LOG_FILE_ENV: str(log_file)},
             file_actions=[
                 (os.POSIX_SPAWN_DUP2, null_fd, 0),
                 (os.POSIX_SPAWN_DUP2, log_fd, 1),
@@ -412,6 +439,125 @@ def _detach(argv: list[str]) -> int:
     raise RuntimeFailure(
         f"the daemon exited before it was ready (exit code {code}); see {log_file}"
     )
+
+
+def _take_log_file() -> RotatingLog | None:
+    """The log file :func:`_detach` made this daemon's stdout and stderr (popped from the
+    environment: managed processes do not inherit it), or ``None`` when there is none."""
+    value = os.environ.pop(LOG_FILE_ENV, None)
+    return RotatingLog.attach(Path(value)) if value else None
+
+
+class RotatingLog:
+    """A detached daemon's log file, rotated by size; its stdout and stderr follow it.
+
+    Log lines are written whole (what :meth:`write` gets is held until its newline) to the file
+    descriptors that are *path*; once the file holds *max_bytes* (also at start), it becomes
+    ``<path>.1`` (``.1`` becomes ``.2``..., *files* kept in all) and a new *path* is opened onto the
+    same descriptors: the own child's stderr, Python's own messages and the next lines go to the new
+    file. When another process rotated the file first (a second daemon on the same roots that was
+    refused), the new *path* is taken as it is. A rotation that fails is tried again after another
+    *max_bytes*; it never loses a line. Write errors are raised (:class:`~cachewatchd.log.LogSink`
+    counts them).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        fds: Sequence[int],
+        *,
+        max_bytes: int = LOG_MAX_BYTES,
+        files: int = LOG_FILES,
+    ) -> None:
+        self.path = path
+        self._fds = tuple(fds)
+        self._max_bytes = max_bytes
+        self._files = max(files, 1)
+        self._limit = max_bytes
+        self._pending = ""
+        self._lock = threading.Lock()
+        self._rotate_when_full()
+
+    @classmethod
+    def attach(cls, path: Path, fds: Sequence[int] = (1, 2), **limits: int) -> RotatingLog | None:
+        """The log of the *fds* that are *path* (the same file); ``None`` when none of them is."""
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        ours = [fd for fd in fds if _same_file(fd, st)]
+        return cls(path, ours, **limits) if ours else None
+
+    def isatty(self) -> bool:
+        return False
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            self._pending += text
+            whole, newline, rest = self._pending.rpartition("\n")
+            if newline:
+                self._pending = rest
+                self._write(whole + newline)
+        return len(text)
+
+    def flush(self) -> None:
+        with self._lock:
+            if self._pending:
+                text, self._pending = self._pending, ""
+                self._write(text)
+
+    def _write(self, text: str) -> None:
+        data = memoryview(text.encode("utf-8", "replace"))
+        while data:
+            data = data[os.write(self._fds[0], data) :]
+        self._rotate_when_full()
+
+    def _rotate_when_full(self) -> None:
+        try:
+            size = os.fstat(self._fds[0]).st_size
+        except OSError:
+            return
+        if size < self._limit:
+            return
+        try:
+            self._rotate()
+        except OSError:
+            self._limit = size + self._max_bytes  # not now; a line is never lost for it
+        else:
+            self._limit = self._max_bytes
+
+    def _rotate(self) -> None:
+        if _same_file(self._fds[0], _stat_or_none(self.path)):  # else rotated by another already
+            names = [self.path, *(Path(f"{self.path}.{n}") for n in range(1, self._files))]
+            if len(names) == 1:
+                os.unlink(self.path)
+            for n in range(len(names) - 1, 0, -1):  # .1 -> .2 first: the oldest is overwritten
+                with contextlib.suppress(FileNotFoundError):
+                    os.replace(names[n - 1], names[n])
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+        fd = os.open(self.path, flags, 0o600)
+        try:
+            for target in self._fds:
+                os.dup2(fd, target)
+        finally:
+            os.close(fd)
+
+
+def _stat_or_none(path: Path) -> os.stat_result | None:
+    try:
+        return os.stat(path)
+    except OSError:
+        return None
+
+
+def _same_file(fd: int, st: os.stat_result | None) -> bool:
+    if st is None:
+        return False
+    try:
+        mine = os.fstat(fd)
+    except OSError:
+        return False
+    return (mine.st_dev, mine.st_ino) == (st.st_dev, st.st_ino)
 
 
 # -- stop and status --------------------------------------------------------------------------------
@@ -472,7 +618,7 @@ def _existing(path: Path) -> Path:
 def _status(args: argparse.Namespace) -> int:
     from cachewatchd.daemon.registry import list_daemons
 
-    daemons = list_daemons()
+    daemons = [{**record, "log": _log_of(record)} for record in list_daemons()]
     if args.json:
         print(json.dumps({"version": 1, "daemons": daemons}, indent=2, sort_keys=True))
         return EXIT_OK
@@ -502,7 +648,26 @@ def _describe(record: dict[str, Any]) -> list[str]:
         f"errors {counters.get('errors', 0)}; last event {record.get('last_event') or 'none'}"
     )
     lines += [_describe_target(entry) for entry in record.get("processes") or []]
+    if record.get("log"):
+        lines.append(f"  log: {record['log']}")
     return lines
+
+
+def _log_of(record: Mapping[str, Any]) -> str | None:
+    """The log file the daemon of *record* writes to when it was detached (the
+    ``cachewatchd-<hash>.log`` it holds open as its stdout and stderr), else ``None``."""
+    import psutil
+
+    from cachewatchd.daemon.registry import process_of
+
+    proc = process_of(record)
+    if proc is None:
+        return None
+    try:
+        files = proc.open_files()
+    except (psutil.Error, OSError):
+        return None
+    return next((f.path for f in files if _LOG_NAME.fullmatch(os.path.basename(f.path))), None)
 
 
 def _describe_target(entry: Mapping[str, Any]) -> str:

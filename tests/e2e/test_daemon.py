@@ -362,7 +362,7 @@ def test_detached_daemon_returns_when_ready_and_stops(proj: Path, env: dict[str,
         stopped = cli(["stop"], env)
     assert stopped.returncode == 0, stopped.stderr
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    log = Path(env["XDG_STATE_HOME"]) / "cachewatchd" / "log" / "cachewatchd.log"
+    log = Path(started.stdout.rstrip("\n").rpartition("; log: ")[2])  # its roots' own log
     assert '"event": "ready"' in log.read_text()
 
 

@@ -228,7 +228,7 @@ def test_a_detached_daemon_outlives_the_terminal_and_sighup_reloads_it(
     daemon_pid, child_pid = _child(env, reaper)
     assert os.getsid(daemon_pid) == daemon_pid  # its own session: no controlling terminal
     terminal.hang_up()
-    log = tmp_path / "home" / "state" / "cachewatchd" / "log" / "cachewatchd.log"
+    (log,) = (tmp_path / "home" / "state" / "cachewatchd" / "log").glob("cachewatchd-*.log")
 
     def logged(name: str) -> list[dict[str, Any]]:
         return _events(log.read_text(encoding="utf-8"), name)
