@@ -160,7 +160,8 @@ def register(sub: Any) -> None:
 def _options(args: argparse.Namespace) -> tuple[list[Path], AuditOptions]:
     from cachewatchd.cache.audit import AuditOptions, check_root
 
-    roots = [check_root(Path(p)) for p in (args.paths or ["."])]
+    given = [Path(p) for p in (args.paths or ["."])]
+    roots = [check_root(p) for p in given]
     prefix = args.pycache_prefix
     if prefix is None and os.environ.get("PYTHONPYCACHEPREFIX"):
         prefix = Path(os.environ["PYTHONPYCACHEPREFIX"])
@@ -172,6 +173,8 @@ def _options(args: argparse.Namespace) -> tuple[list[Path], AuditOptions]:
         excludes=tuple(args.exclude),
         default_excludes=not args.no_default_excludes,
         pycache_prefix=prefix,
+        # CPython mirrors a sys.path entry as written (symlinks unresolved) into the prefix tree
+        aliases=tuple(Path(os.path.abspath(p.expanduser())) for p in given),
     )
     return roots, options
 

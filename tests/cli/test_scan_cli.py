@@ -485,3 +485,28 @@ def test_default_jobs_follow_the_cores_this_process_may_use(
     assert _parallel.default_jobs() == 1
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
     assert _parallel.default_jobs() == 2
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_scan_of_a_symlinked_path_judges_the_mirror_written_through_the_link(
+    tmp_path: Path, jobs: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """CPython mirrors a sys.path entry as written (PYTHONPATH=link) into the prefix tree: the
+    scan of that PATH judges that mirror too, though it resolves the root."""
+    from cachewatchd.cache.pyc import mirror_dir
+    from tests.conftest import child_env
+    from tests.support.pycs import restore_mtime_edit, write
+
+    base = tmp_path.resolve()
+    real, link, prefix = base / "real", base / "link", base / "prefix"
+    link.symlink_to(real, target_is_directory=True)
+    source = write(real / "m.py", "X = 1\n")
+    env = child_env(PYTHONPYCACHEPREFIX=str(prefix), PYTHONPATH=str(link))
+    subprocess.run([sys.executable, "-c", "import m"], cwd=base, env=env, check=True, timeout=60)
+    pyc = mirror_dir(prefix, link) / f"m.{sys.implementation.cache_tag}.pyc"
+    assert pyc.is_file()
+    restore_mtime_edit(source, "X = 2\n")
+    code = main(["scan", str(link), "--pycache-prefix", str(prefix), "--json", "--jobs", jobs])
+    doc = json.loads(capsys.readouterr().out)
+    assert code == 1
+    assert [(e["path"], e["state"]) for e in doc["entries"]] == [(str(pyc), "stale")]

@@ -95,8 +95,8 @@ def test_edit_create_delete_rename(tmp_path: Path, mode: str) -> None:
     with watching([root], poll_mode=mode) as (watcher, feed):
         assert watcher.observers()[root].kind == ("native" if mode == "never" else "polling")
         (root / "pkg" / "mod.py").write_text("X = 2\n")
-        (root / "new.pyw").write_text("")
-        wait_until(lambda: {root / "pkg/mod.py", root / "new.pyw"} <= feed.changed(), 10)
+        (root / "new.py").write_text("")
+        wait_until(lambda: {root / "pkg/mod.py", root / "new.py"} <= feed.changed(), 10)
         (root / "pkg" / "__init__.py").unlink()
         os.rename(root / "pkg" / "sub" / "deep.py", root / "pkg" / "sub" / "moved.py")
         wait_until(
