@@ -2,7 +2,7 @@
 
 The process that imports the code is the worker or the spawned child, not a reloader or master:
 the leaves of the target's process tree. It is stale when its ``create_time`` is older than the
-newest ``max(st_mtime, st_ctime)`` of the ``.py``/``.pyw`` sources under its root, with 1 s of slack
+newest ``max(st_mtime, st_ctime)`` of the sources under its root, with 1 s of slack
 (Linux create_time is coarse). ``utime`` cannot set ctime, so restored mtimes are caught too.
 
 The sources are found by the walk every component shares (:func:`cachewatchd.cache.walk.walk`): version

@@ -69,7 +69,7 @@ class EventSink(Protocol):
 class EventMapper:
     """A watchdog event handler for one root: source and directory events -> :class:`EventSink`.
 
-    Only ``.py``/``.pyw`` files count (both sides of a move); directories deleted or moved away report
+    Only sources count (``SOURCE_SUFFIXES``: ``.pyw`` on Windows only) (both sides of a move); directories deleted or moved away report
     every source below them gone; anything below ``__pycache__`` or an excluded directory is ignored.
     The root itself deleted calls *on_root_gone*. A ``.git`` appearing asks for a rescan (a new
     repository or work tree for the git watcher to find).

@@ -7,7 +7,7 @@ Two functions plug into :class:`watchdog.observers.polling.PollingObserverVFS`:
   re-created when ``(st_ino, st_dev)`` differ. ``utime`` cannot set ``st_ctime``, and any write or
   ``utime`` bumps it, so reporting ``max(mtime, ctime)`` as the mtime catches ``cp -p``, ``tar x``,
   ``rsync -t`` and ``touch -r`` edits. The inode already takes part in the comparison.
-- :class:`SourceLister` lists only what matters (directories and ``.py``/``.pyw`` files), leaves out
+- :class:`SourceLister` lists only what matters (directories and sources), leaves out
   ``__pycache__``, excluded directories and virtual environments, and reports an unreadable
   sub-directory once instead of failing the pass, so a pass costs little.
 
