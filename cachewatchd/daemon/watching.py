@@ -38,6 +38,7 @@ class Watching:
                     excludes=exclude,
                     batcher=batcher,
                     reported=reported,
+                    forced_by={p.path: p.poll_reason for p in plans},
                 )
             )
             self.gits.append(

@@ -75,10 +75,6 @@ def test_a_watcher_gives_each_root_the_reason_it_was_given(root: Path, tmp_path:
     assert (observers[other].kind, observers[other].reason) == ("polling", "--poll always")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs daemon/watching.py to pass forced_by={plan.path: plan.poll_reason} to Watcher",
-)
 def test_the_daemon_names_the_config_file_that_forces_polling(root: Path, tmp_path: Path) -> None:
     config_file = _write(tmp_path / "conf" / "config.toml", 'poll = "always"\n')
     env = isolated_env(tmp_path / "home")
