@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import os
 import re
@@ -613,6 +614,8 @@ def _existing(path: Path) -> Path:
         raise UsageError(f"{path}: no such file or directory") from None
     except OSError as exc:
         raise UsageError(f"{path}: {exc.strerror or exc}") from None
+    except RuntimeError:  # a symlink loop, before Python 3.13
+        raise UsageError(f"{path}: {os.strerror(errno.ELOOP)}") from None
 
 
 def _status(args: argparse.Namespace) -> int:

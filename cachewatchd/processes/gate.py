@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import stat
 import subprocess
 import threading
 import time
@@ -51,9 +52,14 @@ def _which(name: str, cwd: str | None, env: Mapping[str, str] | None) -> str | N
 
 
 def _shebang_python(script: str, cwd: str | None, env: Mapping[str, str] | None) -> str | None:
-    try:
-        with open(script, "rb") as fh:
-            first = fh.readline(256)
+    try:  # never blocks: a FIFO (or a device) where the script should be is not a script
+        fd = os.open(script, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
+            first = os.read(fd, 256).split(b"\n", 1)[0]
+        finally:
+            os.close(fd)
     except OSError:
         return None
     if not first.startswith(b"#!"):

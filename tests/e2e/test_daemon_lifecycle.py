@@ -270,7 +270,7 @@ def test_a_root_that_is_a_symlink_loop_is_one_line_exit_two(
     loop = tmp_path / "loop"
     loop.symlink_to(tmp_path / "back")
     (tmp_path / "back").symlink_to(loop)
-    for args in (["--foreground", str(loop)], ["run", str(loop)]):
+    for args in (["--foreground", str(loop)], ["run", str(loop)], ["stop", str(loop)]):
         proc = cli(args, env)
         assert (proc.returncode, proc.stderr) == (
             2,

@@ -177,3 +177,10 @@ def test_failed_health_check_is_reported_as_restart_failed(tmp_path: Path) -> No
     assert failed["pids"] == list(status.pids)
     assert (status.last_action or "").startswith("failed: ")
     assert not events(logs, "restarted")
+
+
+def test_a_fifo_where_the_script_should_be_is_no_python_and_never_blocks(tmp_path: Path) -> None:
+    fifo = tmp_path / "serve"
+    os.mkfifo(fifo)
+    fifo.chmod(0o755)
+    assert python_executable([str(fifo), "app:app"], None, None) is None
