@@ -12,6 +12,7 @@ daemon) and removed when they hold other code or cannot be loaded.
 from __future__ import annotations
 
 import os
+import stat
 import threading
 import time
 from collections.abc import Iterable
@@ -112,8 +113,14 @@ class Rechecker:
 
 
 def _ours(pyc: Path) -> bool:
+    """A regular file starting with this Python's magic; never blocks (a FIFO is not a pyc)."""
     try:
-        with open(pyc, "rb") as f:
-            return f.read(4) == RUNNING_MAGIC
+        fd = os.open(pyc, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError:
         return False
+    try:
+        return stat.S_ISREG(os.fstat(fd).st_mode) and os.read(fd, 4) == RUNNING_MAGIC
+    except OSError:
+        return False
+    finally:
+        os.close(fd)

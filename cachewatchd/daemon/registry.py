@@ -39,7 +39,7 @@ import psutil
 from cachewatchd import __version__
 from cachewatchd.errors import RuntimeFailure, UsageError
 from cachewatchd.log import get_logger
-from cachewatchd.paths import is_under, runtime_dir
+from cachewatchd.paths import is_under, read_regular, runtime_dir
 from cachewatchd.processes.os_procs import alive
 from cachewatchd.processes.status import timestamp
 
@@ -328,12 +328,16 @@ def _verified(core: DaemonRecord) -> psutil.Process | None:
     return process
 
 
+_RECORD_LIMIT = 1 << 20
+"""A daemon's record is a few KiB; anything larger is not one."""
+
+
 def _load(file: Path) -> tuple[DaemonRecord, dict[str, Any]] | None:
     """A well-formed record (its core, the whole document), or ``None``."""
     try:
-        document = json.loads(file.read_text(encoding="utf-8"))
+        document = json.loads(read_regular(file, _RECORD_LIMIT).decode("utf-8"))
         return DaemonRecord.from_json(document), document
-    except (OSError, ValueError):  # unreadable, not JSON, not a record
+    except (OSError, ValueError):  # unreadable, not a regular file, not JSON, not a record
         return None
 
 

@@ -61,6 +61,14 @@ def test_wrong_caches_finds_only_pycs_with_other_code(tmp_path: Path) -> None:
     assert other.exists()
 
 
+def test_a_fifo_named_like_a_pyc_never_blocks_the_second_look(tmp_path: Path) -> None:
+    source = write(tmp_path / "m.py", "X = 1\n")
+    fifo = Path(importlib.util.cache_from_source(str(source)))
+    fifo.parent.mkdir()
+    os.mkfifo(fifo)
+    assert Rechecker(pycache_prefix=None).wrong_caches(source) == []
+
+
 def test_daemon_removes_a_pyc_written_with_old_code_during_the_edit(tmp_path: Path) -> None:
     root = (tmp_path / "proj").resolve()
     source = write(root / "m.py", "X = 1\n")

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -327,3 +328,11 @@ def test_set_roots_refuses_overlap(tree: Path) -> None:
         mine.set_roots([tree / "c"])
         assert json.loads(mine.file.read_text())["roots"] == [str((tree / "c").resolve())]
         mine.set_roots([tree / "c", tree / "c"])  # overlap with itself is fine
+
+
+def test_a_fifo_in_the_registry_is_no_record_and_never_blocks() -> None:
+    from cachewatchd.daemon import registry
+
+    # named like the record of a live process (this one), so that it is read, not pruned by name
+    os.mkfifo(registry.registry_dir() / f"{os.getpid()}@{socket.gethostname()}.json")
+    assert registry.list_daemons() == []
