@@ -288,14 +288,16 @@ def test_the_daemon_itself_is_never_a_stale_process(project: Path, with_child: b
 
     env = {**os.environ, "PYTHONPATH": str(REPO)}  # this test's registry (XDG_RUNTIME_DIR)
     child = ["--", sys.executable, "-c", "import signal; signal.pause()"] if with_child else []
+    # A change dated after everything starts makes every process stale. Made before the daemon
+    # starts, so that it is no event: an edit while it runs would restart the child mid-check.
+    later = time.time() + 3600
+    os.utime(project / "pkg" / "m.py", (later, later))
     with DaemonProc([str(project), *child], env, cwd=project) as daemon:
         daemon.ready()
         children = psutil.Process(daemon.pid).children
         if with_child:
             wait_until(children, 20, message="own child running")
         managed = [p.pid for p in children()]
-        later = time.time() + 3600  # a change after everything started: every process is stale
-        os.utime(project / "pkg" / "m.py", (later, later))
         report = by_id(doctor(project))
         assert daemon.stop() == 0
     stale = [line for f in report.get("stale-processes", []) for line in f.details]
