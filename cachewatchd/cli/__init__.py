@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from cachewatchd import __version__
-from cachewatchd.cli import _daemon, _doctor, _scan, _service
+from cachewatchd.cli import _control, _daemon, _doctor, _scan, _service
 from cachewatchd.errors import EXIT_BROKEN_PIPE, EXIT_FAILURE, EXIT_USAGE, CachewatchdError
 
 __all__ = ["main", "run"]
@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cachewatchd {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     _daemon.register(sub)
+    _control.register(sub)
     _scan.register(sub)
     _service.register(sub)
     _doctor.register(sub)

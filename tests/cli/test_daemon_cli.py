@@ -20,13 +20,9 @@ import psutil
 import pytest
 
 from cachewatchd.cli import build_parser, main
-from cachewatchd.cli._daemon import (
-    LOG_FILE_ENV,
-    LOG_MAX_BYTES,
-    RotatingLog,
-    _command_line,
-    _describe,
-)
+from cachewatchd.cli._control import _describe
+from cachewatchd.cli._daemon import _command_line
+from cachewatchd.cli._logfile import LOG_FILE_ENV, LOG_MAX_BYTES, RotatingLog
 from cachewatchd.daemon.registry import DaemonRecord
 from cachewatchd.paths import daemon_log_file
 from cachewatchd.processes.status import TargetState, TargetStatus

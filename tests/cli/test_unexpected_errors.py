@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from cachewatchd.cli import _daemon, main
+from cachewatchd.cli import _control, main
 from cachewatchd.errors import EXIT_FAILURE
 from tests.support.users import REPO, unprivileged
 
@@ -37,7 +37,7 @@ def test_a_bug_is_one_line_naming_where(
     def buggy(args: argparse.Namespace) -> int:
         raise KeyError("two\nlines")
 
-    monkeypatch.setattr(_daemon, "_status", buggy)
+    monkeypatch.setattr(_control, "_status", buggy)
     assert main(["status"]) == EXIT_FAILURE
     err = capsys.readouterr().err
     assert err.count("\n") == 1

@@ -13,7 +13,7 @@ import psutil
 import pytest
 from structlog.testing import capture_logs
 
-from cachewatchd.cli._daemon import _describe_target
+from cachewatchd.cli._control import _describe_target
 from cachewatchd.processes.controller import Controller
 from cachewatchd.processes.own_child import ChildError, OwnChild, StderrTee
 from cachewatchd.processes.spec import ProcessSpec
