@@ -8,9 +8,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-from cachewatchd.cache.auditor import AuditOptions, Auditor, Result, plan
-from cachewatchd.cache.judge import DANGEROUS, Entry, State
+from cachewatchd.cache.auditor import Auditor
+from cachewatchd.cache.plan import AuditOptions, plan
 from cachewatchd.cache.pyc import mirror_dir
+from cachewatchd.cache.rows import Result
+from cachewatchd.cache.states import DANGEROUS, Entry, State
 from cachewatchd.errors import UsageError
 
 __all__ = [

@@ -7,112 +7,26 @@ in other processes (rows are plain data: they travel through a pipe).
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple
 
 from cachewatchd.cache.checks import CheckPool
-from cachewatchd.cache.judge import (
-    FRESH_HEADER,
-    MASK,
-    Kind,
-    Pending,
-    State,
-    VanishedError,
-    Verdict,
-    finish,
-    judge_legacy,
-    prejudge,
-    read_header,
-)
+from cachewatchd.cache.exact import Pending, finish
+from cachewatchd.cache.judge import FRESH_HEADER, MASK, prejudge, read_header
+from cachewatchd.cache.legacy import judge_legacy
+from cachewatchd.cache.plan import AuditOptions, Part
 from cachewatchd.cache.pyc import (
     HEADER,
     HEADER_SIZE,
     LEGACY_SUFFIXES,
     RUNNING_MAGIC,
     SOURCE_SUFFIXES,
-    Mode,
-    mirror_dir,
     parse_cache_name,
 )
-from cachewatchd.cache.walk import Excluder, WalkOptions, walk_stack
+from cachewatchd.cache.rows import Collector, Result
+from cachewatchd.cache.states import Kind, State, VanishedError, Verdict
+from cachewatchd.cache.walk import Excluder, walk_stack
 
-__all__ = ["AuditOptions", "Auditor", "Part", "Result", "Row", "plan"]
-
-
-class AuditOptions(NamedTuple):
-    """What an audit walks and how hard it looks."""
-
-    deep: bool = False
-    """Compare every pyc of this Python with a fresh compile and unmarshal every body."""
-    include_venvs: bool = False
-    """Also enter virtual environments."""
-    excludes: tuple[str, ...] = ()
-    """Globs of names or root-relative paths to skip."""
-    default_excludes: bool = True
-    """Skip ``.git``, ``node_modules``, ``.tox`` and the other tool directories."""
-    pycache_prefix: Path | None = None
-    """Also audit the ``PYTHONPYCACHEPREFIX`` tree mirroring each root."""
-    keep_fresh: bool = False
-    """Keep an :class:`Entry` for every fresh entry too (``clean --all``); else only count them."""
-    aliases: tuple[Path, ...] = ()
-    """Other absolute paths of the roots or of directories inside them (a symlink, as the user
-    gave it): the prefix tree's mirror of each is audited too."""
-
-    def walk_options(self) -> WalkOptions:
-        return WalkOptions(self.include_venvs, self.excludes, self.default_excludes)
-
-
-class Part(NamedTuple):
-    """A part of an audit: a root walked as a source tree, or a directory of the prefix tree."""
-
-    path: Path
-    source: Path | None = None
-    """For a prefix-tree directory: the source directory it mirrors."""
-    skip: frozenset[str] = frozenset()
-    """Prefix-tree directories below *path* that other parts judge."""
-
-
-def _within(path: str, base: str) -> bool:
-    return path == base or path.startswith(base.rstrip(os.sep) + os.sep)
-
-
-def plan(roots: Sequence[Path], options: AuditOptions) -> list[Part]:
-    """The parts of an audit of *roots*, in report order.
-
-    Without a prefix, the roots. With one (CPython 3.8+ keeps every cache at ``<prefix>/<the source
-    directory's absolute path>``, and reads no ``__pycache__``), each root is followed by its
-    mirrors: that of the root as given (unresolved: CPython mirrors a ``sys.path`` entry as
-    written, symlinks and all), that of its resolved path, and those of the *aliases* that resolve
-    into it. A root inside the prefix tree is judged as the part of the tree it is; a prefix tree
-    inside a root is not walked as the root's sources (its pycs would look like legacy pycs without
-    a source) but judged whole as the prefix tree, after the roots.
-    """
-    prefix = options.pycache_prefix
-    if prefix is None:
-        return [Part(root) for root in roots]
-    real_prefix = os.path.realpath(prefix)
-    aliases = [(os.path.realpath(alias), Path(os.path.abspath(alias))) for alias in options.aliases]
-    parts: list[Part] = []
-    mirrors: set[str] = set()
-    prefix_inside = False
-    for root in roots:
-        real = os.path.realpath(root)
-        if _within(real, real_prefix):
-            parts.append(Part(root, Path("/", os.path.relpath(real, real_prefix))))
-            continue
-        parts.append(Part(root))
-        prefix_inside = prefix_inside or _within(real_prefix, real)
-        sources = [Path(os.path.abspath(root)), Path(real)]
-        sources += [alias for real_alias, alias in aliases if _within(real_alias, real)]
-        for source in sources:
-            mirror = mirror_dir(prefix, source)
-            if str(mirror) not in mirrors:
-                mirrors.add(str(mirror))
-                parts.append(Part(mirror, source))
-    if prefix_inside:
-        parts.append(Part(prefix, Path("/"), frozenset(mirrors)))
-    return parts
+__all__ = ["Auditor"]
 
 
 def _open_dirs(source_dir: str, cache_dir: str) -> tuple[int, int] | None:
@@ -140,10 +54,6 @@ def _prefix_identity(prefix: Path | None) -> list[tuple[int, int]]:
     return [(st.st_dev, st.st_ino)]
 
 
-def _error_text(exc: OSError) -> str:
-    return exc.strerror or str(exc)
-
-
 def _not_a_source_here(verdict: Verdict, directory: str, stem: str) -> Verdict:
     """*verdict* (no source found), saying so when ``<stem>.pyw`` is there but is no source on
     this platform (``.pyw`` is one on Windows only)."""
@@ -154,15 +64,8 @@ def _not_a_source_here(verdict: Verdict, directory: str, stem: str) -> Verdict:
     )
 
 
-Row = tuple[str, str | None, str, str, str, str, Mode | None, Kind]
-"""One judged entry as plain data: path, source, state value, reason, tag, opt, mode, kind."""
-
-Result = tuple[list[Row], list[tuple[str, str]], int]
-"""What an audit (or a part of one) found: rows, ``(path, error)`` pairs, fresh entries not kept."""
-
-
-class Auditor:
-    """Judges directories and trees; collects plain rows until :meth:`take`.
+class Auditor(Collector):
+    """Judges directories and trees; collects plain rows until :meth:`take` (:class:`Collector`).
 
     Fresh entries are only counted unless ``keep_fresh``. With *dedup*, an entry reached twice
     (overlapping roots, a prefix tree inside a root) is judged once. Exact checks run in the
@@ -173,13 +76,10 @@ class Auditor:
     def __init__(
         self, options: AuditOptions, *, dedup: bool = True, checks: CheckPool | None = None
     ) -> None:
+        super().__init__(keep_fresh=options.keep_fresh, dedup=dedup)
         self.options = options
         self.checks = checks if checks is not None else CheckPool()
         self.excluder = Excluder(options.walk_options(), _prefix_identity(options.pycache_prefix))
-        self._seen: set[str] | None = set() if dedup else None
-        self.rows: list[Row] = []
-        self.errors: list[tuple[str, str]] = []
-        self.fresh = 0
         self._tag_opt: dict[str, tuple[str, str]] = {}
         """``__pycache__`` name after the stem -> tag and opt level."""
         self._magic: dict[str, bytes] = {}
@@ -200,31 +100,7 @@ class Auditor:
     def take(self) -> Result:
         """What was found since the last call."""
         self.settle()
-        result = (self.rows, self.errors, self.fresh)
-        self.rows, self.errors, self.fresh = [], [], 0
-        return result
-
-    def on_error(self, path: str, exc: OSError) -> None:
-        self.errors.append((path, _error_text(exc)))
-
-    def add(
-        self, path: str, source: str | None, verdict: Verdict, tag: str, opt: str, kind: Kind
-    ) -> None:
-        if verdict.state is State.FRESH and not self.options.keep_fresh:
-            self.fresh += 1
-            return
-        self.rows.append(
-            (path, source, verdict.state.value, verdict.reason, tag, opt, verdict.mode, kind)
-        )
-
-    def first_visit(self, path: str) -> bool:
-        seen = self._seen
-        if seen is None:
-            return True
-        if path in seen:
-            return False
-        seen.add(path)
-        return True
+        return super().take()
 
     def tree(self, path: str, rel: str = "", *, root: bool = True) -> None:
         """Judge the tree at *path* (*rel* below its root), as a root or as a walk's subtree."""

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cachewatchd.cache.audit import AuditReport
-from cachewatchd.cache.auditor import AuditOptions
-from cachewatchd.cache.judge import Entry, State
 from cachewatchd.cache.parallel import audit_jobs
+from cachewatchd.cache.plan import AuditOptions
 from cachewatchd.cache.pyc import Mode
 from cachewatchd.cache.remove import remove_cache_files
+from cachewatchd.cache.states import Entry, State
 
 __all__ = ["REMOVED_BY_DEFAULT", "CleanResult", "clean", "removed_by_default"]
 

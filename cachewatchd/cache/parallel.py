@@ -26,8 +26,10 @@ from pathlib import Path
 from typing import NoReturn
 
 from cachewatchd.cache.audit import AuditReport, audit, build_report
-from cachewatchd.cache.auditor import AuditOptions, Auditor, Part, Result, plan
+from cachewatchd.cache.auditor import Auditor
+from cachewatchd.cache.plan import AuditOptions, Part, plan
 from cachewatchd.cache.pyc import LEGACY_SUFFIXES, SOURCE_SUFFIXES
+from cachewatchd.cache.rows import Result
 from cachewatchd.cache.walk import list_directory, subdirectories
 from cachewatchd.errors import RuntimeFailure
 

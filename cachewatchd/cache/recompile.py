@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from cachewatchd.cache.checks import CheckPool, PycBytes
-from cachewatchd.cache.judge import Entry
+from cachewatchd.cache.states import Entry
 
 __all__ = ["recompile", "write_pyc"]
 

@@ -19,9 +19,10 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from cachewatchd.cache.checks import CheckPool
-from cachewatchd.cache.judge import State, VanishedError, judge_pycache
+from cachewatchd.cache.judge import judge_pycache
 from cachewatchd.cache.pyc import RUNNING_MAGIC, parse_cache_name
 from cachewatchd.cache.remove import cache_files_for_source
+from cachewatchd.cache.states import State, VanishedError
 
 __all__ = ["DELAYS", "Rechecker"]
 

@@ -1,0 +1,89 @@
+"""What an audit covers: its options, and its parts (the roots, and with a pycache prefix the
+prefix tree's mirrors of them), in report order."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+from cachewatchd.cache.pyc import mirror_dir
+from cachewatchd.cache.walk import WalkOptions
+
+__all__ = ["AuditOptions", "Part", "plan"]
+
+
+class AuditOptions(NamedTuple):
+    """What an audit walks and how hard it looks."""
+
+    deep: bool = False
+    """Compare every pyc of this Python with a fresh compile and unmarshal every body."""
+    include_venvs: bool = False
+    """Also enter virtual environments."""
+    excludes: tuple[str, ...] = ()
+    """Globs of names or root-relative paths to skip."""
+    default_excludes: bool = True
+    """Skip ``.git``, ``node_modules``, ``.tox`` and the other tool directories."""
+    pycache_prefix: Path | None = None
+    """Also audit the ``PYTHONPYCACHEPREFIX`` tree mirroring each root."""
+    keep_fresh: bool = False
+    """Keep an :class:`Entry` for every fresh entry too (``clean --all``); else only count them."""
+    aliases: tuple[Path, ...] = ()
+    """Other absolute paths of the roots or of directories inside them (a symlink, as the user
+    gave it): the prefix tree's mirror of each is audited too."""
+
+    def walk_options(self) -> WalkOptions:
+        return WalkOptions(self.include_venvs, self.excludes, self.default_excludes)
+
+
+class Part(NamedTuple):
+    """A part of an audit: a root walked as a source tree, or a directory of the prefix tree."""
+
+    path: Path
+    source: Path | None = None
+    """For a prefix-tree directory: the source directory it mirrors."""
+    skip: frozenset[str] = frozenset()
+    """Prefix-tree directories below *path* that other parts judge."""
+
+
+def _within(path: str, base: str) -> bool:
+    return path == base or path.startswith(base.rstrip(os.sep) + os.sep)
+
+
+def plan(roots: Sequence[Path], options: AuditOptions) -> list[Part]:
+    """The parts of an audit of *roots*, in report order.
+
+    Without a prefix, the roots. With one (CPython 3.8+ keeps every cache at ``<prefix>/<the source
+    directory's absolute path>``, and reads no ``__pycache__``), each root is followed by its
+    mirrors: that of the root as given (unresolved: CPython mirrors a ``sys.path`` entry as
+    written, symlinks and all), that of its resolved path, and those of the *aliases* that resolve
+    into it. A root inside the prefix tree is judged as the part of the tree it is; a prefix tree
+    inside a root is not walked as the root's sources (its pycs would look like legacy pycs without
+    a source) but judged whole as the prefix tree, after the roots.
+    """
+    prefix = options.pycache_prefix
+    if prefix is None:
+        return [Part(root) for root in roots]
+    real_prefix = os.path.realpath(prefix)
+    aliases = [(os.path.realpath(alias), Path(os.path.abspath(alias))) for alias in options.aliases]
+    parts: list[Part] = []
+    mirrors: set[str] = set()
+    prefix_inside = False
+    for root in roots:
+        real = os.path.realpath(root)
+        if _within(real, real_prefix):
+            parts.append(Part(root, Path("/", os.path.relpath(real, real_prefix))))
+            continue
+        parts.append(Part(root))
+        prefix_inside = prefix_inside or _within(real_prefix, real)
+        sources = [Path(os.path.abspath(root)), Path(real)]
+        sources += [alias for real_alias, alias in aliases if _within(real_alias, real)]
+        for source in sources:
+            mirror = mirror_dir(prefix, source)
+            if str(mirror) not in mirrors:
+                mirrors.add(str(mirror))
+                parts.append(Part(mirror, source))
+    if prefix_inside:
+        parts.append(Part(prefix, Path("/"), frozenset(mirrors)))
+    return parts

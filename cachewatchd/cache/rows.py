@@ -1,0 +1,62 @@
+"""What an audit found, as plain data (rows travel through a pipe from ``--jobs`` processes), and
+the collecting of it: fresh entries only counted unless kept, errors, each entry once."""
+
+from __future__ import annotations
+
+from cachewatchd.cache.pyc import Mode
+from cachewatchd.cache.states import Kind, State, Verdict
+
+__all__ = ["Collector", "Result", "Row"]
+
+Row = tuple[str, str | None, str, str, str, str, Mode | None, Kind]
+"""One judged entry as plain data: path, source, state value, reason, tag, opt, mode, kind."""
+
+Result = tuple[list[Row], list[tuple[str, str]], int]
+"""What an audit (or a part of one) found: rows, ``(path, error)`` pairs, fresh entries not kept."""
+
+
+def _error_text(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
+class Collector:
+    """Collects plain rows and errors until :meth:`take`.
+
+    Fresh entries are only counted unless *keep_fresh*. With *dedup*, :meth:`first_visit` lets an
+    entry reached twice (overlapping roots, a prefix tree inside a root) be judged once.
+    """
+
+    def __init__(self, *, keep_fresh: bool, dedup: bool) -> None:
+        self._keep_fresh = keep_fresh
+        self._seen: set[str] | None = set() if dedup else None
+        self.rows: list[Row] = []
+        self.errors: list[tuple[str, str]] = []
+        self.fresh = 0
+
+    def take(self) -> Result:
+        """What was collected since the last call."""
+        result = (self.rows, self.errors, self.fresh)
+        self.rows, self.errors, self.fresh = [], [], 0
+        return result
+
+    def on_error(self, path: str, exc: OSError) -> None:
+        self.errors.append((path, _error_text(exc)))
+
+    def add(
+        self, path: str, source: str | None, verdict: Verdict, tag: str, opt: str, kind: Kind
+    ) -> None:
+        if verdict.state is State.FRESH and not self._keep_fresh:
+            self.fresh += 1
+            return
+        self.rows.append(
+            (path, source, verdict.state.value, verdict.reason, tag, opt, verdict.mode, kind)
+        )
+
+    def first_visit(self, path: str) -> bool:
+        seen = self._seen
+        if seen is None:
+            return True
+        if path in seen:
+            return False
+        seen.add(path)
+        return True
