@@ -1,19 +1,16 @@
 """Managed targets behind one small interface, and the factory that picks a backend per spec.
 
 Backends: the own child (``command``), a supervisord program (``supervisor``), an existing
-process (``pidfile`` or ``match``) and a systemd user unit (``systemd``). Each one knows how to
-act (restart or signal) and which processes it currently runs; failures are
-:class:`~cachewatchd.errors.CachewatchdError` with a one-line message.
+process (``pidfile`` or ``match``, in :mod:`cachewatchd.processes.existing`) and a systemd user
+unit (``systemd``). Each one knows how to act (restart or signal) and which processes it currently
+runs; failures are :class:`~cachewatchd.errors.CachewatchdError` with a one-line message.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import stat
 import subprocess
-import tempfile
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -25,16 +22,7 @@ import psutil
 
 from cachewatchd.errors import RuntimeFailure
 from cachewatchd.processes.gate import Probe, probe_from_command, probe_from_process
-from cachewatchd.processes.os_procs import (
-    ProcessActionError,
-    alive,
-    find_by_match,
-    find_by_pidfile,
-    read_pidfile,
-    restart_process,
-    send_signal,
-    signal_refusal,
-)
+from cachewatchd.processes.os_procs import alive, send_signal, signal_refusal
 from cachewatchd.processes.own_child import ChildError, OwnChild
 from cachewatchd.processes.spec import ProcessSpec
 from cachewatchd.processes.staleness import importers
@@ -44,7 +32,6 @@ from cachewatchd.processes.supervisord import SupervisorClient
 __all__ = [
     "ActionResult",
     "ChildTarget",
-    "ProcessTarget",
     "SupervisorTarget",
     "SystemdTarget",
     "Target",
@@ -246,108 +233,6 @@ class SupervisorTarget(Target):
             return []
 
 
-class ProcessTarget(Target):
-    """An existing process found by ``pidfile`` or ``match`` (+ ``cwd``, else ``scope``).
-
-    A ``match`` without ``cwd`` finds, by default (``scope = "roots"``), only the processes that
-    run code of the target's *roots* (their cwd, or a file on their command line, lies under one):
-    the same pattern in another project is not touched unless the user asks for
-    ``scope = "any"``.
-    """
-
-    kind = "process"
-
-    def __init__(
-        self, spec: ProcessSpec, roots: Sequence[Path] = (), *, log: Path | None = None
-    ) -> None:
-        super().__init__(spec)
-        self.roots = tuple(Path(r) for r in roots)
-        self.log = log if log is not None else spec.log
-        self._launched: list[psutil.Process] = []
-        """Processes we relaunched (used when the pidfile is not rewritten by the app)."""
-
-    @property
-    def _under(self) -> tuple[Path, ...] | None:
-        """The roots a ``match`` is limited to; ``None`` when it is not (``cwd``, ``scope``)."""
-        if self.spec.cwd is not None or self.spec.scope == "any":
-            return None
-        return self.roots
-
-    def _describe(self) -> str:
-        if self.spec.pidfile is not None:
-            return f"pidfile {self.spec.pidfile}"
-        if self.spec.cwd is not None:
-            return f"match {self.spec.match!r} in {self.spec.cwd}"
-        under = self._under
-        if under is None:
-            return f"match {self.spec.match!r}"
-        return f"match {self.spec.match!r} under {', '.join(map(str, under))}"
-
-    def _find(self) -> list[psutil.Process]:
-        launched = [p for p in self._launched if p.is_running()]
-        if self.spec.pidfile is not None:
-            try:
-                return find_by_pidfile(self.spec.pidfile)
-            except ProcessActionError:
-                if launched:
-                    return launched
-                raise
-        assert self.spec.match is not None
-        return find_by_match(self.spec.match, self.spec.cwd, self._under)
-
-    def check(self) -> str | None:
-        try:
-            found = self._find()
-        except RuntimeFailure as exc:
-            return exc.message
-        if not found:
-            return f"no running process for {self._describe()}"
-        return _refusal(self.spec, found)
-
-    def processes(self) -> list[psutil.Process]:
-        try:
-            return self._find()
-        except RuntimeFailure:
-            return []
-
-    def act(self, cancel: threading.Event) -> ActionResult:
-        procs = self._find()
-        if not procs:
-            raise TargetError(f"no running process for {self._describe()}")
-        if self.spec.action == "signal":
-            for proc in procs:
-                send_signal(proc, self.spec.signal or "HUP")
-            return ActionResult("signalled", [p.pid for p in procs])
-        new_pids = []
-        for proc in procs:
-            pid = restart_process(proc, self.spec.grace, self.log)
-            new_pids.append(pid)
-            self._rewrite_pidfile(proc.pid, pid)
-        self._launched = _processes(new_pids)
-        return ActionResult("restarted", new_pids)
-
-    def _rewrite_pidfile(self, old: int, new: int) -> None:
-        """Point the pidfile at the relaunched process, unless the app already rewrote it."""
-        pidfile = self.spec.pidfile
-        if pidfile is None:
-            return
-        try:  # never a blocking open: a FIFO here (or at a fixed temporary name) would hang us
-            if read_pidfile(pidfile) != str(old):
-                return
-            mode = stat.S_IMODE(os.stat(pidfile).st_mode)
-            fd, tmp = tempfile.mkstemp(prefix=f".{pidfile.name}.", dir=pidfile.parent)
-        except OSError:
-            return
-        try:
-            with os.fdopen(fd, "w", encoding="ascii") as out:
-                os.fchmod(out.fileno(), mode)
-                out.write(f"{new}\n")
-            os.replace(tmp, pidfile)
-        except OSError:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-
-
 class SystemdTarget(Target):
     """A systemd user unit: ``systemctl --user restart`` (or ``kill --signal``)."""
 
@@ -406,19 +291,19 @@ class SystemdTarget(Target):
         return _processes([int(text)]) if text.isdigit() and int(text) > 0 else []
 
 
-_FACTORIES: dict[str, Callable[[ProcessSpec, Sequence[Path]], Target]] = {
-    "command": lambda spec, roots: ChildTarget(spec),
-    "supervisor": lambda spec, roots: SupervisorTarget(spec),
-    "pidfile": ProcessTarget,
-    "match": ProcessTarget,
-    "systemd": lambda spec, roots: SystemdTarget(spec),
-}
-
-
 def make_target(spec: ProcessSpec, roots: Sequence[Path] = ()) -> Target:
     """The backend for *spec*, chosen by its one selector; *roots* are the target's roots (its
     ``root``, else the daemon's): a ``match`` acts only on processes under them (``scope``)."""
-    for selector, factory in _FACTORIES.items():
+    from cachewatchd.processes.existing import ProcessTarget  # it builds on this module
+
+    factories: dict[str, Callable[[ProcessSpec, Sequence[Path]], Target]] = {
+        "command": lambda spec, roots: ChildTarget(spec),
+        "supervisor": lambda spec, roots: SupervisorTarget(spec),
+        "pidfile": ProcessTarget,
+        "match": ProcessTarget,
+        "systemd": lambda spec, roots: SystemdTarget(spec),
+    }
+    for selector, factory in factories.items():
         if getattr(spec, selector) is not None:
             return factory(spec, roots)
     raise TargetError(

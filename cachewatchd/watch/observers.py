@@ -6,10 +6,11 @@ cannot be watched because the inotify limit is reached is *noticed* (watchdog 7 
 the root falls back to polling; an event-queue overflow becomes a rescan request. After start,
 coverage is verified independently: every directory the walk finds must hold a watch. It is verified
 again after every storm: each directory that appeared (created, moved in, moved away and back) is
-reported by the native observer, and once no new one has appeared for :data:`SETTLE` seconds (at
-most :data:`SETTLE_MAX` after the first) the subtrees are walked; a directory found without a watch
-is watched again with its subtree and its sources are reported changed (their edits may have been
-missed); what still cannot be watched makes the root fall back to polling.
+reported by the native observer, and once no new one has appeared for
+:data:`~cachewatchd.watch.coverage.SETTLE` seconds (at most
+:data:`~cachewatchd.watch.coverage.SETTLE_MAX` after the first) the subtrees are checked and repaired
+(:mod:`cachewatchd.watch.coverage`); what still cannot be watched makes the root fall back to
+polling.
 
 A supervisor thread re-attaches a root that was deleted, moved away or replaced, and requests a rescan
 once it is back; it also carries out the fallbacks requested from the inotify thread.
@@ -20,81 +21,21 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cachewatchd.cache.walk import VENV_MARKER, Excluder, WalkOptions, walk, walk_stack
+from cachewatchd.cache.walk import WalkOptions
 from cachewatchd.log import ReportedPaths, get_logger
-from cachewatchd.paths import is_under
 from cachewatchd.threads import daemon_thread
+from cachewatchd.watch.coverage import SETTLE, SETTLE_MAX, repair, verify
 from cachewatchd.watch.events import EventMapper, EventSink, event_filter
 from cachewatchd.watch.mounts import ObserverChoice, PollMode, choose_observer
 from cachewatchd.watch.native import LIMITS, Guard, inotify_classes
 from cachewatchd.watch.polling import make_polling_observer
 
-__all__ = ["SETTLE", "SETTLE_MAX", "Watcher", "coverage_gaps"]
-
-SETTLE = 0.2
-"""Seconds without a new directory before the subtrees that appeared are checked."""
-SETTLE_MAX = 2.0
-"""During a long storm, seconds after the first new directory when they are checked anyway."""
-
-
-def _ignore(path: str, exc: OSError) -> None:
-    pass
-
-
-def coverage_gaps(
-    root: Path, watched: set[str], options: WalkOptions, *, below: str | None = None
-) -> list[str]:
-    """Directories below *root* (pruned as every walk prunes) that exist but hold no watch.
-
-    With *below*, only that sub-directory's subtree is walked; nothing when *below* is outside the
-    root or pruned itself (excluded, ``__pycache__``, inside a virtual environment).
-    """
-    if below is None:
-        found = [path for path, _ in walk(str(root), options, _ignore)]
-    else:
-        excluder = Excluder(options)
-        rel = _pruned_rel(str(root), below, excluder)
-        if rel is None:
-            return []
-        stack = [(below, rel)]
-        found = [path for path, _ in walk_stack(stack, excluder, _ignore, top_is_root=not rel)]
-    return sorted(p for p in found if p not in watched and os.path.isdir(p))
-
-
-def _pruned_rel(root: str, below: str, excluder: Excluder) -> str | None:
-    """*below* relative to *root* (``/``-separated), or None when a walk of the root never
-    enters it: outside the root, or an excluded, ``__pycache__`` or venv directory on the way."""
-    if below == root:
-        return ""
-    if not is_under(below, root):
-        return None
-    parts = os.path.relpath(below, root).split(os.sep)
-    for i, name in enumerate(parts, 1):
-        if name == "__pycache__" or excluder.excluded(name, "/".join(parts[:i])):
-            return None
-        inside = os.path.join(root, *parts[:i])
-        if i < len(parts) and _has_venv(inside) and excluder.is_venv([VENV_MARKER]):
-            return None  # (*below* itself is judged by the walk)
-    return "/".join(parts)
-
-
-def _has_venv(directory: str) -> bool:
-    return os.path.isfile(os.path.join(directory, VENV_MARKER))
-
-
-def _outermost(paths: Iterable[str]) -> list[str]:
-    """*paths* without those below another one of them (linear after sorting: a path sorted by
-    its components comes right after its ancestors)."""
-    kept: list[str] = []
-    for path in sorted(set(paths), key=lambda p: p.split(os.sep)):
-        if not (kept and is_under(path, kept[-1])):
-            kept.append(path)
-    return kept
+__all__ = ["Watcher"]
 
 
 @dataclass
@@ -271,38 +212,23 @@ class Watcher:
         for path, subtrees in appeared.items():
             root = self._roots.get(path)
             if root is not None and root.guard is not None and root.choice.kind == "native":
-                self._repair(root, root.guard, _outermost(subtrees))
+                self._repair(root, root.guard, subtrees)
 
-    def _repair(self, root: _Root, guard: Guard, tops: list[str]) -> None:
-        """Watch again what the subtrees *tops* hold without a watch; report their sources; fall
-        back to polling when that fails."""
-        watched = guard.watched()
-        options = self.walk_options
-        gaps = [g for top in tops for g in coverage_gaps(root.path, watched, options, below=top)]
-        if gaps:  # the inotify thread may still be on its way there (a loaded machine): look again
-            self._stopping.wait(SETTLE)
-            watched = guard.watched()
-            gaps = [g for g in gaps if g not in watched and os.path.isdir(g)]
-        if not gaps:
-            return
-        repaired = _outermost(gaps)
-        for top in repaired:
-            guard.rewatch(top)
-        self._log.info(
-            "rewatched",
-            root=str(root.path),
-            path=repaired[0],
-            directories=len(gaps),
-            reason="left without a watch",
+    def _repair(self, root: _Root, guard: Guard, subtrees: set[str]) -> None:
+        """Repair the coverage of the subtrees that appeared; fall back to polling when that
+        fails."""
+        reason = repair(
+            root.path,
+            guard,
+            subtrees,
+            options=self.walk_options,
+            sink=self.sink,
+            stopping=self._stopping,
+            log=self._log,
         )
-        for top in repaired:  # their events may have been missed
-            for source in guard.sources(top):
-                self.sink.source_changed(Path(source))
-        watched = guard.watched()
-        left = [g for g in gaps if g not in watched and os.path.isdir(g)]
-        if guard.limit is not None or left:
+        if reason is not None:
             self._detach(root)
-            self._fall_back(root, guard.limit or _unwatched(left))
+            self._fall_back(root, reason)
 
     def _handle(self, kind: str, root: _Root, reason: str) -> None:
         if kind == "fallback" and root.choice.kind == "native":
@@ -381,7 +307,7 @@ class Watcher:
         guard = Guard(self, root.path)
         root.guard = guard
         self._run(root, observer_cls(self._fd, guard))
-        return self._verify(guard)
+        return verify(guard, self.walk_options, self._stopping)
 
     def _start_polling(self, root: _Root) -> None:
         def denied(path: str, exc: OSError) -> None:
@@ -407,17 +333,6 @@ class Watcher:
             raise
         root.observer = observer
 
-    def _verify(self, guard: Guard) -> str | None:
-        if guard.limit is not None:
-            return guard.limit
-        gaps = coverage_gaps(Path(guard.root), guard.watched(), self.walk_options)
-        if gaps:  # a directory created meanwhile may still be on its way to a watch: look again
-            self._stopping.wait(0.1)
-            watched = guard.watched()
-            gaps = [g for g in gaps if g not in watched and os.path.isdir(g)]
-        gap = _unwatched(gaps) if gaps else None
-        return guard.limit or gap  # the limit may have been hit meanwhile: say so first
-
     def _detach(self, root: _Root) -> None:
         observer, root.observer, root.guard = root.observer, None, None
         if observer is not None:
@@ -427,11 +342,6 @@ class Watcher:
         if error not in root.reported:
             root.reported.add(error)
             self._log.warning("error", root=str(root.path), error=error, action="retrying")
-
-
-def _unwatched(gaps: Sequence[str]) -> str:
-    noun = "directory" if len(gaps) == 1 else "directories"
-    return f"{len(gaps)} {noun} left unwatched (first: {gaps[0]})"
 
 
 def _dispose(observer: Any) -> None:

@@ -15,9 +15,10 @@ from structlog.testing import capture_logs
 
 from cachewatchd.cli._control import _describe_target
 from cachewatchd.processes.controller import Controller
-from cachewatchd.processes.own_child import ChildError, OwnChild, StderrTee
+from cachewatchd.processes.own_child import ChildError, OwnChild
 from cachewatchd.processes.spec import ProcessSpec
 from cachewatchd.processes.status import TargetState
+from cachewatchd.processes.stderr_tee import StderrTee
 from tests.support.servers import (
     events,
     free_port,

@@ -15,8 +15,9 @@ import pytest
 from structlog.testing import capture_logs
 
 from cachewatchd.watch.batch import Batch, Batcher, Rescan
+from cachewatchd.watch.coverage import coverage_gaps
 from cachewatchd.watch.native import Guard, inotify_classes
-from cachewatchd.watch.observers import Watcher, coverage_gaps
+from cachewatchd.watch.observers import Watcher
 from tests.support.inotify import fail_watches, inject_overflow
 from tests.support.wait import wait_until
 

@@ -21,7 +21,8 @@ from watchdog.utils.dirsnapshot import DirectorySnapshot, DirectorySnapshotDiff
 
 from cachewatchd.cache.walk import WalkOptions
 from cachewatchd.watch.batch import Batch, Batcher, Rescan
-from cachewatchd.watch.observers import Watcher, coverage_gaps
+from cachewatchd.watch.coverage import coverage_gaps
+from cachewatchd.watch.observers import Watcher
 from cachewatchd.watch.polling import SourceLister, change_stat
 from tests.support.inotify import fail_instances, fail_watches, inject_overflow, reader_lock
 from tests.support.users import unprivileged
