@@ -118,6 +118,8 @@ class OwnChild:
                 raise ChildError(f"not starting {self.command[0]!r}: the daemon is stopping")
             if self.pid is not None:
                 return self.pid
+            # Its own group in the daemon's session; Python 3.10's subprocess has no process_group
+            # (and preexec_fn is unsafe with threads): there it gets a session of its own.
             group: dict[str, Any] = (
                 {"process_group": 0} if sys.version_info >= (3, 11) else {"start_new_session": True}
             )
