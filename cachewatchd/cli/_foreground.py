@@ -24,7 +24,8 @@ from cachewatchd.cli._detach import tell_parent
 if TYPE_CHECKING:
     from cachewatchd.cli._logfile import RotatingLog
     from cachewatchd.config.settings import DaemonSettings
-    from cachewatchd.daemon.loop import ControllerLike, Daemon
+    from cachewatchd.daemon.contracts import ControllerLike
+    from cachewatchd.daemon.loop import Daemon
     from cachewatchd.processes.spec import ProcessSpec
 
 __all__ = ["run_foreground"]

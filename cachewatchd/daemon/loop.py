@@ -23,68 +23,30 @@ finish the batch under way plus what is pending, stop the managed processes, rem
 
 from __future__ import annotations
 
-import enum
 import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from cachewatchd.config.settings import DaemonSettings
 from cachewatchd.daemon.batch_handler import BatchHandler, Counters
+from cachewatchd.daemon.contracts import (
+    ControllerFactory,
+    ControllerLike,
+    Notifier,
+    controller_inputs,
+)
+from cachewatchd.daemon.status import STATUS_REFRESH, DaemonState, status_document, status_line
 from cachewatchd.daemon.watching import Watching
 from cachewatchd.errors import EXIT_FAILURE, EXIT_OK, CachewatchdError
 from cachewatchd.log import ReportedPaths, get_logger
-from cachewatchd.processes.spec import ProcessSpec
-from cachewatchd.processes.status import TargetStatus
 from cachewatchd.threads import died, on_death
 from cachewatchd.watch.batch import DEFAULT_MAX_WINDOW, DEFAULT_QUIET, Batch, Batcher
 
-__all__ = ["ControllerLike", "Daemon", "DaemonState"]
-
-
-class DaemonState(str, enum.Enum):
-    """What the daemon is doing; the value is its ``state`` in the status document."""
-
-    STARTING = "starting"
-    """Attaching the roots and auditing each once; the managed processes are not started yet."""
-    READY = "ready"
-    """Watching every root; the managed processes run."""
-    STOPPING = "stopping"
-    """Asked to stop, or a thread died: detaching, finishing the batch, stopping the processes."""
-
-    def __str__(self) -> str:
-        return str(self.value)
-
-
-class ControllerLike(Protocol):
-    """What the daemon needs from :class:`cachewatchd.processes.controller.Controller`."""
-
-    def subscribe(self, callback: Callable[[], None]) -> None: ...
-    def subscribe_errors(self, callback: Callable[[], None]) -> None: ...
-    def start(self) -> None: ...
-    def notify(self, touched: Sequence[Path]) -> None: ...
-    def stop(self) -> None: ...
-    def status(self) -> list[TargetStatus]: ...
-
-
-STATUS_REFRESH = 10.0
-"""Seconds between status-record refreshes while nothing happens (a batch, a reload or a change
-in a managed target's status publishes at once)."""
-
-ControllerFactory = Callable[
-    [Sequence[ProcessSpec], Sequence[Path], Mapping[Path, tuple[str, ...]]], ControllerLike
-]
-"""``(specs, roots, each root's exclude globs)`` -> a controller (not started)."""
-
-
-class _Notifier(Protocol):
-    def ready(self, status: str | None = None) -> bool: ...
-    def reloading(self, status: str | None = None) -> bool: ...
-    def stopping(self, status: str | None = None) -> bool: ...
-    def status(self, text: str) -> bool: ...
+__all__ = ["Daemon"]
 
 
 class Daemon:
@@ -97,7 +59,7 @@ class Daemon:
         *,
         reload_settings: Callable[[], DaemonSettings] | None = None,
         make_controller: ControllerFactory | None = None,
-        notifier: _Notifier | None = None,
+        notifier: Notifier | None = None,
         on_ready: Callable[[], None] | None = None,
         quiet: float = DEFAULT_QUIET,
         max_window: float = DEFAULT_MAX_WINDOW,
@@ -214,7 +176,7 @@ class Daemon:
         self._log.info("ready", pid=os.getpid(), roots=list(observers), observers=observers)
         self._publish()
         if self._notifier is not None:
-            self._notifier.ready(self._status_line())
+            self._notifier.ready(status_line(self.status()))
         if self._on_ready is not None:
             self._on_ready()
         return True
@@ -280,7 +242,7 @@ class Daemon:
         except CachewatchdError as exc:
             self._error(error=f"reload failed, keeping the old settings: {exc}")
             if self._notifier is not None:
-                self._notifier.ready(self._status_line())
+                self._notifier.ready(status_line(self.status()))
             return
         old = self.settings
         for warning in new.warnings:
@@ -291,7 +253,7 @@ class Daemon:
             self.settings = new
             self._handler = self._new_handler(new)
             self._start_watching("reload")
-            if _controller_inputs(new) != _controller_inputs(old):
+            if controller_inputs(new) != controller_inputs(old):
                 if self._controller is not None:
                     self._controller.stop()
                     self._controller = None
@@ -303,7 +265,7 @@ class Daemon:
         self._log.info("reloaded", changed=new != old, roots=list(observers), observers=observers)
         self._publish()
         if self._notifier is not None:
-            self._notifier.ready(self._status_line())
+            self._notifier.ready(status_line(self.status()))
 
     def _recheck(self) -> None:
         """Remove caches written with old code during an edit; restart their importers again."""
@@ -382,31 +344,15 @@ class Daemon:
             counters = self._counters.as_dict()
             last_event = self._counters.last_event
         controller = self._controller
-        return {
-            "state": self._state.value,
-            "observers": self._watching.observers() if self._watching else {},
-            "counters": counters,
-            "last_event": last_event,
-            "processes": [t.to_json() for t in controller.status()] if controller else [],
-            "config": str(self.settings.config_path) if self.settings.config_path else None,
-        }
-
-    def _status_line(self) -> str:
-        status = self.status()
-        counters = status["counters"]
-        kinds = sorted({o["observer"] for o in status["observers"].values()})
-        return (
-            f"watching {len(status['observers'])} root(s) ({', '.join(kinds) or 'none'}); "
-            f"{counters['invalidations']} invalidated, {counters['rescans']} rescans"
+        return status_document(
+            self._state,
+            self._watching.observers() if self._watching else {},
+            counters,
+            last_event,
+            controller.status() if controller else [],
+            self.settings.config_path,
         )
 
     def _publish(self) -> None:
         if self._registration is not None:
             self._registration.update(self.status())
-
-
-def _controller_inputs(
-    settings: DaemonSettings,
-) -> tuple[tuple[ProcessSpec, ...], tuple[tuple[Path, tuple[str, ...]], ...]]:
-    """What the controller is built from: the targets, and each root with its exclude globs."""
-    return settings.processes, tuple((plan.path, plan.exclude) for plan in settings.roots)

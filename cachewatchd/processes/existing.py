@@ -22,9 +22,9 @@ from cachewatchd.processes.os_procs import (
     find_by_match,
     find_by_pidfile,
     read_pidfile,
-    restart_process,
     send_signal,
 )
+from cachewatchd.processes.relaunch import restart_process
 from cachewatchd.processes.spec import ProcessSpec
 from cachewatchd.processes.targets import ActionResult, Target, TargetError, _processes, _refusal
 

@@ -1,4 +1,4 @@
-"""Existing processes: find them, stop them safely, relaunch them detached, signal them.
+"""Existing processes: find them, stop them safely, signal them (relaunch: :mod:`.relaunch`).
 
 Every psutil call is guarded (the process may vanish, be a zombie, or be hidden from us); processes of
 another user are never touched; a pid is only signalled while its create_time still matches (psutil's
@@ -12,12 +12,9 @@ import itertools
 import os
 import re
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -27,17 +24,13 @@ from cachewatchd.paths import is_under, read_regular
 
 __all__ = [
     "ProcessActionError",
-    "Snapshot",
     "alive",
     "find_by_match",
     "find_by_pidfile",
-    "launch_detached",
     "owned",
     "read_pidfile",
-    "restart_process",
     "send_signal",
     "signal_refusal",
-    "snapshot",
     "terminate_tree",
     "top_level",
     "wait_gone",
@@ -49,37 +42,9 @@ _KILL_WAIT = 10.0
 PIDFILE_LIMIT = 4096
 """Bytes a pidfile may hold: a pid and a newline, with room for comments some tools add."""
 
-_LAUNCHER = """\
-import os, subprocess, sys
-log = sys.argv[1]
-out = open(log, "ab") if log else subprocess.DEVNULL
-try:
-    p = subprocess.Popen(sys.argv[2:], stdin=subprocess.DEVNULL, stdout=out,
-                         stderr=subprocess.STDOUT, start_new_session=True)
-except OSError as exc:
-    sys.stderr.write("%s\\n" % exc)
-    sys.stderr.flush()
-    os._exit(127)
-sys.stdout.write("%d\\n" % p.pid)
-sys.stdout.flush()
-os._exit(0)
-"""
-"""Run by a throw-away interpreter so the relaunched server is not our child (double fork)."""
-
 
 class ProcessActionError(RuntimeFailure):
     """Acting on a process failed; the message is one line for the log."""
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """What is needed to start a process again the way it was started."""
-
-    pid: int
-    create_time: float
-    cmdline: tuple[str, ...]
-    cwd: str
-    environ: dict[str, str]
 
 
 def owned(proc: psutil.Process) -> bool:
@@ -223,28 +188,6 @@ def top_level(procs: Sequence[psutil.Process]) -> list[psutil.Process]:
     return result
 
 
-def snapshot(proc: psutil.Process) -> Snapshot:
-    """Read cmdline, cwd and environment of *proc* (to relaunch it later)."""
-    try:
-        with proc.oneshot():
-            snap = Snapshot(
-                pid=proc.pid,
-                create_time=proc.create_time(),
-                cmdline=tuple(proc.cmdline()),
-                cwd=proc.cwd(),
-                environ=dict(proc.environ()),
-            )
-    except (psutil.NoSuchProcess, psutil.ZombieProcess):
-        raise ProcessActionError(f"pid {proc.pid} exited before it could be restarted") from None
-    except psutil.AccessDenied:
-        raise ProcessActionError(
-            f"pid {proc.pid}: access denied reading its command line, cwd or environment"
-        ) from None
-    if not snap.cmdline:
-        raise ProcessActionError(f"pid {proc.pid} has an empty command line; cannot relaunch it")
-    return snap
-
-
 def alive(proc: psutil.Process | int) -> bool:
     """Whether *proc* (a process, or a pid) still runs. A zombie counts as gone: it holds no port
     and runs no code. A recycled pid counts as gone (psutil compares the create_time); a process
@@ -317,34 +260,6 @@ def terminate_tree(proc: psutil.Process, grace: float) -> None:
     if survivors:
         pids = ", ".join(str(p.pid) for p in survivors)
         raise ProcessActionError(f"pid {pids} still running after SIGKILL")
-
-
-def launch_detached(
-    cmdline: Sequence[str], cwd: str, environ: dict[str, str], log: Path | None = None
-) -> int:
-    """Start *cmdline* in its own session, stdio to /dev/null (or appended to *log*).
-
-    The process is started through a throw-away interpreter, so it is not our child and outlives
-    cachewatchd. Returns its pid; raises :class:`ProcessActionError` when it cannot be started.
-    """
-    argv = [sys.executable, "-I", "-S", "-c", _LAUNCHER, str(log) if log else "", *cmdline]
-    try:
-        done = subprocess.run(
-            argv, cwd=cwd, env=environ, capture_output=True, text=True, timeout=30, check=False
-        )
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise ProcessActionError(f"cannot relaunch {cmdline[0]!r} in {cwd}: {exc}") from None
-    if done.returncode != 0:
-        reason = done.stderr.strip().splitlines()[-1:] or [f"exit code {done.returncode}"]
-        raise ProcessActionError(f"cannot relaunch {cmdline[0]!r} in {cwd}: {reason[0]}")
-    return int(done.stdout.strip())
-
-
-def restart_process(proc: psutil.Process, grace: float, log: Path | None = None) -> int:
-    """Stop *proc* (and its group) and start the same cmdline, cwd and environment again."""
-    snap = snapshot(proc)
-    terminate_tree(proc, grace)
-    return launch_detached(snap.cmdline, snap.cwd, snap.environ, log)
 
 
 def _is_uvicorn(cmdline: Sequence[str]) -> bool:

@@ -21,9 +21,11 @@ from structlog.testing import capture_logs
 from cachewatchd.config.settings import CommandLine, build_settings
 from cachewatchd.config.user import Config
 from cachewatchd.daemon.batch_handler import BatchHandler
-from cachewatchd.daemon.loop import ControllerLike, Daemon, DaemonState
+from cachewatchd.daemon.contracts import ControllerLike
+from cachewatchd.daemon.loop import Daemon
 from cachewatchd.daemon.registry import list_daemons
 from cachewatchd.daemon.sd_notify import Notifier, WatchdogPinger
+from cachewatchd.daemon.status import DaemonState
 from cachewatchd.errors import EXIT_FAILURE, EXIT_OK
 from cachewatchd.processes.controller import Controller
 from cachewatchd.processes.os_procs import alive

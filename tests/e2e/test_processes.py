@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from cachewatchd.cache.audit import audit
-from cachewatchd.daemon.loop import STATUS_REFRESH
+from cachewatchd.daemon.status import STATUS_REFRESH
 from cachewatchd.processes.staleness import SLACK
 from tests.support.daemon import cli
 from tests.support.e2e import E2E, child_command, toml_config

@@ -13,14 +13,8 @@ from typing import Any
 import pytest
 
 from cachewatchd.watch.batch import GitMove
-from cachewatchd.watch.git import (
-    GitRepo,
-    GitWatcher,
-    find_repositories,
-    git_state,
-    is_settled,
-    repo_at,
-)
+from cachewatchd.watch.git import GitWatcher
+from cachewatchd.watch.gitrepo import GitRepo, find_repositories, git_state, is_settled, repo_at
 from tests.support.wait import git as run_git
 from tests.support.wait import wait_until
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from cachewatchd.watch.git import GitWatcher, find_repositories, repo_at
+from cachewatchd.watch.git import GitWatcher
+from cachewatchd.watch.gitrepo import find_repositories, repo_at
 from tests.support.daemon import DaemonProc, isolated_env
 from tests.support.fifo import RESCUE_AFTER, fifo_at, rescued
 from tests.support.wait import git, wait_until
