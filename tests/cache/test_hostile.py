@@ -241,7 +241,8 @@ def test_the_console_scan_prints_verdicts_not_tracebacks(tmp_path: Path) -> None
     )
     assert proc.returncode == 1, proc.stderr
     assert proc.stderr == ""
-    assert '"corrupt": 3' in proc.stdout
+    # the huge stack is corrupt only where CPython cannot allocate it (before 3.12: see below)
+    assert f'"corrupt": {3 if sys.version_info < (3, 12) else 2}' in proc.stdout
     assert '"stale": 1' in proc.stdout
 
 
