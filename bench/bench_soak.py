@@ -741,7 +741,8 @@ class Run:
                 soak.unpark_all()
                 self.check_tree(f"checkpoint {len(self.checks) + 1}",
                                 settle(self.daemon, self.env, self.cwd, SECOND_LOOK + 2.0))  # fmt: skip
-                for _ in range(soak.rng.randint(2, 4) if time.monotonic() < end else 0):
+                late = end - time.monotonic() < git_every / 2  # no checkout just before the end
+                for _ in range(0 if late else soak.rng.randint(2, 4)):
                     soak.step(GIT_WEIGHTS)
                     self.pause()
             soak.unpark_all()
