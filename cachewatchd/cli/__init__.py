@@ -12,12 +12,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import traceback
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from cachewatchd import __version__
 from cachewatchd.cli import _control, _daemon, _doctor, _scan, _service
+from cachewatchd.cli._args import HelpFormatter
 from cachewatchd.errors import EXIT_BROKEN_PIPE, EXIT_FAILURE, EXIT_USAGE, CachewatchdError
 
 __all__ = ["main", "run"]
@@ -27,6 +27,10 @@ _DEFAULT_COMMAND = "run"
 
 class _Parser(argparse.ArgumentParser):
     """argparse that reports usage errors as one line and exit code 2."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)  # argparse's imports shutil
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         sys.stderr.write(f"cachewatchd: error: {message}\n")
@@ -108,6 +112,8 @@ def _say(message: str) -> None:
 
 def _described(exc: BaseException) -> str:
     """``Type: message at file:line`` (the innermost frame)."""
+    import traceback  # only for a bug: tokenize, linecache and textwrap stay out of every start
+
     frames = traceback.extract_tb(exc.__traceback__)
     at = f" at {os.path.basename(frames[-1].filename)}:{frames[-1].lineno}" if frames else ""
     return f"{type(exc).__name__}: {exc}{at}"

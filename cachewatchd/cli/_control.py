@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import argparse
 import errno
-import json
 import os
-import signal
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from cachewatchd.cli._daemon import seconds
-from cachewatchd.cli._logfile import log_of
+from cachewatchd.cli._args import RawDescriptionHelpFormatter, seconds
 from cachewatchd.errors import EXIT_OK, RuntimeFailure, UsageError
 
 __all__ = ["register"]
@@ -31,7 +28,7 @@ def register(sub: Any) -> None:
         help="stop this user's daemons (those watching PATH)",
         description="Stop this user's daemons: all of them, or those whose roots overlap a PATH.",
         epilog=_STOP_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=RawDescriptionHelpFormatter,
     )
     stop.add_argument(
         "paths",
@@ -60,6 +57,8 @@ def register(sub: Any) -> None:
 
 # -- stop --------------------------------------------------------------------------------
 def _stop(args: argparse.Namespace) -> int:
+    import signal
+
     import psutil
 
     from cachewatchd.config.user import BOUNDS, check_number
@@ -116,6 +115,9 @@ def _existing(path: Path) -> Path:
 
 
 def _status(args: argparse.Namespace) -> int:
+    import json
+
+    from cachewatchd.cli._logfile import log_of
     from cachewatchd.daemon.registry import list_daemons
 
     daemons = [{**record, "log": log_of(record)} for record in list_daemons()]

@@ -18,27 +18,14 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, cast
 
-from cachewatchd.cli._detach import detach, take_ready_fd, tell_parent
-from cachewatchd.cli._foreground import run_foreground
-from cachewatchd.cli._logfile import take_log_file
+from cachewatchd.cli._args import POLL_MODES, RawDescriptionHelpFormatter, seconds
 from cachewatchd.errors import CachewatchdError, UsageError
-from cachewatchd.watch.mounts import POLL_MODES
 
 if TYPE_CHECKING:
     from cachewatchd.config.settings import CommandLine, DaemonSettings
     from cachewatchd.processes.spec import ProcessSpec
 
 __all__ = ["register", "seconds"]
-
-
-def seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
-    return value
 
 
 _RUN_EPILOG = """\
@@ -68,7 +55,7 @@ def register(sub: Any) -> None:
         "the moment their source changes, follow git, and restart managed processes.\n"
         "Everything after -- is a COMMAND the daemon runs and restarts after each change.",
         epilog=_RUN_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=RawDescriptionHelpFormatter,
     )
     run.add_argument(
         "paths",
@@ -202,6 +189,10 @@ def _settings(args: argparse.Namespace) -> DaemonSettings:
 
 
 def _run(args: argparse.Namespace) -> int:
+    # here, not at the top: every command builds this parser, and `scan` needs none of these
+    from cachewatchd.cli._detach import detach, take_ready_fd, tell_parent
+    from cachewatchd.cli._foreground import run_foreground
+    from cachewatchd.cli._logfile import take_log_file
     from cachewatchd.log import LEVELS, configure_logging, get_logger
 
     if args.log_level.lower() not in LEVELS:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cachewatchd.cli._args import POLL_MODES, RawDescriptionHelpFormatter
 from cachewatchd.cli._output import colour
 from cachewatchd.errors import EXIT_FINDINGS, EXIT_OK
-from cachewatchd.watch.mounts import POLL_MODES
 
 if TYPE_CHECKING:
     from cachewatchd.doctor.report import DoctorReport
@@ -40,7 +39,7 @@ def register(sub: Any) -> None:  # argparse's _SubParsersAction
         description="One report of everything that makes a code change not take effect, "
         "each finding with what to do.",
         epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=RawDescriptionHelpFormatter,
     )
     doctor.add_argument("paths", nargs="*", type=Path, metavar="PATH", help="project (default: .)")
     doctor.add_argument("--json", action="store_true", help="print one JSON document")
@@ -60,6 +59,8 @@ def register(sub: Any) -> None:  # argparse's _SubParsersAction
 
 
 def _doctor(args: argparse.Namespace) -> int:
+    import json
+
     from cachewatchd.cache.audit import check_root
     from cachewatchd.config.user import BOUNDS, check_number
     from cachewatchd.doctor.report import DoctorOptions, run_doctor

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -232,6 +231,8 @@ def _scan(args: argparse.Namespace) -> int:
     with _gc_paused():
         report = audit_jobs(roots, options, _jobs_of(args))
     if args.json:
+        import json
+
         doc = {
             "version": 1,
             "roots": [str(r) for r in roots],
@@ -280,6 +281,8 @@ def _clean(args: argparse.Namespace) -> int:
             jobs=_jobs_of(args),
         )
     if args.json:
+        import json
+
         doc = {
             "version": 1,
             "dry_run": result.dry_run,

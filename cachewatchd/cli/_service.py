@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cachewatchd.cli._args import RawDescriptionHelpFormatter
 from cachewatchd.cli._output import colour
 from cachewatchd.errors import EXIT_FAILURE, EXIT_OK
 
@@ -37,7 +38,7 @@ def register(sub: Any) -> None:  # argparse's _SubParsersAction
         "(~/.config/systemd/user/cachewatchd.service or ~/Library/LaunchAgents/"
         "io.github.cachewatchd.plist), then enable and start it.",
         epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=RawDescriptionHelpFormatter,
     )
     install.add_argument(
         "paths",
@@ -55,7 +56,7 @@ def register(sub: Any) -> None:  # argparse's _SubParsersAction
         help="stop, disable and remove the user service",
         description="Reverse install-service: stop and disable the service, remove its file.",
         epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=RawDescriptionHelpFormatter,
     )
     uninstall.add_argument("--dry-run", action="store_true", help="print the steps only")
     uninstall.add_argument("--manager", choices=("systemd", "launchd"), help=manager_help)
