@@ -1,4 +1,4 @@
-"""What the benchmarks in ``bench/`` share; each script imports from here and nothing else:
+"""What the benchmarks in ``bench/`` share; each script imports from here and none from another:
 child environments, the machine header, processes logging JSON lines (the daemon, watchfiles), the
 generated trees, timing and PASS/MISS reporting, the tiny ASGI app. Benchmarks drive cachewatchd
 only through its command line, its config file and the environment, as a user does.
