@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.support.fs import reachable_tree
 from tests.support.pycs import restore_mtime_edit, write
 from tests.support.users import unprivileged
 from tests.support.wait import compile_pyc, wait_until
@@ -23,15 +22,8 @@ TAG = sys.implementation.cache_tag
 @pytest.fixture
 def base() -> Iterator[Path]:
     """A tree the unprivileged user can reach (pytest's tmp dirs are private to root)."""
-    path = Path(tempfile.mkdtemp(prefix="cw-perm-")).resolve()
-    path.chmod(0o755)
-    try:
+    with reachable_tree() as path:
         yield path
-    finally:
-        for p in [path, *path.rglob("*")]:
-            if p.is_dir() and not p.is_symlink():
-                p.chmod(0o755)
-        shutil.rmtree(path)
 
 
 def cachewatchd(*args: str) -> subprocess.CompletedProcess[str]:

@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.support.fs import reachable_tree
 from tests.support.pycs import write
 from tests.support.users import REPO, unprivileged
 
@@ -21,15 +20,8 @@ from tests.support.users import REPO, unprivileged
 @pytest.fixture
 def base() -> Iterator[Path]:
     """A tree the unprivileged user can reach (pytest's tmp dirs are private to root)."""
-    path = Path(tempfile.mkdtemp(prefix="cw-doctor-")).resolve()
-    path.chmod(0o755)
-    try:
+    with reachable_tree() as path:
         yield path
-    finally:
-        for p in [path, *path.rglob("*")]:
-            if p.is_dir() and not p.is_symlink():
-                p.chmod(0o755)
-        shutil.rmtree(path)
 
 
 def doctor_as_user(base: Path, *args: str) -> subprocess.CompletedProcess[str]:
