@@ -4,25 +4,39 @@
 No traceback reaches the user: an error the commands did not expect (an :class:`OSError` from the
 environment, or a bug) is one line too, with exit code 3.
 Each subcommand lives in its own module exposing ``register(subparsers)``; a module imports its heavy
-dependencies inside the handler so that ``cachewatchd scan`` starts fast.
+dependencies inside the handler, and only the module of the command being run is imported and its
+parsers built (all of them for the top-level ``--help``), so that ``cachewatchd scan`` starts fast.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from cachewatchd import __version__
-from cachewatchd.cli import _control, _daemon, _doctor, _scan, _service
 from cachewatchd.cli._args import HelpFormatter
 from cachewatchd.errors import EXIT_BROKEN_PIPE, EXIT_FAILURE, EXIT_USAGE, CachewatchdError
 
 __all__ = ["main", "run"]
 
 _DEFAULT_COMMAND = "run"
+
+COMMANDS: dict[str, str] = {
+    "run": "_daemon",
+    "stop": "_control",
+    "status": "_control",
+    "scan": "_scan",
+    "clean": "_scan",
+    "install-service": "_service",
+    "uninstall-service": "_service",
+    "doctor": "_doctor",
+}
+"""Every command -> the module under ``cachewatchd.cli`` that registers it, in the order of the
+help's listing (a test holds it equal to what the modules register)."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -37,7 +51,8 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(EXIT_USAGE)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command, or of *command*'s module only (what one run needs)."""
     parser = _Parser(
         prog="cachewatchd",
         description="Keep the Python code that runs equal to the code on disk.",
@@ -45,11 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"cachewatchd {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    _daemon.register(sub)
-    _control.register(sub)
-    _scan.register(sub)
-    _service.register(sub)
-    _doctor.register(sub)
+    wanted = [COMMANDS[command]] if command in COMMANDS else COMMANDS.values()
+    for name in dict.fromkeys(wanted):
+        importlib.import_module(f"cachewatchd.cli.{name}").register(sub)
     return parser
 
 
@@ -63,8 +76,7 @@ def _split_child_command(argv: list[str]) -> tuple[list[str], list[str]]:
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     own, child = _split_child_command(args_list)
-    parser = build_parser()
-    commands = _subcommand_names(parser)
+    commands = list(COMMANDS)
     if own and _mistyped_command(own[0], commands):
         sys.stderr.write(
             f"cachewatchd: error: {own[0]!r} is not a command (commands: {', '.join(commands)}; "
@@ -73,6 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     if not own or (own[0] not in commands and own[0] not in {"-h", "--help", "--version"}):
         own.insert(0, _DEFAULT_COMMAND)
+    parser = build_parser(own[0])
     try:
         args = parser.parse_args(own)
     except SystemExit as exc:  # argparse's --help / --version / error
@@ -132,13 +145,6 @@ def _mistyped_command(word: str, commands: Sequence[str]) -> bool:
     if word in commands or word.startswith("-") or os.sep in word or word in {".", ".."}:
         return False
     return not os.path.lexists(word)
-
-
-def _subcommand_names(parser: argparse.ArgumentParser) -> list[str]:
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return list(action.choices)
-    return []
 
 
 def run() -> NoReturn:

@@ -3,12 +3,14 @@ what a scan needs. Asserted on ``sys.modules`` of a fresh interpreter, never on 
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 from typing import get_args
 
+from cachewatchd.cli import COMMANDS, build_parser
 from cachewatchd.cli._args import POLL_MODES
 from cachewatchd.watch import mounts
 from tests.conftest import child_env
@@ -33,6 +35,11 @@ NOT_FOR_SCAN = [
     "cachewatchd.cli._detach",
     "cachewatchd.cli._logfile",
     "cachewatchd.cli._terminal",
+    # the other commands' modules: only the running command's parsers are built
+    "cachewatchd.cli._daemon",
+    "cachewatchd.cli._control",
+    "cachewatchd.cli._doctor",
+    "cachewatchd.cli._service",
     # the standard library a plain scan does without
     "dataclasses",
     "inspect",
@@ -66,6 +73,20 @@ def _loaded_after(code: str, cwd: Path) -> set[str]:
 
 def test_importing_the_cli_loads_nothing_a_scan_does_not_need(tmp_path: Path) -> None:
     assert _loaded_after("import cachewatchd.cli\n", tmp_path) == set()
+
+
+def _commands_of(parser: argparse.ArgumentParser) -> list[str]:
+    (sub,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return list(sub.choices)
+
+
+def test_the_command_table_is_what_the_modules_register() -> None:
+    # main() finds a command's module by this table; the full parser (top-level --help) lists all
+    assert _commands_of(build_parser()) == list(COMMANDS)
+    for command, module in COMMANDS.items():
+        registered = _commands_of(build_parser(command))
+        assert command in registered
+        assert all(COMMANDS[other] == module for other in registered)
 
 
 def test_a_scan_of_a_tiny_tree_loads_nothing_it_does_not_need(tmp_path: Path) -> None:
