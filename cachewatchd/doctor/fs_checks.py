@@ -1,25 +1,27 @@
 """``doctor`` probes of the machine: can a change under a root be seen at all?
 
 Per root: the filesystem, the observer the daemon would choose, whether native events really arrive (a
-probe file is written and removed) and the clock skew between this machine and the filesystem (the
-probe's mtime). On Linux: the inotify limits against this user's instances and watches in use.
+probe file is written and removed: :mod:`cachewatchd.watch.probe`) and the clock skew between this
+machine and the filesystem (the probe's mtime); every network or FUSE mount below the root (polled
+for its subtree); NFS attribute caching. On Linux: the inotify limits against this user's instances
+and watches in use.
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
-import secrets
-import threading
-import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from cachewatchd.config.settings import RootPlan
 from cachewatchd.doctor.findings import Finding, Severity, plural
-from cachewatchd.watch.mounts import choose_observer, mount_for
+from cachewatchd.watch.mounts import (
+    Mount,
+    choose_observer,
+    is_network_fs,
+    mount_for,
+    polled_mounts,
+)
+from cachewatchd.watch.probe import Probed, probe_events
 
 __all__ = ["check_inotify", "probe_root"]
 
@@ -29,13 +31,17 @@ _SKEW_LIMIT = 2.0  # seconds: beyond FAT's 2 s mtime granularity
 _POLL_ADVICE = (
     'poll this root: `--poll always`, or poll = "always" in the config or [tool.cachewatchd]'
 )
+_NFS_DEFAULT_ACTIMEO = 60  # seconds: acregmax/acdirmax of Linux's NFS client
 
 
 def probe_root(plan: RootPlan, timeout: float) -> list[Finding]:
-    """Filesystem type, observer choice, native-event probe and clock skew for one root."""
+    """Filesystem type, observer choice, native-event probe and clock skew for one root; the
+    network mounts below it; NFS attribute caching."""
     root = plan.path
     mount = mount_for(root)
-    choice = choose_observer(root, plan.poll)
+    probe = probe_events(root, timeout)
+    arrived = probe.arrived if isinstance(probe, Probed) else None
+    choice = choose_observer(root, plan.poll, probe=lambda _: arrived)
     fs = f"{mount.fstype} mounted at {mount.mountpoint}" if mount else "unknown filesystem"
     where = str(root)
     how = "native events" if choice.kind == "native" else "polling"
@@ -44,91 +50,95 @@ def probe_root(plan: RootPlan, timeout: float) -> list[Finding]:
     if plan.poll == "always":
         message = f'polling is forced for this root (poll = "always" from the {plan.poll_source})'
         findings.append(Finding("polling", "info", message, "", where))
-    probe = _probe(root, timeout)
-    if isinstance(probe[0], str):
-        severity: Severity = (
-            "warning" if probe[0] == "warning" and choice.kind == "native" else "info"
-        )
+    remote = mount is not None and is_network_fs(mount.fstype)
+    if not isinstance(probe, Probed):
+        severity: Severity = "warning" if probe.no_watcher and choice.kind == "native" else "info"
         action = _POLL_ADVICE if severity == "warning" else ""
-        return [*findings, Finding("events", severity, str(probe[1]), action, where)]
-    arrived, skew = probe
-    if choice.kind == "native" and not arrived:
-        message = (
-            f"no native event arrived within {timeout:g} s of writing a file: changes are missed"
-        )
-        findings.append(Finding("events", "warning", message, _POLL_ADVICE, where))
+        findings.append(Finding("events", severity, probe.reason, action, where))
     else:
-        seen = "arrive" if arrived else "do not arrive"
-        note = " (polling is not needed)" if arrived and choice.kind == "polling" else ""
-        findings.append(Finding("events", "info", f"native events {seen}{note}", "", where))
-    if abs(skew) > _SKEW_LIMIT:
-        message = f"a file written now gets an mtime {skew:+.1f} s off this machine's clock"
-        action = "synchronise the clocks (NTP) of this machine and the file server"
-        findings.append(Finding("clock-skew", "warning", message, action, where))
+        findings.append(_events(probe.arrived, choice.kind == "native", mount, timeout, where))
+        if abs(probe.skew) > _SKEW_LIMIT:
+            message = (
+                f"a file written now gets an mtime {probe.skew:+.1f} s off this machine's clock"
+            )
+            action = "synchronise the clocks (NTP) of this machine and the file server"
+            findings.append(Finding("clock-skew", "warning", message, action, where))
+    if mount is not None and remote:
+        findings += _attribute_cache(mount, where)
+    if choice.kind == "native" and plan.poll != "never":
+        findings += _mounts_below(root, timeout, where)
     return findings
 
 
-def _probe(root: Path, timeout: float) -> tuple[bool, float] | tuple[Severity, str]:
-    """Write and remove a probe file: (native event seen, its mtime minus the wall clock), or
-    (severity, why not probed)."""
-    from watchdog.events import FileSystemEvent, FileSystemEventHandler
-    from watchdog.observers import Observer
-
-    if not os.access(root, os.W_OK):
-        return "info", "not writable here: native events and the clock were not probed"
-    name = f".cachewatchd-doctor-{secrets.token_hex(6)}"
-    seen = threading.Event()
-
-    class Handler(FileSystemEventHandler):
-        def on_any_event(self, event: FileSystemEvent) -> None:
-            if os.path.basename(os.fsdecode(event.src_path)) == name:
-                seen.set()
-
-    observer = Observer()
-    try:
-        observer.schedule(Handler(), str(root), recursive=False)
-        observer.start()
-    except OSError as exc:  # e.g. the inotify instance or watch limit
-        return "warning", f"no native watcher could be started: {exc.strerror or exc}"
-    with _quiet_watchdog():
-        return _write_probe(root, name, seen, observer, timeout)
+def _events(
+    arrived: bool, native: bool, mount: Mount | None, timeout: float, where: str
+) -> Finding:
+    if mount is not None and is_network_fs(mount.fstype):
+        seen = "arrive for changes made here" if arrived else "do not arrive"
+        message = (
+            f"native events {seen}, but a change made on another machine or on the other side "
+            f"of this {mount.fstype} mount never raises one: polling is needed"
+        )
+        if native:  # --poll never on a network mount
+            return Finding("events", "warning", message, _POLL_ADVICE, where)
+        return Finding("events", "info", message, "", where)
+    if native and not arrived:
+        message = (
+            f"no native event arrived within {timeout:g} s of writing a file: changes are missed"
+        )
+        return Finding("events", "warning", message, _POLL_ADVICE, where)
+    seen = "arrive" if arrived else "do not arrive"
+    note = " (polling is not needed)" if arrived and not native else ""
+    return Finding("events", "info", f"native events {seen}{note}", "", where)
 
 
-def _write_probe(
-    root: Path, name: str, seen: threading.Event, observer: Any, timeout: float
-) -> tuple[bool, float] | tuple[Severity, str]:
-    path = root / name
-    try:
-        before = time.time()
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, b"cachewatchd doctor probe\n")
-        finally:
-            os.close(fd)
-        after = time.time()
-        mtime = path.stat().st_mtime
-        arrived = seen.wait(timeout)
-    except OSError as exc:
-        return "info", f"no probe file could be written ({exc.strerror or exc}): nothing probed"
-    finally:
-        path.unlink(missing_ok=True)
-        observer.stop()
-        observer.join()
-    return arrived, (mtime - after if mtime > after else min(mtime - before, 0.0))
+def _mounts_below(root: Path, timeout: float, where: str) -> list[Finding]:
+    """The mounts below a natively watched root whose subtrees the daemon polls."""
+    findings = []
+    for mount, reason in polled_mounts(root, lambda d: _arrived(d, timeout)):
+        message = f"{mount.fstype} mounted at {mount.mountpoint} below this root; {reason}"
+        findings.append(Finding("mount-below", "info", message, "", where))
+        findings += _attribute_cache(mount, where)
+    return findings
 
 
-@contextlib.contextmanager
-def _quiet_watchdog() -> Iterator[None]:
-    """No stray lines from watchdog's loggers on stderr while the probe observer stops (stopping
-    races its emitter, which logs "queue_events() called when the thread is inactive" through
-    logging's last-resort handler when nothing is configured). Records still propagate."""
-    logger = logging.getLogger("watchdog")
-    handler = logging.NullHandler()
-    logger.addHandler(handler)
-    try:
-        yield
-    finally:
-        logger.removeHandler(handler)
+def _arrived(directory: Path, timeout: float) -> bool | None:
+    probe = probe_events(directory, timeout)
+    return probe.arrived if isinstance(probe, Probed) else None
+
+
+def _attribute_cache(mount: Mount, where: str) -> list[Finding]:
+    """NFS clients cache attributes: a change made on the server shows here (to the poller and to
+    Python's own stat of the source) only when the cached attributes expire."""
+    if not mount.fstype.lower().startswith("nfs"):
+        return []
+    options = dict(_option(o) for o in mount.options.split(",") if o)
+    if "noac" in options:
+        return []
+    longest = max(_seconds(options, "acregmax"), _seconds(options, "acdirmax"))
+    if longest == 0:
+        return []
+    message = (
+        f"the NFS client at {mount.mountpoint} caches file attributes for up to {longest} s: a "
+        f"change made on the server can take that long to be seen here, by the daemon and by "
+        f"Python itself"
+    )
+    action = "mount with lower actimeo= (or noac) when server-side edits must show at once"
+    return [Finding("nfs-attribute-cache", "info", message, action, where)]
+
+
+def _seconds(options: dict[str, str], name: str) -> int:
+    """An attribute-cache bound as listed (the kernel lists ``actimeo=`` as the four bounds, and
+    lists none that keeps its default of 60 s)."""
+    for key in (name, "actimeo"):
+        if options.get(key, "").isdigit():
+            return int(options[key])
+    return _NFS_DEFAULT_ACTIMEO
+
+
+def _option(text: str) -> tuple[str, str]:
+    name, _, value = text.partition("=")
+    return name.strip(), value.strip()
 
 
 # -- inotify --------------------------------------------------------------------------------------

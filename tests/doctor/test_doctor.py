@@ -81,7 +81,7 @@ def test_clean_project_needs_no_action(project: Path, capsys: pytest.CaptureFixt
     assert "daemon" in found
     if sys.platform.startswith("linux"):
         assert "inotify instances" in found["inotify"][0].message
-    assert not list(project.glob(".cachewatchd-doctor-*")), "the probe file was left behind"
+    assert not list(project.glob(".cachewatchd-probe-*")), "the probe file was left behind"
     assert main(["doctor", str(project)]) == 0
     assert capsys.readouterr().out.rstrip().endswith("Nothing needs action.")
 
@@ -349,7 +349,7 @@ def test_native_events_that_do_not_arrive_are_a_warning(
     assert finding.severity == "warning"
     assert finding.message.startswith("no native event arrived within 0.2 s")
     assert "--poll always" in finding.action
-    assert not list(project.glob(".cachewatchd-doctor-*"))
+    assert not list(project.glob(".cachewatchd-probe-*"))
     # When the root is polled anyway, the same silence is only information.
     (finding,) = by_id(doctor(project, probe_timeout=0.2, poll="always"))["events"]
     assert (finding.severity, finding.message) == ("info", "native events do not arrive")
@@ -360,12 +360,12 @@ def test_clock_skew_between_machine_and_filesystem(
 ) -> None:
     import types
 
-    import cachewatchd.doctor.fs_checks
+    import cachewatchd.watch.probe
 
     real = time.time
     assert "clock-skew" not in by_id(doctor(project))
     monkeypatch.setattr(
-        cachewatchd.doctor.fs_checks, "time", types.SimpleNamespace(time=lambda: real() + 90)
+        cachewatchd.watch.probe, "time", types.SimpleNamespace(time=lambda: real() + 90)
     )
     (finding,) = by_id(doctor(project))["clock-skew"]
     assert finding.severity == "warning"

@@ -13,8 +13,12 @@ from cachewatchd.watch.mounts import (
     Mount,
     ObserverChoice,
     choose_observer,
+    ctime_trusted,
+    is_known_local,
     is_network_fs,
     mount_for,
+    mounts_below,
+    polled_mounts,
 )
 
 _Part = namedtuple("_Part", "device mountpoint fstype opts")
@@ -173,3 +177,115 @@ def test_choose_observer_on_this_machine(tmp_path: Path) -> None:
     expected = "polling" if is_network_fs(mount.fstype) else "native"
     assert choice.kind == expected
     assert mount.fstype in choice.reason
+
+
+# -- ctime, known types, mounts below a root, probes ------------------------------------------------
+@pytest.mark.parametrize(
+    ("fstype", "trusted"),
+    [
+        ("ext4", True),
+        ("nfs", True),
+        ("nfs4", True),
+        ("cifs", True),
+        ("tmpfs", True),
+        ("fuse.bindfs", True),
+        ("fuse.sshfs", False),
+        ("sshfs", False),
+        ("fuse", False),
+        ("fuse.someday", False),
+        ("vboxsf", False),
+    ],
+)
+def test_ctime_trusted(fstype: str, trusted: bool) -> None:
+    assert ctime_trusted(fstype) is trusted
+
+
+def test_known_local_types() -> None:
+    assert is_known_local("ext4")
+    assert is_known_local("tmpfs")
+    assert is_known_local("fuse.lxcfs")
+    assert not is_known_local("hostfs")
+    assert not is_known_local("nfs")
+    assert not is_known_local("fuse.newfs")
+
+
+def test_unknown_type_is_probed(monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_partitions(
+        monkeypatch,
+        [_Part("/dev/sda1", "/", "hostfs", "rw"), _Part("srv:/export", "/mnt", "nfs4", "rw")],
+    )
+    probed: list[Path] = []
+
+    def silent(path: Path) -> bool:
+        probed.append(path)
+        return False
+
+    root = Path("/home/u/app")
+    assert choose_observer(root) == ObserverChoice("native", "hostfs: native events")
+    assert choose_observer(root, probe=silent) == ObserverChoice(
+        "polling", "hostfs: no native event arrived for a probe file: polling"
+    )
+    assert probed == [root]
+    assert choose_observer(root, probe=lambda p: True).reason == "hostfs: native events (probed)"
+    unprobed = choose_observer(root, probe=lambda p: None)
+    assert unprobed == ObserverChoice(
+        "polling", "hostfs: events not probed (not writable): polling"
+    )
+    # known types are never probed: network ones are polled whatever a local write shows
+    assert choose_observer(Path("/mnt/app"), probe=silent).kind == "polling"
+    assert probed == [root]
+
+
+def test_polled_mounts_below_a_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_partitions(
+        monkeypatch,
+        [
+            _Part("/dev/sda1", "/", "ext4", "rw"),
+            _Part("/dev/sdb1", "/srv", "xfs", "rw"),
+            _Part("srv:/a", "/srv/app/data", "nfs4", "rw"),
+            _Part("tmpfs", "/srv/app/data/tmp", "tmpfs", "rw"),  # inside the polled one
+            _Part("/x", "/srv/app/other", "fuse.sshfs", "rw"),
+            _Part("tmpfs", "/srv/app/run", "tmpfs", "rw"),
+            _Part("none", "/srv/app/host", "hostfs", "rw"),
+            _Part("none", "/srv/app/host2", "hostfs", "rw"),
+            _Part("srv:/b", "/srv/application", "nfs", "rw"),  # a sibling, not below
+        ],
+    )
+    below = [m.mountpoint for m in mounts_below(Path("/srv/app"))]
+    assert below == [
+        Path("/srv/app/data"),
+        Path("/srv/app/other"),
+        Path("/srv/app/run"),
+        Path("/srv/app/host"),
+        Path("/srv/app/host2"),
+        Path("/srv/app/data/tmp"),
+    ]
+    answers = {Path("/srv/app/host"): False, Path("/srv/app/host2"): True}
+    polled = polled_mounts(Path("/srv/app"), lambda p: answers[p])
+    assert [(str(m.mountpoint), reason) for m, reason in polled] == [
+        ("/srv/app/data", "nfs4 mount /srv/app/data: polling"),
+        ("/srv/app/other", "fuse.sshfs mount /srv/app/other: polling"),
+        (
+            "/srv/app/host",
+            "hostfs mount /srv/app/host: no native event arrived for a probe file: polling",
+        ),
+    ]
+    # without a probe, an unknown type keeps the root's native events (as before probes existed)
+    assert [str(m.mountpoint) for m, _ in polled_mounts(Path("/srv/app"))] == [
+        "/srv/app/data",
+        "/srv/app/other",
+    ]
+
+
+def test_real_probe_sees_local_events(tmp_path: Path) -> None:
+    from cachewatchd.watch.probe import events_arrive
+
+    assert events_arrive(tmp_path, timeout=10) is True
+    assert list(tmp_path.iterdir()) == []
+    tmp_path.chmod(0o500)
+    try:
+        if os.access(tmp_path, os.W_OK):  # root writes anyway
+            return
+        assert events_arrive(tmp_path, timeout=10) is None
+    finally:
+        tmp_path.chmod(0o700)
