@@ -1,10 +1,13 @@
 """The checking process: unmarshal and compile untrusted files under memory and time limits.
 
 Run by :class:`cachewatchd.cache.checks.CheckPool` as ``python -I -S -B -c <loader> <this file>
-<limits>``; it imports nothing but the standard library, so it runs without ``cachewatchd`` on
-``sys.path``. It exits with status 3 when it is another Python version than its parent; else it sets
-its own limits (address space ``RLIMIT_AS``, no core files, no file writes), says
-``{"ready": true}``, then serves requests until its standard input closes.
+<limits>`` (``-E -s -S -B`` on 2.7), by the running Python or by the CPython whose pycs it checks
+(:mod:`cachewatchd.cache.interpreters`). It imports nothing but the standard library, so it runs
+without ``cachewatchd`` on ``sys.path``, and its syntax is that of Python 2.7 and 3.6+ (no
+f-strings, type comments instead of annotations: ``tests/cache/test_foreign.py`` compiles it with
+each). It exits with status 3 when its magic number is not the one its parent expects; else it
+sets its own limits (address space ``RLIMIT_AS``, no core files, no file writes), says ``{"ready":
+true}``, then serves requests until its standard input closes.
 
 Frames both ways: a 4-byte little-endian length, then the payload. A request is one JSON object;
 an answer is one JSON object (``{"result": ...}``), followed by one raw frame (the pyc's bytes) for
@@ -16,63 +19,109 @@ Results: ``loaded`` (the body unmarshals to a code object), ``same`` (identical 
 compile the source: ``SyntaxError``, ``ValueError``, ``RecursionError``), ``unchecked`` (a limit of
 this process, not of CPython: a file over its size cap, ``MemoryError`` while compiling),
 ``gone``/``unreadable`` (a file vanished or cannot be read), ``compiled`` (pyc bytes follow).
+
+Python 2.7 has no ``optimize`` argument to ``compile()``: its optimization level is the process's
+(``-O``, ``-OO``), so a 2.7 worker serves one level and answers ``unchecked`` for another.
 """
 
-from __future__ import annotations
-
-import cmath
+import binascii
 import errno
 import json
 import marshal
-import math
 import os
 import signal
 import stat
 import struct
 import sys
 from types import CodeType
-from typing import Any
+
+MYPY = False
+if MYPY:  # type comments only: Python 2.7 has no typing module
+    from typing import Any, Dict, List, Optional, Tuple, Union  # noqa: F401
 
 __all__ = ["compare", "main"]
 
 _LENGTH = struct.Struct("<I")
 _DOUBLE = struct.Struct("<d")
-_HEADER_SIZE = 16
+_PY2 = sys.version_info[0] == 2
+_HEADER_SIZE = 8 if _PY2 else (12 if sys.version_info < (3, 7) else 16)
+"""This version's header: magic + mtime (2.7); + size (3.3-3.6); flags + mtime + size or hash."""
 _MASK = 0xFFFFFFFF
 _FLAGS = {"timestamp": 0, "unchecked-hash": 0b01, "checked-hash": 0b11}
-_STRICT = ("co_qualname", "co_nlocals", "co_varnames", "co_cellvars", "co_freevars")
-"""Fields ``==`` on code objects ignores that change what the code does."""
+_FIELDS = (
+    "co_argcount",
+    "co_posonlyargcount",
+    "co_kwonlyargcount",
+    "co_nlocals",
+    "co_flags",
+    "co_firstlineno",
+    "co_code",
+    "co_names",
+    "co_varnames",
+    "co_freevars",
+    "co_cellvars",
+    "co_name",
+    "co_qualname",
+    "co_exceptiontable",
+)
+"""What makes two code objects the same code, besides their constants and line table (a field
+this version does not have compares as ``None``). Not the file name, not the stack size (checked
+apart: see :func:`compare`)."""
+_LINES = "co_linetable" if hasattr(compile("", "", "exec"), "co_linetable") else "co_lnotab"
 
 
 class _Answer(Exception):
     """Control flow: the answer to a request, raised from where it is known."""
 
-    def __init__(self, result: str, detail: str = "") -> None:
-        super().__init__(result, detail)
+    def __init__(self, result, detail=""):
+        # type: (str, str) -> None
+        Exception.__init__(self, result, detail)
         self.result = result
         self.detail = detail
 
 
-def _describe(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    text = text if len(text) <= 200 else text[:200] + "..."
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _read(path: str, offset: int, cap: int, what: str) -> tuple[bytes, os.stat_result]:
-    """The bytes of *path* from *offset*, and its stat; at most *cap* of them, else unchecked."""
+def _describe(exc):
+    # type: (BaseException) -> str
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise _Answer("gone", path) from None
+        text = str(exc).splitlines()[0] if str(exc) else ""
+    except Exception:  # noqa: BLE001 - a message 2.7 cannot encode
+        text = ""
+    text = text if len(text) <= 200 else text[:200] + "..."
+    return "%s: %s" % (type(exc).__name__, text) if text else type(exc).__name__
+
+
+def _fs_path(path):
+    # type: (str) -> Union[str, bytes]
+    """*path* as this Python opens it: on 2.7, the bytes the parent's ``os.fsencode`` gives
+    (UTF-8, undecodable bytes carried as ``surrogateescape`` code points)."""
+    if not _PY2:
+        return path
+    out = bytearray()
+    for char in path:
+        code = ord(char)
+        if 0xDC80 <= code <= 0xDCFF:
+            out.append(code - 0xDC00)
+        else:
+            out.extend(char.encode("utf-8"))
+    return bytes(out)
+
+
+def _read(path, offset, cap, what):
+    # type: (str, int, int, str) -> Tuple[bytes, Any]
+    """The bytes of *path* from *offset*, and its stat; at most *cap* of them, else unchecked."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(_fs_path(path), flags)
     except OSError as exc:
-        raise _Answer("unreadable", exc.strerror or str(exc)) from None
+        if exc.errno == errno.ENOENT:
+            raise _Answer("gone", path)
+        raise _Answer("unreadable", exc.strerror or str(exc))
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise _Answer("unreadable", os.strerror(errno.EINVAL) + ": not a regular file")
         if st.st_size - offset > cap:
-            raise _Answer("unchecked", f"{what} over {_mib(cap)} (a cap of cachewatchd)")
+            raise _Answer("unchecked", "%s over %s (a cap of cachewatchd)" % (what, _mib(cap)))
         chunks = []
         left = cap + 1
         os.lseek(fd, offset, os.SEEK_SET)
@@ -84,117 +133,120 @@ def _read(path: str, offset: int, cap: int, what: str) -> tuple[bytes, os.stat_r
             left -= len(chunk)
         data = b"".join(chunks)
     except OSError as exc:
-        raise _Answer("unreadable", exc.strerror or str(exc)) from None
+        raise _Answer("unreadable", exc.strerror or str(exc))
     finally:
         os.close(fd)
     if len(data) > cap:  # grew while read
-        raise _Answer("unchecked", f"{what} over {_mib(cap)} (a cap of cachewatchd)")
+        raise _Answer("unchecked", "%s over %s (a cap of cachewatchd)" % (what, _mib(cap)))
     return data, st
 
 
-def _mib(n: int) -> str:
-    return f"{n >> 20} MiB" if n % (1 << 20) == 0 else f"{n} bytes"
+def _mib(n):
+    # type: (int) -> str
+    return "%d MiB" % (n >> 20) if n % (1 << 20) == 0 else "%d bytes" % n
 
 
-def _load(pyc: str, limits: dict[str, int]) -> CodeType:
+def _load(pyc, limits):
+    # type: (str, Dict[str, int]) -> CodeType
     body, _ = _read(pyc, _HEADER_SIZE, limits["max_pyc"], "pyc body")
     try:
         code = marshal.loads(body)
     except Exception as exc:  # noqa: BLE001 - any failure of marshal is CPython's failure too
-        raise _Answer("corrupt", f"body does not unmarshal ({_describe(exc)})") from None
+        raise _Answer("corrupt", "body does not unmarshal (%s)" % _describe(exc))
     if not isinstance(code, CodeType):
         raise _Answer(
-            "corrupt", f"body holds {type(code).__name__}, not a code object: the import fails"
+            "corrupt",
+            "body holds %s, not a code object: the import fails" % type(code).__name__,
         )
     return code
 
 
-def _compile(source: str, optimize: int, limits: dict[str, int]) -> tuple[CodeType, bytes, Any]:
+def _compile(source, optimize, limits):
+    # type: (str, int, Dict[str, int]) -> Tuple[CodeType, bytes, Any]
     data, st = _read(source, 0, limits["max_source"], "source")
+    if _PY2 and optimize != sys.flags.optimize:  # the level is the process's own (-O, -OO)
+        raise _Answer("unchecked", "this Python 2.7 compiles at level %d" % sys.flags.optimize)
     try:
-        code = compile(data, source, "exec", dont_inherit=True, optimize=optimize)
+        if _PY2:
+            code = compile(data, source, "exec", 0, True)
+        else:
+            code = compile(data, source, "exec", dont_inherit=True, optimize=optimize)
     except MemoryError:
         raise _Answer(
-            "unchecked", f"compiling the source needs more than {_mib(limits['memory'])}"
-        ) from None
-    except (SyntaxError, ValueError, RecursionError) as exc:
-        raise _Answer("no_compile", _describe(exc)) from None
+            "unchecked", "compiling the source needs more than %s" % _mib(limits["memory"])
+        )
     except Exception as exc:  # noqa: BLE001 - CPython's compiler failing is its verdict
-        raise _Answer("no_compile", _describe(exc)) from None
+        raise _Answer("no_compile", _describe(exc))
     return code, data, st
 
 
-_NANS: dict[bytes, object] = {}
-"""One stand-in per bit pattern of a NaN constant (see :func:`_nan_free`)."""
+def _key(value):
+    # type: (Any) -> Any
+    """A constant as CPython's compiler tells constants apart (``_PyCode_ConstantKey``): by type
+    and value, a float or complex number by its bits (so ``-0.0`` is not ``0.0``, and a NaN equals
+    a NaN of the same bits, as marshal stores it), tuples and frozensets item by item."""
+    kind = type(value)
+    if kind is float:
+        return kind, _DOUBLE.pack(value)
+    if kind is complex:
+        return kind, _DOUBLE.pack(value.real), _DOUBLE.pack(value.imag)
+    if kind is tuple:
+        return kind, tuple(_key(item) for item in value)
+    if kind is frozenset:
+        return kind, frozenset(_key(item) for item in value)
+    if kind is slice:
+        return kind, _key(value.start), _key(value.stop), _key(value.step)
+    return kind, value
 
 
-def _nan_free(value: Any) -> Any:
-    """*value* (a constant, or a code object and its constants, recursively) with each NaN (a
-    float, or a complex number with a NaN part) replaced by one object per bit pattern, so that
-    ``==`` compares NaN constants by their bits as marshal stores them: ``nan != nan``, so a code
-    object holding one is never equal to another. *value* itself when it holds no NaN."""
-    if isinstance(value, float):
-        if not math.isnan(value):
-            return value
-        return _NANS.setdefault(b"f" + _DOUBLE.pack(value), object())
-    if isinstance(value, complex):
-        if not cmath.isnan(value):
-            return value
-        return _NANS.setdefault(
-            b"c" + _DOUBLE.pack(value.real) + _DOUBLE.pack(value.imag), object()
-        )
-    if isinstance(value, (tuple, frozenset)):
-        items = [_nan_free(item) for item in value]
-        if all(new is old for new, old in zip(items, value, strict=True)):
-            return value
-        return tuple(items) if isinstance(value, tuple) else frozenset(items)
-    if isinstance(value, CodeType):
-        consts = _nan_free(value.co_consts)
-        return value if consts is value.co_consts else value.replace(co_consts=consts)
-    return value
+def compare(cached, fresh):
+    # type: (CodeType, CodeType) -> Tuple[str, str]
+    """``("same", "")``, ``("differs", field)`` or ``("corrupt", why)`` for a pyc's code against
+    a fresh compile of its source.
 
-
-def compare(cached: CodeType, fresh: CodeType) -> tuple[str, str]:
-    """``("same", "")``, ``("differs", what)`` or ``("corrupt", why)`` for a pyc's code against a
-    fresh compile of its source.
-
-    ``==`` on code objects compares bytecode, constants, names, line and exception tables (a float
-    constant by value and sign, so ``-0.0`` is not ``0.0``; a NaN by identity, never equal to
-    another: compared here by its bits); it ignores the stack size (a frame CPython cannot
-    allocate, or an evaluation stack too small) and the fields below, which are checked here on
-    every nested code object.
+    Every nested code object is compared field by field (:data:`_FIELDS`, the line table) and
+    constant by constant (:func:`_key`). Then the stack size: one smaller than the compiler's
+    overruns the evaluation stack, one bigger fails to allocate its frame before 3.12 (3.12+
+    allocate lazily): CPython cannot run either, so they are corrupt.
     """
-    if cached != fresh and _nan_free(cached) != _nan_free(fresh):
-        return "differs", ""
     pairs = [(cached, fresh)]
+    sizes = []
     while pairs:
         a, b = pairs.pop()
-        if a.co_stacksize < b.co_stacksize or (
-            a.co_stacksize > b.co_stacksize and sys.version_info < (3, 12)
-        ):  # too small overruns the stack; too big fails to allocate before 3.12 (lazily after)
-            name = getattr(a, "co_qualname", a.co_name)
-            return "corrupt", (
-                f"co_stacksize {a.co_stacksize} in {name} where a compile gives {b.co_stacksize}: "
-                "CPython cannot run it (a frame too big to allocate, or a stack too small)"
-            )
-        for field in _STRICT:
+        for field in _FIELDS + (_LINES,):
             if getattr(a, field, None) != getattr(b, field, None):
                 return "differs", field
-        pairs += [
-            (x, y)
-            for x, y in zip(a.co_consts, b.co_consts, strict=True)
-            if isinstance(x, CodeType) and isinstance(y, CodeType)
-        ]
+        if len(a.co_consts) != len(b.co_consts):
+            return "differs", "co_consts"
+        for x, y in zip(a.co_consts, b.co_consts):
+            if isinstance(x, CodeType) and isinstance(y, CodeType):
+                pairs.append((x, y))
+            elif isinstance(x, CodeType) or isinstance(y, CodeType) or _key(x) != _key(y):
+                return "differs", "co_consts"
+        sizes.append((a, b))
+    for a, b in sizes:
+        if a.co_stacksize < b.co_stacksize or (
+            a.co_stacksize > b.co_stacksize and sys.version_info < (3, 12)
+        ):
+            name = getattr(a, "co_qualname", a.co_name)
+            return "corrupt", (
+                "co_stacksize %d in %s where a compile gives %d: CPython cannot run it (a frame "
+                "too big to allocate, or a stack too small)"
+                % (a.co_stacksize, name, b.co_stacksize)
+            )
     return "same", ""
 
 
-def _exact(request: dict[str, Any], limits: dict[str, int]) -> tuple[str, str]:
+def _exact(request, limits):
+    # type: (Dict[str, Any], Dict[str, int]) -> Tuple[str, str]
     cached = _load(request["pyc"], limits)
     fresh, _, _ = _compile(request["source"], request["optimize"], limits)
     return compare(cached, fresh)
 
 
-def _pyc_bytes(request: dict[str, Any], limits: dict[str, int]) -> bytes:
+def _pyc_bytes(request, limits):
+    # type: (Dict[str, Any], Dict[str, int]) -> bytes
+    """The pyc this Python (3.7+) writes for the source (only asked of the running one)."""
     import _imp
     import importlib.util
 
@@ -209,7 +261,8 @@ def _pyc_bytes(request: dict[str, Any], limits: dict[str, int]) -> bytes:
     return header + marshal.dumps(code)
 
 
-def _serve(request: dict[str, Any], limits: dict[str, int]) -> None:
+def _serve(request, limits):
+    # type: (Dict[str, Any], Dict[str, int]) -> None
     op = request["op"]
     payload = b""
     try:
@@ -222,11 +275,11 @@ def _serve(request: dict[str, Any], limits: dict[str, int]) -> None:
             payload = _pyc_bytes(request, limits)
             result, detail = "compiled", ""
         else:
-            result, detail = "unchecked", f"unknown request {op!r}"
+            result, detail = "unchecked", "unknown request %r" % (op,)
     except _Answer as answer:
         result, detail = answer.result, answer.detail
     except MemoryError:
-        result, detail = "unchecked", f"more memory needed than {_mib(limits['memory'])}"
+        result, detail = "unchecked", "more memory needed than %s" % _mib(limits["memory"])
     except Exception as exc:  # noqa: BLE001 - an answer, whatever happened
         result, detail = "unchecked", _describe(exc)
     _send({"result": result, "detail": detail, "size": len(payload)})
@@ -234,23 +287,27 @@ def _serve(request: dict[str, Any], limits: dict[str, int]) -> None:
         _write(payload)
 
 
-def _write(data: bytes) -> None:
+def _write(data):
+    # type: (bytes) -> None
     view = memoryview(_LENGTH.pack(len(data)) + data)
     while view:
         view = view[os.write(1, view) :]
 
 
-def _send(answer: dict[str, Any]) -> None:
-    _write(json.dumps(answer).encode())
+def _send(answer):
+    # type: (Dict[str, Any]) -> None
+    _write(json.dumps(answer).encode("ascii"))
 
 
-class _Input:
+class _Input(object):  # a new-style class on 2.7
     """Frames from standard input, read in big chunks (one ``read`` per request, usually)."""
 
-    def __init__(self) -> None:
+    def __init__(self):
+        # type: () -> None
         self._buffer = b""
 
-    def take(self, n: int) -> bytes | None:
+    def take(self, n):
+        # type: (int) -> Optional[bytes]
         while len(self._buffer) < n:
             chunk = os.read(0, max(1 << 16, n - len(self._buffer)))
             if not chunk:
@@ -260,7 +317,8 @@ class _Input:
         return data
 
 
-def _limit(resource_id: int, value: int) -> None:
+def _limit(resource_id, value):
+    # type: (int, int) -> None
     import resource
 
     try:
@@ -272,12 +330,26 @@ def _limit(resource_id: int, value: int) -> None:
         pass
 
 
-def main(argv: list[str]) -> int:
-    import importlib.util
+def magic_number():
+    # type: () -> bytes
+    """This Python's magic number (``imp.get_magic()`` before 3.4)."""
+    try:
+        import importlib.util
+
+        magic = importlib.util.MAGIC_NUMBER
+    except (ImportError, AttributeError):
+        import imp  # type: ignore[import-not-found,unused-ignore]
+
+        magic = bytes(imp.get_magic())
+    return magic
+
+
+def main(argv):
+    # type: (List[str]) -> int
     import resource
 
-    config: dict[str, Any] = json.loads(argv[0])
-    if importlib.util.MAGIC_NUMBER.hex() != config.get("magic"):
+    config = json.loads(argv[0])  # type: Dict[str, Any]
+    if binascii.hexlify(magic_number()).decode("ascii") != config.get("magic"):
         return 3  # another Python: its verdicts would be wrong
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops it by closing the pipe
     _limit(resource.RLIMIT_CORE, 0)
@@ -293,7 +365,7 @@ def main(argv: list[str]) -> int:
         body = frames.take(_LENGTH.unpack(head)[0])
         if body is None:
             return 0
-        _serve(json.loads(body), limits)
+        _serve(json.loads(body.decode("utf-8")), limits)
 
 
 if __name__ == "__main__":
