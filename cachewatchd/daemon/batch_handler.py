@@ -1,7 +1,10 @@
 """Turn one batch into cache invalidations: events first, audits where events cannot say enough.
 
 - A source changed: every cache entry of it goes (every tag, every opt level, the prefix tree),
-  without looking at timestamps: the event is the proof.
+  without looking at timestamps: the event is the proof. In the daemon this happens the moment the
+  event arrives (:meth:`BatchHandler.invalidate_now`, called by
+  :class:`~cachewatchd.daemon.invalidate.Invalidator`); a handler made with ``eager=True`` leaves
+  it out of the batch.
 - A source deleted or renamed away while watched: the same, plus a legacy ``m.pyc`` beside it (it
   became a ghost under our eyes), unless the source is back by the time the batch is handled.
 - A directory deleted or moved away: its mirror in the ``PYTHONPYCACHEPREFIX`` tree goes.
@@ -82,8 +85,12 @@ class BatchHandler:
         pycache_prefix: Path | None,
         counters: Counters,
         reported: ReportedPaths | None = None,
+        eager: bool = False,
     ) -> None:
+        """*eager*: the sources' events were invalidated already (:meth:`invalidate_now`); a batch
+        only removes the legacy pycs of sources that stayed gone."""
         self.roots = list(excludes)
+        self._eager = eager
         self._excludes = excludes
         self._prefix = pycache_prefix
         self.counters = counters
@@ -98,7 +105,11 @@ class BatchHandler:
         outcome = Outcome()
         gone = batch.removed - batch.changed
         ghosts = {source for source in gone if not os.path.lexists(source)}
-        self._invalidate(sorted(batch.changed | gone), ghosts, outcome)
+        if self._eager:
+            self._invalidate(sorted(ghosts), ghosts, outcome, schedule=())
+        else:
+            sources = sorted(batch.changed | gone)
+            self._invalidate(sources, ghosts, outcome, [s for s in sources if s not in ghosts])
         for directory in sorted(batch.dirs_removed):
             self._prefix_tree(directory, outcome)
         for move in sorted(batch.git_moves, key=lambda m: str(m.repo)):
@@ -114,12 +125,33 @@ class BatchHandler:
         return outcome
 
     # -- events ----------------------------------------------------------------------------------
-    def _invalidate(self, sources: Sequence[Path], ghosts: set[Path], outcome: Outcome) -> None:
+    def invalidate_now(self, changed: Sequence[Path], removed: Sequence[Path]) -> int:
+        """Remove every cache entry of these sources at once (no legacy pycs: whether a removed
+        source stays gone is the batch's to say); the second look is scheduled for those that
+        exist. Thread-safe; returns how many files went."""
+        sources = sorted({*changed, *removed})
+        outcome = Outcome()
+        present = [s for s in sources if os.path.lexists(s)]
+        self._invalidate(sources, set(), outcome, present)
+        with self.lock:
+            self.counters.invalidations += outcome.removed
+            if outcome.removed:
+                self.counters.last_event = timestamp()
+        return outcome.removed
+
+    def _invalidate(
+        self,
+        sources: Sequence[Path],
+        ghosts: set[Path],
+        outcome: Outcome,
+        schedule: Iterable[Path],
+    ) -> None:
         """Remove every cache entry of *sources* (legacy pycs too for *ghosts*), one listing per
-        directory: a 10k-file checkout must not list a 10k-entry ``__pycache__`` 10k times."""
+        directory: a 10k-file checkout must not list a 10k-entry ``__pycache__`` 10k times.
+        *schedule*: the sources to look at again (:mod:`~cachewatchd.daemon.recheck`)."""
         listing = cache_files_by_source(sources, pycache_prefix=self._prefix, legacy=ghosts)
         owner = {pyc: source for source, files in listing.items() for pyc in files}
-        self.rechecker.schedule(s for s in sources if s not in ghosts)
+        self.rechecker.schedule(schedule)
         if not owner:
             return
         result = remove_cache_files(owner, self.roots, pycache_prefix=self._prefix)

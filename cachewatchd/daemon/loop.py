@@ -1,7 +1,11 @@
 """The daemon loop: watchers -> batches -> invalidation -> managed processes; reconcile; status.
 
-Threads: the batcher hands every batch to :class:`~cachewatchd.daemon.batch_handler.BatchHandler` on its own
-thread, so invalidations and audits never run concurrently. The thread calling :meth:`Daemon.run`
+Threads: the invalidation thread (:class:`~cachewatchd.daemon.invalidate.Invalidator`) removes a
+source's cache entries the moment its event arrives; the batcher hands every batch to
+:class:`~cachewatchd.daemon.batch_handler.BatchHandler` on its own thread (audits, git moves,
+rescans), waits for the invalidations the batch's events asked for, and offers the touched paths
+to the managed processes through :class:`~cachewatchd.daemon.hold.RestartHold` (one restart per
+git operation). The thread calling :meth:`Daemon.run`
 owns the lifecycle: it waits on an inbox for ``stop`` / ``reload`` requests (posted by signal
 handlers in the CLI through :meth:`request_stop` and :meth:`request_reload`; ``queue.SimpleQueue`` is
 safe to use from a signal handler) and runs the periodic reconciliation and the second looks.
@@ -27,7 +31,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +43,8 @@ from cachewatchd.daemon.contracts import (
     Notifier,
     controller_inputs,
 )
+from cachewatchd.daemon.hold import RestartHold
+from cachewatchd.daemon.invalidate import Invalidator
 from cachewatchd.daemon.status import STATUS_REFRESH, DaemonState, status_document, status_line
 from cachewatchd.daemon.watching import Watching
 from cachewatchd.errors import EXIT_FAILURE, EXIT_OK, CachewatchdError
@@ -76,6 +82,10 @@ class Daemon:
         counted in ``errors`` wherever it happens."""
         self._handler = self._new_handler(settings)
         self._batcher = Batcher(self._on_batch, quiet=quiet, max_window=max_window)
+        self._invalidator = Invalidator(
+            self._batcher, self._invalidate_now, on_error=self._count_error
+        )
+        self._hold = RestartHold(self._git_busy, self._restart)
         self._watching: Watching | None = None
         self._controller: ControllerLike | None = None
         self._registration: Any = None
@@ -110,6 +120,7 @@ class Daemon:
             self._registration = register_daemon(self.settings.paths)
             try:
                 self._batcher.start()
+                self._invalidator.start()
                 self._start_watching()
                 if self._wait_for_start() and self._become_ready():
                     self._loop()
@@ -135,7 +146,7 @@ class Daemon:
 
     def _start_watching(self, reason: str = "start") -> None:
         """Attach every root and audit each once (the ``rescan`` gives *reason*)."""
-        self._watching = Watching(self.settings, self._batcher, self._reported)
+        self._watching = Watching(self.settings, self._batcher, self._reported, self._invalidator)
         self._watching.start()
         with self._state_lock:
             self._pending_start = set(self.settings.paths)
@@ -218,6 +229,7 @@ class Daemon:
             steps.append(lambda: notifier.stopping(failure and f"a thread died: {failure}"))
         if self._watching is not None:
             steps.append(self._watching.stop)
+        steps.append(self._invalidator.stop)  # what the last events asked for
         steps.append(self._batcher.stop)  # finishes the batch under way and what is pending
         if self._controller is not None:
             steps.append(self._controller.stop)
@@ -257,6 +269,7 @@ class Daemon:
                 if self._controller is not None:
                     self._controller.stop()
                     self._controller = None
+                    self._hold.drop()
                 try:
                     self._start_controller()
                 except CachewatchdError as exc:  # the workers run; the backoff tries again
@@ -270,10 +283,8 @@ class Daemon:
     def _recheck(self) -> None:
         """Remove caches written with old code during an edit; restart their importers again."""
         touched = self._handler.recheck()
-        controller = self._controller
-        if touched and controller is not None:
-            controller.notify(sorted(touched))
         if touched:
+            self._hold.offer(touched)
             self._publish()
 
     # -- batches (batcher thread) ------------------------------------------------------------------
@@ -284,9 +295,9 @@ class Daemon:
             outcome = self._handler.handle(batch)
             if self._handler.rechecker.next_due() is not None:
                 self._inbox.put("recheck")  # the loop's next wake-up moves to the second look
-            controller = self._controller
-            if controller is not None and outcome.touched:
-                controller.notify(sorted(outcome.touched))
+            self._invalidator.sync()  # no restart before the caches of its sources are gone
+            if self._controller is not None:
+                self._hold.offer(outcome.touched)  # released by a git_settled batch too
         except Exception:  # logged by the batcher, which carries on: the batch is over
             self._count_error()
             self._batch_over(batch)
@@ -304,6 +315,21 @@ class Daemon:
         if started:
             self._inbox.put("started")
 
+    def _invalidate_now(self, changed: Sequence[Path], removed: Sequence[Path]) -> None:
+        """The invalidation thread: the sources' caches go now; the loop wakes for their second
+        look."""
+        self._handler.invalidate_now(changed, removed)
+        self._inbox.put("recheck")
+
+    def _git_busy(self, paths: Collection[Path]) -> list[Path]:
+        watching = self._watching
+        return watching.git_busy(paths) if watching is not None else []
+
+    def _restart(self, paths: list[Path]) -> None:
+        controller = self._controller
+        if controller is not None:
+            controller.notify(paths)
+
     # -- helpers -----------------------------------------------------------------------------------
     def _new_handler(self, settings: DaemonSettings) -> BatchHandler:
         excludes = {plan.path: plan.exclude for plan in settings.roots}
@@ -312,6 +338,7 @@ class Daemon:
             pycache_prefix=settings.pycache_prefix,
             counters=self._counters,
             reported=self._reported,
+            eager=True,
         )
 
     def _start_controller(self) -> None:
@@ -336,7 +363,7 @@ class Daemon:
 
     def healthy(self) -> bool:
         """No thread died and the batcher thread is alive (the systemd watchdog pings only then)."""
-        return not self._failed() and self._batcher.alive()
+        return not self._failed() and self._batcher.alive() and self._invalidator.alive()
 
     def status(self) -> dict[str, Any]:
         """What ``cachewatchd status`` shows for this daemon."""

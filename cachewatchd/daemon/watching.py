@@ -1,18 +1,23 @@
 """The watchers of one settings generation: a file watcher and a git watcher per group of roots.
 
 Roots that share their polling mode and exclude globs share one :class:`Watcher` and one
-:class:`GitWatcher`; all of them feed the daemon's one batcher and report problems once through
-the daemon's one :class:`~cachewatchd.log.ReportedPaths`. Rebuilt on every reload.
+:class:`GitWatcher`; the file watchers feed *sink* (the daemon's
+:class:`~cachewatchd.daemon.invalidate.Invalidator`, in front of its one batcher), the git
+watchers the batcher; all report problems once through the daemon's one
+:class:`~cachewatchd.log.ReportedPaths`. Rebuilt on every reload.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
+from pathlib import Path
 from typing import Any
 
 from cachewatchd.cache.walk import WalkOptions
 from cachewatchd.config.settings import DaemonSettings, RootPlan
 from cachewatchd.log import ReportedPaths
 from cachewatchd.watch.batch import Batcher
+from cachewatchd.watch.events import EventSink
 from cachewatchd.watch.git import GitWatcher
 from cachewatchd.watch.observers import Watcher
 
@@ -22,7 +27,13 @@ __all__ = ["Watching"]
 class Watching:
     """The watchers of one settings generation (rebuilt on reload)."""
 
-    def __init__(self, settings: DaemonSettings, batcher: Batcher, reported: ReportedPaths) -> None:
+    def __init__(
+        self,
+        settings: DaemonSettings,
+        batcher: Batcher,
+        reported: ReportedPaths,
+        sink: EventSink | None = None,
+    ) -> None:
         groups: dict[tuple[str, tuple[str, ...]], list[RootPlan]] = {}
         for plan in settings.roots:
             groups.setdefault((plan.poll, plan.exclude), []).append(plan)
@@ -36,7 +47,7 @@ class Watching:
                     poll_mode=poll,
                     poll_interval=settings.poll_interval,
                     excludes=exclude,
-                    batcher=batcher,
+                    batcher=batcher if sink is None else sink,
                     reported=reported,
                     forced_by={p.path: p.poll_reason for p in plans},
                 )
@@ -66,6 +77,10 @@ class Watching:
     def refresh_git(self) -> None:
         for git in self.gits:
             git.refresh()
+
+    def git_busy(self, paths: Collection[Path]) -> list[Path]:
+        """Work trees covering *paths* where git is at work (:meth:`GitWatcher.busy`)."""
+        return [tree for git in self.gits for tree in git.busy(paths)]
 
     def observers(self) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}

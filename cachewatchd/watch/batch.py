@@ -62,6 +62,8 @@ class Batch:
     dirs_removed: frozenset[Path] = frozenset()
     """Directories deleted or moved away: every source below them went away."""
     git_moves: frozenset[GitMove] = frozenset()
+    git_settled: frozenset[Path] = frozenset()
+    """Work trees where git finished without moving HEAD (the daemon held a restart for them)."""
     rescans: frozenset[Rescan] = frozenset()
     events: int = 0
     """How many raw events were folded into this batch."""
@@ -105,6 +107,7 @@ class _Pending:
     removed: set[Path] = field(default_factory=set)
     dirs_removed: set[Path] = field(default_factory=set)
     git_moves: dict[Path, GitMove] = field(default_factory=dict)
+    git_settled: set[Path] = field(default_factory=set)
     rescans: dict[Path, Rescan] = field(default_factory=dict)
     events: int = 0
 
@@ -114,6 +117,7 @@ class _Pending:
             removed=frozenset(self.removed),
             dirs_removed=frozenset(self.dirs_removed),
             git_moves=frozenset(self.git_moves.values()),
+            git_settled=frozenset(self.git_settled),
             rescans=frozenset(self.rescans.values()),
             events=self.events,
         )
@@ -206,6 +210,9 @@ class Batcher:
             p.git_moves[move.repo] = GitMove(move.repo, old, move.new)
 
         self._add(merge)
+
+    def git_settled(self, repo: Path) -> None:
+        self._add(lambda p: p.git_settled.add(repo))
 
     def rescan(self, root: Path, reason: str) -> None:
         def merge(p: _Pending) -> None:

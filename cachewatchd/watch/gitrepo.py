@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,12 +125,22 @@ class GitState:
     """Lock files present in the git dir."""
     operation: str | None
     """``rebase``, ``merge``, ``cherry-pick``, ``revert``, ``sequence`` or None."""
+    lock_age: float | None = None
+    """Seconds since the youngest lock was last written (wall clock); None without locks."""
 
 
 def git_state(repo: GitRepo) -> GitState:
-    locks = tuple(name for name in _LOCKS if (repo.gitdir / name).exists())
+    locks, ages = [], []
+    now = time.time()
+    for name in _LOCKS:
+        try:
+            written = os.stat(repo.gitdir / name).st_mtime
+        except OSError:
+            continue
+        locks.append(name)
+        ages.append(max(0.0, now - written))
     operation = next((op for marker, op in _OPERATIONS if (repo.gitdir / marker).exists()), None)
-    return GitState(locks, operation)
+    return GitState(tuple(locks), operation, min(ages) if ages else None)
 
 
 def is_settled(repo: GitRepo) -> bool:

@@ -41,11 +41,16 @@ def make_repo(path: Path, files: int = 3) -> Path:
 class Moves:
     def __init__(self) -> None:
         self.moves: list[GitMove] = []
+        self.settled: list[Path] = []
         self.lock = threading.Lock()
 
     def git_moved(self, move: GitMove) -> None:
         with self.lock:
             self.moves.append(move)
+
+    def git_settled(self, repo: Path) -> None:
+        with self.lock:
+            self.settled.append(repo)
 
     def for_repo(self, repo: Path) -> list[GitMove]:
         with self.lock:

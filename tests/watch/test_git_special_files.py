@@ -39,6 +39,9 @@ class Sink:
     def git_moved(self, move: object) -> None:
         raise AssertionError(f"no move expected: {move}")
 
+    def git_settled(self, repo: object) -> None:
+        raise AssertionError(f"nothing held: {repo}")
+
 
 def test_packed_refs_fifo_is_unreadable_not_a_hang(tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "r")

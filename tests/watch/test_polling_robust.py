@@ -122,6 +122,9 @@ def test_git_watcher_survives_a_huge_poll_interval(tmp_path: Path) -> None:
         def git_moved(self, move: object) -> None:
             pass
 
+        def git_settled(self, repo: object) -> None:
+            pass
+
     watcher = GitWatcher([repo], sink=Sink(), poll_mode="always", poll_interval=1e12)
     watcher.start()
     try:

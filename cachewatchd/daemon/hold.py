@@ -1,0 +1,68 @@
+"""One restart per git operation: restarts wait while git is at work where they were touched.
+
+A ``git checkout`` of many files takes a while and pauses between its phases; batches close during
+those pauses, and each would restart the managed processes into a half-written tree, and the
+``git-moved`` audit at the end once more. :class:`RestartHold` sits between the batches and the
+controller: it asks the git watchers whether git is at work in a repository covering the touched
+paths (:meth:`cachewatchd.watch.git.GitWatcher.busy`: a lock, an operation moving HEAD, a move
+not settled or not reported yet) and, if so, keeps the paths. The git watcher then reports the
+repository's move, or that it settled without one, and the batch carrying that offers the held
+paths again: one restart with everything touched during the operation.
+
+Logged events: ``restart-held`` (once per hold, with the repositories).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Collection, Sequence
+from pathlib import Path
+
+from cachewatchd.log import get_logger
+
+__all__ = ["RestartHold"]
+
+Busy = Callable[[Collection[Path]], Sequence[Path]]
+"""Touched paths -> the work trees where git is at work (empty: go ahead)."""
+
+
+class RestartHold:
+    """Touched paths waiting for git to settle. Thread-safe (the batcher and the loop offer)."""
+
+    def __init__(self, busy: Busy, restart: Callable[[list[Path]], None]) -> None:
+        self._busy = busy
+        self._restart = restart
+        self._held: set[Path] = set()
+        self._lock = threading.Lock()
+        self._log = get_logger(__name__)
+
+    @property
+    def held(self) -> frozenset[Path]:
+        with self._lock:
+            return frozenset(self._held)
+
+    def offer(self, touched: Collection[Path]) -> bool:
+        """Restart for *touched* and whatever is held, unless git is at work where they lie;
+        True when the restart was asked for."""
+        with self._lock:
+            if not touched and not self._held:
+                return False
+            was_holding = bool(self._held)
+            self._held.update(touched)
+            busy = self._busy(self._held)
+            if busy:
+                if not was_holding:
+                    self._log.info(
+                        "restart-held",
+                        repositories=[str(tree) for tree in busy],
+                        reason="git is at work; one restart once it is done",
+                    )
+                return False
+            paths, self._held = sorted(self._held), set()
+        self._restart(paths)
+        return True
+
+    def drop(self) -> None:
+        """Forget what is held (the targets are being stopped or rebuilt)."""
+        with self._lock:
+            self._held.clear()
