@@ -32,6 +32,7 @@ _RUN_EPILOG = """\
 examples:
   cachewatchd --foreground src
   cachewatchd --foreground src -- python -m uvicorn app:app --port 8000
+  cachewatchd --foreground --listen 127.0.0.1:8000 src -- uvicorn app:app
 
 signals (with --foreground):
   SIGTERM, SIGINT  finish the current batch, stop the managed processes, exit 0
@@ -42,7 +43,8 @@ exit status:
   0  stopped by SIGTERM, SIGINT or a hang-up of its terminal; or detached and running
   2  usage error, bad config, a PATH that does not exist or cannot be read
   3  could not start (another daemon watches an overlapping root, COMMAND cannot be
-     executed), or a thread of the daemon died
+     executed, the --listen address is in use or not allowed), or a thread of the
+     daemon died
 """
 
 
@@ -124,13 +126,22 @@ def register(sub: Any) -> None:
         metavar="S",
         help="with --health-url: seconds a restarted COMMAND has to answer 200 (default 30)",
     )
+    child.add_argument(
+        "--listen",
+        metavar="ADDR",
+        help="hold HOST:PORT (or unix:PATH) open across restarts and hand it to each generation "
+        "of COMMAND: no refused connection while it restarts (uvicorn gets --fd, gunicorn "
+        "--bind fd://, others systemd LISTEN_FDS; config: [child] listen)",
+    )
     run.set_defaults(handler=_run)
 
 
 # -- run ------------------------------------------------------------------------------------------
-def _command_line(args: argparse.Namespace) -> CommandLine:
+def _command_line(args: argparse.Namespace, config_listen: str | None = None) -> CommandLine:
+    """*config_listen*: the config's ``[child] listen``, which ``--listen`` beats."""
     from cachewatchd.config.settings import CommandLine
     from cachewatchd.config.user import BOUNDS, check_number
+    from cachewatchd.processes.listen import address_problem, parse_address
     from cachewatchd.processes.spec import ProcessSpec, module_problem, url_problem
 
     given: list[str] = list(getattr(args, "child_command", None) or [])
@@ -141,6 +152,7 @@ def _command_line(args: argparse.Namespace) -> CommandLine:
     for flag, value, problem_of in (
         ("--import-check", args.import_check, module_problem),
         ("--health-url", args.health_url, url_problem),
+        ("--listen", args.listen, address_problem),
     ):
         problem = problem_of(value) if value is not None else None
         if problem is not None:
@@ -165,10 +177,20 @@ def _command_line(args: argparse.Namespace) -> CommandLine:
             if args.health_url is None:
                 raise UsageError("--health-timeout needs --health-url")
             options["health_timeout"] = args.health_timeout
+        listen = args.listen or config_listen
+        if listen is not None:  # unix:PATH made absolute: a detached daemon runs elsewhere
+            options["listen"] = str(parse_address(listen))
         child = ProcessSpec(**options)
-    elif args.grace is not None or args.import_check or args.health_url or args.health_timeout:
+    elif (
+        args.grace is not None
+        or args.import_check
+        or args.health_url
+        or args.health_timeout
+        or args.listen
+    ):
         raise UsageError(
-            "--grace, --import-check, --health-url and --health-timeout need '-- COMMAND ARGS...'"
+            "--grace, --import-check, --health-url, --health-timeout and --listen need "
+            "'-- COMMAND ARGS...'"
         )
     return CommandLine(
         paths=tuple(args.paths),
@@ -185,7 +207,8 @@ def _settings(args: argparse.Namespace) -> DaemonSettings:
     from cachewatchd.config.settings import build_settings
     from cachewatchd.config.user import load_config
 
-    return build_settings(load_config(args.config), _command_line(args))
+    config = load_config(args.config)
+    return build_settings(config, _command_line(args, config.child_listen))
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -231,6 +254,7 @@ def _detached_argv(args: argparse.Namespace) -> list[str]:
         "--import-check": args.import_check,
         "--health-url": args.health_url,
         "--health-timeout": args.health_timeout,
+        "--listen": args.listen,
     }
     for flag, value in options.items():
         if value is not None:

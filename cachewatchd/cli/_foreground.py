@@ -3,7 +3,8 @@
 Its process-wide concerns: logging setup, the systemd notification environment (taken, not passed
 on to managed processes), signal handlers (they only post to the daemon; a SIGHUP that is the
 hang-up of the daemon's terminal stops it instead of reloading, see
-:mod:`cachewatchd.cli._terminal`), and the last word of a run: whatever ended it, the own child's
+:mod:`cachewatchd.cli._terminal`), the own child's ``--listen`` socket (bound before the daemon
+starts, closed after it stopped), and the last word of a run: whatever ended it, the own child's
 process group is stopped.
 """
 
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from cachewatchd.config.settings import DaemonSettings
     from cachewatchd.daemon.contracts import ControllerLike
     from cachewatchd.daemon.loop import Daemon
+    from cachewatchd.processes.listen import Address
     from cachewatchd.processes.spec import ProcessSpec
 
 __all__ = ["run_foreground"]
@@ -42,6 +44,7 @@ def run_foreground(
     from cachewatchd.daemon.loop import Daemon
     from cachewatchd.daemon.sd_notify import NOTIFY_ENV_VARS, Notifier, WatchdogPinger
     from cachewatchd.log import configure_logging, route_stdlib_logging
+    from cachewatchd.processes.listen import holding
     from cachewatchd.processes.own_child import stop_own_children
 
     stream = cast("TextIO", log) if log is not None else None
@@ -58,11 +61,23 @@ def run_foreground(
         on_ready=lambda: tell_parent(ready_fd, f"ready {os.getpid()}"),
     )
     pinger = WatchdogPinger(notifier, healthy=daemon.healthy)
-    try:
-        with _signals(daemon, service=service), route_stdlib_logging(), pinger:
-            return daemon.run()
-    finally:
-        stop_own_children()  # whatever ended the run: the own child's group never outlives it
+    with holding(_listen_address(settings)):  # in use: one line, exit 3; closed when it stops
+        try:
+            with _signals(daemon, service=service), route_stdlib_logging(), pinger:
+                return daemon.run()
+        finally:
+            stop_own_children()  # whatever ended the run: the own child's group never outlives it
+
+
+def _listen_address(settings: DaemonSettings) -> Address | None:
+    """The own child's ``--listen`` address: bound once, before the daemon starts, for its whole
+    run (config reloads rebuild the child's target, not the socket)."""
+    from cachewatchd.processes.listen import parse_address
+
+    for spec in settings.processes:
+        if spec.command is not None and spec.listen is not None:
+            return parse_address(spec.listen)
+    return None
 
 
 def _make_controller(

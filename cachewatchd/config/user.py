@@ -22,6 +22,7 @@ from typing import Any
 from cachewatchd.config.toml import KeyPath, format_key, key_lines, loads, show_value, value_name
 from cachewatchd.errors import ConfigError, UsageError
 from cachewatchd.paths import APP_NAME, read_regular
+from cachewatchd.processes.listen import address_problem
 from cachewatchd.processes.spec import SCOPES, ProcessSpec, SupervisorSpec
 from cachewatchd.watch.mounts import POLL_MODES, PollMode
 from cachewatchd.watch.polling import POLL_INTERVAL_RANGE
@@ -52,7 +53,9 @@ BOUNDS: Mapping[str, tuple[float, float]] = MappingProxyType(
 highest), both included. The highest stay far below ``threading.TIMEOUT_MAX``: a thread waiting
 longer than that dies of ``OverflowError``. :func:`check_number` applies them."""
 
-_TOP_KEYS = ("roots", "poll", "poll_interval", "reconcile_interval", "exclude", "process")
+_TOP_KEYS = ("roots", "poll", "poll_interval", "reconcile_interval", "exclude", "process", "child")
+_CHILD_KEYS = ("listen",)
+"""The ``[child]`` table: options of the own child (whose COMMAND comes from the command line)."""
 _SELECTORS = ("supervisor", "pidfile", "match", "systemd")
 _OPTIONS = ("cwd", "root", "scope", "grace", "import_check", "health_url", "health_timeout", "log")
 _PROCESS_KEYS = ("name", "action", "signal", *_SELECTORS, *_OPTIONS)
@@ -76,6 +79,8 @@ class Config:
     reconcile_interval: float = 600.0
     exclude: tuple[str, ...] = ()
     processes: tuple[ProcessSpec, ...] = ()
+    child_listen: str | None = None
+    """``[child] listen``: the address the daemon holds for the own child (``--listen`` beats it)."""
     path: Path | None = None
     """The file this came from; ``None`` for the built-in defaults."""
     explicit: frozenset[str] = frozenset()
@@ -198,6 +203,7 @@ class _Validator:
                 self.string(("exclude", i), v) for i, v in enumerate(self.array(table, "exclude"))
             ),
             processes=self.processes(table),
+            child_listen=self.child(table).get("listen"),
             path=self.file,
             explicit=frozenset(table),
         )
@@ -244,6 +250,20 @@ class _Validator:
             allowed = ", ".join(f'"{m}"' for m in POLL_MODES)
             raise self.error(("poll",), f"must be one of {allowed}, not {show_value(value)}")
         return value
+
+    # -- [child] -------------------------------------------------------------------------------
+    def child(self, table: Mapping[str, Any]) -> dict[str, str]:
+        """The ``[child]`` table's options, checked."""
+        item = table.get("child", {})
+        if not isinstance(item, dict):
+            raise self.error(("child",), f"must be a table ([child]), not {value_name(item)}")
+        self.known_keys(("child",), item, _CHILD_KEYS)
+        options = {key: self.string(("child", key), item[key]) for key in item}
+        if "listen" in options and (problem := address_problem(options["listen"])) is not None:
+            raise self.error(("child", "listen"), problem)
+        if options.get("listen", "").startswith("unix:"):  # relative: to the config's directory
+            options["listen"] = f"unix:{self.path(('child', 'listen'), options['listen'][5:])}"
+        return options
 
     # -- [[process]] ---------------------------------------------------------------------------
     def processes(self, table: Mapping[str, Any]) -> tuple[ProcessSpec, ...]:

@@ -27,6 +27,8 @@ import psutil
 
 from cachewatchd.errors import RuntimeFailure
 from cachewatchd.log import get_logger
+from cachewatchd.processes.handover import plan_launch
+from cachewatchd.processes.listen import Listener, ListenError
 from cachewatchd.processes.os_procs import terminate_tree
 from cachewatchd.processes.stderr_tee import StderrTee
 
@@ -68,7 +70,10 @@ class OwnChild:
         grace: float = 10.0,
         backoff: tuple[float, float] = (0.5, 30.0),
         name: str = "child",
+        listener: Listener | None = None,
     ) -> None:
+        """*listener*: the socket each generation gets (``--listen``, see
+        :mod:`cachewatchd.processes.handover`); ``None``: COMMAND binds its own."""
         if not command:
             raise ChildError("the child command is empty")
         self.command = tuple(command)
@@ -76,6 +81,7 @@ class OwnChild:
         self.env = dict(env) if env is not None else None
         self.grace = grace
         self.name = name
+        self.listener = listener
         self._backoff_min, self._backoff_max = backoff
         self._delay = self._backoff_min
         self._last_delay = self._backoff_min
@@ -123,6 +129,14 @@ class OwnChild:
             group: dict[str, Any] = (
                 {"process_group": 0} if sys.version_info >= (3, 11) else {"start_new_session": True}
             )
+            try:  # with --listen: the socket, the rewritten arguments, the LISTEN_* variables
+                launch = plan_launch(self.command, self.env, self.listener, self.cwd)
+            except ListenError as exc:
+                self.last_error = exc.message
+                raise ChildError(self.last_error) from None
+            except OSError as exc:  # the wrapper's command cannot be executed
+                self.last_error = f"cannot start {self.command[0]!r}: {exc.strerror or exc}"
+                raise ChildError(self.last_error) from None
             try:
                 tee = StderrTee.open(name=self.name)
             except OSError as exc:
@@ -130,11 +144,12 @@ class OwnChild:
                 raise ChildError(self.last_error) from None
             try:
                 self._popen = subprocess.Popen(
-                    self.command,
+                    launch.argv,
                     cwd=self.cwd,
-                    env=self.env,
-                    stdin=subprocess.DEVNULL,
+                    env=launch.env,
+                    stdin=launch.stdin,
                     stderr=tee.child_end,
+                    pass_fds=launch.pass_fds,
                     **group,
                 )
             except OSError as exc:

@@ -76,6 +76,9 @@ class ProcessSpec:
     health_timeout: float = 30.0
     log: Path | None = None
     """With ``pidfile``/``match`` and ``action = "restart"``: append the relaunched process's output here."""
+    listen: str | None = None
+    """With ``command``: the address the daemon listens on and hands to each generation
+    (``127.0.0.1:8000``, ``unix:/run/app.sock``; :mod:`cachewatchd.processes.listen`)."""
 
 
 def _text_problem(text: str) -> str | None:

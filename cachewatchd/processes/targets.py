@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +22,10 @@ from typing import ClassVar
 import psutil
 
 from cachewatchd.errors import RuntimeFailure
+from cachewatchd.log import get_logger
 from cachewatchd.processes.gate import Probe, probe_from_command, probe_from_process
+from cachewatchd.processes.handover import not_taken
+from cachewatchd.processes.listen import Listener, held, parse_address
 from cachewatchd.processes.os_procs import alive, send_signal, signal_refusal
 from cachewatchd.processes.own_child import ChildError, OwnChild
 from cachewatchd.processes.spec import ProcessSpec
@@ -133,8 +137,14 @@ class Target(ABC):
         return None
 
 
+UNACCEPTED_AFTER = 10.0
+"""With ``listen``: seconds connections may wait unaccepted while the child runs before
+``listen-unaccepted`` says so (once per generation)."""
+
+
 class ChildTarget(Target):
-    """The daemon's own child, restarted after each batch."""
+    """The daemon's own child, restarted after each batch; with ``listen``, each generation gets
+    the socket the daemon holds (:mod:`cachewatchd.processes.handover`)."""
 
     kind = "child"
 
@@ -144,8 +154,21 @@ class ChildTarget(Target):
         self.child = OwnChild(
             spec.command, cwd=spec.cwd, grace=spec.grace, backoff=backoff, name=spec.name
         )
+        self._address = parse_address(spec.listen) if spec.listen else None
+        self._own_listener: Listener | None = None
+        self._not_taken: str | None = None
+        self._waiting_since: tuple[int, float] | None = None
+        self._unaccepted_told: int | None = None
+        self._log = get_logger(__name__)
 
     def start(self) -> None:
+        if self._address is not None and self.child.listener is None:
+            # the daemon's socket (held by the CLI for its lifetime), else one for this target
+            listener = held(self._address)
+            if listener is None:
+                listener = self._own_listener = Listener.bind(self._address)  # ListenError
+            self.child.listener = listener
+            self._log.info("listening", target=self.spec.name, address=listener.name)
         try:
             self.child.start()
         except ChildError:
@@ -154,9 +177,42 @@ class ChildTarget(Target):
 
     def stop(self) -> None:
         self.child.stop()
+        if self._own_listener is not None:
+            self._own_listener.close()
 
     def tick(self) -> float | None:
-        return self.child.poll()
+        wait = self.child.poll()
+        listener = self.child.listener
+        if listener is not None:
+            self._check_taken(listener)
+        return wait
+
+    def _check_taken(self, listener: Listener) -> None:
+        """Say once when the child binds the address itself (it exits: address in use), and once
+        per generation when connections wait unaccepted for :data:`UNACCEPTED_AFTER` seconds."""
+        if self._not_taken is None:
+            message = not_taken(self.child.last_reason, listener, self.child.command)
+            if message is not None:
+                self._not_taken = message
+                self._log.error("listen-not-taken", target=self.spec.name, error=message)
+        pid, waiting = self.child.pid, listener.pending()
+        if pid is None or not waiting:
+            self._waiting_since = None
+            return
+        now = time.monotonic()
+        if self._waiting_since is None or self._waiting_since[0] != pid:
+            self._waiting_since = (pid, now)
+        elif now - self._waiting_since[1] >= UNACCEPTED_AFTER and self._unaccepted_told != pid:
+            self._unaccepted_told = pid
+            self._log.warning(
+                "listen-unaccepted",
+                target=self.spec.name,
+                pid=pid,
+                waiting=waiting,
+                error=f"{waiting} connection(s) on {listener.name} waited "
+                f"{UNACCEPTED_AFTER:g} s unaccepted: does the command take the socket of --listen "
+                "(uvicorn --fd, gunicorn --bind fd://, systemd LISTEN_FDS), or is it stuck?",
+            )
 
     def failures(self) -> int:
         """Crash restarts that could not start COMMAND, and crashes (non-zero exits)."""
@@ -172,7 +228,8 @@ class ChildTarget(Target):
         if pid is not None:
             return Observed((pid,), crashes=crashes, last_exit=last_exit)
         state = TargetState.BACKOFF if child.waiting_until is not None else TargetState.EXITED
-        return Observed((), child.last_error or last_exit, state, crashes, last_exit)
+        problem = child.last_error or self._not_taken or last_exit
+        return Observed((), problem, state, crashes, last_exit)
 
     def ended(self, procs: Sequence[psutil.Process]) -> str | None:
         """``None`` while the child runs; else how it exited, with its last stderr line (its
