@@ -21,7 +21,7 @@ from cachewatchd.paths import is_under
 from cachewatchd.watch.events import EventSink
 from cachewatchd.watch.native import Guard
 
-__all__ = ["SETTLE", "SETTLE_MAX", "coverage_gaps", "repair", "verify"]
+__all__ = ["SETTLE", "SETTLE_MAX", "coverage_gaps", "repair", "verify", "walked_rel"]
 
 SETTLE = 0.2
 """Seconds without a new directory before the subtrees that appeared are checked."""
@@ -45,7 +45,7 @@ def coverage_gaps(
         found = [path for path, _ in walk(str(root), options, _ignore)]
     else:
         excluder = Excluder(options)
-        rel = _pruned_rel(str(root), below, excluder)
+        rel = walked_rel(str(root), below, excluder)
         if rel is None:
             return []
         stack = [(below, rel)]
@@ -53,7 +53,7 @@ def coverage_gaps(
     return sorted(p for p in found if p not in watched and os.path.isdir(p))
 
 
-def _pruned_rel(root: str, below: str, excluder: Excluder) -> str | None:
+def walked_rel(root: str, below: str, excluder: Excluder) -> str | None:
     """*below* relative to *root* (``/``-separated), or None when a walk of the root never
     enters it: outside the root, or an excluded, ``__pycache__`` or venv directory on the way."""
     if below == root:

@@ -12,6 +12,11 @@ reported by the native observer, and once no new one has appeared for
 (:mod:`cachewatchd.watch.coverage`); what still cannot be watched makes the root fall back to
 polling.
 
+A network or FUSE mount *below* a natively watched root (and a mount of an unknown type where a probe
+file raises no event) gets a poller of its own for its subtree
+(:func:`~cachewatchd.watch.mounts.polled_mounts`); the root's native observer leaves the events of
+those subtrees to it, so one change makes one batch. Mounts are looked up when a root is attached.
+
 A supervisor thread re-attaches a root that was deleted, moved away or replaced, and requests a rescan
 once it is back; it also carries out the fallbacks requested from the inotify thread.
 """
@@ -30,10 +35,12 @@ from cachewatchd.cache.walk import WalkOptions
 from cachewatchd.log import ReportedPaths, get_logger
 from cachewatchd.threads import daemon_thread
 from cachewatchd.watch.coverage import SETTLE, SETTLE_MAX, repair, verify
-from cachewatchd.watch.events import EventMapper, EventSink, event_filter
-from cachewatchd.watch.mounts import ObserverChoice, PollMode, choose_observer
+from cachewatchd.watch.events import EventMapper, EventSink
+from cachewatchd.watch.mount_pollers import MountPollers, dispose, start_observer
+from cachewatchd.watch.mounts import EventsProbe, ObserverChoice, PollMode, choose_observer
 from cachewatchd.watch.native import LIMITS, Guard, inotify_classes
 from cachewatchd.watch.polling import make_polling_observer
+from cachewatchd.watch.probe import events_arrive
 
 __all__ = ["Watcher"]
 
@@ -48,6 +55,8 @@ class _Root:
     forced: str | None = None
     """Why this root must poll although native events were chosen (limit reached)."""
     reported: set[str] = field(default_factory=set)
+    mounts: MountPollers | None = None
+    """The pollers of the mounts below a natively watched root."""
 
 
 def _ident(path: Path) -> tuple[int, int] | None:
@@ -104,6 +113,8 @@ class Watcher:
         self._thread = daemon_thread(self._supervise, "cachewatchd-watch")
         self._native = inotify_classes()
         self._fd: Any = None
+        self._probed: dict[Path, bool | None] = {}
+        """What the probe of a directory found (an unknown filesystem type): probed once."""
         self._log = get_logger(__name__)
 
     # -- public ----------------------------------------------------------------------------------
@@ -256,11 +267,13 @@ class Watcher:
         if ident is None:
             self._report_once(root, "root missing or not a directory")
             return False
-        choice = choose_observer(root.path, self._poll_mode, self._forced_by.get(root.path))
+        forced_by = self._forced_by.get(root.path)
+        choice = choose_observer(root.path, self._poll_mode, forced_by, self._probe)
         if root.forced is not None and choice.kind == "native":
             choice = ObserverChoice("polling", f"{root.forced}: polling")
         try:
             if choice.kind == "native":
+                choice = self._start_mounts(root, choice)
                 gap = self._start_native(root)
                 if gap is not None:
                     self._detach(root)
@@ -271,14 +284,44 @@ class Watcher:
             limit = LIMITS.get(exc.errno or 0)
             if choice.kind == "native" and limit is not None:
                 return self._fall_back(root, limit)
+            self._detach(root)
             self._report_once(root, exc.strerror or str(exc))
             return False
         root.choice, root.ident = choice, ident
         root.reported.clear()
         return True
 
+    @property
+    def _probe(self) -> EventsProbe | None:
+        return self._probe_once if self._poll_mode == "auto" else None
+
+    def _probe_once(self, directory: Path) -> bool | None:
+        if directory not in self._probed:
+            self._probed[directory] = events_arrive(directory)
+        return self._probed[directory]
+
+    def _start_mounts(self, root: _Root, choice: ObserverChoice) -> ObserverChoice:
+        """Start a poller for every mount below *root* that needs one; the choice that says so."""
+        if self._poll_mode != "auto":
+            return choice
+
+        def denied(path: str, exc: OSError) -> None:
+            self.report_denied(path, exc)
+
+        pollers = MountPollers(root.path, self.sink, self.walk_options, self._poll_interval, denied)
+        try:
+            reasons = pollers.start(self._probe)
+        except OSError as exc:  # psutil reads /proc/self/mounts
+            self._report_once(root, f"mounts below unreadable ({exc.strerror or exc})")
+            return choice
+        root.mounts = pollers
+        return ObserverChoice(choice.kind, "; ".join([choice.reason, *reasons]))
+
     def _fall_back(self, root: _Root, reason: str) -> bool:
         root.forced = reason
+        mounts, root.mounts = root.mounts, None
+        if mounts is not None:  # the root's poller covers them now
+            mounts.stop()
         self._log.warning(
             "observer-fallback", root=str(root.path), observer="polling", reason=reason
         )
@@ -320,31 +363,20 @@ class Watcher:
         self._run(root, observer)
 
     def _run(self, root: _Root, observer: Any) -> None:
-        observer.schedule(
-            EventMapper(root.path, self.sink, self.walk_options, self.report_gone),
-            str(root.path),
-            recursive=True,
-            event_filter=event_filter(),
-        )
-        try:
-            observer.start()
-        except BaseException:
-            _dispose(observer)
-            raise
+        sink = root.mounts.outside(self.sink) if root.mounts is not None else self.sink
+        handler = EventMapper(root.path, sink, self.walk_options, self.report_gone)
+        start_observer(observer, handler, root.path)
         root.observer = observer
 
     def _detach(self, root: _Root) -> None:
         observer, root.observer, root.guard = root.observer, None, None
+        mounts, root.mounts = root.mounts, None
         if observer is not None:
-            _dispose(observer)
+            dispose(observer)
+        if mounts is not None:
+            mounts.stop()
 
     def _report_once(self, root: _Root, error: str) -> None:
         if error not in root.reported:
             root.reported.add(error)
             self._log.warning("error", root=str(root.path), error=error, action="retrying")
-
-
-def _dispose(observer: Any) -> None:
-    observer.stop()
-    if observer.ident is not None and observer is not threading.current_thread():
-        observer.join()

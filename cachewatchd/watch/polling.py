@@ -106,7 +106,7 @@ class SourceLister:
 
     *on_denied* is called with the directory and the error when a sub-directory cannot be listed;
     the pass goes on without it. The root's own errors propagate (watchdog treats a vanished root as
-    deleted).
+    deleted). *base* is the root that exclusions are relative to when *root* is a mount below it.
     """
 
     def __init__(
@@ -114,8 +114,10 @@ class SourceLister:
         root: str,
         options: WalkOptions,
         on_denied: Callable[[str, OSError], None],
+        base: str | None = None,
     ) -> None:
         self._root = root.rstrip(os.sep) or os.sep
+        self._base = self._root if base is None else (base.rstrip(os.sep) or os.sep)
         self._excluder = Excluder(options)
         self._on_denied = on_denied
 
@@ -132,7 +134,8 @@ class SourceLister:
         is_root = directory == self._root
         if not is_root and self._excluder.is_venv([e.name for e in entries]):
             return iter(())
-        rel = "" if is_root else os.path.relpath(directory, self._root).replace(os.sep, "/")
+        below = directory != self._base
+        rel = os.path.relpath(directory, self._base).replace(os.sep, "/") if below else ""
         return iter([e for e in entries if self._keep(e, rel)])
 
     def _keep(self, entry: os.DirEntry[str], rel: str) -> bool:
@@ -154,10 +157,11 @@ def make_polling_observer(
     *,
     interval: float,
     on_denied: Callable[[str, OSError], None],
+    base: str | None = None,
 ) -> Any:
     """A watchdog observer polling *root* every *interval* seconds (held within
     :data:`POLL_INTERVAL_RANGE`) with :func:`change_stat` and a :class:`SourceLister`; not started,
-    nothing scheduled yet.
+    nothing scheduled yet. *base*: the watched root when *root* is a mount below it.
 
     Like watchdog's ``PollingObserverVFS``, except that the interval is the emitter's own (the
     observer's dispatching thread keeps watchdog's 1 s timeout), and that a pass failing with an
@@ -169,7 +173,7 @@ def make_polling_observer(
     emitter = functools.partial(
         emitter_class,
         stat=change_stat,
-        listdir=SourceLister(root, options, on_denied),
+        listdir=SourceLister(root, options, on_denied, base),
         interval=bounded_interval(interval),
     )
     return BaseObserver(emitter)  # type: ignore[arg-type]  # a partial of an emitter class
