@@ -1,0 +1,167 @@
+"""Invalidate on the event: a source's caches go when its event arrives, not when its batch closes.
+
+The fast path with synthetic events (the :class:`Invalidator` in front of a recording sink, the
+real :class:`BatchHandler` removing real pycs), then the real daemon on real inotify with a quiet
+period of a minute: the pyc is gone while the batch is still open.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+from cachewatchd.daemon.batch_handler import BatchHandler, Counters
+from cachewatchd.daemon.invalidate import Invalidator
+from cachewatchd.watch.batch import Batch
+from tests.support.inproc import running_daemon
+from tests.support.pycs import write
+from tests.support.wait import compile_pyc, wait_until
+
+
+class Recorder:
+    """The batcher's place: records what is passed on."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Path]] = []
+
+    def source_changed(self, path: Path) -> None:
+        self.calls.append(("changed", path))
+
+    def source_removed(self, path: Path) -> None:
+        self.calls.append(("removed", path))
+
+    def dir_removed(self, path: Path) -> None:
+        self.calls.append(("dir", path))
+
+    def rescan(self, root: Path, reason: str) -> None:
+        self.calls.append(("rescan", root))
+
+
+@pytest.fixture
+def tree(tmp_path: Path, clean_env: None) -> Path:
+    root = tmp_path.resolve() / "proj"
+    write(root / "pkg" / "__init__.py", "")
+    write(root / "pkg" / "mod.py", "X = 1\n")
+    write(root / "pkg" / "gone.py", "Y = 1\n")
+    return root
+
+
+@pytest.fixture
+def handler(tree: Path) -> BatchHandler:
+    return BatchHandler({tree: ()}, pycache_prefix=None, counters=Counters(), eager=True)
+
+
+@pytest.fixture
+def invalidator(handler: BatchHandler) -> Iterator[tuple[Invalidator, Recorder]]:
+    sink = Recorder()
+    inv = Invalidator(sink, handler.invalidate_now)
+    inv.start()
+    try:
+        yield inv, sink
+    finally:
+        inv.stop()
+
+
+def test_a_changed_source_loses_its_caches_before_any_batch(
+    tree: Path, handler: BatchHandler, invalidator: tuple[Invalidator, Recorder]
+) -> None:
+    inv, sink = invalidator
+    mod = tree / "pkg" / "mod.py"
+    pyc = compile_pyc(mod)
+    opt = compile_pyc(mod, optimize=2)
+    other = compile_pyc(tree / "pkg" / "__init__.py")
+    with capture_logs() as logs:
+        inv.source_changed(mod)
+        assert inv.sync(10)
+    assert not pyc.exists()
+    assert not opt.exists()
+    assert other.exists()  # only the source's own entries
+    assert sink.calls == [("changed", mod)]  # passed on to the batcher as well
+    assert handler.counters.invalidations == 2
+    assert [(e["event"], e["source"]) for e in logs] == [("invalidated", str(mod))]
+    assert handler.rechecker.next_due() is not None  # the second look stays
+
+
+def test_a_removed_source_leaves_its_legacy_pyc_to_the_batch(
+    tree: Path, handler: BatchHandler, invalidator: tuple[Invalidator, Recorder]
+) -> None:
+    """An atomic save removes the source for a moment: only the batch can say it stayed gone."""
+    inv, _ = invalidator
+    gone = tree / "pkg" / "gone.py"
+    pyc = compile_pyc(gone)
+    legacy = compile_pyc(gone, cfile=gone.with_suffix(".pyc"))
+    gone.unlink()
+    inv.source_removed(gone)
+    assert inv.sync(10)
+    assert not pyc.exists()
+    assert legacy.exists()
+    outcome = handler.handle(Batch(removed=frozenset({gone}), events=1))
+    assert not legacy.exists()  # still gone when the batch was handled: a ghost
+    assert outcome.removed == 1
+    assert gone in outcome.touched
+
+
+def test_an_eager_batch_does_not_remove_what_was_written_after_the_event(
+    tree: Path, handler: BatchHandler, invalidator: tuple[Invalidator, Recorder]
+) -> None:
+    """The event removed the old pyc; one an importer wrote from the new source afterwards is
+    fresh, and the batch leaves it (the second look judges it exactly)."""
+    inv, _ = invalidator
+    mod = tree / "pkg" / "mod.py"
+    compile_pyc(mod)
+    inv.source_changed(mod)
+    assert inv.sync(10)
+    fresh = compile_pyc(mod)
+    outcome = handler.handle(Batch(changed=frozenset({mod}), events=1))
+    assert fresh.exists()
+    assert mod in outcome.touched
+
+
+def test_an_error_while_invalidating_is_logged_and_the_thread_carries_on(tree: Path) -> None:
+    calls: list[list[Path]] = []
+    errors: list[int] = []
+
+    def invalidate(changed: object, removed: object) -> None:
+        calls.append(list(changed))  # type: ignore[call-overload]
+        if len(calls) == 1:
+            raise OSError("injected")
+
+    inv = Invalidator(Recorder(), invalidate, on_error=lambda: errors.append(1))
+    inv.start()
+    try:
+        with capture_logs() as logs:
+            inv.source_changed(tree / "a.py")
+            assert inv.sync(10)
+            inv.source_changed(tree / "b.py")
+            assert inv.sync(10)
+        assert inv.alive()
+        assert calls == [[tree / "a.py"], [tree / "b.py"]]
+        assert errors == [1]
+        assert [e["where"] for e in logs if e["event"] == "error"] == ["invalidation"]
+    finally:
+        inv.stop()
+    assert not inv.alive()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify: Linux only")
+def test_real_inotify_removes_the_pyc_before_the_quiet_period_ends(
+    tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Real events, a quiet period of a minute: the pyc goes while the batch is still open."""
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    (tmp_path / "run").mkdir(mode=0o700)
+    mod = tree / "pkg" / "mod.py"
+    pyc = compile_pyc(mod)
+    with running_daemon(tree, quiet=60.0, max_window=60.0) as daemon:
+        observers = daemon.status()["observers"]
+        assert observers[str(tree)]["observer"] == "native", observers
+        batches = daemon.status()["counters"]["batches"]
+        mod.write_text("X = 2\n")
+        wait_until(lambda: not pyc.exists(), 10, message="the pyc to go")
+        assert daemon.status()["counters"]["batches"] == batches  # the batch is still open
+        assert daemon.status()["counters"]["invalidations"] >= 1
