@@ -5,7 +5,8 @@ files change elsewhere (an NFS export edited on the server, the far side of an s
 mount, a filesystem where a probe file raises no event: :func:`~cachewatchd.watch.mounts.polled_mounts`)
 gets a poller of its own for its subtree, with the root's exclusions. The root's native observer
 keeps its watches there, but its events below those mounts are dropped (:meth:`MountPollers.outside`):
-the poller reports them, so a local edit makes one batch, not two.
+the poller reports them, so a local edit makes one batch, not two. Where the mount's ctime cannot be
+trusted (sshfs), the poller hashes the content too.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from cachewatchd.cache.walk import Excluder, WalkOptions
 from cachewatchd.paths import is_under
 from cachewatchd.watch.coverage import walked_rel
 from cachewatchd.watch.events import EventMapper, EventSink, event_filter
-from cachewatchd.watch.mounts import EventsProbe, polled_mounts
+from cachewatchd.watch.mounts import EventsProbe, ctime_trusted, polled_mounts
 from cachewatchd.watch.polling import make_polling_observer
 
 __all__ = ["MountPollers", "dispose", "start_observer"]
@@ -61,6 +62,7 @@ class MountPollers:
                     interval=self._interval,
                     on_denied=self._on_denied,
                     base=str(self.root),
+                    hash_content=not ctime_trusted(mount.fstype),
                 )
                 handler = EventMapper(self.root, self._sink, self._options, _ignore_gone)
                 start_observer(observer, handler, point)

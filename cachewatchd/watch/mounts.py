@@ -30,6 +30,7 @@ __all__ = [
     "PollMode",
     "choose_observer",
     "ctime_trusted",
+    "ctime_trusted_at",
     "is_known_local",
     "is_network_fs",
     "mount_for",
@@ -152,6 +153,15 @@ def ctime_trusted(fstype: str) -> bool:
     if name in _CTIME_FUSE:
         return True
     return not (name in _CTIME_UNTRUSTED or name.startswith("fuse."))
+
+
+def ctime_trusted_at(path: Path) -> bool:
+    """:func:`ctime_trusted` for the filesystem holding *path* (True when it cannot be told)."""
+    try:
+        mount = mount_for(path)
+    except OSError:
+        return True
+    return mount is None or ctime_trusted(mount.fstype)
 
 
 def mount_for(path: Path) -> Mount | None:

@@ -37,7 +37,13 @@ from cachewatchd.threads import daemon_thread
 from cachewatchd.watch.coverage import SETTLE, SETTLE_MAX, repair, verify
 from cachewatchd.watch.events import EventMapper, EventSink
 from cachewatchd.watch.mount_pollers import MountPollers, dispose, start_observer
-from cachewatchd.watch.mounts import EventsProbe, ObserverChoice, PollMode, choose_observer
+from cachewatchd.watch.mounts import (
+    EventsProbe,
+    ObserverChoice,
+    PollMode,
+    choose_observer,
+    ctime_trusted_at,
+)
 from cachewatchd.watch.native import LIMITS, Guard, inotify_classes
 from cachewatchd.watch.polling import make_polling_observer
 from cachewatchd.watch.probe import events_arrive
@@ -357,7 +363,11 @@ class Watcher:
             self.report_denied(path, exc)
 
         observer = make_polling_observer(
-            str(root.path), self.walk_options, interval=self._poll_interval, on_denied=denied
+            str(root.path),
+            self.walk_options,
+            interval=self._poll_interval,
+            on_denied=denied,
+            hash_content=not ctime_trusted_at(root.path),
         )
         root.guard = None
         self._run(root, observer)

@@ -158,10 +158,13 @@ def make_polling_observer(
     interval: float,
     on_denied: Callable[[str, OSError], None],
     base: str | None = None,
+    hash_content: bool = False,
 ) -> Any:
     """A watchdog observer polling *root* every *interval* seconds (held within
     :data:`POLL_INTERVAL_RANGE`) with :func:`change_stat` and a :class:`SourceLister`; not started,
     nothing scheduled yet. *base*: the watched root when *root* is a mount below it.
+    *hash_content*: the filesystem's ctime cannot be trusted, the content is hashed too
+    (:class:`~cachewatchd.watch.content_stat.ContentStat`).
 
     Like watchdog's ``PollingObserverVFS``, except that the interval is the emitter's own (the
     observer's dispatching thread keeps watchdog's 1 s timeout), and that a pass failing with an
@@ -170,13 +173,25 @@ def make_polling_observer(
     from watchdog.observers.api import BaseObserver
 
     emitter_class: Callable[..., Any] = _emitter_class()
+    stat_fn: Callable[[str], os.stat_result] = change_stat
+    new_pass: Callable[[], None] = _nothing
+    if hash_content:
+        from cachewatchd.watch.content_stat import ContentStat
+
+        content = ContentStat()
+        stat_fn, new_pass = content, content.new_pass
     emitter = functools.partial(
         emitter_class,
-        stat=change_stat,
+        stat=stat_fn,
+        new_pass=new_pass,
         listdir=SourceLister(root, options, on_denied, base),
         interval=bounded_interval(interval),
     )
     return BaseObserver(emitter)  # type: ignore[arg-type]  # a partial of an emitter class
+
+
+def _nothing() -> None:
+    pass
 
 
 @functools.cache
@@ -186,12 +201,16 @@ def _emitter_class() -> type[Any]:
     class Emitter(PollingEmitter):
         """watchdog's polling emitter, on its own interval and never killed by a failing pass."""
 
-        def __init__(self, *args: Any, interval: float, **kwargs: Any) -> None:
+        def __init__(
+            self, *args: Any, interval: float, new_pass: Callable[[], None], **kwargs: Any
+        ) -> None:
             super().__init__(*args, **kwargs)
             self._interval = interval
+            self._new_pass = new_pass
             self._failing = False
 
         def queue_events(self, timeout: float) -> None:
+            self._new_pass()
             try:
                 super().queue_events(self._interval)
             except Exception as exc:  # noqa: BLE001 - the thread must outlive any one pass
