@@ -18,7 +18,6 @@ from cachewatchd.cache.pyc import (
     HEADER,
     HEADER_SIZE,
     LEGACY_SUFFIXES,
-    RUNNING_MAGIC,
     SOURCE_SUFFIXES,
     parse_cache_name,
 )
@@ -204,7 +203,7 @@ class Auditor(Collector):
             magic is not None
             and size > HEADER_SIZE
             and st.st_ctime_ns <= mtime_ns
-            and (magic != RUNNING_MAGIC or not self.options.deep)
+            and not self.options.deep
             and data == HEADER.pack(magic, 0, int(st.st_mtime) & MASK, st.st_size & MASK)
         ):
             verdict = FRESH_HEADER

@@ -22,9 +22,12 @@ import sys
 import time
 import weakref
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cachewatchd.cache.pyc import RUNNING_MAGIC
+
+if TYPE_CHECKING:
+    from cachewatchd.cache.interpreters import Interpreter
 
 __all__ = ["STARTUP_TIMEOUT", "WRONG_PYTHON", "CheckProcess", "ProcessGone", "interpreters"]
 
@@ -77,23 +80,37 @@ def interpreters() -> list[str]:
 
 
 class CheckProcess:
-    """A started checking process that has said it is ready (its limits are set).
+    """A started checking process that has said it is ready (its limits are set): run by this
+    Python, or by *python* (another version's CPython, whose pycs it checks; a Python 2.7 one
+    compiles at level *optimize*: ``-O``, ``-OO``).
 
-    Raises :class:`ProcessGone` when no candidate of :func:`interpreters` starts and says so
-    within :data:`STARTUP_TIMEOUT` seconds (one of another Python version exits with
-    :data:`WRONG_PYTHON`).
+    Raises :class:`ProcessGone` when no candidate (of :func:`interpreters`, or *python*) starts
+    and says so within :data:`STARTUP_TIMEOUT` seconds (one reading another magic number exits
+    with :data:`WRONG_PYTHON`).
     """
 
-    def __init__(self, memory: int, max_source: int, max_pyc: int) -> None:
+    def __init__(
+        self,
+        memory: int,
+        max_source: int,
+        max_pyc: int,
+        python: Interpreter | None = None,
+        optimize: int = 0,
+    ) -> None:
+        magic = RUNNING_MAGIC if python is None else python.magic
         config = {
             "memory": memory,
             "max_source": max_source,
             "max_pyc": max_pyc,
-            "magic": RUNNING_MAGIC.hex(),
+            "magic": magic.hex(),
         }
-        args = ["-I", "-S", "-B", "-c", _LOADER, str(_WORKER), json.dumps(config)]
+        if python is not None and python.version < (3, 4):  # no -I; 2.7 compiles at its -O level
+            flags = ["-E", "-s", "-S", "-B", *(["-O"] * optimize)]
+        else:
+            flags = ["-I", "-S", "-B"]
+        args = [*flags, "-c", _LOADER, str(_WORKER), json.dumps(config)]
         error = "no Python executable"
-        for exe in interpreters():
+        for exe in interpreters() if python is None else [python.exe]:
             try:
                 self._spawn([exe, *args])
             except OSError as exc:
@@ -108,7 +125,11 @@ class CheckProcess:
             self.kill()
             error = f"{exe}: {ready.get('failed', 'sent a garbled greeting')}"
             if error.endswith(f"exited with status {WRONG_PYTHON}"):
-                error = f"{exe} is not the Python running cachewatchd"
+                error = (
+                    f"{exe} is not the Python running cachewatchd"
+                    if python is None
+                    else f"{exe} does not read magic {int.from_bytes(magic[:2], 'little')}"
+                )
         raise ProcessGone(f"the checking process cannot start ({error})")
 
     def _spawn(self, argv: list[str]) -> None:

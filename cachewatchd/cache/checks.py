@@ -19,6 +19,7 @@ one pool take turns.
 from __future__ import annotations
 
 import os
+import stat
 import threading
 import time
 from collections import deque
@@ -26,8 +27,11 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from cachewatchd.cache.pyc import RUNNING_MAGIC, version_of_magic
+
 if TYPE_CHECKING:
     from cachewatchd.cache.check_process import CheckProcess
+    from cachewatchd.cache.interpreters import Finder, Interpreter
 
 __all__ = [
     "MAX_PYC_BYTES",
@@ -81,15 +85,27 @@ class PycBytes(NamedTuple):
     data: bytes
 
 
-class CheckPool:
-    """Runs checks of untrusted files in a worker process; see the module's docstring."""
+Key = tuple[str, int] | None
+"""Which worker serves a request: ``None`` for this Python's, ``(executable, level)`` for another
+version's interpreter (*level*: the ``-O`` level of a 2.7 one, else 0)."""
 
-    def __init__(self, limits: Limits | None = None) -> None:
+
+class CheckPool:
+    """Runs checks of untrusted files in worker processes; see the module's docstring.
+
+    A pyc of another CPython version is checked by a worker run by that version's interpreter,
+    found by *finder* (:mod:`cachewatchd.cache.interpreters`); without one, its requests are
+    answered ``unchecked`` saying which version is missing (:attr:`missing`).
+    """
+
+    def __init__(self, limits: Limits | None = None, *, finder: Finder | None = None) -> None:
         self.limits = limits if limits is not None else Limits()
-        self._worker: CheckProcess | None = None
+        self._finder = finder
+        self._workers: dict[Key, CheckProcess] = {}
         self._pid = os.getpid()
         self._lock = threading.Lock()
-        self._cannot_start: str | None = None
+        self._cannot_start: dict[Key, str] = {}
+        self._pythons: dict[str, Interpreter] = {}
 
     def __enter__(self) -> CheckPool:
         return self
@@ -101,64 +117,121 @@ class CheckPool:
 
     @property
     def worker_pid(self) -> int | None:
-        """The current worker's process id, if one runs (for tests)."""
-        worker = self._worker
+        """This Python's worker's process id, if one runs (for tests)."""
+        worker = self._workers.get(None)
         return None if worker is None or self._pid != os.getpid() else worker.pid
 
+    @property
+    def missing(self) -> dict[tuple[int, int], str]:
+        """The CPython versions whose pycs needed a check and whose interpreter was not found."""
+        return {} if self._finder is None else dict(self._finder.missing)
+
     def close(self) -> None:
-        """Stop the worker, if one runs; the pool starts a new one if used again."""
+        """Stop the workers, if any run; the pool starts new ones if used again."""
         with self._lock:
             self._forked()
-            if self._worker is not None:
-                self._worker.close()
-                self._worker = None
+            for worker in self._workers.values():
+                worker.close()
+            self._workers.clear()
 
     def load(self, pyc: str) -> Outcome:
         """Unmarshal *pyc*'s body: ``loaded``, ``corrupt``, or another :class:`Outcome`."""
-        return self._ask({"op": "load", "pyc": pyc})
+        key = self._route(pyc, 0)
+        if isinstance(key, Outcome):
+            return key
+        return self._ask(key, {"op": "load", "pyc": pyc})
 
     def exact(self, pyc: str, source: str, optimize: int) -> Outcome:
-        """Compare *pyc*'s code with a compile of *source* at *optimize*.
+        """Compare *pyc*'s code with a compile of *source* at *optimize*, in the worker of the
+        interpreter that reads *pyc* (by its magic number).
 
         When the worker fails (``failed``), a fresh one unmarshals the body alone, to tell which
         file is to blame: the body (its outcome, ``corrupt`` or ``failed``, is returned) or the
         source (``failed``, with ``source_failed``).
         """
-        outcome = self._ask({"op": "exact", "pyc": pyc, "source": source, "optimize": optimize})
+        key = self._route(pyc, optimize)
+        if isinstance(key, Outcome):
+            return key
+        request = {"op": "exact", "pyc": pyc, "source": source, "optimize": optimize}
+        outcome = self._ask(key, request)
         if outcome.result != "failed":
             return outcome
-        body = self.load(pyc)
+        body = self._ask(key, {"op": "load", "pyc": pyc})
         if body.result == "loaded":
             return outcome._replace(source_failed=True)
         return body
 
     def exact_many(self, requests: Sequence[tuple[str, str, int]]) -> list[Outcome]:
-        """:meth:`exact` of each ``(pyc, source, optimize)``, in order, pipelined: up to
-        :data:`WINDOW` bytes of requests are in flight, so the worker rarely waits for this
-        process. From a failure of the worker on, the rest are checked one by one with
-        :meth:`exact`."""
-        outcomes = self._pipelined(
-            [{"op": "exact", "pyc": p, "source": s, "optimize": o} for p, s, o in requests]
-        )
-        outcomes += [self.exact(*request) for request in requests[len(outcomes) :]]
-        return outcomes
+        """:meth:`exact` of each ``(pyc, source, optimize)``, in order, pipelined per worker: up
+        to :data:`WINDOW` bytes of requests are in flight, so a worker rarely waits for this
+        process. From a failure of a worker on, the rest of its requests are checked one by one
+        with :meth:`exact`."""
+        outcomes: list[Outcome | None] = [None] * len(requests)
+        groups: dict[Key, list[int]] = {}
+        for i, (pyc, _, optimize) in enumerate(requests):
+            key = self._route(pyc, optimize)
+            if isinstance(key, Outcome):
+                outcomes[i] = key
+            else:
+                groups.setdefault(key, []).append(i)
+        for key, indices in groups.items():
+            done = self._pipelined(
+                key,
+                [
+                    {"op": "exact", "pyc": p, "source": s, "optimize": o}
+                    for p, s, o in (requests[i] for i in indices)
+                ],
+            )
+            for i, outcome in zip(indices, done, strict=False):
+                outcomes[i] = outcome
+            for i in indices[len(done) :]:
+                outcomes[i] = self.exact(*requests[i])
+        return [o if o is not None else Outcome("unchecked", "not asked") for o in outcomes]
 
     def compile(self, source: str, optimize: int, mode: str) -> PycBytes | Outcome:
-        """The pyc CPython would write for *source* (*mode*: ``timestamp``, ``checked-hash``,
-        ``unchecked-hash``), or why not."""
+        """The pyc this CPython would write for *source* (*mode*: ``timestamp``,
+        ``checked-hash``, ``unchecked-hash``), or why not."""
         request = {"op": "compile", "source": source, "optimize": optimize, "mode": mode}
         data: list[bytes] = []
-        outcome = self._ask(request, data)
+        outcome = self._ask(None, request, data)
         return PycBytes(data[0]) if outcome.result == "compiled" and data else outcome
+
+    def _route(self, pyc: str, optimize: int) -> Key | Outcome:
+        """The worker for *pyc*, by its magic number; or the outcome when it has none here. A
+        pyc that cannot be read goes to this Python's worker, which says why."""
+        magic = _magic_of(pyc)
+        if magic is None or magic == RUNNING_MAGIC or version_of_magic(magic) is None:
+            return None
+        if self._finder is None:
+            from cachewatchd.cache.interpreters import Finder
+
+            self._finder = Finder()
+        python = self._finder.find(magic, pyc)
+        if python is None:
+            from cachewatchd.cache.interpreters import why_missing
+
+            version = version_of_magic(magic)
+            assert version is not None
+            return Outcome("unchecked", why_missing(version))
+        self._pythons[python.exe] = python
+        return python.exe, min(max(optimize, 0), 2) if python.version < (3, 0) else 0
 
     def _forked(self) -> None:
         if self._pid != os.getpid():
-            if self._worker is not None:
-                self._worker.abandon()
-                self._worker = None
+            for worker in self._workers.values():
+                worker.abandon()
+            self._workers.clear()
             self._pid = os.getpid()
 
-    def _pipelined(self, requests: list[dict[str, Any]]) -> list[Outcome]:
+    def _worker(self, key: Key) -> CheckProcess:
+        worker = self._workers.get(key)
+        if worker is None:
+            python = None if key is None else self._pythons[key[0]]
+            level = 0 if key is None else key[1]
+            worker = self._workers[key] = _start(self.limits, python, level)
+        return worker
+
+    def _pipelined(self, key: Key, requests: list[dict[str, Any]]) -> list[Outcome]:
         """The outcomes of *requests* answered before the worker failed (all, usually)."""
         from cachewatchd.cache.check_process import ProcessGone
 
@@ -167,13 +240,11 @@ class CheckPool:
             return outcomes
         with self._lock:
             self._forked()
-            if self._cannot_start is not None:
+            if key in self._cannot_start:
                 return outcomes
             sizes: deque[int] = deque()  # of the requests sent and not answered yet
             try:
-                worker = self._worker
-                if worker is None:
-                    worker = self._worker = _start(self.limits)
+                worker = self._worker(key)
                 while len(outcomes) < len(requests):
                     # the worker answers in order: this one's time runs from the last answer
                     deadline = time.monotonic() + self.limits.timeout
@@ -184,51 +255,52 @@ class CheckPool:
                     answer = worker.answer(deadline)
                     result, detail = answer.get("result"), answer.get("detail", "")
                     if not isinstance(result, str) or not isinstance(detail, str):
-                        self._lost("sent a garbled answer")
+                        self._lost(key, "sent a garbled answer")
                         break
                     outcomes.append(Outcome(result, detail))
                     sizes.popleft()
             except ProcessGone as gone:
-                self._lost(gone.why)
+                self._lost(key, gone.why)
             except BaseException:
-                if self._worker is not None:
-                    self._worker.kill()
-                    self._worker = None
+                self._kill(key)
                 raise
         return outcomes
 
-    def _ask(self, request: dict[str, Any], payload: list[bytes] | None = None) -> Outcome:
+    def _ask(
+        self, key: Key, request: dict[str, Any], payload: list[bytes] | None = None
+    ) -> Outcome:
         from cachewatchd.cache.check_process import ProcessGone
 
         with self._lock:
             self._forked()
-            if self._cannot_start is not None:
-                return Outcome("unchecked", self._cannot_start)
+            if key in self._cannot_start:
+                return Outcome("unchecked", self._cannot_start[key])
             try:
-                worker = self._worker
-                if worker is None:
-                    worker = self._worker = _start(self.limits)
+                worker = self._worker(key)
                 deadline = time.monotonic() + self.limits.timeout
                 worker.send(request, deadline)
                 answer = worker.answer(deadline)
                 result, detail = answer.get("result"), answer.get("detail", "")
                 if not isinstance(result, str) or not isinstance(detail, str):
-                    return self._lost("sent a garbled answer")
+                    return self._lost(key, "sent a garbled answer")
                 if result == "compiled" and payload is not None:
                     payload.append(worker.receive(deadline, self.limits.max_pyc + (1 << 20)))
                 return Outcome(result, detail)
             except ProcessGone as gone:
-                return self._lost(gone.why)
+                return self._lost(key, gone.why)
             except BaseException:  # interrupted mid-request: its answer must not reach the next
-                if self._worker is not None:
-                    self._worker.kill()
-                    self._worker = None
+                self._kill(key)
                 raise
 
-    def _lost(self, why: str) -> Outcome:
-        worker, self._worker = self._worker, None
+    def _kill(self, key: Key) -> None:
+        worker = self._workers.pop(key, None)
+        if worker is not None:
+            worker.kill()
+
+    def _lost(self, key: Key, why: str) -> Outcome:
+        worker = self._workers.pop(key, None)
         if worker is None:  # it did not start: no use trying again for every file
-            self._cannot_start = why
+            self._cannot_start[key] = why
             return Outcome("unchecked", why)
         worker.kill()
         if why == "timed out":
@@ -236,9 +308,23 @@ class CheckPool:
         return Outcome("failed", why)
 
 
-def _start(limits: Limits) -> CheckProcess:
+def _magic_of(pyc: str) -> bytes | None:
+    """The first 4 bytes of *pyc*, if it is a regular file that can be read (never blocks)."""
+    try:
+        fd = os.open(pyc, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return os.read(fd, 4) if stat.S_ISREG(os.fstat(fd).st_mode) else None
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _start(limits: Limits, python: Interpreter | None, optimize: int) -> CheckProcess:
     """A new checking process (the module holding it is imported on the first need: a plain scan
     never pays for ``subprocess``)."""
     from cachewatchd.cache.check_process import CheckProcess
 
-    return CheckProcess(limits.memory, limits.max_source, limits.max_pyc)
+    return CheckProcess(limits.memory, limits.max_source, limits.max_pyc, python, optimize)

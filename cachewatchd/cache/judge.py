@@ -182,7 +182,7 @@ def prejudge(
             State.ORPHAN,
             "pyc of CPython 2.7, which never reads __pycache__ or a prefix tree: never imported",
         )
-    ours = header.magic == RUNNING_MAGIC
+    ours = header.version is not None  # a CPython pyc: its interpreter checks it (checks.py)
     if header.mode != "timestamp":
         return _judge_hash(pyc, source, header, opt, ours, deep)
     mtime = int(source_stat.st_mtime)

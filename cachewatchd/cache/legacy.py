@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import os
 
-from cachewatchd.cache.checks import CheckPool
-from cachewatchd.cache.exact import Unchecked, unmarshal_check
+from cachewatchd.cache.checks import CheckPool, Outcome
+from cachewatchd.cache.exact import Pending, Unchecked, finish, unmarshal_check
 from cachewatchd.cache.judge import MASK, read_header, version_text, why_superseded
-from cachewatchd.cache.pyc import HEADER_SIZE, RUNNING_MAGIC, Header, HeaderError, parse_header
+from cachewatchd.cache.pyc import HEADER_SIZE, Header, HeaderError, parse_header
 from cachewatchd.cache.states import State, Verdict
 
 __all__ = ["judge_legacy"]
@@ -40,7 +40,14 @@ def judge_legacy(
     except HeaderError as exc:
         header, error = None, exc
     if header is not None and header.version == (2, 7):
-        return _judge_py27(pyc, header, size, source_stat, pyc_mtime_ns)
+        verdict = _judge_py27(pyc, header, size, source_stat, pyc_mtime_ns, deep)
+        if not isinstance(verdict, Pending):
+            return verdict
+        if source is None:  # deep, sourceless: the body must unmarshal
+            reader = "python2 -O" if pyc.endswith(".pyo") else "Python 2.7"
+            return _sourceless(checks, pyc, f"{reader} imports this bytecode", header)
+        pending = verdict._replace(source=source)
+        return finish(pending, _exact27(checks, pending))
     if pyc.endswith(".pyo"):
         if source is not None:
             return Verdict(State.OUTDATED, "legacy .pyo beside its source: never imported")
@@ -64,19 +71,33 @@ def judge_legacy(
             "pre-release, PyPy) imports this bytecode",
             header.mode,
         )
+    what = f"Python {version_text(header.version)} imports this bytecode"
+    if deep and header.version is not None:
+        return _sourceless(checks, pyc, what, header)
+    return Verdict(State.SOURCELESS, f"no source beside it: {what}", header.mode)
+
+
+def _sourceless(checks: CheckPool, pyc: str, what: str, header: Header) -> Verdict:
+    """A sourceless pyc whose body was unmarshalled by the interpreter that reads it."""
     note = ""
-    if deep and header.magic == RUNNING_MAGIC:
-        try:
-            bad = unmarshal_check(checks, pyc)
-        except Unchecked as exc:
-            bad, note = None, f" (its body could not be checked: {exc})"
-        if bad is not None:
-            return Verdict(bad.state, f"sourceless pyc, {bad.reason}", header.mode)
-    return Verdict(
-        State.SOURCELESS,
-        f"no source beside it: Python {version_text(header.version)} imports this bytecode{note}",
-        header.mode,
-    )
+    try:
+        bad = unmarshal_check(checks, pyc)
+    except Unchecked as exc:
+        bad, note = None, f" (its body could not be checked: {exc})"
+    if bad is not None:
+        return Verdict(bad.state, f"sourceless pyc, {bad.reason}", header.mode)
+    return Verdict(State.SOURCELESS, f"no source beside it: {what}{note}", header.mode)
+
+
+def _exact27(checks: CheckPool, pending: Pending) -> Outcome:
+    """The exact check of a Python 2.7 pyc; a ``.pyo`` is the code of ``-O`` or of ``-OO``
+    (2.7 writes both to ``.pyo``, and reads either)."""
+    outcome = checks.exact(pending.pyc, pending.source, pending.optimize)
+    if pending.optimize == 1 and outcome.result == "differs":
+        again = checks.exact(pending.pyc, pending.source, 2)
+        if again.result == "same":
+            return again
+    return outcome
 
 
 def _judge_py27(
@@ -85,10 +106,13 @@ def _judge_py27(
     size: int,
     source_stat: os.stat_result | None,
     pyc_mtime_ns: int,
-) -> Verdict:
+    deep: bool,
+) -> Verdict | Pending:
     """A legacy pyc of Python 2.7, judged as 2.7 reads it: magic, then the source's mtime (whole
     seconds, modulo 2**32, against the header's read as a signed 32-bit number); no size. Its code
-    cannot be compared here (Python 3 neither unmarshals nor compiles Python 2)."""
+    is compared by a Python 2.7 (:mod:`.interpreters`) when the source changed after it was written
+    or with *deep*: a :class:`Pending` (its ``source`` left empty) says so; a ``.pyo`` is compared at
+    ``-O``, then ``-OO``."""
     reader = "python2 -O" if pyc.endswith(".pyo") else "Python 2.7"
     if size <= HEADER_SIZE:
         what = "header without a body"
@@ -98,6 +122,8 @@ def _judge_py27(
             "timestamp",
         )
     if source_stat is None:
+        if deep:
+            return Pending(pyc, "", 0, "timestamp", changed_since=False)
         return Verdict(
             State.SOURCELESS, f"no source beside it: {reader} imports this bytecode", "timestamp"
         )
@@ -116,11 +142,7 @@ def _judge_py27(
             f"source mtime differs from the header: {reader} recompiles it on import",
             "timestamp",
         )
-    if source_stat.st_ctime_ns > pyc_mtime_ns:
-        return Verdict(
-            State.SUSPECT,
-            "header matches but the source changed after the cache was written, and this pyc of "
-            "CPython 2.7 cannot be compared here",
-            "timestamp",
-        )
+    changed_since = source_stat.st_ctime_ns > pyc_mtime_ns
+    if changed_since or deep:
+        return Pending(pyc, "", 1 if pyc.endswith(".pyo") else 0, "timestamp", changed_since)
     return Verdict(State.FRESH, f"header matches the source: {reader} imports it", "timestamp")

@@ -1,0 +1,210 @@
+"""The CPython that reads a pyc of another version than the running one, found on this machine.
+
+The exact check of a pyc (unmarshal its body, compare it with a compile of its source) must run in
+the interpreter that reads it: a 3.12 pyc cannot be unmarshalled by 3.11, nor its source compiled
+to 3.12's bytecode. :class:`Finder` looks for a CPython whose magic number is the pyc's, in this
+order, and asks each candidate its magic number (``importlib.util.MAGIC_NUMBER``, or
+``imp.get_magic()`` on 2.7) before trusting it:
+
+1. the executables named in ``CACHEWATCHD_PYTHONS`` (separated by ``os.pathsep``);
+2. ``pythonX.Y`` on ``PATH``;
+3. pyenv's: ``$PYENV_ROOT/versions/X.Y.*/bin/pythonX.Y`` (``~/.pyenv`` by default);
+4. uv's managed Pythons: ``cpython-X.Y.*/bin/pythonX.Y`` under ``$UV_PYTHON_INSTALL_DIR`` (by
+   default ``$XDG_DATA_HOME/uv/python``, ``~/.local/share/uv/python``);
+5. the ``home`` of a virtual environment's ``pyvenv.cfg`` in a directory above the pyc, or in a
+   directory beside one of those (a project's ``.venv``): ``<home>/pythonX.Y``.
+
+What is found (or not) is remembered for the life of the finder: one audit, scan or daemon.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import threading
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import NamedTuple
+
+from cachewatchd.cache.pyc import version_of_magic
+from cachewatchd.paths import read_regular
+
+__all__ = ["ENV_VAR", "Finder", "Interpreter"]
+
+ENV_VAR = "CACHEWATCHD_PYTHONS"
+"""Executables to try first, separated by ``os.pathsep``."""
+_ASK_TIMEOUT = 10.0
+_MAX_CHILDREN = 2000
+"""Entries of one directory looked at for a ``*/pyvenv.cfg`` (a huge home directory is cut short)."""
+_ASK = """\
+import sys, binascii
+try:
+    import importlib.util
+    magic = importlib.util.MAGIC_NUMBER
+except (ImportError, AttributeError):
+    import imp
+    magic = imp.get_magic()
+impl = getattr(sys, "implementation", None)
+name = impl.name if impl is not None else sys.subversion[0].lower()
+sys.stdout.write("%s %s\\n" % (binascii.hexlify(magic).decode("ascii"), name))
+"""
+"""What a candidate is asked: its magic number and implementation (Python 2.7 and 3 syntax)."""
+
+
+class Interpreter(NamedTuple):
+    """A CPython found here, with the magic number it said it reads."""
+
+    exe: str
+    version: tuple[int, int]
+    magic: bytes
+
+
+class Finder:
+    """Finds, asks and remembers interpreters (see the module's docstring). Thread-safe."""
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        self._env = dict(os.environ if environ is None else environ)
+        self._lock = threading.Lock()
+        self._asked: dict[str, bytes | None] = {}
+        """Executable -> the magic it said it reads (``None``: not a CPython that answered)."""
+        self._found: dict[bytes, Interpreter | None] = {}
+        """Magic -> the interpreter found in the usual places (``None``: none there)."""
+        self._homes: dict[str, list[str]] = {}
+        """Directory -> the ``home`` of each ``pyvenv.cfg`` in it or in its subdirectories."""
+        self.missing: dict[tuple[int, int], str] = {}
+        """Versions looked for and not found -> what was looked at (for a report)."""
+
+    def find(self, magic: bytes, near: str | None = None) -> Interpreter | None:
+        """A CPython that reads pycs of *magic*: from the usual places, else from the homes of the
+        venvs in or beside the directories above *near* (a pyc's path); ``None`` when none is
+        found (the version is then in :attr:`missing`)."""
+        version = version_of_magic(magic)
+        if version is None or version < (2, 7) or (3, 0) <= version < (3, 3):
+            return None
+        with self._lock:
+            if magic not in self._found:
+                self._found[magic] = self._first(magic, version, self._usual(version))
+            found = self._found[magic]
+            if found is None and near is not None:
+                found = self._first(magic, version, self._venv_homes(version, near))
+            if found is None:
+                self.missing[version] = why_missing(version)
+            return found
+
+    def _first(
+        self, magic: bytes, version: tuple[int, int], candidates: Iterator[str]
+    ) -> Interpreter | None:
+        for exe in candidates:
+            if exe not in self._asked:
+                self._asked[exe] = _ask(exe)
+            if self._asked[exe] == magic:
+                return Interpreter(exe, version, magic)
+        return None
+
+    def _usual(self, version: tuple[int, int]) -> Iterator[str]:
+        name = f"python{version[0]}.{version[1]}"
+        yield from (p for p in self._env.get(ENV_VAR, "").split(os.pathsep) if p)
+        on_path = shutil.which(name, path=self._env.get("PATH", os.defpath))
+        if on_path:
+            yield on_path
+        home = Path(self._env.get("HOME") or Path.home())
+        pyenv = Path(self._env.get("PYENV_ROOT") or home / ".pyenv") / "versions"
+        yield from _installs(pyenv, f"{version[0]}.{version[1]}.", name)
+        data = Path(self._env.get("XDG_DATA_HOME") or home / ".local" / "share")
+        uv = Path(self._env.get("UV_PYTHON_INSTALL_DIR") or data / "uv" / "python")
+        yield from _installs(uv, f"cpython-{version[0]}.{version[1]}.", name)
+
+    def _venv_homes(self, version: tuple[int, int], near: str) -> Iterator[str]:
+        name = f"python{version[0]}.{version[1]}"
+        directory = os.path.dirname(os.path.abspath(near))
+        while True:
+            if directory not in self._homes:
+                self._homes[directory] = _homes_in(directory)
+            for home in self._homes[directory]:
+                yield os.path.join(home, name)
+            parent = os.path.dirname(directory)
+            if parent == directory:
+                return
+            directory = parent
+
+
+def why_missing(version: tuple[int, int]) -> str:
+    """The sentence a verdict carries when no interpreter of *version* was found."""
+    name = f"python{version[0]}.{version[1]}"
+    return (
+        f"no CPython {version[0]}.{version[1]} found to check it ({name} on PATH, pyenv, uv's "
+        f"Pythons, the venvs' homes; {ENV_VAR} names others)"
+    )
+
+
+def _installs(root: Path, prefix: str, name: str) -> Iterator[str]:
+    """``<root>/<prefix>*/bin/<name>``, the newest patch release first."""
+    try:
+        dirs = [e.name for e in os.scandir(root) if e.name.startswith(prefix)]
+    except OSError:
+        return
+    dirs.sort(key=_patch_order, reverse=True)
+    for d in dirs:
+        exe = root / d / "bin" / name
+        if os.access(exe, os.X_OK):
+            yield str(exe)
+
+
+def _patch_order(name: str) -> tuple[int, ...]:
+    digits = name.rsplit("-", 1)[-1] if name.startswith("cpython-") else name
+    parts = digits.replace("-", ".").split(".")
+    return tuple(int(p) if p.isdigit() else -1 for p in parts[2:3] or ["-1"])
+
+
+def _homes_in(directory: str) -> list[str]:
+    """The ``home`` of ``<directory>/pyvenv.cfg`` and of ``<directory>/*/pyvenv.cfg``."""
+    configs = [os.path.join(directory, "pyvenv.cfg")]
+    try:
+        with os.scandir(directory) as it:
+            for i, entry in enumerate(it):
+                if i >= _MAX_CHILDREN:
+                    break
+                if entry.is_dir(follow_symlinks=False):
+                    configs.append(os.path.join(entry.path, "pyvenv.cfg"))
+    except OSError:
+        pass
+    homes = []
+    for config in configs:
+        home = _home_of(config)
+        if home is not None and home not in homes:
+            homes.append(home)
+    return homes
+
+
+def _home_of(config: str) -> str | None:
+    try:
+        text = read_regular(config, 1 << 16).decode("utf-8", "replace")
+    except OSError:  # absent, not a regular file (a FIFO never blocks here), too big
+        return None
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.strip().lower() == "home" and value.strip():
+            return value.strip()
+    return None
+
+
+def _ask(exe: str) -> bytes | None:
+    """The magic number *exe* reads, if it is a CPython that answers within the timeout."""
+    try:
+        proc = subprocess.run(
+            [exe, "-E", "-s", "-S", "-c", _ASK],
+            capture_output=True,
+            timeout=_ASK_TIMEOUT,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
+    words = proc.stdout.split()
+    if proc.returncode != 0 or len(words) != 2 or words[1] != b"cpython":
+        return None
+    try:
+        return bytes.fromhex(words[0].decode("ascii"))
+    except ValueError:
+        return None
