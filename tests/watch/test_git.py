@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -304,3 +306,52 @@ def test_refresh_finds_new_repositories_quietly(tmp_path: Path) -> None:
 def test_repo_dataclass_is_hashable(tmp_path: Path) -> None:
     repo = GitRepo(tmp_path, tmp_path / ".git", tmp_path / ".git")
     assert {repo, repo} == {repo}
+
+
+# -- holding restarts ------------------------------------------------------------------------------
+def test_busy_marks_a_repository_at_work_and_reports_when_it_settles(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    elsewhere = tmp_path / "elsewhere.py"
+    with watching(tmp_path, settle=0.05) as (watcher, moves):
+        assert watcher.busy([repo / "m0.py"]) == []  # git is not at work: go ahead
+        lock = repo / ".git" / "index.lock"
+        lock.write_text("")  # git checkout -- . at work
+        assert watcher.busy([repo / "m0.py"]) == [repo]
+        assert watcher.busy([tmp_path]) == [repo]  # a touched directory holding the repository
+        assert watcher.busy([elsewhere]) == []
+        passes(watcher, 3)
+        assert moves.settled == []  # still locked
+        lock.unlink()
+        wait_until(lambda: moves.settled == [repo], 10, message="settled")
+        assert moves.for_repo(repo) == []  # nothing moved
+        passes(watcher, 3)
+        assert moves.settled == [repo]  # once per hold
+
+
+def test_a_move_not_reported_yet_is_busy_then_reported_as_the_move(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    head = git(repo, "rev-parse", "HEAD")
+    (repo / "m0.py").write_text("X = 'two'\n")
+    git(repo, "commit", "-qam", "two")
+    two = git(repo, "rev-parse", "HEAD")
+    git(repo, "reset", "-q", "--hard", head)
+    with watching(repo, settle=0.05) as (watcher, moves):
+        lock = repo / ".git" / "index.lock"
+        lock.write_text("")
+        git(repo, "update-ref", "refs/heads/main", two)
+        assert watcher.busy([repo / "m0.py"]) == [repo]
+        lock.unlink()
+        wait_until(lambda: moves.for_repo(repo) == [GitMove(repo, head, two)], 10)
+        passes(watcher, 2)
+        assert moves.settled == []  # the move released it
+        assert watcher.busy([repo / "m0.py"]) == []
+
+
+def test_a_lock_left_by_a_crashed_git_does_not_hold_restarts(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    lock = repo / ".git" / "index.lock"
+    lock.write_text("")
+    old = time.time() - 3600
+    os.utime(lock, (old, old))
+    with watching(repo) as (watcher, _):
+        assert watcher.busy([repo / "m0.py"]) == []
