@@ -32,6 +32,19 @@ def _adopt_orphans() -> None:
     libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_verification_index(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Audits remember exact checks in the verification index (cachewatchd/cache/index.py): the
+    session's own, never the developer's ``~/.cache/cachewatchd``. Children inherit it."""
+    old = os.environ.get("CACHEWATCHD_CACHE_DIR")
+    os.environ["CACHEWATCHD_CACHE_DIR"] = str(tmp_path_factory.mktemp("verification-index"))
+    yield
+    if old is None:
+        os.environ.pop("CACHEWATCHD_CACHE_DIR", None)
+    else:
+        os.environ["CACHEWATCHD_CACHE_DIR"] = old
+
+
 @pytest.fixture(autouse=True)
 def _no_leaked_threads_or_children() -> Iterator[None]:
     """Every test must stop the threads and child processes it starts."""

@@ -7,11 +7,12 @@ in other processes (rows are plain data: they travel through a pipe).
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 from cachewatchd.cache.checks import CheckPool
-from cachewatchd.cache.exact import Pending, finish
-from cachewatchd.cache.judge import FRESH_HEADER, MASK, prejudge, read_header
+from cachewatchd.cache.index import Record
+from cachewatchd.cache.judge import FRESH_HEADER, MASK, WHOLE_SECOND_NS, read_pyc
 from cachewatchd.cache.legacy import judge_legacy
 from cachewatchd.cache.plan import AuditOptions, Part
 from cachewatchd.cache.pyc import (
@@ -23,6 +24,7 @@ from cachewatchd.cache.pyc import (
 )
 from cachewatchd.cache.rows import Collector, Result
 from cachewatchd.cache.states import Kind, State, VanishedError, Verdict
+from cachewatchd.cache.verified import Checked, Memory
 from cachewatchd.cache.walk import Excluder, walk_stack
 
 __all__ = ["Auditor"]
@@ -69,7 +71,8 @@ class Auditor(Collector):
     Fresh entries are only counted unless ``keep_fresh``. With *dedup*, an entry reached twice
     (overlapping roots, a prefix tree inside a root) is judged once. Exact checks run in the
     worker of *checks* (:mod:`cachewatchd.cache.checks`), started on the first one; :meth:`close`
-    stops it (an auditor is a context manager).
+    stops it (an auditor is a context manager). Their results are kept in the verification index
+    (:mod:`cachewatchd.cache.verified`), whose records settle the entries they still apply to.
     """
 
     def __init__(
@@ -83,8 +86,10 @@ class Auditor(Collector):
         """``__pycache__`` name after the stem -> tag and opt level."""
         self._magic: dict[str, bytes] = {}
         """Tag -> the magic of a pyc of that tag found fresh by its header."""
-        self._pending: list[tuple[Pending, str, str, str, Kind]] = []
-        """Entries waiting for the exact check, with their source, tag, opt and kind."""
+        self._pending: list[Checked] = []
+        """Entries waiting for the exact check."""
+        self.memory = Memory(options)
+        self._now = time.time_ns()
 
     def __enter__(self) -> Auditor:
         return self
@@ -93,12 +98,16 @@ class Auditor(Collector):
         self.close()
 
     def close(self) -> None:
-        """Stop the checking process, if one was started."""
-        self.checks.close()
+        """Stop the checking process, if one was started; write what the index is to keep."""
+        try:
+            self.checks.close()
+        finally:
+            self.memory.close()
 
     def take(self) -> Result:
         """What was found since the last call."""
         self.settle()
+        self.memory.flush()
         return super().take()
 
     def tree(self, path: str, rel: str = "", *, root: bool = True) -> None:
@@ -138,6 +147,9 @@ class Auditor(Collector):
             return
         fds = _open_dirs(source_dir, cache_dir)
         stats: dict[str, os.stat_result] = {}  # a source with pycs of several opt levels
+        self._now = time.time_ns()
+        records = self.memory.records(cache_dir) if names else {}
+        untrusted = self.memory.untrusted(source_dir)
         try:
             for name in names:
                 path = f"{cache_dir}/{name}"
@@ -150,7 +162,9 @@ class Auditor(Collector):
                     fds is None
                     or source is None
                     or tag_opt is None
-                    or not self._beside_source(path, name, source, tag_opt, fds, stats)
+                    or not self._beside_source(
+                        path, name, source, tag_opt, fds, stats, records.get(name), untrusted
+                    )
                 ):
                     self.cached(path, name, source_dir, sources, "pycache")
         finally:
@@ -175,14 +189,17 @@ class Auditor(Collector):
         tag_opt: tuple[str, str],
         fds: tuple[int, int],
         stats: dict[str, os.stat_result],
+        record: Record | None,
+        untrusted: bool,
     ) -> bool:
         """Judge a ``__pycache__`` pyc whose ``.py`` is listed: the hot path of every scan.
 
         Reads relative to the directories' fds (no path lookups). Once a pyc of a tag has been
         judged fresh by its header, a pyc with the same magic, flags 0 and the mtime and size of
         its source (not changed since, not an exact check of this Python's pyc with ``deep``) is
-        fresh by the same rules: one bytes compare. False when the general path must judge it
-        (the source cannot be stat-ed).
+        fresh by the same rules: one bytes compare (unless the index has a record of it, ctime
+        cannot be trusted there, or its times are within a tick of the source's or of now). False
+        when the general path must judge it (the source cannot be stat-ed).
         """
         st = stats.get(source.name)
         if st is None:
@@ -191,7 +208,7 @@ class Auditor(Collector):
             except OSError:
                 return False
         try:
-            data, mtime_ns, size = read_header(name, fds[1])
+            data, pst = read_pyc(name, fds[1])
         except VanishedError:
             return True
         except OSError as exc:
@@ -199,32 +216,55 @@ class Auditor(Collector):
             return True
         tag, opt = tag_opt
         magic = self._magic.get(tag)
+        mtime_ns = pst.st_mtime_ns
         if (
             magic is not None
-            and size > HEADER_SIZE
-            and st.st_ctime_ns <= mtime_ns
+            and record is None
+            and not untrusted
+            and pst.st_size > HEADER_SIZE
+            and st.st_ctime_ns < mtime_ns - WHOLE_SECOND_NS  # the trigger's largest tick
+            and mtime_ns <= min(pst.st_ctime_ns, self._now)
             and not self.options.deep
             and data == HEADER.pack(magic, 0, int(st.st_mtime) & MASK, st.st_size & MASK)
         ):
-            verdict = FRESH_HEADER
-        else:
-            try:
-                judged = prejudge(
-                    path, source.path, st, tag, opt, data, mtime_ns, size, deep=self.options.deep
-                )
-            except VanishedError:
-                return True
-            except OSError as exc:
-                self.on_error(path, exc)
-                return True
-            if isinstance(judged, Pending):
-                self._pending.append((judged, source.path, tag, opt, "pycache"))
-                return True
-            verdict = judged
-            if verdict is FRESH_HEADER:
-                self._magic[tag] = data[:4]
-        self.add(path, source.path, verdict, tag, opt, "pycache")
+            self.add(path, source.path, FRESH_HEADER, tag, opt, "pycache")
+            return True
+        verdict = self._judge(
+            path, source.path, st, tag, opt, data, pst, "pycache", record, untrusted
+        )
+        if verdict is FRESH_HEADER:
+            self._magic[tag] = data[:4]
         return True
+
+    def _judge(
+        self,
+        path: str,
+        source: str,
+        st: os.stat_result,
+        tag: str,
+        opt: str,
+        data: bytes,
+        pst: os.stat_result,
+        kind: Kind,
+        record: Record | None,
+        untrusted: bool,
+    ) -> Verdict | None:
+        """Judge a pyc whose header was read, with the index's *record* of it: add its verdict
+        (returned), or queue its exact check (``None``)."""
+        try:
+            judged = self.memory.judge(
+                path, source, st, tag, opt, data, pst, kind, record, untrusted, self._now
+            )
+        except VanishedError:
+            return None
+        except OSError as exc:
+            self.on_error(path, exc)
+            return None
+        if isinstance(judged, Checked):
+            self._pending.append(judged)
+            return None
+        self.add(path, source, judged, tag, opt, kind)
+        return judged
 
     def legacy(
         self, entry: os.DirEntry[str], sources: dict[str, os.DirEntry[str]], dirpath: str
@@ -283,27 +323,18 @@ class Auditor(Collector):
             return
         source_path = os.path.join(source_dir, source_name)
         try:
-            data, mtime_ns, size = read_header(path)
-            judged = prejudge(
-                path,
-                source,
-                stat,
-                parsed.tag,
-                parsed.opt,
-                data,
-                mtime_ns,
-                size,
-                deep=self.options.deep,
-            )
+            data, pst = read_pyc(path)
         except VanishedError:
             return
         except OSError as exc:
             self.on_error(path, exc)
             return
-        if isinstance(judged, Pending):
-            self._pending.append((judged, source_path, parsed.tag, parsed.opt, kind))
-        else:
-            self.add(path, source_path, judged, parsed.tag, parsed.opt, kind)
+        cache_dir, base = os.path.split(path)
+        record = self.memory.records(cache_dir).get(base)
+        untrusted = self.memory.untrusted(source_dir)
+        self._judge(
+            path, source_path, stat, parsed.tag, parsed.opt, data, pst, kind, record, untrusted
+        )
 
     def settle(self) -> None:
         """Run the exact checks the entries judged so far wait for, all in one pipeline, and
@@ -311,16 +342,11 @@ class Auditor(Collector):
         pending, self._pending = self._pending, []
         if not pending:
             return
-        outcomes = self.checks.exact_many([(p.pyc, p.source, p.optimize) for p, *_ in pending])
-        for (entry, source, tag, opt, kind), outcome in zip(pending, outcomes, strict=True):
-            try:
-                verdict = finish(entry, outcome)
-            except VanishedError:
-                continue
-            except OSError as exc:
-                self.on_error(entry.pyc, exc)
-                continue
-            self.add(entry.pyc, source, verdict, tag, opt, kind)
+        for item, verdict in self.memory.settle(pending, self.checks):
+            if isinstance(verdict, OSError):
+                self.on_error(item.pending.pyc, verdict)
+            elif verdict is not None:
+                self.add(item.pending.pyc, item.source, verdict, item.tag, item.opt, item.kind)
 
     def _find_source(
         self, source_dir: str, stem: str, sources: dict[str, os.DirEntry[str]] | None

@@ -14,6 +14,7 @@ import errno
 import os
 import stat
 import sys
+import time
 
 from cachewatchd.cache.checks import MAX_SOURCE_BYTES, CheckPool
 from cachewatchd.cache.exact import Pending, finish
@@ -34,10 +35,13 @@ from cachewatchd.cache.states import State, VanishedError, Verdict
 __all__ = [
     "FRESH_HEADER",
     "MASK",
+    "TICK_NS",
     "judge_header",
     "judge_pycache",
     "prejudge",
     "read_header",
+    "read_pyc",
+    "trigger",
     "version_text",
     "why_superseded",
 ]
@@ -48,6 +52,13 @@ _RUNNING_TAG = sys.implementation.cache_tag
 _RUNNING_TAG_VERSION = None if _RUNNING_TAG is None else version_of_tag(_RUNNING_TAG)
 _RUNNING_VERSION = (sys.version_info[0], sys.version_info[1])
 
+TICK_NS = 10_000_000
+"""The timestamp tick of a filesystem with sub-second times: the kernel stamps files from a coarse
+clock (a jiffy: 1-10 ms), and since Linux 6.13 some stamps are fine-grained, so a later change can
+carry an earlier time than an earlier one by up to a tick. On NFS the server's clock stamps."""
+WHOLE_SECOND_NS = 2_000_000_000
+"""The tick where both times are whole seconds (ext3, HFS+, sshfs, FAT's 2 s)."""
+
 FRESH_HEADER = Verdict(State.FRESH, "header matches the source", "timestamp")
 """The verdict of nearly every entry of a warm tree, made once (verdicts are immutable)."""
 
@@ -57,7 +68,13 @@ def version_text(version: tuple[int, int] | None) -> str:
 
 
 def read_header(pyc: str, dir_fd: int | None = None) -> tuple[bytes, int, int]:
-    """First bytes of *pyc* (relative to *dir_fd* if given), its ``st_mtime_ns`` and its size.
+    """First bytes of *pyc* (relative to *dir_fd* if given), its ``st_mtime_ns`` and its size."""
+    data, st = read_pyc(pyc, dir_fd)
+    return data, st.st_mtime_ns, st.st_size
+
+
+def read_pyc(pyc: str, dir_fd: int | None = None) -> tuple[bytes, os.stat_result]:
+    """First bytes of *pyc* (relative to *dir_fd* if given) and its ``fstat``.
 
     The hot path of a scan: open, one ``fstat`` (regular file? mtime, size), read, close.
     Raises :class:`VanishedError` when *pyc* is gone, :class:`OSError` when it cannot be read.
@@ -73,7 +90,7 @@ def read_header(pyc: str, dir_fd: int | None = None) -> tuple[bytes, int, int]:
         data = os.read(fd, HEADER_SIZE)
     finally:
         os.close(fd)
-    return data, st.st_mtime_ns, st.st_size
+    return data, st
 
 
 def _read_capped(path: str, cap: int) -> bytes | None:
@@ -105,14 +122,24 @@ def judge_pycache(
     *,
     checks: CheckPool,
     deep: bool = False,
+    ctime_trusted: bool = True,
 ) -> Verdict:
     """Judge a ``__pycache__`` or prefix-tree entry whose source exists.
 
     Raises :class:`VanishedError` when a file disappears, :class:`OSError` when unreadable.
     """
-    data, pyc_mtime_ns, pyc_size = read_header(pyc)
+    data, pyc_stat = read_pyc(pyc)
     return judge_header(
-        pyc, source, source_stat, tag, opt, data, pyc_mtime_ns, pyc_size, checks=checks, deep=deep
+        pyc,
+        source,
+        source_stat,
+        tag,
+        opt,
+        data,
+        pyc_stat,
+        checks=checks,
+        deep=deep,
+        ctime_trusted=ctime_trusted,
     )
 
 
@@ -123,18 +150,28 @@ def judge_header(
     tag: str,
     opt: str,
     data: bytes,
-    pyc_mtime_ns: int,
-    pyc_size: int,
+    pyc_stat: os.stat_result,
     *,
     checks: CheckPool,
     deep: bool = False,
+    ctime_trusted: bool = True,
 ) -> Verdict:
-    """:func:`judge_pycache` once the header has been read with :func:`read_header`.
+    """:func:`judge_pycache` once the header has been read with :func:`read_pyc`.
 
-    The exact check of a pyc of this Python (when the source changed after the pyc was written,
-    or with *deep*) runs in *checks*' worker process.
+    The exact check of a pyc of this Python (when :func:`trigger` fires, or with *deep*) runs in
+    *checks*' worker process.
     """
-    verdict = prejudge(pyc, source, source_stat, tag, opt, data, pyc_mtime_ns, pyc_size, deep=deep)
+    verdict = prejudge(
+        pyc,
+        source,
+        source_stat,
+        tag,
+        opt,
+        data,
+        pyc_stat,
+        deep=deep,
+        ctime_trusted=ctime_trusted,
+    )
     if isinstance(verdict, Pending):
         return finish(verdict, checks.exact(verdict.pyc, verdict.source, verdict.optimize))
     return verdict
@@ -147,15 +184,20 @@ def prejudge(
     tag: str,
     opt: str,
     data: bytes,
-    pyc_mtime_ns: int,
-    pyc_size: int,
+    pyc_stat: os.stat_result,
     *,
     deep: bool = False,
+    ctime_trusted: bool = True,
+    now_ns: int | None = None,
 ) -> Verdict | Pending:
     """:func:`judge_header` up to the exact check: the verdict, or what the check must settle.
 
-    Reads nothing but the source of a hash pyc (at most :data:`MAX_SOURCE_BYTES` of it).
+    Reads nothing but the source of a hash pyc (at most :data:`MAX_SOURCE_BYTES` of it). Where
+    *ctime_trusted* is false (sshfs), no time proves that the source did not change after the pyc
+    was written: every header-matching pyc of this Python needs the exact check (or a record of
+    the verification index, which keeps a hash of the files there).
     """
+    pyc_size = pyc_stat.st_size
     tag_version = _RUNNING_TAG_VERSION if tag == _RUNNING_TAG else version_of_tag(tag)
     if tag_version is not None and data[:4] != RUNNING_MAGIC:  # PyPy's magics are its own
         superseded = why_superseded(data, tag_version)
@@ -202,17 +244,46 @@ def prejudge(
             f"source {what} differs from the header: Python recompiles it on import",
             "timestamp",
         )
-    changed_since = source_stat.st_ctime_ns > pyc_mtime_ns
-    if ours and (changed_since or deep):
-        return Pending(pyc, source, _opt_level(opt), "timestamp", changed_since)
-    if not changed_since:
+    why = trigger(source_stat.st_ctime_ns, pyc_stat, now_ns)
+    if ours and (why is not None or deep or not ctime_trusted):
+        return Pending(
+            pyc, source, _opt_level(opt), "timestamp", why is not None or not ctime_trusted
+        )
+    if why is None:
         return FRESH_HEADER
     return Verdict(
         State.SUSPECT,
-        "header matches but the source changed after the cache was written, and this pyc of "
-        f"CPython {version_text(header.version)} cannot be compared here",
+        f"header matches but {why}, and this pyc of CPython {version_text(header.version)} "
+        "cannot be compared here",
         "timestamp",
     )
+
+
+def trigger(
+    source_ctime_ns: int, pyc_stat: os.stat_result, now_ns: int | None = None
+) -> str | None:
+    """Why the times cannot prove that a header-matching pyc holds its source's code (the exact
+    check must settle it), or ``None`` when they do (design.md, "The trigger").
+
+    - the source changed at or after the pyc was written, within the filesystem's tick
+      (:data:`TICK_NS`, :data:`WHOLE_SECOND_NS`): a same-size, mtime-kept replacement in the tick
+      of the pyc's write leaves the source's ctime *equal* to the pyc's mtime;
+    - the pyc's mtime is later than its own ctime (its mtime was set, by a copy preserving times,
+      to a moment after it was written here: a clock ahead) or than now.
+    """
+    pyc_mtime_ns = pyc_stat.st_mtime_ns
+    tick = (
+        WHOLE_SECOND_NS
+        if not (source_ctime_ns % 1_000_000_000 or pyc_mtime_ns % 1_000_000_000)
+        else TICK_NS
+    )
+    if source_ctime_ns >= pyc_mtime_ns - tick:
+        return "the source changed at or after the moment the cache was written"
+    if pyc_mtime_ns > pyc_stat.st_ctime_ns + tick:
+        return "the cache's mtime is later than its own ctime (copied from a clock ahead)"
+    if pyc_mtime_ns > (time.time_ns() if now_ns is None else now_ns) + tick:
+        return "the cache is dated in the future"
+    return None
 
 
 def _mode_of(data: bytes) -> Mode | None:

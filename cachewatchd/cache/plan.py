@@ -32,6 +32,14 @@ class AuditOptions(NamedTuple):
     aliases: tuple[Path, ...] = ()
     """Other absolute paths of the roots or of directories inside them (a symlink, as the user
     gave it): the prefix tree's mirror of each is audited too."""
+    ctime_untrusted: tuple[Path, ...] = ()
+    """Directories (mount points, roots) on filesystems whose ctime cannot be trusted (sshfs
+    reports ctime == mtime in whole seconds): no time proves that a source did not change after
+    its pyc was written, so every pyc of this Python there is checked exactly once and then
+    recognised by a hash of its and its source's content (the caller decides, from the
+    filesystem type: :func:`cachewatchd.watch.mounts.ctime_trusted`)."""
+    use_index: bool = True
+    """Consult and fill the verification index (:mod:`cachewatchd.cache.index`)."""
 
     def walk_options(self) -> WalkOptions:
         return WalkOptions(self.include_venvs, self.excludes, self.default_excludes)

@@ -14,6 +14,7 @@ import pytest
 from cachewatchd.cache.audit import AuditOptions, State, audit, mirror_dir
 from tests.conftest import child_env
 from tests.support.pycs import compile_with, restore_mtime_edit, same_second_edit, write
+from tests.support.ticks import past_the_tick
 from tests.support.wait import compile_pyc, find_interpreters
 
 
@@ -117,10 +118,12 @@ def test_pycache_orphan(tmp_path: Path) -> None:
 
 def test_truncated_body_is_corrupt_with_deep(tmp_path: Path) -> None:
     source = write(tmp_path / "m.py", "X = 1\n" * 50)
+    past_the_tick(source)
     pyc = compile_pyc(source)
     data = pyc.read_bytes()
     pyc.write_bytes(data[: len(data) // 2])
-    # The header still matches and the pyc is newer than the source: only --deep reads the body.
+    # The header still matches and the pyc is newer than the source by more than a timestamp
+    # tick: only --deep reads the body.
     assert states(tmp_path) == {f"__pycache__/m.{TAG}.pyc": State.FRESH}
     assert states(tmp_path, deep=True) == {f"__pycache__/m.{TAG}.pyc": State.CORRUPT}
     proc = subprocess.run(

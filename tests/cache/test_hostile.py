@@ -30,6 +30,7 @@ from cachewatchd.daemon.recheck import Rechecker
 from tests.conftest import child_env
 from tests.support.daemon import DaemonProc, isolated_env
 from tests.support.pycs import write
+from tests.support.ticks import past_the_tick
 from tests.support.wait import compile_pyc, find_interpreters, wait_until
 
 TAG = sys.implementation.cache_tag
@@ -321,7 +322,8 @@ def test_a_compile_over_the_time_limit_is_unchecked_and_the_worker_replaced(
         assert "compiling the source failed (checking process timed out after 0.05 s)" in reason
         assert not psutil.pid_exists(first or 0)  # killed and reaped
         assert worker_of(pool) not in (None, first)  # the fresh one that loaded the body alone
-        os.utime(pyc, (2**32, 2**32))  # no change since the pyc: --deep alone finds it fresh
+        past_the_tick(source)
+        os.utime(pyc)  # no change since the pyc: --deep alone finds it fresh
         unchanged = judge(pool, pyc, source)
         assert unchanged[0] is State.FRESH
         assert "timed out" in unchanged[1]
@@ -437,8 +439,10 @@ def test_one_worker_per_audit_started_only_when_needed(
         started.append(self.pid)
 
     monkeypatch.setattr(check_process.CheckProcess, "__init__", counting)
-    for i in range(5):
-        compile_pyc(write(tmp_path / f"m{i}.py", f"X = {i}\n"))
+    sources = [write(tmp_path / f"m{i}.py", f"X = {i}\n") for i in range(5)]
+    past_the_tick(*sources)  # a pyc written within a tick of its source is checked exactly
+    for source in sources:
+        compile_pyc(source)
     audit([tmp_path.resolve()])
     assert started == []  # a plain scan of fresh pycs reads 16 bytes of each, in this process
     audit([tmp_path.resolve()], AuditOptions(deep=True))
