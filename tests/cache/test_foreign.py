@@ -1,0 +1,199 @@
+"""Pycs of other CPython versions are checked by their own interpreters (issue 9, item 10).
+
+Each test uses the real interpreters installed here (pyenv's 2.7 and 3.6-3.13) and is skipped,
+saying so, when the one it needs is absent.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cachewatchd.cache import check_worker
+from cachewatchd.cache.audit import AuditOptions, Entry, State, audit
+from cachewatchd.cache.checks import CheckPool
+from cachewatchd.cache.interpreters import ENV_VAR, Finder
+from tests.cache.real_import import import_v, interpreter
+from tests.support.pycs import compile_with, restore_mtime_edit, write
+
+RUNNING = f"{sys.version_info[0]}.{sys.version_info[1]}"
+OTHER = "3.12" if RUNNING != "3.12" else "3.11"
+"""A version that is not the running one."""
+COMPILE_ARGV1 = "import sys; compile(open(sys.argv[1]).read(), sys.argv[1], 'exec')"
+
+
+def magic_of(exe: str) -> bytes:
+    out = subprocess.run(
+        [exe, "-c", "import importlib.util as u, sys; sys.stdout.write(u.MAGIC_NUMBER.hex())"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout
+    return bytes.fromhex(out)
+
+
+def nowhere(tmp_path: Path) -> dict[str, str]:
+    """An environment in which no interpreter can be found."""
+    empty = tmp_path / "empty"
+    empty.mkdir(exist_ok=True)
+    return {"PATH": str(empty), "HOME": str(empty), "PYENV_ROOT": str(empty)}
+
+
+def entries(root: Path, **options: object) -> dict[str, Entry]:
+    report = audit([root.resolve()], AuditOptions(keep_fresh=True, **options))  # type: ignore[arg-type]
+    assert not report.errors, report.errors
+    return {str(e.path.relative_to(root.resolve())): e for e in report.entries}
+
+
+@pytest.mark.parametrize(
+    "version", ["2.7", "3.6", "3.7", "3.8", "3.9", "3.10", "3.11", "3.12", "3.13"]
+)
+def test_the_worker_is_python_of_every_version(version: str) -> None:
+    """check_worker.py runs in the interpreter whose pycs it checks: its syntax is theirs."""
+    exe = interpreter(version)
+    proc = subprocess.run(
+        [exe, "-c", COMPILE_ARGV1, check_worker.__file__],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_a_truncated_pyc_of_another_version_is_corrupt_with_deep(tmp_path: Path) -> None:
+    exe = interpreter(OTHER)
+    source = write(tmp_path / "m.py", "X = 1\n" * 50)
+    pyc = compile_with(exe, source)
+    pyc.write_bytes(pyc.read_bytes()[:40])
+    run = import_v(exe, tmp_path)
+    assert "EOFError" in run.log, run.log  # that CPython fails to import it
+    name = pyc.relative_to(tmp_path).as_posix()
+    entry = entries(tmp_path, deep=True)[name]
+    assert entry.state is State.CORRUPT, entry
+    assert "EOFError" in entry.reason
+
+
+def test_without_its_interpreter_the_verdict_names_the_missing_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    exe = interpreter(OTHER)
+    source = write(tmp_path / "m.py", "X = 1\n")
+    pyc = compile_with(exe, source)
+    restore_mtime_edit(source, "X = 2\n")
+    name = pyc.relative_to(tmp_path).as_posix()
+    with monkeypatch.context() as patch:
+        for var, value in nowhere(tmp_path).items():
+            patch.setenv(var, value)
+        patch.delenv(ENV_VAR, raising=False)
+        entry = entries(tmp_path)[name]
+        assert entry.state is State.SUSPECT
+        assert f"no CPython {OTHER} found" in entry.reason
+        assert entries(tmp_path, deep=True)[name].state is State.SUSPECT
+        patch.setenv(ENV_VAR, exe)  # named explicitly
+        assert entries(tmp_path)[name].state is State.STALE
+    assert entries(tmp_path)[name].state is State.STALE  # found where it is installed
+
+
+def test_the_finder_asks_each_candidate_its_magic(tmp_path: Path) -> None:
+    exe = interpreter(OTHER)
+    magic = magic_of(exe)
+    env = nowhere(tmp_path)
+    assert Finder(env).find(magic) is None
+    wrong = interpreter(RUNNING)
+    assert Finder({**env, ENV_VAR: wrong}).find(magic) is None  # another version's magic
+    found = Finder({**env, ENV_VAR: f"{wrong}{os.pathsep}{exe}"}).find(magic)
+    assert found is not None
+    assert (found.exe, found.version) == (exe, tuple(int(x) for x in OTHER.split(".")))
+
+
+def test_pyenv_and_uv_layouts_are_searched(tmp_path: Path) -> None:
+    exe = interpreter(OTHER)
+    magic = magic_of(exe)
+    env = nowhere(tmp_path)
+    name = f"python{OTHER}"
+    pyenv = tmp_path / "pyenv" / "versions" / f"{OTHER}.99" / "bin"
+    pyenv.mkdir(parents=True)
+    (pyenv / name).symlink_to(exe)
+    found = Finder({**env, "PYENV_ROOT": str(tmp_path / "pyenv")}).find(magic)
+    assert found is not None
+    assert found.exe == str(pyenv / name)
+    uv = tmp_path / "uv" / f"cpython-{OTHER}.99-linux-x86_64-gnu" / "bin"
+    uv.mkdir(parents=True)
+    (uv / name).symlink_to(exe)
+    found = Finder({**env, "UV_PYTHON_INSTALL_DIR": str(tmp_path / "uv")}).find(magic)
+    assert found is not None
+    assert found.exe == str(uv / name)
+
+
+def test_the_home_of_a_venv_beside_the_project_is_searched(tmp_path: Path) -> None:
+    exe = interpreter(OTHER)
+    home = tmp_path / "python-home"
+    home.mkdir()
+    (home / f"python{OTHER}").symlink_to(exe)
+    project = tmp_path / "project"
+    write(project / ".venv" / "pyvenv.cfg", f"home = {home}\nversion = {OTHER}\n")
+    pyc = compile_with(exe, write(project / "pkg" / "m.py", "X = 1\n"))
+    finder = Finder(nowhere(tmp_path))
+    assert finder.find(magic_of(exe)) is None  # not in the usual places
+    found = finder.find(magic_of(exe), str(pyc))
+    assert found is not None
+    assert found.exe == str(home / f"python{OTHER}")
+
+
+def test_nan_and_signed_zero_constants_of_another_version(tmp_path: Path) -> None:
+    exe = interpreter(OTHER)
+    source = write(tmp_path / "m.py", "X = 1e999 * 0\nY = -0.0\nZ = (float('inf'), 1e999j * 0)\n")
+    pyc = compile_with(exe, source)
+    name = pyc.relative_to(tmp_path).as_posix()
+    assert entries(tmp_path, deep=True)[name].state is State.FRESH  # NaN compared by its bits
+    restore_mtime_edit(source, "X = 1e999 * 0\nY = +0.0\nZ = (float('inf'), 1e999j * 0)\n")
+    run = import_v(exe, tmp_path, module="m")
+    assert run.loaded == pyc
+    entry = entries(tmp_path)[name]
+    assert entry.state is State.STALE, entry  # -0.0 is not 0.0
+
+
+def test_python27_pyo_is_compared_at_o_and_oo(tmp_path: Path) -> None:
+    exe = interpreter("2.7")
+    write(tmp_path / "m.py", '"""doc"""\nassert 0, "x"\nX = 1\n')
+    subprocess.run(
+        [exe, "-OO", "-c", "import py_compile; py_compile.compile('m.py', cfile='m.pyo')"],
+        cwd=tmp_path,
+        check=True,
+        timeout=60,
+    )
+    entry = entries(tmp_path, deep=True)["m.pyo"]
+    assert entry.state is State.FRESH, entry
+    assert "code identical" in entry.reason
+
+
+def test_a_foreign_worker_that_dies_is_a_verdict_and_replaced(tmp_path: Path) -> None:
+    exe = interpreter(OTHER)
+    source = write(tmp_path / "m.py", "X = 1\n")
+    pyc = str(compile_with(exe, source))
+    with CheckPool() as pool:
+        assert pool.exact(pyc, str(source), 0).result == "same"
+        (first,) = (w.pid for k, w in pool._workers.items() if k is not None)
+        os.kill(first, 9)
+        outcome = pool.exact(pyc, str(source), 0)
+        assert outcome.result == "failed" or outcome.result == "same"  # noqa: PLR1714
+        assert pool.exact(pyc, str(source), 0).result == "same"
+        (second,) = (w.pid for k, w in pool._workers.items() if k is not None)
+        assert second != first
+
+
+def test_a_huge_declared_body_of_another_version_stays_in_its_limits(tmp_path: Path) -> None:
+    """A 21-byte body declaring a 2**27-element tuple: 1 GiB, over the worker's address space:
+    MemoryError, the import fails, the verdict is corrupt; this process is untouched."""
+    exe = interpreter(OTHER)
+    source = write(tmp_path / "m.py", "X = 1\n")
+    pyc = compile_with(exe, source)
+    header = pyc.read_bytes()[:16]
+    pyc.write_bytes(header + b"(" + (2**27).to_bytes(4, "little") + b"N" * 16)
+    entry = entries(tmp_path, deep=True)[pyc.relative_to(tmp_path).as_posix()]
+    assert entry.state is State.CORRUPT, entry
