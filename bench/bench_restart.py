@@ -1,11 +1,15 @@
-"""Restart benchmark: edit -> first HTTP response with the new code, three ways, one run.
+"""Restart benchmark: edit -> first HTTP response with the new code, and refused connections,
+four ways, one run.
 
-Stacks, each serving a tiny ASGI app (``VALUE = '...'``) with uvicorn on 127.0.0.1:
+Stacks, each serving a tiny ASGI app (``VALUE = '...'``) with uvicorn on 127.0.0.1
+(``_restart_stacks.py``):
 
 - ``cachewatchd + child``: ``cachewatchd --foreground APP -- python -m uvicorn app:app ...``
+- ``cachewatchd + child --listen``: the same with ``--listen 127.0.0.1:PORT``: the daemon holds the
+  port across restarts and uvicorn gets ``--fd N``.
 - ``cachewatchd + supervisord``: supervisord (unix socket) runs uvicorn as program ``web``; the
   daemon restarts it through a ``[[process]] supervisor = {...}`` table of its config.
-- ``uvicorn --reload``: uvicorn's own reloader (watchfiles).
+- ``uvicorn --reload``: uvicorn's own reloader (watchfiles), which keeps the socket in its parent.
 
 Edits, with a timestamp pyc of the old code present (the servers write pycs too):
 ``ordinary`` changes the value, and with it the size and the mtime; ``restored`` keeps the size and
@@ -17,250 +21,40 @@ waits 1-1.2 s (uvicorn's reloader starts watching 0.25 s after its child; the ra
 the edit over uvicorn's 100 ms main-loop tick, whose phase decides how long a graceful stop takes:
 with a fixed wait every repetition hit the same phase), edits, and from the moment the edit
 returned asks ``GET /`` every 5 ms (a fresh connection each time) until the new value comes back or
-the deadline passes. Stacks and edit kinds are interleaved within each repetition.
-Target: no slower than ``uvicorn --reload`` where it is correct (medians).
+the deadline passes, then 1.5 s more (the second look 1 s after an invalidation may restart again).
+Every request is counted: answered, refused (nothing listened: the kernel refused the connection),
+or failed (reset, timed out after 10 s, not 200). Stacks and edit kinds are interleaved within each
+repetition. Targets: no slower than ``uvicorn --reload`` where it is correct (medians); 0 refused
+connections with ``--listen``.
 
 From the repository root: ``.venv/bin/python bench/bench_restart.py`` (``--quick``: one repetition,
-a smoke test; ``--daemon-args`` passes public options to both daemons).
+a smoke test; ``--daemon-args`` passes public options to the daemons).
 """
 
 from __future__ import annotations
 
 import argparse
-import http.client
 import os
 import random
 import shlex
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from abc import ABC, abstractmethod
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import _harness as h
-import psutil
+from _restart_stacks import OLD, STACKS, ListenStack, ReloadStack, Stack, ask, free_port
 
 __all__ = ["main"]
 
-OLD = "old-value"
 NEW = {"ordinary": "new-value-ordinary-edit", "restored": "new-value"}
 KINDS = tuple(NEW)
 assert len(NEW["restored"]) == len(OLD)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def fetch(port: int) -> str | None:
-    """Body of ``GET http://127.0.0.1:port/`` or None (nothing listening, error, not 200)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-    try:
-        conn.request("GET", "/")
-        resp = conn.getresponse()
-        body: str | None = resp.read().decode() if resp.status == 200 else None
-    except (OSError, http.client.HTTPException):
-        body = None
-    finally:
-        conn.close()
-    return body
-
-
-def wait_value(port: int, value: str, timeout: float) -> bool:
-    """Whether the server answers *value* within *timeout* seconds (asked every 5 ms)."""
-    deadline = time.time() + timeout
-    while (answer := fetch(port)) != value and time.time() < deadline:
-        time.sleep(0.005)
-    return answer == value
-
-
-def uvicorn_argv(port: int, *extra: str) -> list[str]:
-    return [
-        sys.executable, "-m", "uvicorn", "app:app", "--host", "127.0.0.1", "--port", str(port),
-        "--lifespan", "off", "--log-level", "warning", *extra,
-    ]  # fmt: skip
-
-
-def descendants(pid: int) -> list[psutil.Process]:
-    try:
-        return psutil.Process(pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        return []
-
-
-def kill_all(procs: list[psutil.Process]) -> None:
-    """KILL whatever of *procs* is still running (psutil checks create_time: no pid reuse)."""
-    for proc in procs:
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            continue
-    psutil.wait_procs(procs, timeout=10)
-
-
-# --- stacks ----------------------------------------------------------------------------------------
-
-
-class Stack(ABC):
-    name: str
-
-    def __init__(self, app: Path, port: int, env: dict[str, str], daemon_args: list[str]) -> None:
-        self.app, self.port, self.env, self.daemon_args = app, port, env, daemon_args
-        self.tracked: list[psutil.Process] = []
-
-    @abstractmethod
-    def start(self) -> None:
-        """Start everything; return once the old value is served."""
-
-    @abstractmethod
-    def stop_own(self) -> None:
-        """Stop the processes started by :meth:`start`, politely."""
-
-    def stop(self) -> None:
-        """Stop politely, then KILL every process seen meanwhile, by pid."""
-        for proc in list(self.tracked):
-            self.tracked += descendants(proc.pid)
-        try:
-            self.stop_own()
-        finally:
-            kill_all(self.tracked)
-
-    def track(self, pid: int) -> None:
-        try:
-            self.tracked.append(psutil.Process(pid))
-        except psutil.NoSuchProcess:
-            return
-
-    def breakdown(self, t0: float) -> dict[str, float]:
-        """Times (s after the edit) of the daemon's own events, where there is a daemon."""
-        return {}
-
-    def served(self, timeout: float = 30) -> None:
-        if not wait_value(self.port, OLD, timeout):
-            raise RuntimeError(f"{self.name}: port {self.port} never served {OLD!r}")
-
-
-class DaemonStack(Stack):
-    """Common part of the two cachewatchd stacks."""
-
-    daemon: h.JsonProc | None = None
-
-    def start_daemon(self, *args: str, child: list[str] | None = None) -> None:
-        extra = [*self.daemon_args, *args]
-        self.daemon = h.start_daemon(self.env, self.app, [self.app], *extra, child=child or [])
-        self.track(self.daemon.pid)
-
-    def stop_own(self) -> None:
-        if self.daemon is not None:
-            self.daemon.stop()
-
-    def breakdown(self, t0: float) -> dict[str, float]:
-        out: dict[str, float] = {}
-        if self.daemon is None:
-            return out
-        for name in ("invalidated", "restarted"):
-            found = [e.ts - t0 for e in self.daemon.events(name) if e.ts >= t0]
-            if found:
-                out[name] = found[0]
-        return out
-
-
-class ChildStack(DaemonStack):
-    name = "cachewatchd + child"
-
-    def start(self) -> None:
-        self.start_daemon(child=uvicorn_argv(self.port))
-        self.served()
-
-
-class SupervisordStack(DaemonStack):
-    name = "cachewatchd + supervisord"
-    supervisord: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        base = self.app.parent
-        sock = base / "s.sock"  # the temp dir's path is short: AF_UNIX allows 108 bytes
-        program = " ".join(uvicorn_argv(self.port))
-        conf = base / "supervisord.conf"
-        conf.write_text(
-            f"[unix_http_server]\nfile = {sock}\nchmod = 0700\n\n"
-            f"[supervisord]\nnodaemon = true\nsilent = true\nloglevel = warn\n"
-            f"logfile = {base}/supervisord.log\npidfile = {base}/supervisord.pid\n"
-            f"childlogdir = {base}\n\n[rpcinterface:supervisor]\n"
-            "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface\n\n"
-            f"[program:web]\ncommand = {program}\ndirectory = {self.app}\n"
-            "stopwaitsecs = 5\nstopasgroup = true\nkillasgroup = true\n"
-            f"redirect_stderr = true\nstdout_logfile = {base}/web.log\n"
-        )
-        self.supervisord = subprocess.Popen(
-            [sys.executable, "-B", "-m", "supervisor.supervisord", "-n", "-c", str(conf)],
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        self.track(self.supervisord.pid)
-        self.served()
-        config = base / "cachewatchd.toml"
-        config.write_text(
-            f'[[process]]\nname = "web"\nsupervisor = {{ url = "unix://{sock}", program = "web" }}\n'
-        )
-        self.start_daemon("--config", str(config))
-
-    def stop_own(self) -> None:
-        try:
-            super().stop_own()
-        finally:
-            if self.supervisord is not None and self.supervisord.poll() is None:
-                self.supervisord.send_signal(signal.SIGTERM)
-                self.supervisord.wait(30)
-
-
-class ReloadStack(Stack):
-    name = "uvicorn --reload"
-    proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        argv = uvicorn_argv(self.port, "--reload")
-        argv[argv.index("warning")] = "info"  # to see which reloader it uses
-        with open(self.app.parent / "uvicorn.log", "wb") as log:
-            self.proc = subprocess.Popen(
-                argv,
-                cwd=self.app,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.track(self.proc.pid)
-        self.served()
-
-    def reloader(self) -> str:
-        text = (self.app.parent / "uvicorn.log").read_text(errors="replace")
-        return (
-            "WatchFiles" if "WatchFiles" in text else "StatReload" if "StatReload" in text else "?"
-        )
-
-    def stop_own(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-
-
-STACKS: tuple[type[Stack], ...] = (ChildStack, SupervisordStack, ReloadStack)
+TAIL = 1.5
+"""Seconds the client keeps asking after the new value came back."""
 
 
 # --- one measurement -------------------------------------------------------------------------------
@@ -285,6 +79,8 @@ class Sample:
     """What the server answered last."""
     breakdown: dict[str, float] = field(default_factory=dict)
     note: str = ""
+    outcomes: Counter[str] = field(default_factory=Counter)
+    """Every request from the edit to the end of the tail: answered, refused, failed."""
 
 
 def measure(
@@ -304,11 +100,14 @@ def measure(
         time.sleep(settle)
         t0 = edit(source, kind)
         sample = Sample(None, None)
-        while time.time() - t0 < deadline:
-            sample.last = fetch(stack.port) or sample.last
-            if sample.last == NEW[kind]:
+        until = t0 + deadline
+        while time.time() < until:
+            outcome, body = ask(stack.port)
+            sample.outcomes[outcome] += 1
+            sample.last = body or sample.last
+            if sample.seconds is None and sample.last == NEW[kind]:
                 sample.seconds = time.time() - t0  # when the response arrived
-                break
+                until = time.time() + TAIL
             time.sleep(0.005)
         sample.breakdown = stack.breakdown(t0)
     finally:
@@ -352,6 +151,26 @@ def report(
     return medians
 
 
+def report_refused(samples: dict[tuple[str, str], list[Sample]]) -> dict[str, Counter[str]]:
+    """Print the requests per stack (both edit kinds, every repetition); return them."""
+    print(f"\nrequests every 5 ms from the edit to {TAIL:g} s after the new value (all edits)")
+    widths = (-28, 7, 9, 9, 7, 13)
+    print(h.row(("stack", "edits", "answered", "refused", "failed", "refused/edit"), widths))
+    totals: dict[str, Counter[str]] = {}
+    for (_, name), runs in samples.items():
+        total = totals.setdefault(name, Counter())
+        total["edits"] += len(runs)
+        for sample in runs:
+            total.update(sample.outcomes)
+    for name, total in totals.items():
+        per_edit = total["refused"] / total["edits"] if total["edits"] else 0.0
+        cells = (name, total["edits"], total["answered"], total["refused"], total["failed"])
+        print(h.row((*cells, f"{per_edit:.1f}"), widths))
+    print("  refused: the kernel refused the connection (nothing listened); failed: reset,")
+    print("  no answer within 10 s, or not 200")
+    return totals
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke test: one repetition")
@@ -372,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="cw-rb-", dir=args.work) as tmp:
         env = h.child_env(Path(tmp) / "home", bytecode=True)  # servers write pycs, as in production
         h.print_header("bench_restart", env, Path(tmp))
-        print(f"  both daemons also get: {args.daemon_args or '-'}")
+        print(f"  the daemons also get: {args.daemon_args or '-'}")
         for rep in range(args.reps):
             for kind in KINDS:
                 for stack in STACKS:
@@ -382,15 +201,23 @@ def main(argv: list[str] | None = None) -> int:
                     sample = measure(stack, kind, base, env, args, settle)
                     samples[kind, stack.name].append(sample)
                     shown = f"{sample.seconds:.3f} s" if sample.seconds is not None else "never"
-                    print(f"  rep {rep} {kind:<9} {stack.name:<26} {shown}  {sample.note}")
+                    asked = ", ".join(f"{k} {v}" for k, v in sorted(sample.outcomes.items()))
+                    line = f"  rep {rep} {kind:<9} {stack.name:<28} {shown}  ({asked})"
+                    print(f"{line}  {sample.note}".rstrip())
     print(f"  load average at end: {h.loadavg()}")
     medians = report(samples, args)
+    totals = report_refused(samples)
     targets = h.Targets()
     for kind in KINDS:  # no slower than uvicorn --reload where it is correct; correct everywhere
         reload = medians.get((kind, ReloadStack.name))
-        for stack in (ChildStack, SupervisordStack):
-            name = f"{kind} edit, {stack.name} no slower than uvicorn --reload (median)"
-            targets.ratio(name, medians.get((kind, stack.name)), reload, 1.0)
+        for stack in STACKS:
+            if stack is not ReloadStack:
+                name = f"{kind} edit, {stack.name} no slower than uvicorn --reload (median)"
+                targets.ratio(name, medians.get((kind, stack.name)), reload, 1.0)
+    listen = totals[ListenStack.name]
+    targets.check(
+        f"{ListenStack.name}: 0 refused connections ({listen['refused']})", not listen["refused"]
+    )
     targets.report()
     return 0
 
