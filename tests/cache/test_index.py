@@ -20,7 +20,7 @@ from cachewatchd.cache.index import VerifyIndex, default_path
 from cachewatchd.cache.parallel import audit_jobs
 from cachewatchd.cache.plan import AuditOptions as PlanOptions
 from cachewatchd.cache.verified import Memory
-from tests.support.pycs import restore_mtime_edit, write
+from tests.support.pycs import late_writer_pyc, restore_mtime_edit, write
 from tests.support.ticks import past_the_tick
 from tests.support.wait import compile_pyc
 
@@ -92,10 +92,14 @@ def test_a_repeated_deep_audit_checks_only_what_changed(
 def test_a_plain_scan_reports_a_stale_verdict_recorded_by_deep(
     tmp_path: Path, index_dir: Path
 ) -> None:
+    """A late writer's pyc: only an exact check can tell (tests/cache/test_triggers.py)."""
     source = write(tmp_path / "m.py", "X = 1\n")
-    pyc = compile_pyc(source)
+    compile_pyc(source)
     restore_mtime_edit(source, "X = 2\n")
-    past_the_tick(source, pyc)
+    past_the_tick(source)
+    pyc = late_writer_pyc(source, "X = 1\n")
+    past_the_tick(pyc)
+    assert audit([tmp_path.resolve()]).entries == []  # fresh to the times
     audit_jobs([tmp_path.resolve()], AuditOptions(deep=True), 2)
     (entry,) = audit([tmp_path.resolve()]).entries
     assert entry.state is State.STALE

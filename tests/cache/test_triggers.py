@@ -8,7 +8,6 @@ whose ctime cannot be trusted.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 import time
@@ -19,7 +18,7 @@ import pytest
 from cachewatchd.cache.audit import AuditOptions, State, audit
 from cachewatchd.cache.judge import TICK_NS, trigger
 from tests.cache.real_import import import_v
-from tests.support.pycs import restore_mtime_edit, write
+from tests.support.pycs import late_writer_pyc, restore_mtime_edit, write
 from tests.support.ticks import past_the_tick
 from tests.support.wait import compile_pyc, wait_until
 
@@ -36,22 +35,6 @@ def verdict(root: Path, **options: object) -> tuple[State, str]:
     assert not report.errors, report.errors
     (entry,) = report.entries
     return entry.state, entry.reason
-
-
-def old_code_pyc(source: Path, old_text: str) -> Path:
-    """The pyc an importer that read *old_text* writes now: the old code under a header taken
-    from the source's stat as it is now (a restored mtime and the same size keep it matching)."""
-    code = compile(old_text, str(source), "exec", dont_inherit=True)
-    st = source.stat()
-    data = importlib._bootstrap_external._code_to_timestamp_pyc(  # type: ignore[attr-defined]
-        code, int(st.st_mtime), st.st_size
-    )
-    pyc = Path(importlib.util.cache_from_source(str(source)))
-    pyc.parent.mkdir(exist_ok=True)
-    tmp = pyc.with_suffix(".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, pyc)
-    return pyc
 
 
 def runs_old_code(root: Path, pyc: Path) -> None:
@@ -102,7 +85,7 @@ def test_a_late_writer_is_stale_once_verified_and_plain_scans_remember_it(tmp_pa
     compile_pyc(source)
     restore_mtime_edit(source, "X = 2\n")
     past_the_tick(source)
-    pyc = old_code_pyc(source, "X = 1\n")
+    pyc = late_writer_pyc(source, "X = 1\n")
     past_the_tick(pyc)
     runs_old_code(tmp_path, pyc)
     assert verdict(tmp_path)[0] is State.FRESH  # the times cannot tell: nothing verified it yet
@@ -120,7 +103,7 @@ def test_a_pyc_dated_in_the_future_is_checked(tmp_path: Path) -> None:
     source = write(tmp_path / "m.py", "X = 1\n")
     compile_pyc(source)
     restore_mtime_edit(source, "X = 2\n")
-    pyc = old_code_pyc(source, "X = 1\n")
+    pyc = late_writer_pyc(source, "X = 1\n")
     hour_ahead = time.time_ns() + 3600 * 10**9
     os.utime(pyc, ns=(hour_ahead, hour_ahead))
     runs_old_code(tmp_path, pyc)
@@ -134,7 +117,7 @@ def test_a_pyc_dated_after_its_own_arrival_is_checked(tmp_path: Path) -> None:
     source = write(tmp_path / "m.py", "X = 1\n")
     compile_pyc(source)
     restore_mtime_edit(source, "X = 2\n")
-    pyc = old_code_pyc(source, "X = 1\n")
+    pyc = late_writer_pyc(source, "X = 1\n")
     ahead = time.time_ns() + 5 * TICK_NS
     os.utime(pyc, ns=(ahead, ahead))
     wait_until(lambda: time.time_ns() > ahead + TICK_NS, message="the clock to catch up")
@@ -164,7 +147,7 @@ def test_where_ctime_is_untrusted_every_pyc_is_checked_once(tmp_path: Path) -> N
     compile_pyc(source)
     restore_mtime_edit(source, "X = 2\n")
     past_the_tick(source)
-    pyc = old_code_pyc(source, "X = 1\n")
+    pyc = late_writer_pyc(source, "X = 1\n")
     past_the_tick(pyc)
     runs_old_code(tmp_path, pyc)
     untrusted = {"ctime_untrusted": (tmp_path.resolve(),), "use_index": False}

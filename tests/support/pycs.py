@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 from pathlib import Path
 
 from tests.conftest import child_env
 
-__all__ = ["compile_with", "restore_mtime_edit", "same_second_edit", "write"]
+__all__ = ["compile_with", "late_writer_pyc", "restore_mtime_edit", "same_second_edit", "write"]
 
 
 def write(path: Path, text: str) -> Path:
@@ -53,3 +54,20 @@ def compile_with(exe: str, source: Path, mode: str = "timestamp", optimize: int 
         timeout=60,
     )
     return Path(out.stdout.strip())
+
+
+def late_writer_pyc(source: Path, old_text: str) -> Path:
+    """The pyc an importer that read *old_text* writes now (atomically, as importlib does): the old
+    code under a header taken from the source's stat as it is now, which a restored mtime and the
+    same size keep matching."""
+    code = compile(old_text, str(source), "exec", dont_inherit=True)
+    st = source.stat()
+    data = importlib._bootstrap_external._code_to_timestamp_pyc(  # type: ignore[attr-defined]
+        code, int(st.st_mtime), st.st_size
+    )
+    pyc = Path(importlib.util.cache_from_source(str(source)))
+    pyc.parent.mkdir(exist_ok=True)
+    tmp = pyc.with_suffix(".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, pyc)
+    return pyc
