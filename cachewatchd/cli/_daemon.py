@@ -133,12 +133,21 @@ def register(sub: Any) -> None:
         "of COMMAND: no refused connection while it restarts (uvicorn gets --fd, gunicorn "
         "--bind fd://, others systemd LISTEN_FDS; config: [child] listen)",
     )
+    child.add_argument(
+        "--cold",
+        action="store_true",
+        help="start every generation of a Python COMMAND in a new interpreter instead of forking "
+        "it from a preloaded one (config: [child] warm = false)",
+    )
     run.set_defaults(handler=_run)
 
 
 # -- run ------------------------------------------------------------------------------------------
-def _command_line(args: argparse.Namespace, config_listen: str | None = None) -> CommandLine:
-    """*config_listen*: the config's ``[child] listen``, which ``--listen`` beats."""
+def _command_line(
+    args: argparse.Namespace, config_listen: str | None = None, config_warm: bool = True
+) -> CommandLine:
+    """*config_listen*: the config's ``[child] listen``, which ``--listen`` beats; *config_warm*
+    its ``[child] warm``, which ``--cold`` beats."""
     from cachewatchd.config.settings import CommandLine
     from cachewatchd.config.user import BOUNDS, check_number
     from cachewatchd.processes.listen import address_problem, parse_address
@@ -180,6 +189,7 @@ def _command_line(args: argparse.Namespace, config_listen: str | None = None) ->
         listen = args.listen or config_listen
         if listen is not None:  # unix:PATH made absolute: a detached daemon runs elsewhere
             options["listen"] = str(parse_address(listen))
+        options["warm"] = config_warm and not getattr(args, "cold", False)
         child = ProcessSpec(**options)
     elif (
         args.grace is not None
@@ -187,9 +197,10 @@ def _command_line(args: argparse.Namespace, config_listen: str | None = None) ->
         or args.health_url
         or args.health_timeout
         or args.listen
+        or getattr(args, "cold", False)
     ):
         raise UsageError(
-            "--grace, --import-check, --health-url, --health-timeout and --listen need "
+            "--grace, --import-check, --health-url, --health-timeout, --listen and --cold need "
             "'-- COMMAND ARGS...'"
         )
     return CommandLine(
@@ -208,7 +219,7 @@ def _settings(args: argparse.Namespace) -> DaemonSettings:
     from cachewatchd.config.user import load_config
 
     config = load_config(args.config)
-    return build_settings(config, _command_line(args, config.child_listen))
+    return build_settings(config, _command_line(args, config.child_listen, config.child_warm))
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -259,6 +270,8 @@ def _detached_argv(args: argparse.Namespace) -> list[str]:
     for flag, value in options.items():
         if value is not None:
             argv += [flag, str(Path(value).absolute()) if isinstance(value, Path) else str(value)]
+    if getattr(args, "cold", False):
+        argv.append("--cold")
     for pattern in args.exclude:
         argv += ["--exclude", pattern]
     argv += [str(Path(p).absolute()) for p in args.paths]

@@ -54,7 +54,7 @@ highest), both included. The highest stay far below ``threading.TIMEOUT_MAX``: a
 longer than that dies of ``OverflowError``. :func:`check_number` applies them."""
 
 _TOP_KEYS = ("roots", "poll", "poll_interval", "reconcile_interval", "exclude", "process", "child")
-_CHILD_KEYS = ("listen",)
+_CHILD_KEYS = ("listen", "warm")
 """The ``[child]`` table: options of the own child (whose COMMAND comes from the command line)."""
 _SELECTORS = ("supervisor", "pidfile", "match", "systemd")
 _OPTIONS = ("cwd", "root", "scope", "grace", "import_check", "health_url", "health_timeout", "log")
@@ -81,6 +81,9 @@ class Config:
     processes: tuple[ProcessSpec, ...] = ()
     child_listen: str | None = None
     """``[child] listen``: the address the daemon holds for the own child (``--listen`` beats it)."""
+    child_warm: bool = True
+    """``[child] warm``: fork a Python child's generations from a preloaded interpreter
+    (``false``, like ``--cold``: always a cold start)."""
     path: Path | None = None
     """The file this came from; ``None`` for the built-in defaults."""
     explicit: frozenset[str] = frozenset()
@@ -204,6 +207,7 @@ class _Validator:
             ),
             processes=self.processes(table),
             child_listen=self.child(table).get("listen"),
+            child_warm=self.child_warm(table),
             path=self.file,
             explicit=frozenset(table),
         )
@@ -258,12 +262,20 @@ class _Validator:
         if not isinstance(item, dict):
             raise self.error(("child",), f"must be a table ([child]), not {value_name(item)}")
         self.known_keys(("child",), item, _CHILD_KEYS)
-        options = {key: self.string(("child", key), item[key]) for key in item}
+        options = {key: self.string(("child", key), item[key]) for key in item if key != "warm"}
         if "listen" in options and (problem := address_problem(options["listen"])) is not None:
             raise self.error(("child", "listen"), problem)
         if options.get("listen", "").startswith("unix:"):  # relative: to the config's directory
             options["listen"] = f"unix:{self.path(('child', 'listen'), options['listen'][5:])}"
         return options
+
+    def child_warm(self, table: Mapping[str, Any]) -> bool:
+        """``[child] warm``: a boolean, ``true`` when absent."""
+        item = table.get("child", {})
+        value = item.get("warm", True) if isinstance(item, dict) else True
+        if not isinstance(value, bool):
+            raise self.error(("child", "warm"), f"must be true or false, not {value_name(value)}")
+        return value
 
     # -- [[process]] ---------------------------------------------------------------------------
     def processes(self, table: Mapping[str, Any]) -> tuple[ProcessSpec, ...]:

@@ -30,7 +30,9 @@ from cachewatchd.log import get_logger
 from cachewatchd.processes.handover import plan_launch
 from cachewatchd.processes.listen import Listener, ListenError
 from cachewatchd.processes.os_procs import terminate_tree
+from cachewatchd.processes.preloader import WarmProcess
 from cachewatchd.processes.stderr_tee import StderrTee
+from cachewatchd.processes.warm import WarmStarter
 
 __all__ = ["ChildError", "OwnChild", "stop_own_children"]
 
@@ -71,9 +73,11 @@ class OwnChild:
         backoff: tuple[float, float] = (0.5, 30.0),
         name: str = "child",
         listener: Listener | None = None,
+        warm: WarmStarter | None = None,
     ) -> None:
         """*listener*: the socket each generation gets (``--listen``, see
-        :mod:`cachewatchd.processes.handover`); ``None``: COMMAND binds its own."""
+        :mod:`cachewatchd.processes.handover`); ``None``: COMMAND binds its own. *warm*: fork
+        each generation from a preloaded interpreter when it can (:mod:`cachewatchd.processes.warm`)."""
         if not command:
             raise ChildError("the child command is empty")
         self.command = tuple(command)
@@ -82,11 +86,12 @@ class OwnChild:
         self.grace = grace
         self.name = name
         self.listener = listener
+        self.warm = warm
         self._backoff_min, self._backoff_max = backoff
         self._delay = self._backoff_min
         self._last_delay = self._backoff_min
         self._lock = threading.RLock()
-        self._popen: subprocess.Popen[bytes] | None = None
+        self._popen: subprocess.Popen[bytes] | WarmProcess | None = None
         self._started_at = 0.0
         self._restart_at: float | None = None
         self.crashes = 0
@@ -142,8 +147,9 @@ class OwnChild:
             except OSError as exc:
                 self.last_error = f"cannot pass {self.command[0]!r}'s stderr through: {exc}"
                 raise ChildError(self.last_error) from None
-            try:
-                self._popen = subprocess.Popen(
+            try:  # forked from the preloader, else cold
+                self._popen = self.warm.spawn(launch, tee.child_end) if self.warm else None
+                self._popen = self._popen or subprocess.Popen(
                     launch.argv,
                     cwd=self.cwd,
                     env=launch.env,
@@ -171,6 +177,8 @@ class OwnChild:
         with self._lock:
             self._closed = True
         self.stop()
+        if self.warm is not None:
+            self.warm.close()
 
     def stop(self) -> int | None:
         """TERM the child's group, wait ``grace``, KILL, reap; return its exit code."""
@@ -204,6 +212,8 @@ class OwnChild:
 
         Returns the seconds until the next call is useful, or ``None`` when nothing is pending.
         """
+        if self.warm is not None:
+            self.warm.tick()  # what the running generation imported: the next preloader
         now = time.monotonic()
         with self._lock:
             popen, tee = self._popen, self._tee

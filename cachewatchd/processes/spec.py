@@ -79,6 +79,9 @@ class ProcessSpec:
     listen: str | None = None
     """With ``command``: the address the daemon listens on and hands to each generation
     (``127.0.0.1:8000``, ``unix:/run/app.sock``; :mod:`cachewatchd.processes.listen`)."""
+    warm: bool = True
+    """With ``command``: fork each generation of a Python command from a preloaded interpreter
+    (:mod:`cachewatchd.processes.warm`); ``False`` (``--cold``, ``warm = false``): always cold."""
 
 
 def _text_problem(text: str) -> str | None:

@@ -32,6 +32,7 @@ from cachewatchd.processes.spec import ProcessSpec
 from cachewatchd.processes.staleness import importers
 from cachewatchd.processes.status import Observed, TargetState
 from cachewatchd.processes.supervisord import SupervisorClient
+from cachewatchd.processes.warm import warm_starter
 
 __all__ = [
     "ActionResult",
@@ -148,11 +149,22 @@ class ChildTarget(Target):
 
     kind = "child"
 
-    def __init__(self, spec: ProcessSpec, *, backoff: tuple[float, float] = (0.5, 30.0)) -> None:
+    def __init__(
+        self,
+        spec: ProcessSpec,
+        *,
+        backoff: tuple[float, float] = (0.5, 30.0),
+        roots: Sequence[Path] = (),
+    ) -> None:
         super().__init__(spec)
         assert spec.command is not None
+        warm = (
+            warm_starter(spec.command, cwd=spec.cwd, roots=roots, name=spec.name)
+            if spec.warm
+            else None
+        )
         self.child = OwnChild(
-            spec.command, cwd=spec.cwd, grace=spec.grace, backoff=backoff, name=spec.name
+            spec.command, cwd=spec.cwd, grace=spec.grace, backoff=backoff, name=spec.name, warm=warm
         )
         self._address = parse_address(spec.listen) if spec.listen else None
         self._own_listener: Listener | None = None
@@ -177,6 +189,8 @@ class ChildTarget(Target):
 
     def stop(self) -> None:
         self.child.stop()
+        if self.child.warm is not None:
+            self.child.warm.close()
         if self._own_listener is not None:
             self._own_listener.close()
 
@@ -354,7 +368,7 @@ def make_target(spec: ProcessSpec, roots: Sequence[Path] = ()) -> Target:
     from cachewatchd.processes.existing import ProcessTarget  # it builds on this module
 
     factories: dict[str, Callable[[ProcessSpec, Sequence[Path]], Target]] = {
-        "command": lambda spec, roots: ChildTarget(spec),
+        "command": lambda spec, roots: ChildTarget(spec, roots=roots),
         "supervisor": lambda spec, roots: SupervisorTarget(spec),
         "pidfile": ProcessTarget,
         "match": ProcessTarget,
