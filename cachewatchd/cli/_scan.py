@@ -158,6 +158,7 @@ def register(sub: Any) -> None:
 
 def _options(args: argparse.Namespace) -> tuple[list[Path], AuditOptions]:
     from cachewatchd.cache.audit import AuditOptions, check_root
+    from cachewatchd.watch.mounts import ctime_untrusted_areas
 
     given = [Path(p) for p in (args.paths or ["."])]
     roots = [check_root(p) for p in given]
@@ -174,6 +175,8 @@ def _options(args: argparse.Namespace) -> tuple[list[Path], AuditOptions]:
         pycache_prefix=prefix,
         # CPython mirrors a sys.path entry as written (symlinks unresolved) into the prefix tree
         aliases=tuple(Path(os.path.abspath(p.expanduser())) for p in given),
+        # sshfs and the like: content hashes stand in for ctime there
+        ctime_untrusted=ctime_untrusted_areas(roots),
     )
     return roots, options
 
