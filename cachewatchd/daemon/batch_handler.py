@@ -29,6 +29,7 @@ from cachewatchd.cache.clean import removed_by_default
 from cachewatchd.cache.pyc import mirror_dir
 from cachewatchd.cache.remove import RemoveResult, cache_files_by_source, remove_cache_files
 from cachewatchd.daemon.recheck import Rechecker
+from cachewatchd.daemon.reconcile import Sweeper
 from cachewatchd.log import ReportedPaths, get_logger
 from cachewatchd.paths import is_under
 from cachewatchd.processes.status import timestamp
@@ -99,6 +100,8 @@ class BatchHandler:
         self.lock = threading.Lock()
         """Held while counters change (status readers take it too)."""
         self.rechecker = Rechecker(pycache_prefix=pycache_prefix)
+        self.sweepers: dict[Path, Sweeper] = {}
+        """Per root: its rescans re-judge only the directories whose stat fingerprint changed."""
         self._log = get_logger(__name__)
 
     def handle(self, batch: Batch) -> Outcome:
@@ -227,7 +230,7 @@ class BatchHandler:
     def reconcile(self, root: Path, reason: str, outcome: Outcome | None = None) -> int:
         """Audit *root*; remove every entry that is not fresh (sourceless ones excepted)."""
         outcome = outcome if outcome is not None else Outcome()
-        report, removed = self._audit_and_clean([root], outcome)
+        report, removed = self._audit_and_clean([root], outcome, sweep=True)
         outcome.reconciled.add(root)
         with self.lock:
             self.counters.rescans += 1
@@ -237,9 +240,9 @@ class BatchHandler:
         return removed
 
     def _audit_and_clean(
-        self, targets: Sequence[Path], outcome: Outcome
+        self, targets: Sequence[Path], outcome: Outcome, *, sweep: bool = False
     ) -> tuple[AuditReport, int]:
-        reports = [self._audit(target) for target in targets if target.is_dir()]
+        reports = [self._audit(target, sweep) for target in targets if target.is_dir()]
         report = AuditReport(roots=list(targets))
         for part in reports:
             report.merge(part)
@@ -256,9 +259,16 @@ class BatchHandler:
         outcome.touched |= {e.source or e.path for e in doomed if e.path in removed}
         return report, len(removed)
 
-    def _audit(self, target: Path) -> AuditReport:
+    def _audit(self, target: Path, sweep: bool = False) -> AuditReport:
+        """Audit *target*; a root with *sweep*: only its directories that changed since its last
+        sweep (:mod:`~cachewatchd.daemon.reconcile`)."""
         root = next((r for r in self.roots if is_under(target, r)), target)
         options = AuditOptions(excludes=self._excludes.get(root, ()), pycache_prefix=self._prefix)
+        if sweep and target == root:
+            sweeper = self.sweepers.get(root)
+            if sweeper is None:
+                sweeper = self.sweepers[root] = Sweeper(options)
+            return sweeper.audit(root)
         return audit([target], options)
 
     # -- errors ----------------------------------------------------------------------------------
