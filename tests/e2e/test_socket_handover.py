@@ -179,3 +179,17 @@ def test_an_address_in_use_at_start_is_one_line_and_exit_3(e2e: E2E) -> None:
     assert len(lines) == 1, done.stderr
     assert f"cannot listen on 127.0.0.1:{port}: the address is already in use" in lines[0]
     assert "--listen" in lines[0]
+
+
+def test_a_detached_daemon_says_the_same_line(e2e: E2E) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = cli(
+            ["run", "--listen", f"127.0.0.1:{port}", str(e2e.proj), "--", sys.executable, "-c", ""],
+            e2e.env,
+        )
+    assert done.returncode == 3, done
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert f"cannot listen on 127.0.0.1:{port}: the address is already in use" in done.stderr
