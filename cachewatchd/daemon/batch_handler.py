@@ -34,6 +34,7 @@ from cachewatchd.log import ReportedPaths, get_logger
 from cachewatchd.paths import is_under
 from cachewatchd.processes.status import timestamp
 from cachewatchd.watch.batch import Batch, GitMove
+from cachewatchd.watch.mounts import ctime_untrusted_areas
 
 __all__ = ["BatchHandler", "Counters", "Outcome"]
 
@@ -99,7 +100,9 @@ class BatchHandler:
         """Paths already reported (shared with the watchers: one report per path)."""
         self.lock = threading.Lock()
         """Held while counters change (status readers take it too)."""
-        self.rechecker = Rechecker(pycache_prefix=pycache_prefix)
+        self._untrusted = ctime_untrusted_areas(self.roots)
+        """Where ctime cannot be trusted (sshfs...): content hashes stand in there."""
+        self.rechecker = Rechecker(pycache_prefix=pycache_prefix, ctime_untrusted=self._untrusted)
         self.sweepers: dict[Path, Sweeper] = {}
         """Per root: its rescans re-judge only the directories whose stat fingerprint changed."""
         self._log = get_logger(__name__)
@@ -115,6 +118,8 @@ class BatchHandler:
             self._invalidate(sources, ghosts, outcome, [s for s in sources if s not in ghosts])
         for directory in sorted(batch.dirs_removed):
             self._prefix_tree(directory, outcome)
+        if batch.pycs:
+            self._verify(batch.pycs, outcome)
         for move in sorted(batch.git_moves, key=lambda m: str(m.repo)):
             self._git_move(move, outcome)
         for rescan in sorted(batch.rescans, key=lambda r: str(r.root)):
@@ -208,6 +213,23 @@ class BatchHandler:
             )
         return {owner[path] for path in result.removed}
 
+    def _verify(self, pycs: Iterable[Path], outcome: Outcome) -> None:
+        """Compare each pyc just written with its source; remove those holding other code."""
+        stale = self.rechecker.verify(sorted(pycs))
+        if not stale:
+            return
+        result = remove_cache_files(stale, self.roots, pycache_prefix=self._prefix)
+        self._report(result)
+        outcome.removed += len(result.removed)
+        outcome.touched |= {stale[path] for path in result.removed}
+        for path in result.removed:
+            self._log.info(
+                "invalidated",
+                source=str(stale[path]),
+                removed=[str(path)],
+                reason="written with other code than its source's (checked when it appeared)",
+            )
+
     # -- audits ----------------------------------------------------------------------------------
     def _git_move(self, move: GitMove, outcome: Outcome) -> None:
         repo = move.repo
@@ -230,7 +252,9 @@ class BatchHandler:
     def reconcile(self, root: Path, reason: str, outcome: Outcome | None = None) -> int:
         """Audit *root*; remove every entry that is not fresh (sourceless ones excepted)."""
         outcome = outcome if outcome is not None else Outcome()
-        report, removed = self._audit_and_clean([root], outcome, sweep=True)
+        # the periodic one compares every pyc the verification index does not know yet
+        deep = reason == "reconcile interval"
+        report, removed = self._audit_and_clean([root], outcome, sweep=True, deep=deep)
         outcome.reconciled.add(root)
         with self.lock:
             self.counters.rescans += 1
@@ -240,9 +264,9 @@ class BatchHandler:
         return removed
 
     def _audit_and_clean(
-        self, targets: Sequence[Path], outcome: Outcome, *, sweep: bool = False
+        self, targets: Sequence[Path], outcome: Outcome, *, sweep: bool = False, deep: bool = False
     ) -> tuple[AuditReport, int]:
-        reports = [self._audit(target, sweep) for target in targets if target.is_dir()]
+        reports = [self._audit(target, sweep, deep) for target in targets if target.is_dir()]
         report = AuditReport(roots=list(targets))
         for part in reports:
             report.merge(part)
@@ -259,16 +283,21 @@ class BatchHandler:
         outcome.touched |= {e.source or e.path for e in doomed if e.path in removed}
         return report, len(removed)
 
-    def _audit(self, target: Path, sweep: bool = False) -> AuditReport:
+    def _audit(self, target: Path, sweep: bool = False, deep: bool = False) -> AuditReport:
         """Audit *target*; a root with *sweep*: only its directories that changed since its last
         sweep (:mod:`~cachewatchd.daemon.reconcile`)."""
         root = next((r for r in self.roots if is_under(target, r)), target)
-        options = AuditOptions(excludes=self._excludes.get(root, ()), pycache_prefix=self._prefix)
+        options = AuditOptions(
+            deep=deep,
+            excludes=self._excludes.get(root, ()),
+            pycache_prefix=self._prefix,
+            ctime_untrusted=self._untrusted,
+        )
         if sweep and target == root:
             sweeper = self.sweepers.get(root)
             if sweeper is None:
                 sweeper = self.sweepers[root] = Sweeper(options)
-            return sweeper.audit(root)
+            return sweeper.audit(root, options)
         return audit([target], options)
 
     # -- errors ----------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from cachewatchd.log import get_logger
 from cachewatchd.threads import daemon_thread
-from cachewatchd.watch.events import EventSink
+from cachewatchd.watch.events import EventSink, PycSink
 
 __all__ = ["Invalidate", "Invalidator"]
 
@@ -93,6 +93,10 @@ class Invalidator:
 
     def dir_removed(self, path: Path) -> None:
         self._sink.dir_removed(path)
+
+    def pyc_written(self, path: Path) -> None:
+        if isinstance(self._sink, PycSink):
+            self._sink.pyc_written(path)
 
     def rescan(self, root: Path, reason: str) -> None:
         self._sink.rescan(root, reason)

@@ -1,4 +1,10 @@
-"""A second look at the caches of sources the daemon just invalidated.
+"""Exact checks of the pycs that appear under the daemon's roots, and a second look at the caches
+of sources the daemon just invalidated.
+
+Every pyc written under a root (``__pycache__``, a prefix tree the observers see, a legacy pyc)
+is compared with its source when it appears (:meth:`Rechecker.verify`: an audit of that one file
+with ``deep``, through the verification index), so a pyc written with the old code is caught the
+moment it is written, and its result is remembered for the audits after.
 
 A process importing a module while it is being edited can write the pyc *after* the daemon removed
 the old one: it took the source's stat before the edit and read the old bytes, so the new pyc holds
@@ -18,9 +24,11 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from cachewatchd.cache.auditor import Auditor
 from cachewatchd.cache.checks import CheckPool
 from cachewatchd.cache.judge import judge_pycache
-from cachewatchd.cache.pyc import RUNNING_MAGIC, parse_cache_name
+from cachewatchd.cache.plan import AuditOptions
+from cachewatchd.cache.pyc import LEGACY_SUFFIXES, RUNNING_MAGIC, SOURCE_SUFFIXES, parse_cache_name
 from cachewatchd.cache.remove import cache_files_for_source
 from cachewatchd.cache.states import State, VanishedError
 
@@ -33,8 +41,15 @@ DELAYS = (1.0, 10.0)
 class Rechecker:
     """Sources due for a second look; thread-safe (scheduled by the batcher, run by the loop)."""
 
-    def __init__(self, *, pycache_prefix: Path | None, delays: Iterable[float] = DELAYS) -> None:
+    def __init__(
+        self,
+        *,
+        pycache_prefix: Path | None,
+        delays: Iterable[float] = DELAYS,
+        ctime_untrusted: tuple[Path, ...] = (),
+    ) -> None:
         self._prefix = pycache_prefix
+        self._untrusted = ctime_untrusted
         self._delays = tuple(delays)
         self._due: dict[Path, list[float]] = {}
         self._lock = threading.Lock()
@@ -67,6 +82,25 @@ class Rechecker:
         self._end_burst()
         self._burst = set(due)
         return due
+
+    def verify(self, pycs: Iterable[Path]) -> dict[Path, Path]:
+        """Compare each pyc just written with its source (one checking process for them all):
+        the stale ones (other code than the source's, which Python would run) with their
+        source. Other verdicts are left to the audits: a pyc still being written by a tool that
+        does not write atomically may look corrupt for a moment."""
+        options = AuditOptions(
+            deep=True, pycache_prefix=self._prefix, ctime_untrusted=self._untrusted
+        )
+        prefix = None if self._prefix is None else str(self._prefix)
+        with Auditor(options, dedup=False) as auditor:
+            for pyc in dict.fromkeys(pycs):
+                _verify_one(auditor, str(pyc), prefix)
+            rows, _, _ = auditor.take()
+        return {
+            Path(path): Path(source)
+            for path, source, state, *_ in rows
+            if state == State.STALE.value and source is not None
+        }
 
     def wrong_caches(self, source: Path) -> list[Path]:
         """Cache files of *source* written by this Python whose code differs from the source, or
@@ -111,6 +145,28 @@ class Rechecker:
         if self._checks is not None:
             self._checks.close()
             self._checks = None
+
+
+def _verify_one(auditor: Auditor, pyc: str, prefix: str | None) -> None:
+    """Queue the exact check of *pyc* in *auditor*: a ``__pycache__`` pyc, a prefix-tree pyc (its
+    source in the directory it mirrors), or a legacy pyc beside its source."""
+    directory, name = os.path.split(pyc)
+    if not name.endswith(LEGACY_SUFFIXES):
+        return
+    if os.path.basename(directory) == "__pycache__":
+        auditor.cached(pyc, name, os.path.dirname(directory), None, "pycache")
+    elif prefix is not None and (directory + os.sep).startswith(prefix.rstrip(os.sep) + os.sep):
+        mirrored = os.sep + os.path.relpath(directory, prefix) if directory != prefix else os.sep
+        auditor.cached(pyc, name, os.path.normpath(mirrored), None, "prefix")
+    else:
+        try:
+            entries = {e.name: e for e in os.scandir(directory)}
+        except OSError:
+            return
+        stem = name[: -len(".pyc")]
+        sources = {n: e for s in SOURCE_SUFFIXES if (e := entries.get(n := stem + s))}
+        if name in entries:
+            auditor.legacy(entries[name], sources, directory)
 
 
 def _ours(pyc: Path) -> bool:

@@ -50,10 +50,11 @@ class Sweeper:
     def forget(self) -> None:
         self._known.clear()
 
-    def audit(self, root: Path) -> AuditReport:
+    def audit(self, root: Path, options: AuditOptions | None = None) -> AuditReport:
         """Judge *root*'s entries, skipping directories unchanged since they were last judged.
-        The report has the entries of the judged directories only (fresh ones are counted)."""
-        options = self._options
+        The report has the entries of the judged directories only (fresh ones are counted).
+        *options* (default: the sweeper's) may differ per audit (``deep`` for the periodic one)."""
+        options = self._options if options is None else options
         if options.pycache_prefix is not None or any(
             is_under(root, p) or is_under(p, root) for p in options.ctime_untrusted
         ):

@@ -65,6 +65,8 @@ class Batch:
     git_settled: frozenset[Path] = frozenset()
     """Work trees where git finished without moving HEAD (the daemon held a restart for them)."""
     rescans: frozenset[Rescan] = frozenset()
+    pycs: frozenset[Path] = frozenset()
+    """Pycs written under a root (the daemon compares each with its source)."""
     events: int = 0
     """How many raw events were folded into this batch."""
 
@@ -109,6 +111,7 @@ class _Pending:
     git_moves: dict[Path, GitMove] = field(default_factory=dict)
     git_settled: set[Path] = field(default_factory=set)
     rescans: dict[Path, Rescan] = field(default_factory=dict)
+    pycs: set[Path] = field(default_factory=set)
     events: int = 0
 
     def freeze(self) -> Batch:
@@ -119,6 +122,7 @@ class _Pending:
             git_moves=frozenset(self.git_moves.values()),
             git_settled=frozenset(self.git_settled),
             rescans=frozenset(self.rescans.values()),
+            pycs=frozenset(self.pycs),
             events=self.events,
         )
 
@@ -188,6 +192,11 @@ class Batcher:
         """The batcher thread is running."""
         return self._thread.is_alive()
 
+    def pending(self) -> int:
+        """Events waiting for the next batch."""
+        with self._cond:
+            return self._pending.events
+
     def idle(self) -> bool:
         """True when nothing is pending and no batch is being handled."""
         with self._cond:
@@ -202,6 +211,9 @@ class Batcher:
 
     def dir_removed(self, path: Path) -> None:
         self._add(lambda p: p.dirs_removed.add(path))
+
+    def pyc_written(self, path: Path) -> None:
+        self._add(lambda p: p.pycs.add(path))
 
     def git_moved(self, move: GitMove) -> None:
         def merge(p: _Pending) -> None:

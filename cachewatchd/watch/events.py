@@ -13,12 +13,12 @@ import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
-from cachewatchd.cache.pyc import SOURCE_SUFFIXES
+from cachewatchd.cache.pyc import LEGACY_SUFFIXES, SOURCE_SUFFIXES
 from cachewatchd.cache.walk import Excluder, WalkOptions
 
-__all__ = ["EventMapper", "EventSink", "Poke", "event_filter"]
+__all__ = ["EventMapper", "EventSink", "Poke", "PycSink", "event_filter"]
 
 _NOT_NORMAL = frozenset(("", os.curdir, os.pardir))
 """Path components that ``os.path.normpath`` would rewrite."""
@@ -66,6 +66,13 @@ class EventSink(Protocol):
     def rescan(self, root: Path, reason: str) -> None: ...
 
 
+@runtime_checkable
+class PycSink(Protocol):
+    """A sink that also wants the pycs written under a root (the daemon verifies each one)."""
+
+    def pyc_written(self, path: Path) -> None: ...
+
+
 class EventMapper:
     """A watchdog event handler for one root: source and directory events -> :class:`EventSink`.
 
@@ -86,6 +93,7 @@ class EventMapper:
         self.sink = sink
         self.excluder = Excluder(options)
         self.on_root_gone = on_root_gone
+        self._pycs = sink if isinstance(sink, PycSink) else None
         self._fast_root: Path | None = None
         self._fast: tuple[str, str] | None = None
         """``(normalized root, its prefix)`` for :meth:`_relative`, when the root is absolute."""
@@ -100,6 +108,8 @@ class EventMapper:
         name = os.path.basename(dest or src)
         if name == ".git" and kind in {"created", "moved"}:  # a work tree or submodule appeared
             self.sink.rescan(self.root, "new git repository")
+        if self._pycs is not None and kind in {"created", "moved"} and self._is_pyc(dest or src):
+            self._pycs.pyc_written(Path(dest or src))  # importlib writes a pyc, then renames it
         if kind == "moved":
             if self._is_source(src):
                 self.sink.source_removed(Path(src))
@@ -119,6 +129,15 @@ class EventMapper:
             self.sink.dir_removed(Path(src))
         elif kind == "created" and os.path.basename(src) == ".git":
             self.sink.rescan(self.root, "new git repository")
+
+    def _is_pyc(self, path: str) -> bool:
+        """A pyc in a ``__pycache__`` or beside its source, not in an excluded directory."""
+        if not path.endswith(LEGACY_SUFFIXES):
+            return False
+        directory = os.path.dirname(path)
+        if os.path.basename(directory) == "__pycache__":
+            directory = os.path.dirname(directory)
+        return not self._ignored(os.path.join(directory, "x"))
 
     def _is_source(self, path: str) -> bool:
         return bool(path) and path.endswith(SOURCE_SUFFIXES) and not self._ignored(path)

@@ -19,7 +19,7 @@ from typing import Any
 from cachewatchd.cache.walk import Excluder, WalkOptions
 from cachewatchd.paths import is_under
 from cachewatchd.watch.coverage import walked_rel
-from cachewatchd.watch.events import EventMapper, EventSink, event_filter
+from cachewatchd.watch.events import EventMapper, EventSink, PycSink, event_filter
 from cachewatchd.watch.mounts import EventsProbe, ctime_trusted, polled_mounts
 from cachewatchd.watch.polling import make_polling_observer
 
@@ -108,6 +108,10 @@ class _Outside:
     def dir_removed(self, path: Path) -> None:
         if not self._below(path):
             self._sink.dir_removed(path)
+
+    def pyc_written(self, path: Path) -> None:
+        if not self._below(path) and isinstance(self._sink, PycSink):
+            self._sink.pyc_written(path)
 
     def rescan(self, root: Path, reason: str) -> None:
         self._sink.rescan(root, reason)

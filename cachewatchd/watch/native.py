@@ -77,11 +77,18 @@ class Guard:
         self.limit: str | None = None
 
     def skip(self, path: str) -> bool:
-        """True for a directory that gets no watch by its name: excluded or ``__pycache__``."""
-        name = os.path.basename(path)
-        if name == "__pycache__":
-            return True
-        return self.excluder.excluded(name, self.relative(path))
+        """True for a directory that gets no watch by its name: excluded."""
+        return self.excluder.excluded(os.path.basename(path), self.relative(path))
+
+    @staticmethod
+    def pycache(entries: list[os.DirEntry[str]], rel: str) -> list[tuple[str, str]]:
+        """The ``__pycache__`` among *entries* (a directory's), for a watch of its own: the daemon
+        compares every pyc written there with its source. Nothing below one is watched."""
+        return [
+            (e.path, f"{rel}/{e.name}" if rel else e.name)
+            for e in entries
+            if e.name == "__pycache__" and e.is_dir(follow_symlinks=False)
+        ]
 
     def relative(self, path: str) -> str:
         """*path* relative to the root, ``/``-separated (``""`` for the root itself)."""

@@ -123,7 +123,10 @@ def inotify_classes() -> tuple[Any, Any] | None:
                     continue
                 if created is not None:
                     created += [_created(wd, entry) for entry in entries]
+                if os.path.basename(directory) == "__pycache__":
+                    continue  # watched for the pycs written there, never entered
                 stack += subdirectories(entries, rel, guard.excluder)
+                stack += guard.pycache(entries, rel)
 
         def _watch(self, path: bytes) -> int | None:
             """Watch *path*; None when it could not be watched (reported to the guard)."""

@@ -66,7 +66,10 @@ def inotify_classes() -> tuple[Any, Any] | None:
                 if directory != guard.root and guard.excluder.is_venv([e.name for e in entries]):
                     self._unwatch([self._active_callbacks_by_path[encoded]])
                     continue
+                if os.path.basename(directory) == "__pycache__":
+                    continue  # watched for the pycs written there, never entered
                 stack += subdirectories(entries, rel, guard.excluder)
+                stack += guard.pycache(entries, rel)
 
         def _add_callback(self, path: bytes) -> bool:  # type: ignore[override]
             """Watch *path*; False when it could not be watched (reported to the guard)."""
