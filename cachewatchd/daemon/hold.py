@@ -7,7 +7,10 @@ controller: it asks the git watchers whether git is at work in a repository cove
 paths (:meth:`cachewatchd.watch.git.GitWatcher.busy`: a lock, an operation moving HEAD, a move
 not settled or not reported yet) and, if so, keeps the paths. The git watcher then reports the
 repository's move, or that it settled without one, and the batch carrying that offers the held
-paths again: one restart with everything touched during the operation.
+paths again: one restart with everything touched during the operation. A 10k-file checkout's
+events may still be on their way when git is done (the observer thread lags behind git): while
+more events wait in the batcher (*draining*), the held paths wait for the batch that takes them,
+for at most :data:`DRAIN_MAX` seconds.
 
 Logged events: ``restart-held`` (once per hold, with the repositories).
 """
@@ -15,12 +18,16 @@ Logged events: ``restart-held`` (once per hold, with the repositories).
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 from cachewatchd.log import get_logger
 
-__all__ = ["RestartHold"]
+__all__ = ["DRAIN_MAX", "RestartHold"]
+
+DRAIN_MAX = 2.0
+"""Seconds after git settled during which held paths wait for the events still arriving."""
 
 Busy = Callable[[Collection[Path]], Sequence[Path]]
 """Touched paths -> the work trees where git is at work (empty: go ahead)."""
@@ -29,9 +36,20 @@ Busy = Callable[[Collection[Path]], Sequence[Path]]
 class RestartHold:
     """Touched paths waiting for git to settle. Thread-safe (the batcher and the loop offer)."""
 
-    def __init__(self, busy: Busy, restart: Callable[[list[Path]], None]) -> None:
+    def __init__(
+        self,
+        busy: Busy,
+        restart: Callable[[list[Path]], None],
+        *,
+        draining: Callable[[], bool] = lambda: False,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """*draining*: more events wait for a batch (which will offer again)."""
         self._busy = busy
         self._restart = restart
+        self._draining = draining
+        self._clock = clock
+        self._settled_at: float | None = None
         self._held: set[Path] = set()
         self._lock = threading.Lock()
         self._log = get_logger(__name__)
@@ -57,8 +75,15 @@ class RestartHold:
                         repositories=[str(tree) for tree in busy],
                         reason="git is at work; one restart once it is done",
                     )
+                self._settled_at = None
                 return False
-            paths, self._held = sorted(self._held), set()
+            if was_holding and self._draining():
+                now = self._clock()
+                if self._settled_at is None:
+                    self._settled_at = now
+                if now - self._settled_at < DRAIN_MAX:
+                    return False
+            paths, self._held, self._settled_at = sorted(self._held), set(), None
         self._restart(paths)
         return True
 
@@ -66,3 +91,4 @@ class RestartHold:
         """Forget what is held (the targets are being stopped or rebuilt)."""
         with self._lock:
             self._held.clear()
+            self._settled_at = None

@@ -85,7 +85,9 @@ class Daemon:
         self._invalidator = Invalidator(
             self._batcher, self._invalidate_now, on_error=self._count_error
         )
-        self._hold = RestartHold(self._git_busy, self._restart)
+        self._hold = RestartHold(
+            self._git_busy, self._restart, draining=lambda: self._batcher.pending() > 0
+        )
         self._watching: Watching | None = None
         self._controller: ControllerLike | None = None
         self._registration: Any = None

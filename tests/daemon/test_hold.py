@@ -7,7 +7,7 @@ from pathlib import Path
 
 from structlog.testing import capture_logs
 
-from cachewatchd.daemon.hold import RestartHold
+from cachewatchd.daemon.hold import DRAIN_MAX, RestartHold
 
 
 class Git:
@@ -51,3 +51,25 @@ def test_drop_forgets_what_is_held() -> None:
     git.at_work = []
     assert not hold.offer(set())
     assert restarts == []
+
+
+def test_a_released_hold_waits_for_the_events_still_arriving_at_most_drain_max() -> None:
+    git, restarts, now = Git(), list[list[Path]](), [0.0]
+    more = [True]
+    hold = RestartHold(git.busy, restarts.append, draining=lambda: more[0], clock=lambda: now[0])
+    assert hold.offer({Path("/a.py")})  # nothing held: events waiting do not matter
+    git.at_work = [Path("/r")]
+    hold.offer({Path("/r/b.py")})
+    git.at_work = []
+    assert not hold.offer(set())  # git is done, its last events wait in the batcher
+    now[0] = DRAIN_MAX - 0.1
+    assert not hold.offer({Path("/r/c.py")})
+    more[0] = False
+    assert hold.offer({Path("/r/d.py")})  # the batch that took them: one restart
+    assert restarts[1] == [Path("/r/b.py"), Path("/r/c.py"), Path("/r/d.py")]
+    git.at_work = [Path("/r")]
+    hold.offer({Path("/r/e.py")})
+    git.at_work, more[0] = [], True
+    assert not hold.offer(set())
+    now[0] += DRAIN_MAX
+    assert hold.offer(set())  # events never stop: released after DRAIN_MAX
