@@ -64,8 +64,7 @@ def test_a_detached_daemon_gets_listen_too(tmp_path: Path) -> None:
     [
         (
             ["run", "--listen", "127.0.0.1:8000"],
-            "cachewatchd: --grace, --import-check, --health-url, --health-timeout and --listen "
-            "need '-- COMMAND ARGS...'\n",
+            "cachewatchd: --grace, --import-check, --health-url, --health-timeout, --listen",
         ),
         (
             ["run", "--listen", "127.0.0.1:http", "--", "true"],
