@@ -30,9 +30,66 @@ __all__ = [
     "SupervisordStack",
     "ask",
     "free_port",
+    "write_app",
 ]
 
 OLD = "old-value"
+
+FASTAPI_APP = """\
+import fastapi
+import httpx
+import pydantic
+import sqlalchemy
+from fastapi.responses import PlainTextResponse
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+VALUE = {value!r}
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Row(Base):
+    __tablename__ = "rows"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str]
+
+
+class Item(pydantic.BaseModel):
+    id: int
+    name: str
+
+
+engine = sqlalchemy.create_engine("sqlite://")
+Base.metadata.create_all(engine)
+client = httpx.Client()
+app = fastapi.FastAPI()
+
+
+@app.get("/", response_class=PlainTextResponse)
+def root() -> str:
+    return VALUE
+
+
+@app.post("/items")
+def add(item: Item) -> Item:
+    return item
+"""
+"""``--app fastapi``: the kind of app the issue measured (FastAPI + SQLAlchemy + pydantic + httpx:
+a restart re-imports ~1 s of libraries)."""
+
+
+def write_app(directory: Path, value: str, kind: str) -> Path:
+    """``directory/app.py`` answering *value* on ``GET /`` (*kind*: ``tiny`` or ``fastapi``), with a
+    timestamp pyc of it; returns the source."""
+    if kind == "tiny":
+        return h.write_app(directory, value)
+    directory.mkdir(parents=True)
+    source = directory / "app.py"
+    source.write_text(FASTAPI_APP.format(value=value), encoding="utf-8")
+    h.compile_pyc(source)
+    return source
 
 
 def free_port() -> int:

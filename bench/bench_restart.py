@@ -28,7 +28,8 @@ repetition. Targets: no slower than ``uvicorn --reload`` where it is correct (me
 connections with ``--listen``.
 
 From the repository root: ``.venv/bin/python bench/bench_restart.py`` (``--quick``: one repetition,
-a smoke test; ``--daemon-args`` passes public options to the daemons).
+a smoke test; ``--daemon-args`` passes public options to the daemons; ``--app fastapi`` serves a
+FastAPI + SQLAlchemy + pydantic + httpx app instead of the bare one).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import _harness as h
-from _restart_stacks import OLD, STACKS, ListenStack, ReloadStack, Stack, ask, free_port
+from _restart_stacks import OLD, STACKS, ListenStack, ReloadStack, Stack, ask, free_port, write_app
 
 __all__ = ["main"]
 
@@ -92,7 +93,7 @@ def measure(
     settle: float,
 ) -> Sample:
     app = base / "app"
-    source = h.write_app(app, OLD)
+    source = write_app(app, OLD, args.app)
     stack = stack_type(app, free_port(), env, shlex.split(args.daemon_args))
     deadline: float = args.deadline
     try:
@@ -177,6 +178,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, help="repetitions per stack and edit (5)")
     parser.add_argument("--deadline", type=float, default=10.0, help="seconds before 'never'")
     parser.add_argument(
+        "--app",
+        choices=("tiny", "fastapi"),
+        default="tiny",
+        help="tiny: a bare ASGI app; fastapi: FastAPI + SQLAlchemy + pydantic + httpx (tiny)",
+    )
+    parser.add_argument(
         "--daemon-args", default="", help='e.g. --daemon-args="--reconcile-interval 300"'
     )
     parser.add_argument(
@@ -191,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="cw-rb-", dir=args.work) as tmp:
         env = h.child_env(Path(tmp) / "home", bytecode=True)  # servers write pycs, as in production
         h.print_header("bench_restart", env, Path(tmp))
-        print(f"  the daemons also get: {args.daemon_args or '-'}")
+        print(f"  the daemons also get: {args.daemon_args or '-'}; app: {args.app}")
         for rep in range(args.reps):
             for kind in KINDS:
                 for stack in STACKS:
