@@ -7,7 +7,7 @@ order, and asks each candidate its magic number (``importlib.util.MAGIC_NUMBER``
 ``imp.get_magic()`` on 2.7) before trusting it:
 
 1. the executables named in ``CACHEWATCHD_PYTHONS`` (separated by ``os.pathsep``);
-2. ``pythonX.Y`` on ``PATH``;
+2. ``pythonX.Y`` on ``PATH`` (not pyenv's shims: slow, and what they run is searched next);
 3. pyenv's: ``$PYENV_ROOT/versions/X.Y.*/bin/pythonX.Y`` (``~/.pyenv`` by default);
 4. uv's managed Pythons: ``cpython-X.Y.*/bin/pythonX.Y`` under ``$UV_PYTHON_INSTALL_DIR`` (by
    default ``$XDG_DATA_HOME/uv/python``, ``~/.local/share/uv/python``);
@@ -105,12 +105,12 @@ class Finder:
     def _usual(self, version: tuple[int, int]) -> Iterator[str]:
         name = f"python{version[0]}.{version[1]}"
         yield from (p for p in self._env.get(ENV_VAR, "").split(os.pathsep) if p)
-        on_path = shutil.which(name, path=self._env.get("PATH", os.defpath))
-        if on_path:
-            yield on_path
         home = Path(self._env.get("HOME") or Path.home())
-        pyenv = Path(self._env.get("PYENV_ROOT") or home / ".pyenv") / "versions"
-        yield from _installs(pyenv, f"{version[0]}.{version[1]}.", name)
+        pyenv = Path(self._env.get("PYENV_ROOT") or home / ".pyenv")
+        on_path = shutil.which(name, path=self._env.get("PATH", os.defpath))
+        if on_path and Path(on_path).parent != pyenv / "shims":  # slow, and behind: versions/
+            yield on_path
+        yield from _installs(pyenv / "versions", f"{version[0]}.{version[1]}.", name)
         data = Path(self._env.get("XDG_DATA_HOME") or home / ".local" / "share")
         uv = Path(self._env.get("UV_PYTHON_INSTALL_DIR") or data / "uv" / "python")
         yield from _installs(uv, f"cpython-{version[0]}.{version[1]}.", name)

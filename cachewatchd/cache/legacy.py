@@ -8,7 +8,7 @@ import os
 
 from cachewatchd.cache.checks import CheckPool, Outcome
 from cachewatchd.cache.exact import Pending, Unchecked, finish, unmarshal_check
-from cachewatchd.cache.judge import MASK, read_header, version_text, why_superseded
+from cachewatchd.cache.judge import MASK, read_pyc, trigger, version_text, why_superseded
 from cachewatchd.cache.pyc import HEADER_SIZE, Header, HeaderError, parse_header
 from cachewatchd.cache.states import State, Verdict
 
@@ -34,13 +34,14 @@ def judge_legacy(
     2.7 reads ``m.pyc`` (``m.pyo`` under ``-O``) beside ``m.py`` as its live cache when the header's
     mtime matches the source's, and imports it without ``m.py``.
     """
-    data, pyc_mtime_ns, size = read_header(pyc)
+    data, pyc_stat = read_pyc(pyc)
+    size = pyc_stat.st_size
     try:
         header: Header | None = parse_header(data)
     except HeaderError as exc:
         header, error = None, exc
     if header is not None and header.version == (2, 7):
-        verdict = _judge_py27(pyc, header, size, source_stat, pyc_mtime_ns, deep)
+        verdict = _judge_py27(pyc, header, pyc_stat, source_stat, deep)
         if not isinstance(verdict, Pending):
             return verdict
         if source is None:  # deep, sourceless: the body must unmarshal
@@ -103,18 +104,17 @@ def _exact27(checks: CheckPool, pending: Pending) -> Outcome:
 def _judge_py27(
     pyc: str,
     header: Header,
-    size: int,
+    pyc_stat: os.stat_result,
     source_stat: os.stat_result | None,
-    pyc_mtime_ns: int,
     deep: bool,
 ) -> Verdict | Pending:
     """A legacy pyc of Python 2.7, judged as 2.7 reads it: magic, then the source's mtime (whole
     seconds, modulo 2**32, against the header's read as a signed 32-bit number); no size. Its code
-    is compared by a Python 2.7 (:mod:`.interpreters`) when the source changed after it was written
-    or with *deep*: a :class:`Pending` (its ``source`` left empty) says so; a ``.pyo`` is compared at
+    is compared by a Python 2.7 (:mod:`.interpreters`) when the times cannot prove it holds its
+    source's code (:func:`.judge.trigger`) or with *deep*: a :class:`Pending` (its ``source`` left empty) says so; a ``.pyo`` is compared at
     ``-O``, then ``-OO``."""
     reader = "python2 -O" if pyc.endswith(".pyo") else "Python 2.7"
-    if size <= HEADER_SIZE:
+    if pyc_stat.st_size <= HEADER_SIZE:
         what = "header without a body"
         return Verdict(
             State.CORRUPT,
@@ -142,7 +142,7 @@ def _judge_py27(
             f"source mtime differs from the header: {reader} recompiles it on import",
             "timestamp",
         )
-    changed_since = source_stat.st_ctime_ns > pyc_mtime_ns
+    changed_since = trigger(source_stat.st_ctime_ns, pyc_stat) is not None
     if changed_since or deep:
         return Pending(pyc, "", 1 if pyc.endswith(".pyo") else 0, "timestamp", changed_since)
     return Verdict(State.FRESH, f"header matches the source: {reader} imports it", "timestamp")
