@@ -143,7 +143,8 @@ def _log(message: str) -> None:
     unconfigured in ``scan``, would write to stdout (``--json``)."""
     import logging
 
-    logging.getLogger(__name__).warning("cachewatchd: %s", message)
+    stderr = logging.getLogger(__name__)  # not a structured event of the daemon's log
+    stderr.warning("cachewatchd: %s", message)
 
 
 class VerifyIndex:
