@@ -26,6 +26,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from cachewatchd.errors import RuntimeFailure
 from cachewatchd.processes.warm_plan import WarmPlan
 
@@ -100,7 +102,8 @@ class Preloader:
         self._sock = ours
         request = {"op": "preload", "names": list(names), "roots": list(roots)}
         request["path0"] = plan.path0  # type: ignore[assignment]
-        self._send(request)
+        with contextlib.suppress(PreloadError):  # gone already: ready() says so
+            self._send(request)
 
     @property
     def pid(self) -> int:
@@ -207,8 +210,17 @@ class Preloader:
                     sent = socket.send_fds(self._sock, [data], list(fds))
                     data = data[sent:]
                 self._sock.sendall(data)
-        except OSError as exc:
-            raise PreloadError(f"the preloader is gone ({exc.strerror or exc})") from None
+        except OSError:
+            self._eof = True
+            raise PreloadError(self._gone()) from None
+
+    def _gone(self) -> str:
+        """Why the preloader's socket closed: it exited (with which code)."""
+        try:
+            code: int | None = self._popen.wait(_STOP_WAIT)
+        except subprocess.TimeoutExpired:
+            code = None
+        return "the preloader exited" + (f" (exit code {code})" if code is not None else "")
 
     def _reply(self, timeout: float) -> dict[str, Any] | None:
         """The next reply that is not an exit (exits are kept for their :class:`WarmProcess`);
@@ -217,9 +229,7 @@ class Preloader:
         with self._lock:
             while not self._replies:
                 if self._eof:
-                    code = self._popen.poll()
-                    how = f" (exit code {code})" if code is not None else ""
-                    raise PreloadError(f"the preloader exited{how}")
+                    raise PreloadError(self._gone())
                 if not self._pump(max(0.0, deadline - time.monotonic())):
                     return None
             return self._replies.popleft()
@@ -266,14 +276,16 @@ class Preloader:
 
 
 def _orphan_code(pid: int) -> int | None:
-    """A fork whose preloader is gone: its status is lost; ``1`` once it no longer runs."""
+    """A fork whose preloader is gone: its status is lost; ``1`` once it no longer runs (gone,
+    or a zombie waiting for whoever adopted it)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return 1
-    except OSError:
+        if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+            return None
+    except psutil.NoSuchProcess:
+        pass
+    except psutil.Error:
         return None
-    return None
+    return 1
 
 
 class WarmProcess:

@@ -69,6 +69,7 @@ class WarmStarter:
         self._excluded: set[str] = set()
         self._failures = 0
         self._said: set[str] = set()
+        self._announced: set[int] = set()
         self._current: Preloader | None = None
         self._candidate: Preloader | None = None
         self._reports: list[tuple[int, bytearray, list[int]]] = []
@@ -76,6 +77,12 @@ class WarmStarter:
         self._log = get_logger(__name__)
         self.forks = 0
         """Generations forked from a preloader so far."""
+
+    @property
+    def preloader_pid(self) -> int | None:
+        """The pid of the preloader the next generation is forked from, if one runs."""
+        with self._lock:
+            return self._current.pid if self._current is not None else None
 
     @property
     def learned(self) -> list[str]:
@@ -106,6 +113,7 @@ class WarmStarter:
             if plan is None:
                 self._fallback(why)
                 return None
+            env = plan.environ(env)
             self._collect()
             try:
                 preloader = self._preloader(plan, env)
@@ -139,6 +147,7 @@ class WarmStarter:
         except PreloadError as exc:
             os.close(read_end)
             self._drop(preloader)
+            self._fallback(exc.message)
             self._failed(exc)
             return None
         finally:
@@ -187,6 +196,13 @@ class WarmStarter:
 
     def _promote(self, preloader: Preloader) -> None:
         self._current = preloader
+        self._announce(preloader)
+
+    def _announce(self, preloader: Preloader) -> None:
+        """``preloaded``, once per preloader, when its imports are done."""
+        if preloader.pid in self._announced:
+            return
+        self._announced.add(preloader.pid)
         self._log.info(
             "preloaded",
             target=self.name,
@@ -239,6 +255,14 @@ class WarmStarter:
             if self.reason is not None or self._current is None:
                 return
             self._collect()
+            candidate = self._candidate
+            if candidate is not None:
+                try:
+                    if candidate.ready():
+                        self._announce(candidate)
+                except PreloadError as exc:
+                    self._drop(candidate)
+                    self._failed(exc)
             known = self._current.names | (self._candidate.names if self._candidate else set())
             new = [
                 n for n in self._learned if n not in known and n.split(".")[0] not in self._excluded

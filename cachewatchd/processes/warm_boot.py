@@ -348,6 +348,8 @@ def _retitle(args: list[str]) -> None:
 def _run(request: dict[str, object]) -> None:
     """The command's entry point, as ``python -m`` or ``python SCRIPT`` runs it."""
     target = str(request["target"])
+    if request.get("mode") != "module" and sys.version_info >= (3, 9):
+        target = os.path.abspath(target)  # 3.9+: a script's __file__ and code are absolute
     namespace = sys.modules["__main__"].__dict__
     builtins = namespace.get("__builtins__")
     namespace.clear()  # the stub's names gone: a pristine __main__, as at start-up

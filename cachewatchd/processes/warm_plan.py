@@ -47,6 +47,15 @@ class WarmPlan:
     """``sys.path[0]`` of the command (``None`` with ``-I``/``-P``)."""
     title: tuple[str, ...] = ()
     """The command line the kernel would show for the command (``/proc/PID/cmdline``)."""
+    unset: tuple[str, ...] = ()
+    assign: tuple[tuple[str, str], ...] = ()
+    """A leading ``env -u NAME NAME=VALUE``: the variables it removes and sets."""
+
+    def environ(self, env: Mapping[str, str]) -> dict[str, str]:
+        """*env* as the command's ``env`` prefix leaves it."""
+        out = {k: v for k, v in env.items() if k not in self.unset}
+        out.update(self.assign)
+        return out
 
 
 def _which(name: str, cwd: str, env: Mapping[str, str]) -> str | None:
@@ -108,6 +117,8 @@ def warm_plan(
     """The plan for *command* run in *cwd* with *env*, or ``None`` and why it starts cold."""
     if not command:
         return None, "the command is empty"
+    if os.path.basename(command[0]) == "env":
+        return _env_plan(command, cwd, env)
     exe = _which(command[0], cwd, env)
     if exe is None:
         return None, f"{command[0]!r} is not found"
@@ -123,6 +134,37 @@ def warm_plan(
     plan, why = _interpreter_plan(python, [*words[1:], exe, *command[1:]], cwd)
     title = (words[0], *words[1:], exe, *command[1:])  # what execve of a #! script makes
     return (replace(plan, title=title) if plan else None), why
+
+
+def _env_plan(
+    command: Sequence[str], cwd: str, env: Mapping[str, str]
+) -> tuple[WarmPlan | None, str]:
+    """``env [-u NAME]... [NAME=VALUE]... COMMAND``: the plan of COMMAND in the environment
+    ``env`` makes."""
+    unset: list[str] = []
+    assign: list[tuple[str, str]] = []
+    i = 1
+    while i < len(command):
+        token = command[i]
+        if token in ("-u", "--unset") and i + 1 < len(command):
+            unset.append(command[i + 1])
+            i += 2
+        elif token.startswith("-"):
+            return None, f"env {token} is not supported warm"
+        elif "=" in token:
+            name, _, value = token.partition("=")
+            assign.append((name, value))
+            i += 1
+        else:
+            break
+    rest = command[i:]
+    if not rest or os.path.basename(rest[0]) == "env":
+        return None, "env runs no command"
+    done = WarmPlan("", (), "module", "", (), None, unset=tuple(unset), assign=tuple(assign))
+    plan, why = warm_plan(rest, cwd, done.environ(env))
+    if plan is None:
+        return None, why
+    return replace(plan, unset=done.unset, assign=done.assign), ""
 
 
 def _interpreter_plan(python: str, args: list[str], cwd: str) -> tuple[WarmPlan | None, str]:
