@@ -18,7 +18,8 @@ class AuditOptions(NamedTuple):
     """What an audit walks and how hard it looks."""
 
     deep: bool = False
-    """Compare every pyc of this Python with a fresh compile and unmarshal every body."""
+    """Compare every pyc with a fresh compile by the interpreter that reads it (another version's:
+    :mod:`cachewatchd.cache.interpreters`) and unmarshal every body."""
     include_venvs: bool = False
     """Also enter virtual environments."""
     excludes: tuple[str, ...] = ()

@@ -49,7 +49,8 @@ def _audit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--deep",
         action="store_true",
-        help="compare every pyc of this Python with a fresh compile and unmarshal every body",
+        help="compare every pyc with a fresh compile by the interpreter that reads it, and "
+        "unmarshal every body",
     )
     parser.add_argument(
         "--include-venvs", action="store_true", help="also enter virtual environments"
