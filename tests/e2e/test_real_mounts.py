@@ -76,7 +76,7 @@ def _nfs(base: Path) -> Iterator[Tree]:
             "rpc.mountd -N 2",
             "rpc.nfsd -G 10 -L 10 4",
             f"busybox mount -t tmpfs proj {root} && mkdir {root}/nfs3 {root}/nfs4",
-            # attributes cached 1 s (default: up to 60 s, README: Filesystems)
+            # attributes cached 1 s (default: up to 60 s, README: "Docker, NFS, WSL")
             f"mount -t nfs -o vers=3,nolock,actimeo=1 127.0.0.1:{export}/v3 {root}/nfs3",
             f"mount -t nfs -o vers=4.2,actimeo=1 127.0.0.1:/v4 {root}/nfs4",
         ):

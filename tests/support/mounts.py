@@ -39,7 +39,7 @@ class Mounted:
 
 _NO_FUSE_CACHE = "attr_timeout=0,entry_timeout=0,negative_timeout=0"
 """The kernel's FUSE attribute and entry caches off (1 s by default: a change made on the other side
-shows that much later, README: Filesystems): what is measured is cachewatchd, not the caches."""
+shows that much later, README: "Docker, NFS, WSL"): what is measured is cachewatchd, not the caches."""
 
 
 def fstype_of(path: Path) -> str | None:
@@ -166,7 +166,7 @@ def sshfs(other: Path, client: Path, sshd_home: Path) -> Iterator[Mounted]:
     """``sshfs -f`` of *other*, served by a private sshd (files in *sshd_home*), at *client*.
 
     Attribute and directory caches are off (``cache=no``, FUSE timeouts 0): what is measured is
-    cachewatchd, not sshfs's 20 s caches (README: Filesystems).
+    cachewatchd, not sshfs's 20 s caches (README: "Docker, NFS, WSL").
     """
     exe = _require_fuse("sshfs", "sshfs")
     other.mkdir(parents=True)
