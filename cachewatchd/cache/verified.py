@@ -21,7 +21,6 @@ from cachewatchd.cache.judge import TICK_NS, WHOLE_SECOND_NS, prejudge
 from cachewatchd.cache.plan import AuditOptions
 from cachewatchd.cache.pyc import Mode
 from cachewatchd.cache.states import Kind, State, VanishedError, Verdict
-from cachewatchd.paths import is_under
 
 __all__ = ["Checked", "Memory", "definitive"]
 
@@ -75,7 +74,10 @@ class Memory:
 
     def untrusted(self, source_dir: str) -> bool:
         """Whether ctime cannot be trusted for the sources in *source_dir*."""
-        return any(is_under(source_dir, u) for u in self._untrusted) if self._untrusted else False
+        return any(
+            source_dir == u or source_dir.startswith(u.rstrip(os.sep) + os.sep)
+            for u in self._untrusted
+        )
 
     def records(self, cache_dir: str) -> dict[str, Record]:
         """The records of *cache_dir*'s pycs (one query per directory)."""

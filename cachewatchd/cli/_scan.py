@@ -159,7 +159,7 @@ def register(sub: Any) -> None:
 
 def _options(args: argparse.Namespace) -> tuple[list[Path], AuditOptions]:
     from cachewatchd.cache.audit import AuditOptions, check_root
-    from cachewatchd.watch.mounts import ctime_untrusted_areas
+    from cachewatchd.watch.ctime_areas import ctime_untrusted_areas
 
     given = [Path(p) for p in (args.paths or ["."])]
     roots = [check_root(p) for p in given]

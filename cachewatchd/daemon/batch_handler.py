@@ -34,7 +34,7 @@ from cachewatchd.log import ReportedPaths, get_logger
 from cachewatchd.paths import is_under
 from cachewatchd.processes.status import timestamp
 from cachewatchd.watch.batch import Batch, GitMove
-from cachewatchd.watch.mounts import ctime_untrusted_areas
+from cachewatchd.watch.ctime_areas import ctime_untrusted_areas
 
 __all__ = ["BatchHandler", "Counters", "Outcome"]
 

@@ -31,7 +31,6 @@ __all__ = [
     "choose_observer",
     "ctime_trusted",
     "ctime_trusted_at",
-    "ctime_untrusted_areas",
     "is_known_local",
     "is_network_fs",
     "mount_for",
@@ -163,34 +162,6 @@ def ctime_trusted_at(path: Path) -> bool:
     except OSError:
         return True
     return mount is None or ctime_trusted(mount.fstype)
-
-
-def ctime_untrusted_areas(
-    roots: Sequence[Path], table: Sequence[Sequence[str]] | None = None
-) -> tuple[Path, ...]:
-    """Where under *roots* (resolved) ctime cannot be trusted: each root on such a filesystem and
-    each such mount below a root (``AuditOptions.ctime_untrusted``). From *table* (mountpoint and
-    type per mount, as ``/proc/self/mounts`` escapes them), by default read from there without
-    psutil (``scan`` asks on every run: psutil is 20 ms of import)."""
-    if table is None:
-        try:
-            with open("/proc/self/mounts", encoding="utf-8", errors="surrogateescape") as f:
-                table = [line.split()[1:3] for line in f if line.count(" ") >= 3]
-        except OSError:
-            return tuple(root for root in roots if not ctime_trusted_at(root))
-    found: list[Path] = []
-    for root in roots:
-        top = os.path.realpath(root)
-        holder, holder_type = "", ""
-        for escaped, fstype in table:
-            point = escaped.replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\")
-            if _is_under(top, point) and len(point) >= len(holder):
-                holder, holder_type = point, fstype
-            elif point != top and _is_under(point, top) and not ctime_trusted(fstype):
-                found.append(Path(point))
-        if holder and not ctime_trusted(holder_type):
-            found.append(Path(top))
-    return tuple(dict.fromkeys(found))
 
 
 def mount_for(path: Path) -> Mount | None:

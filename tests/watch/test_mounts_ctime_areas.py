@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cachewatchd.watch.mounts import ctime_untrusted_areas
+from cachewatchd.watch.ctime_areas import ctime_untrusted_areas
 
 TABLE = [
     ("/", "ext4"),
