@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import signal
 import socket
 import sys
 from collections.abc import Callable
@@ -210,3 +211,28 @@ def test_a_detached_daemon_says_the_same_line(e2e: E2E) -> None:
     assert done.returncode == 3, done
     assert done.stderr.count("\n") == 1, done.stderr
     assert f"cannot listen on 127.0.0.1:{port}: the address is already in use" in done.stderr
+
+
+def test_a_reload_that_rebuilds_the_child_keeps_the_socket(e2e: E2E) -> None:
+    """SIGHUP with another ``exclude``: the controller is rebuilt and the child started again;
+    the daemon's socket stays open through it, so no connection is refused."""
+    script = e2e.proj / "sdserver.py"
+    script.write_text(_SYSTEMD_SERVER.format(value="sd"), encoding="utf-8")
+    config = e2e.tmp / "config.toml"
+    config.write_text('exclude = ["one"]\n', encoding="utf-8")
+    port = free_port()
+    args = _args(e2e, port, ["--config", str(config)], [sys.executable, str(script)])
+    with e2e.daemon(args, cwd=e2e.proj) as daemon:
+        daemon.ready()
+        wait_value(port, "sd")
+        first = e2e.published(daemon)["processes"][0]["pids"]
+        with Prober(port) as prober:
+            config.write_text('exclude = ["two"]\n', encoding="utf-8")
+            daemon.send(signal.SIGHUP)
+            daemon.wait_event("reloaded", lambda e: e["changed"])
+            wait_until(lambda: e2e.record(daemon)["processes"][0]["pids"] not in ([], first), 30)
+            wait_until(lambda: prober.counts["answered"] > 20, 30)
+        assert prober.counts["refused"] == 0, prober.counts
+        assert prober.failures == [], prober.failures[:5]
+        assert len(daemon.events("listening")) == 2, "the new target took the held socket"
+    assert _rebindable(port)
