@@ -241,6 +241,8 @@ def _exact(request, limits):
     # type: (Dict[str, Any], Dict[str, int]) -> Tuple[str, str]
     cached = _load(request["pyc"], limits)
     fresh, _, _ = _compile(request["source"], request["optimize"], limits)
+    if _PY2:  # what 2.7 writes: its marshal joins a surrogate pair into one code point
+        fresh = marshal.loads(marshal.dumps(fresh))
     return compare(cached, fresh)
 
 
