@@ -113,22 +113,31 @@ def default_path() -> Path:
 
 
 def _prepare(db: sqlite3.Connection) -> None:
-    """WAL mode, the table; raises :class:`sqlite3.DatabaseError` for a file that is no index."""
+    """WAL mode, the table; raises :class:`sqlite3.DatabaseError` for a file that is no index.
+    Only a new file is written to (several processes open it at once: a scan's jobs, the daemon)."""
     import sqlite3
 
-    db.execute("PRAGMA journal_mode = WAL")
+    if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+        db.execute("PRAGMA journal_mode = WAL")
     db.execute("PRAGMA synchronous = NORMAL")
     version = db.execute("PRAGMA user_version").fetchone()[0]
-    if version not in (0, _SCHEMA):
+    if version == 0:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS verified (dir TEXT NOT NULL, name TEXT NOT NULL, "
+                "pyc TEXT NOT NULL, source TEXT NOT NULL, source_fp TEXT NOT NULL, content BLOB, "
+                "state TEXT NOT NULL, reason TEXT NOT NULL, mode TEXT, checked INTEGER NOT NULL, "
+                "PRIMARY KEY (dir, name)) WITHOUT ROWID"
+            )
+            db.execute("CREATE INDEX IF NOT EXISTS by_age ON verified (checked)")
+            db.execute(f"PRAGMA user_version = {_SCHEMA}")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+    elif version != _SCHEMA:
         raise sqlite3.DatabaseError(f"unknown schema version {version}")
-    db.execute(
-        "CREATE TABLE IF NOT EXISTS verified (dir TEXT NOT NULL, name TEXT NOT NULL, "
-        "pyc TEXT NOT NULL, source TEXT NOT NULL, source_fp TEXT NOT NULL, content BLOB, "
-        "state TEXT NOT NULL, reason TEXT NOT NULL, mode TEXT, checked INTEGER NOT NULL, "
-        "PRIMARY KEY (dir, name)) WITHOUT ROWID"
-    )
-    db.execute("CREATE INDEX IF NOT EXISTS by_age ON verified (checked)")
-    db.execute(f"PRAGMA user_version = {_SCHEMA}")
     db.execute("SELECT count(*) FROM verified WHERE dir = ''").fetchone()
 
 

@@ -232,3 +232,28 @@ def test_content_hashes_stand_in_for_an_untrusted_ctime(tmp_path: Path, index_di
     source.write_text("X = 9\n")  # same size
     assert memory.known(*args, untrusted=True) is None
     memory.close()
+
+
+def test_concurrent_writers_share_the_index(tmp_path: Path, index_dir: Path) -> None:
+    """Four ``scan --deep`` processes at once (a daemon and scans do this): WAL mode lets them all
+    read and write; every record lands, no process fails."""
+    trees = [tmp_path / f"t{i}" for i in range(4)]
+    for root in trees:
+        tree(root, 5)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "cachewatchd", "scan", "--deep", "--jobs", "1", str(root)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
+        for root in trees
+    ]
+    outputs = [proc.communicate(timeout=60) for proc in procs]
+    assert [proc.returncode for proc in procs] == [0] * 4, outputs
+    assert all(not err for _, err in outputs), outputs
+    records = VerifyIndex()
+    found = sum(len(records.directory(str(root / "__pycache__"))) for root in trees)
+    records.close()
+    assert found == 20
