@@ -11,9 +11,15 @@ started lazily on the first check and reused for the next ones: ``RLIMIT_AS`` of
 Any failure of the worker (killed, crashed, timed out, garbled answer) becomes an
 :class:`Outcome`, the worker is discarded, and the next check starts a fresh one.
 
+A pyc of another CPython version (2.7, 3.3+) is checked by a worker run by that version's
+interpreter (:mod:`cachewatchd.cache.interpreters` finds it; the worker's code runs on 2.7 and
+3.6+), with the same limits: each request goes to the worker of the magic number its pyc starts
+with, one worker per interpreter (per ``-O`` level for 2.7, whose ``compile()`` has none). Without
+such an interpreter the answer is ``unchecked``, naming the missing version.
+
 One pool serves one audit, clean or second look (``with CheckPool() as checks``), so no process
-outlives its caller; a forked child (``scan --jobs``) starts its own worker. Thread-safe: checks of
-one pool take turns.
+outlives its caller; a forked child (``scan --jobs``) starts its own workers. Thread-safe: checks
+of one pool take turns.
 """
 
 from __future__ import annotations
