@@ -159,7 +159,6 @@ def register(sub: Any) -> None:
 
 def _options(args: argparse.Namespace) -> tuple[list[Path], AuditOptions]:
     from cachewatchd.cache.audit import AuditOptions, check_root
-    from cachewatchd.watch.ctime_areas import ctime_untrusted_areas
 
     given = [Path(p) for p in (args.paths or ["."])]
     roots = [check_root(p) for p in given]
@@ -177,9 +176,27 @@ def _options(args: argparse.Namespace) -> tuple[list[Path], AuditOptions]:
         # CPython mirrors a sys.path entry as written (symlinks unresolved) into the prefix tree
         aliases=tuple(Path(os.path.abspath(p.expanduser())) for p in given),
         # sshfs and the like: content hashes stand in for ctime there
-        ctime_untrusted=ctime_untrusted_areas(roots),
+        ctime_untrusted=_ctime_untrusted(roots),
     )
     return roots, options
+
+
+def _ctime_trusted(fstype: str) -> bool:
+    from cachewatchd.watch.mounts import ctime_trusted  # only for a type not plainly local
+
+    return ctime_trusted(fstype)
+
+
+def _ctime_untrusted(roots: Sequence[Path]) -> tuple[Path, ...]:
+    """Where content hashes stand in for ctime (sshfs and the like), from the mount table."""
+    from cachewatchd.cache.mount_table import ctime_untrusted_areas
+
+    found = ctime_untrusted_areas(roots, _ctime_trusted)
+    if found is None:  # no /proc/self/mounts: psutil's table
+        from cachewatchd.watch.mounts import ctime_trusted_at
+
+        found = tuple(root for root in roots if not ctime_trusted_at(root))
+    return found
 
 
 def _entry_json(entry: Entry) -> dict[str, Any]:

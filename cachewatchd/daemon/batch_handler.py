@@ -34,7 +34,7 @@ from cachewatchd.log import ReportedPaths, get_logger
 from cachewatchd.paths import is_under
 from cachewatchd.processes.status import timestamp
 from cachewatchd.watch.batch import Batch, GitMove
-from cachewatchd.watch.ctime_areas import ctime_untrusted_areas
+from cachewatchd.watch.mounts import ctime_untrusted_in
 
 __all__ = ["BatchHandler", "Counters", "Outcome"]
 
@@ -100,7 +100,7 @@ class BatchHandler:
         """Paths already reported (shared with the watchers: one report per path)."""
         self.lock = threading.Lock()
         """Held while counters change (status readers take it too)."""
-        self._untrusted = ctime_untrusted_areas(self.roots)
+        self._untrusted = ctime_untrusted_in(self.roots)
         """Where ctime cannot be trusted (sshfs...): content hashes stand in there."""
         self.rechecker = Rechecker(pycache_prefix=pycache_prefix, ctime_untrusted=self._untrusted)
         self.sweepers: dict[Path, Sweeper] = {}

@@ -31,6 +31,7 @@ __all__ = [
     "choose_observer",
     "ctime_trusted",
     "ctime_trusted_at",
+    "ctime_untrusted_in",
     "is_known_local",
     "is_network_fs",
     "mount_for",
@@ -162,6 +163,20 @@ def ctime_trusted_at(path: Path) -> bool:
     except OSError:
         return True
     return mount is None or ctime_trusted(mount.fstype)
+
+
+def ctime_untrusted_in(roots: Sequence[Path]) -> tuple[Path, ...]:
+    """Where under *roots* ctime cannot be trusted (``AuditOptions.ctime_untrusted``): each root
+    on such a filesystem and each such mount below a root."""
+    from cachewatchd.cache.mount_table import ctime_untrusted_areas
+
+    found = ctime_untrusted_areas(roots, ctime_trusted)
+    if found is None:
+        found = tuple(root for root in roots if not ctime_trusted_at(root))
+        found += tuple(
+            m.mountpoint for r in roots for m in mounts_below(r) if not ctime_trusted(m.fstype)
+        )
+    return found
 
 
 def mount_for(path: Path) -> Mount | None:

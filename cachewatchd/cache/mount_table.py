@@ -1,15 +1,16 @@
 """Where under the roots ctime cannot be trusted (``AuditOptions.ctime_untrusted``), cheaply.
 
 ``scan`` asks on every run, so the mount table is read from ``/proc/self/mounts`` (psutil costs
-20 ms of import) and only the mounts that hold a root or lie below one are looked at; the rules of
-:func:`cachewatchd.watch.mounts.ctime_trusted` are imported only for a type that is not plainly a
-local disk filesystem (a few ms of a scan's start-up otherwise).
+20 ms of import) and only the mounts that hold a root or lie below one are looked at. Which types
+keep a real ctime is the caller's rule (``cachewatchd.watch.mounts.ctime_trusted``, a layer
+above): it is asked only for a type that is not plainly a local disk filesystem, so a scan of a
+local tree does not import the watch layer.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 __all__ = ["ctime_untrusted_areas"]
@@ -31,28 +32,25 @@ def _under(path: str, top: str) -> bool:
     return top in (os.sep, path) or path.startswith(top.rstrip(os.sep) + os.sep)
 
 
-def _trusted(fstype: str) -> bool:
-    if fstype in _PLAINLY_LOCAL:
-        return True
-    from cachewatchd.watch.mounts import ctime_trusted
-
-    return ctime_trusted(fstype)
-
-
 def ctime_untrusted_areas(
-    roots: Sequence[Path], table: Sequence[Sequence[str]] | None = None
-) -> tuple[Path, ...]:
+    roots: Sequence[Path],
+    trusted: Callable[[str], bool],
+    table: Sequence[Sequence[str]] | None = None,
+) -> tuple[Path, ...] | None:
     """Each root (resolved) on a filesystem whose ctime cannot be trusted, and each such mount
-    below a root. *table*: mountpoint and type per mount, as ``/proc/self/mounts`` escapes them
-    (default: read from there; without it, psutil's table through ``ctime_trusted_at``)."""
+    below a root; *trusted* (fstype) says which types keep a real ctime. *table*: mountpoint and
+    type per mount, as ``/proc/self/mounts`` escapes them (default: read from there). ``None``
+    when there is no such table (not Linux): the caller asks psutil."""
     if table is None:
         try:
             with open("/proc/self/mounts", encoding="utf-8", errors="surrogateescape") as f:
                 table = [line.split()[1:3] for line in f if line.count(" ") >= 3]
         except OSError:
-            from cachewatchd.watch.mounts import ctime_trusted_at
+            return None
 
-            return tuple(root for root in roots if not ctime_trusted_at(root))
+    def keeps_ctime(fstype: str) -> bool:
+        return fstype in _PLAINLY_LOCAL or trusted(fstype)
+
     mounts = [(_unescape(point), fstype) for point, fstype in table]
     found: list[Path] = []
     for root in roots:
@@ -61,8 +59,8 @@ def ctime_untrusted_areas(
         for point, fstype in mounts:
             if _under(top, point) and len(point) >= len(holder):
                 holder, holder_type = point, fstype  # the last of equal points shadows
-            elif point != top and _under(point, top) and not _trusted(fstype):
+            elif point != top and _under(point, top) and not keeps_ctime(fstype):
                 found.append(Path(point))
-        if holder and not _trusted(holder_type):
+        if holder and not keeps_ctime(holder_type):
             found.append(Path(top))
     return tuple(dict.fromkeys(found))
