@@ -58,13 +58,14 @@ _MAX_ITEMS = 1024
 _RECORD = struct.Struct("<I")
 
 
-def default_jobs() -> int:
-    """Processes for a one-shot audit: one per core this process may run on, at most two."""
+def default_jobs(*, deep: bool = False) -> int:
+    """Processes for a one-shot audit: one per core this process may run on, at most two (a
+    plain audit is bound by reads); with *deep*, every core (its exact checks are compiles)."""
     try:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # not Linux
         cores = os.cpu_count() or 1
-    return max(1, min(2, cores))
+    return max(1, cores if deep else min(2, cores))
 
 
 def audit_jobs(roots: Sequence[Path], options: AuditOptions, jobs: int) -> AuditReport:

@@ -78,8 +78,8 @@ def _audit_arguments(parser: argparse.ArgumentParser) -> None:
         type=_jobs,
         default=None,
         metavar="N",
-        help="processes sharing a big tree's audit (default: one per core, at most 2; "
-        "1: this process only)",
+        help="processes sharing a big tree's audit (default: one per core, at most 2, every "
+        "core with --deep; 1: this process only)",
     )
 
 
@@ -96,7 +96,7 @@ def _jobs(text: str) -> int:
 def _jobs_of(args: argparse.Namespace) -> int:
     from cachewatchd.cache.parallel import default_jobs
 
-    jobs: int = args.jobs or default_jobs()
+    jobs: int = args.jobs or default_jobs(deep=args.deep)
     return jobs
 
 

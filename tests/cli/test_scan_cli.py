@@ -485,6 +485,7 @@ def test_default_jobs_follow_the_cores_this_process_may_use(
     assert _parallel.default_jobs() == 1
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
     assert _parallel.default_jobs() == 2
+    assert _parallel.default_jobs(deep=True) == 4  # exact checks are compiles: every core
 
 
 @pytest.mark.parametrize("jobs", ["1", "2"])
