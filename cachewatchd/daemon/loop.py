@@ -96,6 +96,8 @@ class Daemon:
         self._failure: str | None = None
         """The first thread that died, and of what (set once, under the state lock)."""
         self._state_lock = threading.Lock()
+        self._published: dict[str, Any] | None = None
+        """The last status document written."""
         self._log = get_logger(__name__)
 
     # -- requests (any thread, signal handlers included) ------------------------------------------
@@ -383,5 +385,12 @@ class Daemon:
         )
 
     def _publish(self) -> None:
+        """Write the status record, unless it would say what it says already (an idle daemon
+        looks every ``STATUS_REFRESH`` seconds and writes nothing)."""
         if self._registration is not None:
-            self._registration.update(self.status())
+            document = self.status()
+            with self._state_lock:
+                if document == self._published:
+                    return
+                self._published = document
+            self._registration.update(document)

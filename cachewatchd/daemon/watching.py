@@ -21,7 +21,12 @@ from cachewatchd.watch.events import EventSink
 from cachewatchd.watch.git import GitWatcher
 from cachewatchd.watch.observers import Watcher
 
-__all__ = ["Watching"]
+__all__ = ["ROOT_CHECK", "Watching"]
+
+ROOT_CHECK = 5.0
+"""Seconds between the file watchers' checks that each root is still the directory they watch (a
+root replaced or moved away is re-attached and rescanned; a root deleted is noticed by its event
+at once). An idle daemon wakes for little else."""
 
 
 class Watching:
@@ -50,6 +55,7 @@ class Watching:
                     batcher=batcher if sink is None else sink,
                     reported=reported,
                     forced_by={p.path: p.poll_reason for p in plans},
+                    check_interval=ROOT_CHECK,
                 )
             )
             self.gits.append(
