@@ -26,6 +26,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.support import mount_edits
 from tests.support.mount_trees import GuestTree, LocalTree, Side, Tree
 from tests.support.mounts import bindfs, sshfs
 from tests.support.uml import booted, unavailable
@@ -205,3 +206,27 @@ def test_doctor_says_that_the_other_side_raises_no_event(tree: Tree) -> None:
     _, out = tree.cli(["doctor", "--json", str(tree.root)])
     below = [f for f in json.loads(out[out.index("{") :])["findings"] if f["id"] == "mount-below"]
     assert len(below) == len(tree.mounts), below
+
+
+def test_an_unknown_filesystem_is_probed_and_polled(tree: Tree, tmp_path: Path) -> None:
+    """The guest's root filesystem is hostfs (this machine's files), a type known neither as local
+    nor as network, and it raises no inotify event at all: the daemon's probe finds that out and
+    polls; edits made on this machine (the other side of hostfs) are seen."""
+    if tree.kind != "nfs":
+        pytest.skip("hostfs exists only inside the user-mode-linux guest")
+    root = tmp_path / "hostfs-root"
+    root.mkdir()
+    pycs = mount_edits.prepare_all(root)
+    with tree.daemon(root) as daemon:
+        observer = daemon.ready()["observers"][str(root)]
+        reason = "hostfs: no native event arrived for a probe file: polling"
+        assert (observer["observer"], observer["reason"]) == ("polling", reason)
+        mount_edits.apply_all(root, root, tmp_path)
+        left: dict[str, list[str]] = {}
+
+        def gone() -> bool:
+            left.clear()
+            left.update(mount_edits.left(pycs))
+            return not left
+
+        assert wait_until(gone, 30, raise_on_timeout=False), json.dumps(left, indent=1)
