@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -434,8 +435,8 @@ def test_one_worker_per_audit_started_only_when_needed(
     started: list[int] = []
     real = check_process.CheckProcess.__init__
 
-    def counting(self: check_process.CheckProcess, *limits: int) -> None:
-        real(self, *limits)
+    def counting(self: check_process.CheckProcess, *args: Any) -> None:
+        real(self, *args)
         started.append(self.pid)
 
     monkeypatch.setattr(check_process.CheckProcess, "__init__", counting)

@@ -6,6 +6,7 @@ import importlib.util
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -91,8 +92,8 @@ def test_the_sources_of_one_look_share_one_checking_process_and_leave_none(
     started: list[int] = []
     real = check_process.CheckProcess.__init__
 
-    def counting(self: check_process.CheckProcess, *limits: int) -> None:
-        real(self, *limits)
+    def counting(self: check_process.CheckProcess, *args: Any) -> None:
+        real(self, *args)
         started.append(self.pid)
 
     monkeypatch.setattr(check_process.CheckProcess, "__init__", counting)
