@@ -12,7 +12,10 @@ order, and asks each candidate its magic number (``importlib.util.MAGIC_NUMBER``
 4. uv's managed Pythons: ``cpython-X.Y.*/bin/pythonX.Y`` under ``$UV_PYTHON_INSTALL_DIR`` (by
    default ``$XDG_DATA_HOME/uv/python``, ``~/.local/share/uv/python``);
 5. the ``home`` of a virtual environment's ``pyvenv.cfg`` in a directory above the pyc, or in a
-   directory beside one of those (a project's ``.venv``): ``<home>/pythonX.Y``.
+   directory beside one of those (a project's ``.venv``): ``<home>/pythonX.Y``. The tree being
+   judged may have written that file, so such an interpreter is run only if it lies outside every
+   directory above the pyc and no other user can change it (:func:`runnable`); name any other in
+   ``CACHEWATCHD_PYTHONS``.
 
 What is found (or not) is remembered for the life of the finder: one audit, scan or daemon.
 """
@@ -30,7 +33,7 @@ from typing import NamedTuple
 from cachewatchd.cache.pyc import version_of_magic
 from cachewatchd.paths import read_regular
 
-__all__ = ["ENV_VAR", "Finder", "Interpreter"]
+__all__ = ["ENV_VAR", "Finder", "Interpreter", "runnable", "why_missing"]
 
 ENV_VAR = "CACHEWATCHD_PYTHONS"
 """Executables to try first, separated by ``os.pathsep``."""
@@ -116,17 +119,46 @@ class Finder:
         yield from _installs(uv, f"cpython-{version[0]}.{version[1]}.", name)
 
     def _venv_homes(self, version: tuple[int, int], near: str) -> Iterator[str]:
+        """The ``pythonX.Y`` of each venv home in or beside the directories above *near*, when
+        it may be run (:func:`runnable`: the tree being judged could have written the
+        ``pyvenv.cfg``)."""
         name = f"python{version[0]}.{version[1]}"
         directory = os.path.dirname(os.path.abspath(near))
+        above = []
         while True:
+            above.append(directory)
             if directory not in self._homes:
                 self._homes[directory] = _homes_in(directory)
             for home in self._homes[directory]:
-                yield os.path.join(home, name)
+                exe = os.path.join(home, name)
+                if runnable(exe, above):
+                    yield exe
             parent = os.path.dirname(directory)
             if parent == directory:
                 return
             directory = parent
+
+
+def runnable(exe: str, untrusted: list[str]) -> bool:
+    """Whether *exe*, named by a ``pyvenv.cfg`` that a cloned repository could have written, may be
+    run: an absolute path whose real file lies in none of the *untrusted* directories (those above
+    the pyc: the tree being judged is among them; ``/`` excepted), a regular file owned by root or
+    by this user, which neither it nor its directory lets another user change."""
+    if not os.path.isabs(exe):
+        return False
+    real = os.path.realpath(exe)
+    for directory in untrusted:
+        top = os.path.realpath(directory)
+        if top != os.sep and (real == top or real.startswith(top.rstrip(os.sep) + os.sep)):
+            return False
+    for path in (real, os.path.dirname(real), os.path.dirname(exe)):
+        try:
+            st = os.stat(path)
+        except OSError:
+            return False
+        if st.st_uid not in (0, os.getuid()) or st.st_mode & 0o022:
+            return False
+    return os.path.isfile(real)
 
 
 def why_missing(version: tuple[int, int]) -> str:

@@ -16,7 +16,7 @@ import pytest
 from cachewatchd.cache import check_worker
 from cachewatchd.cache.audit import AuditOptions, Entry, State, audit
 from cachewatchd.cache.checks import CheckPool
-from cachewatchd.cache.interpreters import ENV_VAR, Finder
+from cachewatchd.cache.interpreters import ENV_VAR, Finder, runnable
 from tests.cache.real_import import import_v, interpreter
 from tests.support.pycs import compile_with, restore_mtime_edit, write
 
@@ -132,9 +132,7 @@ def test_pyenv_and_uv_layouts_are_searched(tmp_path: Path) -> None:
 
 def test_the_home_of_a_venv_beside_the_project_is_searched(tmp_path: Path) -> None:
     exe = interpreter(OTHER)
-    home = tmp_path / "python-home"
-    home.mkdir()
-    (home / f"python{OTHER}").symlink_to(exe)
+    home = os.path.dirname(os.path.realpath(exe))  # outside every directory above the pyc
     project = tmp_path / "project"
     write(project / ".venv" / "pyvenv.cfg", f"home = {home}\nversion = {OTHER}\n")
     pyc = compile_with(exe, write(project / "pkg" / "m.py", "X = 1\n"))
@@ -142,7 +140,29 @@ def test_the_home_of_a_venv_beside_the_project_is_searched(tmp_path: Path) -> No
     assert finder.find(magic_of(exe)) is None  # not in the usual places
     found = finder.find(magic_of(exe), str(pyc))
     assert found is not None
-    assert found.exe == str(home / f"python{OTHER}")
+    assert found.exe == os.path.join(home, f"python{OTHER}")
+
+
+def test_a_home_inside_the_judged_tree_is_never_run(tmp_path: Path) -> None:
+    """A cloned repository writes a pyvenv.cfg whose home is its own directory: what lies there is
+    never run (nor anything another user can change)."""
+    exe = interpreter(OTHER)
+    project = tmp_path / "project"
+    evil = project / "tools"
+    marker = tmp_path / "ran"
+    script = write(evil / f"python{OTHER}", f'#!/bin/sh\ntouch {marker}\nexec {exe} "$@"\n')
+    script.chmod(0o755)
+    write(project / ".venv" / "pyvenv.cfg", f"home = {evil}\n")
+    write(project / "sub" / ".venv" / "pyvenv.cfg", "home = ../../tools\n")
+    pyc = compile_with(exe, write(project / "sub" / "pkg" / "m.py", "X = 1\n"))
+    assert Finder(nowhere(tmp_path)).find(magic_of(exe), str(pyc)) is None
+    assert not marker.exists()
+    shared = tmp_path / "elsewhere" / "bin"
+    shared.mkdir(parents=True)
+    (shared / f"python{OTHER}").symlink_to(exe)
+    assert runnable(str(shared / f"python{OTHER}"), [str(project)])
+    shared.chmod(0o777)  # any user may replace what it holds
+    assert not runnable(str(shared / f"python{OTHER}"), [str(project)])
 
 
 def test_nan_and_signed_zero_constants_of_another_version(tmp_path: Path) -> None:
