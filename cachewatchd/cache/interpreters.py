@@ -7,7 +7,8 @@ order, and asks each candidate its magic number (``importlib.util.MAGIC_NUMBER``
 ``imp.get_magic()`` on 2.7) before trusting it:
 
 1. the executables named in ``CACHEWATCHD_PYTHONS`` (separated by ``os.pathsep``);
-2. ``pythonX.Y`` on ``PATH`` (not pyenv's shims: slow, and what they run is searched next);
+2. ``pythonX.Y`` on ``PATH`` (not pyenv's shims: slow, and what they run is searched next; not a
+   relative entry such as ``.``);
 3. pyenv's: ``$PYENV_ROOT/versions/X.Y.*/bin/pythonX.Y`` (``~/.pyenv`` by default);
 4. uv's managed Pythons: ``cpython-X.Y.*/bin/pythonX.Y`` under ``$UV_PYTHON_INSTALL_DIR`` (by
    default ``$XDG_DATA_HOME/uv/python``, ``~/.local/share/uv/python``);
@@ -111,7 +112,9 @@ class Finder:
         home = Path(self._env.get("HOME") or Path.home())
         pyenv = Path(self._env.get("PYENV_ROOT") or home / ".pyenv")
         on_path = shutil.which(name, path=self._env.get("PATH", os.defpath))
-        if on_path and Path(on_path).parent != pyenv / "shims":  # slow, and behind: versions/
+        # not pyenv's shims (slow, and what they run is in versions/), nor a relative PATH entry
+        # (the current directory may be the tree being judged)
+        if on_path and os.path.isabs(on_path) and Path(on_path).parent != pyenv / "shims":
             yield on_path
         yield from _installs(pyenv / "versions", f"{version[0]}.{version[1]}.", name)
         data = Path(self._env.get("XDG_DATA_HOME") or home / ".local" / "share")

@@ -217,3 +217,16 @@ def test_a_huge_declared_body_of_another_version_stays_in_its_limits(tmp_path: P
     pyc.write_bytes(header + b"(" + (2**27).to_bytes(4, "little") + b"N" * 16)
     entry = entries(tmp_path, deep=True)[pyc.relative_to(tmp_path).as_posix()]
     assert entry.state is State.CORRUPT, entry
+
+
+def test_a_relative_path_entry_is_not_searched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    exe = interpreter(OTHER)
+    marker = tmp_path / "ran"
+    script = write(tmp_path / f"python{OTHER}", f'#!/bin/sh\ntouch {marker}\nexec {exe} "$@"\n')
+    script.chmod(0o755)
+    monkeypatch.chdir(tmp_path)
+    env = {**nowhere(tmp_path), "PATH": "."}
+    assert Finder(env).find(magic_of(exe)) is None
+    assert not marker.exists()
