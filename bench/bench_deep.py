@@ -5,7 +5,7 @@ plain ``scan`` (the index settles every pyc its exact check already settled: no 
 unmarshal), and the first ``--deep`` of the stdlib + site-packages on all cores (a fresh index:
 every pyc of this Python compiled and compared in the checking processes).
 
-Whole processes (start-up counts), the generated tree of ``bench_scan.py`` (cached under ``--work``),
+Whole processes (start-up counts), the generated tree of ``bench_scan.py`` (``_scan_trees.py``) (cached under ``--work``),
 an index of the benchmark's own (``CACHEWATCHD_CACHE_DIR``). Plain and repeated deep rounds are
 interleaved; medians and min. The first deep runs are timed once per fresh index (``--firsts``).
 
@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import _harness as h
-import bench_scan as scan
+import _scan_trees as scan
 
 __all__ = ["main"]
 
