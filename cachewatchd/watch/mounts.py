@@ -91,6 +91,15 @@ _LOCAL_TYPES = frozenset(
         *("apfs", "ufs", "ffs", "devtmpfs", "rootfs"),
     }
 )
+# Kernel and pseudo filesystems: no sources there, never polled or probed (a mount below a root,
+# such as /proc when the root is /). autofs is the trigger of a mount that shows over it.
+_PSEUDO_TYPES = frozenset(
+    {
+        *("proc", "sysfs", "devpts", "cgroup", "cgroup2", "securityfs", "debugfs", "tracefs"),
+        *("bpf", "pstore", "mqueue", "hugetlbfs", "configfs", "fusectl", "binfmt_misc", "nsfs"),
+        *("efivarfs", "selinuxfs", "autofs", "rpc_pipefs", "nfsd", "sockfs", "pipefs"),
+    }
+)
 # FUSE filesystems that pass the backing files' ctime through (any change moves it).
 _CTIME_FUSE = frozenset({"fuse.bindfs", "fuse.fuse-overlayfs", "fuse.gocryptfs", "fuse.lxcfs"})
 # Network filesystems whose server keeps a real ctime (NFS, SMB, the cluster filesystems).
@@ -234,6 +243,8 @@ def polled_mounts(
 
 
 def _needs_polling(mount: Mount, probe: EventsProbe | None) -> str | None:
+    if mount.fstype.strip().lower() in _PSEUDO_TYPES:
+        return None
     where = f"{mount.fstype} mount {mount.mountpoint}"
     if is_network_fs(mount.fstype):
         return f"{where}: polling"

@@ -249,6 +249,8 @@ def test_polled_mounts_below_a_root(monkeypatch: pytest.MonkeyPatch) -> None:
             _Part("none", "/srv/app/host", "hostfs", "rw"),
             _Part("none", "/srv/app/host2", "hostfs", "rw"),
             _Part("srv:/b", "/srv/application", "nfs", "rw"),  # a sibling, not below
+            _Part("proc", "/srv/app/proc", "proc", "rw"),  # pseudo filesystems: never probed
+            _Part("systemd-1", "/srv/app/auto", "autofs", "rw"),
         ],
     )
     below = [m.mountpoint for m in mounts_below(Path("/srv/app"))]
@@ -258,6 +260,8 @@ def test_polled_mounts_below_a_root(monkeypatch: pytest.MonkeyPatch) -> None:
         Path("/srv/app/run"),
         Path("/srv/app/host"),
         Path("/srv/app/host2"),
+        Path("/srv/app/proc"),
+        Path("/srv/app/auto"),
         Path("/srv/app/data/tmp"),
     ]
     answers = {Path("/srv/app/host"): False, Path("/srv/app/host2"): True}
