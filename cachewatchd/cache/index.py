@@ -15,8 +15,9 @@ never verified anything opens nothing: :mod:`sqlite3` is imported only when the 
 result is to be stored. A record is written only when both files kept their fingerprints through
 the check and their last change is older than the filesystem's timestamp tick (a later change in
 the same tick would keep the fingerprint: git's "racily clean" problem). A corrupt or unusable
-index is set aside and rebuilt (one log line); when even that fails, the audit runs without it.
-Never fatal. At most :data:`MAX_RECORDS` records: the oldest go first.
+index is set aside and rebuilt (one line on stderr); when even that fails, the audit runs without
+it (one line). Where no index can be created at all (no home directory, a read-only cache dir), the
+audit runs without one, silently. Never fatal. At most :data:`MAX_RECORDS` records: the oldest go first.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ MAX_RECORDS = 400_000
 """Records kept at most (about 100 MB); beyond, the oldest tenth goes."""
 _FILE = "verified.sqlite3"
 _SCHEMA = 1
-_BUSY_MS = 2000
+_BUSY_MS = 10_000
 
 Fingerprint = str
 """``"dev:ino:size:mtime_ns:ctime_ns"`` of a file."""
@@ -270,11 +271,17 @@ class VerifyIndex:
             self._db, self._pid = None, os.getpid()
         if self._db is not None or self._broken:
             return self._db
-        if not create and not os.path.exists(self.path):
+        existed = os.path.lexists(self.path)
+        if not create and not existed:
             return None
         try:
             self._db = self._open()
         except Exception as exc:  # noqa: BLE001 - corrupt, not a database, locked too long
+            if not existed and not os.path.lexists(self.path):
+                # nowhere to keep one (no home, a read-only cache dir): nothing is lost, and a
+                # line on every run would be noise
+                self._broken = True
+                return None
             if _busy(exc) or not self._rebuild(exc):
                 return None
         return self._db

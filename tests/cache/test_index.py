@@ -160,11 +160,13 @@ def test_a_record_with_other_values_in_it_is_not_believed(
     assert checked == [str(pyc)]
 
 
-def test_an_unwritable_index_is_one_line_and_the_audit_goes_on(
+def test_an_unusable_index_is_one_line_and_the_audit_goes_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    blocker = write(tmp_path / "file", "not a directory\n")
-    monkeypatch.setenv("CACHEWATCHD_CACHE_DIR", str(blocker / "sub"))
+    """An index that exists but can be neither used nor replaced (here a directory in its place):
+    one line per audit, which then runs without it."""
+    monkeypatch.setenv("CACHEWATCHD_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "cache" / "verified.sqlite3" / "x").mkdir(parents=True)
     root = tmp_path / "tree"
     tree(root, 2)
     with caplog.at_level(logging.WARNING):
@@ -175,15 +177,29 @@ def test_an_unwritable_index_is_one_line_and_the_audit_goes_on(
     assert "running without it" in lines[0]
 
 
+def test_nowhere_to_keep_an_index_is_silent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No cache dir can be made (``HOME=/nonexistent``, a read-only one): nothing is lost, and a
+    line on every run would be noise."""
+    blocker = write(tmp_path / "file", "not a directory\n")
+    monkeypatch.setenv("CACHEWATCHD_CACHE_DIR", str(blocker / "sub"))
+    root = tmp_path / "tree"
+    tree(root, 2)
+    with caplog.at_level(logging.WARNING):
+        assert set(deep(root).values()) == {State.FRESH}
+    assert not [r for r in caplog.records if "verification index" in r.getMessage()]
+
+
 def test_the_scan_json_stays_clean_when_the_index_is_unusable(tmp_path: Path) -> None:
-    blocker = write(tmp_path / "file", "x\n")
+    (tmp_path / "cache" / "verified.sqlite3").mkdir(parents=True)
     root = tmp_path / "tree"
     source = write(root / "m.py", "X = 1\n")
     compile_pyc(source)
     restore_mtime_edit(source, "X = 2\n")
     env = {
         **os.environ,
-        "CACHEWATCHD_CACHE_DIR": str(blocker / "sub"),
+        "CACHEWATCHD_CACHE_DIR": str(tmp_path / "cache"),
         "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
     }
     proc = subprocess.run(
