@@ -28,7 +28,12 @@ from cachewatchd.cache.auditor import Auditor
 from cachewatchd.cache.checks import CheckPool
 from cachewatchd.cache.judge import judge_pycache
 from cachewatchd.cache.plan import AuditOptions
-from cachewatchd.cache.pyc import LEGACY_SUFFIXES, RUNNING_MAGIC, SOURCE_SUFFIXES, parse_cache_name
+from cachewatchd.cache.pyc import (
+    LEGACY_SUFFIXES,
+    SOURCE_SUFFIXES,
+    parse_cache_name,
+    version_of_magic,
+)
 from cachewatchd.cache.remove import cache_files_for_source
 from cachewatchd.cache.states import State, VanishedError
 
@@ -103,8 +108,10 @@ class Rechecker:
         }
 
     def wrong_caches(self, source: Path) -> list[Path]:
-        """Cache files of *source* written by this Python whose code differs from the source, or
-        that CPython cannot load. The sources of one :meth:`take_due` share a checking process."""
+        """Cache files of *source* written by a CPython whose code differs from the source, or
+        that CPython cannot load (each compared by its own interpreter, when installed: the app
+        may run another version than the daemon). The sources of one :meth:`take_due` share the
+        checking processes."""
         try:
             return self._wrong_caches(source)
         finally:
@@ -120,7 +127,7 @@ class Rechecker:
         wrong = []
         for pyc in cache_files_for_source(source, pycache_prefix=self._prefix):
             parsed = parse_cache_name(pyc.name)
-            if parsed is None or not _ours(pyc):
+            if parsed is None or not _cpython(pyc):
                 continue
             if self._checks is None:  # unmarshal and compile out of this process
                 self._checks = CheckPool()
@@ -169,14 +176,14 @@ def _verify_one(auditor: Auditor, pyc: str, prefix: str | None) -> None:
             auditor.legacy(entries[name], sources, directory)
 
 
-def _ours(pyc: Path) -> bool:
-    """A regular file starting with this Python's magic; never blocks (a FIFO is not a pyc)."""
+def _cpython(pyc: Path) -> bool:
+    """A regular file starting with a CPython's magic; never blocks (a FIFO is not a pyc)."""
     try:
         fd = os.open(pyc, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError:
         return False
     try:
-        return stat.S_ISREG(os.fstat(fd).st_mode) and os.read(fd, 4) == RUNNING_MAGIC
+        return stat.S_ISREG(os.fstat(fd).st_mode) and version_of_magic(os.read(fd, 4)) is not None
     except OSError:
         return False
     finally:

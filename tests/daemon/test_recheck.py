@@ -13,8 +13,9 @@ import pytest
 
 from cachewatchd.cache import check_process
 from cachewatchd.daemon.recheck import Rechecker
+from tests.cache.real_import import interpreter
 from tests.support.daemon import DaemonProc, isolated_env
-from tests.support.pycs import restore_mtime_edit, write
+from tests.support.pycs import compile_with, restore_mtime_edit, write
 from tests.support.wait import compile_pyc, wait_until
 
 TAG = sys.implementation.cache_tag
@@ -60,6 +61,19 @@ def test_wrong_caches_finds_only_pycs_with_other_code(tmp_path: Path) -> None:
     late_writer_pyc(source, "X = 1\n")
     assert rechecker.wrong_caches(source) == [pyc]
     assert other.exists()
+
+
+def test_the_second_look_compares_the_pycs_of_another_version(tmp_path: Path) -> None:
+    """The app may run another CPython than the daemon: its late writer is caught all the same,
+    compared by that version's interpreter."""
+    version = "3.12" if sys.version_info[:2] != (3, 12) else "3.13"
+    exe = interpreter(version)
+    source = write(tmp_path / "m.py", "X = 1\n")
+    pyc = compile_with(exe, source)
+    rechecker = Rechecker(pycache_prefix=None)
+    assert rechecker.wrong_caches(source) == []
+    restore_mtime_edit(source, "X = 2\n")
+    assert rechecker.wrong_caches(source) == [pyc]
 
 
 def test_a_fifo_named_like_a_pyc_never_blocks_the_second_look(tmp_path: Path) -> None:
