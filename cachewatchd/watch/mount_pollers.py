@@ -6,11 +6,14 @@ mount, a filesystem where a probe file raises no event: :func:`~cachewatchd.watc
 gets a poller of its own for its subtree, with the root's exclusions. The root's native observer
 keeps its watches there, but its events below those mounts are dropped (:meth:`MountPollers.outside`):
 the poller reports them, so a local edit makes one batch, not two. Where the mount's ctime cannot be
-trusted (sshfs), the poller hashes the content too.
+trusted (sshfs), the poller hashes the content too. A mount made or undone while the daemon runs
+(an NFS share mounted after the service started) is noticed through :class:`MountTable`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import select
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -20,14 +23,21 @@ from cachewatchd.cache.walk import Excluder, WalkOptions
 from cachewatchd.paths import is_under
 from cachewatchd.watch.coverage import walked_rel
 from cachewatchd.watch.events import EventMapper, EventSink, PycSink, event_filter
-from cachewatchd.watch.mounts import EventsProbe, ctime_trusted, polled_mounts
+from cachewatchd.watch.mounts import (
+    EventsProbe,
+    Mount,
+    ObserverChoice,
+    ctime_trusted,
+    polled_mounts,
+)
 from cachewatchd.watch.polling import make_polling_observer
+from cachewatchd.watch.probe import events_arrive
 
-__all__ = ["MountPollers", "dispose", "start_observer"]
+__all__ = ["MountPollers", "MountTable", "dispose", "start_observer"]
 
 
 class MountPollers:
-    """The pollers of the mounts below one root (:meth:`start`, :meth:`stop`)."""
+    """The pollers of the mounts below one root (:meth:`start`, :meth:`refresh`, :meth:`stop`)."""
 
     def __init__(
         self,
@@ -43,21 +53,47 @@ class MountPollers:
         self._interval = interval
         self._on_denied = on_denied
         self.mountpoints: list[Path] = []
+        """Replaced whole, never changed in place: the native observer's thread reads it."""
         self._observers: list[Any] = []
+        self._polled: list[tuple[Mount, str]] = []
+        self._base = ObserverChoice("native", "")
 
-    def start(self, probe: EventsProbe | None) -> list[str]:
+    def start(self, choice: ObserverChoice, probe: EventsProbe | None) -> ObserverChoice:
         """Start a poller for every mount below the root that needs one (not those the root's
-        walk never enters: excluded, inside a virtual environment); return why each is polled.
-        Raises ``OSError`` when the mounts cannot be read (nothing is started then)."""
+        walk never enters: excluded, inside a virtual environment); return *choice* with why
+        each is polled. Raises ``OSError`` when the mounts cannot be read (nothing is started)."""
+        self._base = choice
+        self._start(self._wanted(probe))
+        return self.choice()
+
+    def refresh(self, probe: EventsProbe | None) -> ObserverChoice | None:
+        """After the mount table changed: the pollers of the mounts below the root now, and the
+        new choice, or None when they are the same. Raises ``OSError`` like :meth:`start`."""
+        wanted = self._wanted(probe)
+        if [m for m, _ in wanted] == [m for m, _ in self._polled]:
+            return None
+        self.stop()
+        self._start(wanted)
+        return self.choice()
+
+    def choice(self) -> ObserverChoice:
+        reasons = [self._base.reason, *(reason for _, reason in self._polled)]
+        return ObserverChoice(self._base.kind, "; ".join(reasons))
+
+    def _wanted(self, probe: EventsProbe | None) -> list[tuple[Mount, str]]:
         excluder = Excluder(self._options)
-        reasons = []
+        root = str(self.root)
+        return [
+            (mount, reason)
+            for mount, reason in polled_mounts(self.root, probe)
+            if walked_rel(root, str(mount.mountpoint), excluder) is not None
+        ]
+
+    def _start(self, wanted: list[tuple[Mount, str]]) -> None:
         try:
-            for mount, reason in polled_mounts(self.root, probe):
-                point = mount.mountpoint
-                if walked_rel(str(self.root), str(point), excluder) is None:
-                    continue
+            for mount, _ in wanted:
                 observer = make_polling_observer(
-                    str(point),
+                    str(mount.mountpoint),
                     self._options,
                     interval=self._interval,
                     on_denied=self._on_denied,
@@ -65,37 +101,70 @@ class MountPollers:
                     hash_content=not ctime_trusted(mount.fstype),
                 )
                 handler = EventMapper(self.root, self._sink, self._options, _ignore_gone)
-                start_observer(observer, handler, point)
+                start_observer(observer, handler, mount.mountpoint)
                 self._observers.append(observer)
-                self.mountpoints.append(point)
-                reasons.append(reason)
         except BaseException:
             self.stop()
             raise
-        return reasons
+        self._polled = wanted
+        self.mountpoints = [m.mountpoint for m, _ in wanted]
 
     def stop(self) -> None:
         observers, self._observers = self._observers, []
+        self._polled, self.mountpoints = [], []
         for observer in observers:
             dispose(observer)
 
     def outside(self, sink: EventSink) -> EventSink:
-        """*sink* for the root's native observer: without the events below the polled mounts."""
-        if not self.mountpoints:
-            return sink
-        return _Outside(sink, [str(p) for p in self.mountpoints])
+        """*sink* for the root's native observer: without the events below the polled mounts
+        (those of now, whenever the mount table changes)."""
+        return _Outside(sink, self)
+
+
+class MountTable:
+    """Tells when this machine's mount table changed: the kernel flags ``/proc/self/mountinfo``
+    (``POLLPRI``) on every mount and unmount. Elsewhere it never says so. Keeps what the probe of
+    each directory found (:meth:`probe`: a filesystem of an unknown type is probed once)."""
+
+    def __init__(self) -> None:
+        self._probed: dict[Path, bool | None] = {}
+        self._file: Any = None
+        self._poll: Any = None
+        with contextlib.suppress(OSError, AttributeError):  # no /proc, or no select.poll
+            self._file = open("/proc/self/mountinfo", "rb")  # noqa: SIM115 - kept open to poll
+            self._poll = select.poll()
+            self._poll.register(self._file.fileno(), select.POLLPRI | select.POLLERR)
+
+    def probe(self, directory: Path) -> bool | None:
+        """:func:`~cachewatchd.watch.probe.events_arrive`, once per directory."""
+        if directory not in self._probed:
+            self._probed[directory] = events_arrive(directory)
+        return self._probed[directory]
+
+    def changed(self) -> bool:
+        if self._poll is None:
+            return False
+        try:
+            return bool(self._poll.poll(0))
+        except OSError:
+            return False
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = self._poll = None
 
 
 class _Outside:
-    """An :class:`EventSink` passing on only what happens outside *points*."""
+    """An :class:`EventSink` passing on only what happens outside the polled mounts."""
 
-    def __init__(self, sink: EventSink, points: list[str]) -> None:
+    def __init__(self, sink: EventSink, pollers: MountPollers) -> None:
         self._sink = sink
-        self._points = points
+        self._pollers = pollers
 
     def _below(self, path: Path) -> bool:
-        text = str(path)
-        return any(is_under(text, point) for point in self._points)
+        points = self._pollers.mountpoints
+        return bool(points) and any(is_under(path, point) for point in points)
 
     def source_changed(self, path: Path) -> None:
         if not self._below(path):

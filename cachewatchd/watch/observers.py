@@ -15,7 +15,8 @@ polling.
 A network or FUSE mount *below* a natively watched root (and a mount of an unknown type where a probe
 file raises no event) gets a poller of its own for its subtree
 (:func:`~cachewatchd.watch.mounts.polled_mounts`); the root's native observer leaves the events of
-those subtrees to it, so one change makes one batch. Mounts are looked up when a root is attached.
+those subtrees to it, so one change makes one batch. Mounts are looked up when a root is attached,
+and again whenever the mount table changes (the root is then audited).
 
 A supervisor thread re-attaches a root that was deleted, moved away or replaced, and requests a rescan
 once it is back; it also carries out the fallbacks requested from the inotify thread.
@@ -36,7 +37,7 @@ from cachewatchd.log import ReportedPaths, get_logger
 from cachewatchd.threads import daemon_thread
 from cachewatchd.watch.coverage import SETTLE, SETTLE_MAX, repair, verify
 from cachewatchd.watch.events import EventMapper, EventSink
-from cachewatchd.watch.mount_pollers import MountPollers, dispose, start_observer
+from cachewatchd.watch.mount_pollers import MountPollers, MountTable, dispose, start_observer
 from cachewatchd.watch.mounts import (
     EventsProbe,
     ObserverChoice,
@@ -46,7 +47,6 @@ from cachewatchd.watch.mounts import (
 )
 from cachewatchd.watch.native import LIMITS, Guard, inotify_classes
 from cachewatchd.watch.polling import make_polling_observer
-from cachewatchd.watch.probe import events_arrive
 
 __all__ = ["Watcher"]
 
@@ -119,8 +119,7 @@ class Watcher:
         self._thread = daemon_thread(self._supervise, "cachewatchd-watch")
         self._native = inotify_classes()
         self._fd: Any = None
-        self._probed: dict[Path, bool | None] = {}
-        """What the probe of a directory found (an unknown filesystem type): probed once."""
+        self._table = MountTable()
         self._log = get_logger(__name__)
 
     # -- public ----------------------------------------------------------------------------------
@@ -138,6 +137,7 @@ class Watcher:
         with self._lock:
             for root in self._roots.values():
                 self._detach(root)
+            self._table.close()
             if self._fd is not None:
                 self._fd.stop()
                 if self._fd.is_alive():
@@ -204,6 +204,7 @@ class Watcher:
                     if root is not None and root.observer is not None:
                         self._handle(kind, root, reason)
                 self._check_roots()
+                self._check_mounts()
                 self._check_coverage()
 
     def _settled_at(self) -> float | None:
@@ -299,29 +300,38 @@ class Watcher:
 
     @property
     def _probe(self) -> EventsProbe | None:
-        return self._probe_once if self._poll_mode == "auto" else None
-
-    def _probe_once(self, directory: Path) -> bool | None:
-        if directory not in self._probed:
-            self._probed[directory] = events_arrive(directory)
-        return self._probed[directory]
+        return self._table.probe if self._poll_mode == "auto" else None
 
     def _start_mounts(self, root: _Root, choice: ObserverChoice) -> ObserverChoice:
         """Start a poller for every mount below *root* that needs one; the choice that says so."""
         if self._poll_mode != "auto":
             return choice
-
-        def denied(path: str, exc: OSError) -> None:
-            self.report_denied(path, exc)
-
-        pollers = MountPollers(root.path, self.sink, self.walk_options, self._poll_interval, denied)
+        pollers = MountPollers(
+            root.path, self.sink, self.walk_options, self._poll_interval, self.report_denied
+        )
         try:
-            reasons = pollers.start(self._probe)
+            choice = pollers.start(choice, self._probe)
         except OSError as exc:  # psutil reads /proc/self/mounts
             self._report_once(root, f"mounts below unreadable ({exc.strerror or exc})")
-            return choice
         root.mounts = pollers
-        return ObserverChoice(choice.kind, "; ".join([choice.reason, *reasons]))
+        return choice
+
+    def _check_mounts(self) -> None:
+        """A mount made or undone below a native root: its poller started or stopped, and the
+        root audited (the mount brings files no event announced)."""
+        if not self._table.changed():
+            return
+        for root in self._roots.values():
+            if root.mounts is None or root.observer is None:
+                continue
+            try:
+                choice = root.mounts.refresh(self._probe)
+            except OSError as exc:
+                self._report_once(root, f"mounts below unreadable ({exc.strerror or exc})")
+                continue
+            if choice is not None:
+                root.choice = choice
+                self.sink.rescan(root.path, "mounts changed")
 
     def _fall_back(self, root: _Root, reason: str) -> bool:
         root.forced = reason
@@ -359,14 +369,11 @@ class Watcher:
         return verify(guard, self.walk_options, self._stopping)
 
     def _start_polling(self, root: _Root) -> None:
-        def denied(path: str, exc: OSError) -> None:
-            self.report_denied(path, exc)
-
         observer = make_polling_observer(
             str(root.path),
             self.walk_options,
             interval=self._poll_interval,
-            on_denied=denied,
+            on_denied=self.report_denied,
             hash_content=not ctime_trusted_at(root.path),
         )
         root.guard = None

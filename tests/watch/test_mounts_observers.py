@@ -14,6 +14,8 @@ import pytest
 
 from cachewatchd.cache.walk import WalkOptions
 from cachewatchd.watch.mount_pollers import MountPollers
+from cachewatchd.watch.mounts import ObserverChoice
+from tests.support.mounts import bindfs
 from tests.support.wait import wait_until
 from tests.watch.test_observers import watching
 
@@ -82,7 +84,9 @@ def test_the_native_sink_leaves_the_polled_mounts_to_their_pollers(tree: Path) -
 
     sink = Sink()
     pollers = MountPollers(tree, sink, WalkOptions(), 0.05, lambda p, e: None)
-    assert pollers.start(None) == [f"nfs4 mount {tree / 'data'}: polling"]
+    choice = pollers.start(ObserverChoice("native", "ext4: native events"), None)
+    assert choice.reason == f"ext4: native events; nfs4 mount {tree / 'data'}: polling"
+    assert pollers.refresh(None) is None  # the same mounts: nothing to do
     try:
         outside = pollers.outside(sink)
         outside.source_changed(tree / "data" / "pkg" / "m.py")
@@ -94,3 +98,25 @@ def test_the_native_sink_leaves_the_polled_mounts_to_their_pollers(tree: Path) -
     finally:
         pollers.stop()
     assert sink.calls == [("changed", tree / "database.py"), ("dir", tree), ("rescan", tree)]
+
+
+def test_a_mount_made_while_watching_gets_its_poller(tmp_path: Path) -> None:
+    """A real bindfs mount made below a watched root after the start (an NFS share mounted after
+    the service started): the mount table's change is noticed, the root audited, the mount polled;
+    undone, its poller goes."""
+    root = (tmp_path / "root").resolve()
+    (root / "local").mkdir(parents=True)
+    other, late = tmp_path / "other", root / "late"
+    with watching([root], poll_mode="auto") as (watcher, feed):
+        assert watcher.observers()[root].reason.endswith("native events")
+        with bindfs(other, late) as mount:
+
+            def polled() -> bool:
+                return f"mount {late}: polling" in watcher.observers()[root].reason
+
+            wait_until(polled, 10, message="the new mount polled")
+            wait_until(lambda: "mounts changed" in feed.rescan_reasons(), 10, message="rescan")
+            source = mount.other / "m.py"  # the other side: no inotify event reaches the root
+            source.write_text("X = 1\n")
+            wait_until(lambda: late / "m.py" in feed.changed(), 10, message="edit on the far side")
+        wait_until(lambda: not polled(), 10, message="the poller of the mount gone")
