@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 
 from cachewatchd.cache.checks import CheckPool
 from cachewatchd.cache.index import Record
 from cachewatchd.cache.judge import FRESH_HEADER, MASK, WHOLE_SECOND_NS, read_pyc
 from cachewatchd.cache.legacy import judge_legacy
-from cachewatchd.cache.plan import AuditOptions, Part
+from cachewatchd.cache.plan import AuditOptions, Part, prefix_identity
 from cachewatchd.cache.pyc import (
     HEADER,
     HEADER_SIZE,
@@ -44,17 +43,6 @@ def _open_dirs(source_dir: str, cache_dir: str) -> tuple[int, int] | None:
         return None
 
 
-def _prefix_identity(prefix: Path | None) -> list[tuple[int, int]]:
-    """``(st_dev, st_ino)`` of the prefix tree, which a walk of a root never enters."""
-    if prefix is None:
-        return []
-    try:
-        st = os.stat(prefix)
-    except OSError:
-        return []
-    return [(st.st_dev, st.st_ino)]
-
-
 def _not_a_source_here(verdict: Verdict, directory: str, stem: str) -> Verdict:
     """*verdict* (no source found), saying so when ``<stem>.pyw`` is there but is no source on
     this platform (``.pyw`` is one on Windows only)."""
@@ -81,7 +69,7 @@ class Auditor(Collector):
         super().__init__(keep_fresh=options.keep_fresh, dedup=dedup)
         self.options = options
         self.checks = checks if checks is not None else CheckPool()
-        self.excluder = Excluder(options.walk_options(), _prefix_identity(options.pycache_prefix))
+        self.excluder = Excluder(options.walk_options(), prefix_identity(options.pycache_prefix))
         self._tag_opt: dict[str, tuple[str, str]] = {}
         """``__pycache__`` name after the stem -> tag and opt level."""
         self._magic: dict[str, bytes] = {}
@@ -222,6 +210,7 @@ class Auditor(Collector):
             and record is None
             and not untrusted
             and pst.st_size > HEADER_SIZE
+            and pst.st_dev == st.st_dev  # one clock stamps both
             and st.st_ctime_ns < mtime_ns - WHOLE_SECOND_NS  # the trigger's largest tick
             and mtime_ns <= min(pst.st_ctime_ns, self._now)
             and not self.options.deep

@@ -245,7 +245,10 @@ def prejudge(
             "timestamp",
         )
     why = trigger(source_stat.st_ctime_ns, pyc_stat, now_ns)
-    if ours and (why is not None or deep or not ctime_trusted):
+    # a pyc on another filesystem than its source (a prefix tree on a local disk, sources on NFS)
+    # is stamped by another clock, which may run ahead: checked where it can be, not suspected
+    elsewhere = pyc_stat.st_dev != source_stat.st_dev
+    if ours and (why is not None or deep or not ctime_trusted or elsewhere):
         return Pending(
             pyc, source, _opt_level(opt), "timestamp", why is not None or not ctime_trusted
         )

@@ -11,7 +11,7 @@ from typing import NamedTuple
 from cachewatchd.cache.pyc import mirror_dir
 from cachewatchd.cache.walk import WalkOptions
 
-__all__ = ["AuditOptions", "Part", "plan"]
+__all__ = ["AuditOptions", "Part", "plan", "prefix_identity"]
 
 
 class AuditOptions(NamedTuple):
@@ -54,6 +54,17 @@ class Part(NamedTuple):
     """For a prefix-tree directory: the source directory it mirrors."""
     skip: frozenset[str] = frozenset()
     """Prefix-tree directories below *path* that other parts judge."""
+
+
+def prefix_identity(prefix: Path | None) -> list[tuple[int, int]]:
+    """``(st_dev, st_ino)`` of the prefix tree, which a walk of a root never enters."""
+    if prefix is None:
+        return []
+    try:
+        st = os.stat(prefix)
+    except OSError:
+        return []
+    return [(st.st_dev, st.st_ino)]
 
 
 def _within(path: str, base: str) -> bool:

@@ -9,13 +9,15 @@ whose ctime cannot be trusted.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from cachewatchd.cache.audit import AuditOptions, State, audit
+from cachewatchd.cache.audit import AuditOptions, State, audit, mirror_dir
 from cachewatchd.cache.judge import TICK_NS, trigger
 from tests.cache.real_import import import_v
 from tests.support.pycs import late_writer_pyc, restore_mtime_edit, write
@@ -154,3 +156,32 @@ def test_where_ctime_is_untrusted_every_pyc_is_checked_once(tmp_path: Path) -> N
     assert verdict(tmp_path, use_index=False)[0] is State.FRESH
     state, reason = verdict(tmp_path, **untrusted)
     assert state is State.STALE, reason
+
+
+def test_a_prefix_tree_on_another_filesystem_is_checked(tmp_path: Path) -> None:
+    """A prefix tree on another filesystem than the sources (a client's disk, sources on NFS) is
+    stamped by another clock, which may run ahead of the sources': no time of its pycs proves
+    them current. Here a late writer's pyc in a prefix tree on tmpfs (``/dev/shm``)."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("no tmpfs at /dev/shm beside the test's directory")
+    root = tmp_path.resolve()
+    source = write(root / "m.py", "X = 1\n")
+    restore_mtime_edit(source, "X = 2\n")
+    past_the_tick(source)
+    prefix = Path(tempfile.mkdtemp(dir=shm))
+    try:
+        local = late_writer_pyc(source, "X = 1\n")
+        pyc = mirror_dir(prefix, root) / local.name
+        pyc.parent.mkdir(parents=True)
+        shutil.copyfile(local, pyc)  # written there now: its own times
+        local.unlink()
+        local.parent.rmdir()
+        past_the_tick(pyc)
+        run = import_v(sys.executable, root, PYTHONPYCACHEPREFIX=str(prefix))
+        assert (run.loaded, run.value) == (pyc, "1"), run.log
+        report = audit([root], AuditOptions(pycache_prefix=prefix, use_index=False))
+        (entry,) = report.entries
+        assert (entry.path, entry.state) == (pyc, State.STALE), entry.reason
+    finally:
+        shutil.rmtree(prefix)
