@@ -7,12 +7,15 @@ controller: it asks the git watchers whether git is at work in a repository cove
 paths (:meth:`cachewatchd.watch.git.GitWatcher.busy`: a lock, an operation moving HEAD, a move
 not settled or not reported yet) and, if so, keeps the paths. The git watcher then reports the
 repository's move, or that it settled without one, and the batch carrying that offers the held
-paths again: one restart with everything touched during the operation. A 10k-file checkout's
-events may still be on their way when git is done (the observer thread lags behind git): while
-more events wait in the batcher (*draining*), the held paths wait for the batch that takes them,
-for at most :data:`DRAIN_MAX` seconds.
+paths again: one restart with everything touched during the operation.
 
-Logged events: ``restart-held`` (once per hold, with the repositories).
+A 10k-file checkout's events may still be on their way when git is done (the observer thread lags
+behind git), and git's move may already wait in the batcher while a batch of its files is being
+handled: whenever more events wait in the batcher (*draining*) when a batch is over, its restart
+waits for the batch that takes them (they would restart again), for at most :data:`DRAIN_MAX`
+seconds. A single edit's batch has nothing behind it and restarts at once.
+
+Logged events: ``restart-held`` (once per hold by git, with the repositories).
 """
 
 from __future__ import annotations
@@ -50,6 +53,9 @@ class RestartHold:
         self._draining = draining
         self._clock = clock
         self._settled_at: float | None = None
+        """When the first offer found nothing in the way but more events waiting."""
+        self._git_held = False
+        """The held paths wait for git (``restart-held`` logged)."""
         self._held: set[Path] = set()
         self._lock = threading.Lock()
         self._log = get_logger(__name__)
@@ -60,16 +66,16 @@ class RestartHold:
             return frozenset(self._held)
 
     def offer(self, touched: Collection[Path]) -> bool:
-        """Restart for *touched* and whatever is held, unless git is at work where they lie;
-        True when the restart was asked for."""
+        """Restart for *touched* and whatever is held, unless git is at work where they lie or
+        more events wait for a batch; True when the restart was asked for."""
         with self._lock:
             if not touched and not self._held:
                 return False
-            was_holding = bool(self._held)
             self._held.update(touched)
             busy = self._busy(self._held)
             if busy:
-                if not was_holding:
+                if not self._git_held:
+                    self._git_held = True
                     self._log.info(
                         "restart-held",
                         repositories=[str(tree) for tree in busy],
@@ -77,13 +83,14 @@ class RestartHold:
                     )
                 self._settled_at = None
                 return False
-            if was_holding and self._draining():
+            if self._draining():
                 now = self._clock()
                 if self._settled_at is None:
                     self._settled_at = now
                 if now - self._settled_at < DRAIN_MAX:
                     return False
             paths, self._held, self._settled_at = sorted(self._held), set(), None
+            self._git_held = False
         self._restart(paths)
         return True
 
@@ -92,3 +99,4 @@ class RestartHold:
         with self._lock:
             self._held.clear()
             self._settled_at = None
+            self._git_held = False

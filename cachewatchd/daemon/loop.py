@@ -3,9 +3,9 @@
 Threads: the invalidation thread (:class:`~cachewatchd.daemon.invalidate.Invalidator`) removes a
 source's cache entries the moment its event arrives; the batcher hands every batch to
 :class:`~cachewatchd.daemon.batch_handler.BatchHandler` on its own thread (audits, git moves,
-rescans), waits for the invalidations the batch's events asked for, and offers the touched paths
-to the managed processes through :class:`~cachewatchd.daemon.hold.RestartHold` (one restart per
-git operation). The thread calling :meth:`Daemon.run`
+rescans) and offers the touched paths to the managed processes through
+:class:`~cachewatchd.daemon.hold.RestartHold` (one restart per git operation), which waits for the
+invalidations their events asked for before it asks for a restart. The thread calling :meth:`Daemon.run`
 owns the lifecycle: it waits on an inbox for ``stop`` / ``reload`` requests (posted by signal
 handlers in the CLI through :meth:`request_stop` and :meth:`request_reload`; ``queue.SimpleQueue`` is
 safe to use from a signal handler) and runs the periodic reconciliation and the second looks.
@@ -296,12 +296,13 @@ class Daemon:
         try:
             if batch.rescans and self._watching is not None:
                 self._watching.refresh_git()
+            if batch.git_moves or batch.rescans:
+                self._invalidator.sync()  # the audit then finds those caches gone: no work twice
             outcome = self._handler.handle(batch)
             if self._handler.rechecker.next_due() is not None:
                 self._inbox.put("recheck")  # the loop's next wake-up moves to the second look
-            self._invalidator.sync()  # no restart before the caches of its sources are gone
             if self._controller is not None:
-                self._hold.offer(outcome.touched)  # released by a git_settled batch too
+                self._hold.offer(outcome.touched)  # git at work or more events: held
         except Exception:  # logged by the batcher, which carries on: the batch is over
             self._count_error()
             self._batch_over(batch)
@@ -330,8 +331,11 @@ class Daemon:
         return watching.git_busy(paths) if watching is not None else []
 
     def _restart(self, paths: list[Path]) -> None:
+        """Restart for *paths*, once the invalidations their events asked for are over (batches
+        held while git is at work do not wait for them)."""
         controller = self._controller
         if controller is not None:
+            self._invalidator.sync()
             controller.notify(paths)
 
     # -- helpers -----------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ class Git:
 def test_touched_paths_wait_for_git_then_restart_once_with_everything() -> None:
     git, restarts = Git(), list[list[Path]]()
     hold = RestartHold(git.busy, restarts.append)
-    assert hold.offer({Path("/r/a.py")})  # git is not at work: at once
+    assert hold.offer({Path("/r/a.py")})  # git is not at work, no more events: at once
     assert restarts == [[Path("/r/a.py")]]
     git.at_work = [Path("/r")]
     with capture_logs() as logs:
@@ -57,8 +57,9 @@ def test_a_released_hold_waits_for_the_events_still_arriving_at_most_drain_max()
     git, restarts, now = Git(), list[list[Path]](), [0.0]
     more = [True]
     hold = RestartHold(git.busy, restarts.append, draining=lambda: more[0], clock=lambda: now[0])
-    assert hold.offer({Path("/a.py")})  # nothing held: events waiting do not matter
-    git.at_work = [Path("/r")]
+    more[0] = False
+    assert hold.offer({Path("/a.py")})
+    git.at_work, more[0] = [Path("/r")], True
     hold.offer({Path("/r/b.py")})
     git.at_work = []
     assert not hold.offer(set())  # git is done, its last events wait in the batcher
@@ -73,3 +74,14 @@ def test_a_released_hold_waits_for_the_events_still_arriving_at_most_drain_max()
     assert not hold.offer(set())
     now[0] += DRAIN_MAX
     assert hold.offer(set())  # events never stop: released after DRAIN_MAX
+
+
+def test_a_batch_with_more_events_behind_it_waits_for_them() -> None:
+    """The first batch of a checkout may close only after git is done, its move waiting in the
+    batcher: nothing was held, yet a restart now would be followed by another."""
+    git, restarts, more = Git(), list[list[Path]](), [True]
+    hold = RestartHold(git.busy, restarts.append, draining=lambda: more[0])
+    assert not hold.offer({Path("/r/a.py")})
+    more[0] = False
+    assert hold.offer({Path("/r")})
+    assert restarts == [[Path("/r"), Path("/r/a.py")]]
