@@ -160,8 +160,17 @@ def kill_all(procs: list[psutil.Process]) -> None:
 class Stack(ABC):
     name: str
 
-    def __init__(self, app: Path, port: int, env: dict[str, str], daemon_args: list[str]) -> None:
+    def __init__(
+        self,
+        app: Path,
+        port: int,
+        env: dict[str, str],
+        daemon_args: list[str],
+        child_args: list[str] | None = None,
+    ) -> None:
+        """*daemon_args*: for every daemon; *child_args*: only for those with an own child."""
         self.app, self.port, self.env, self.daemon_args = app, port, env, daemon_args
+        self.child_args = child_args or []
         self.tracked: list[psutil.Process] = []
 
     @abstractmethod
@@ -202,7 +211,7 @@ class DaemonStack(Stack):
     daemon: h.JsonProc | None = None
 
     def start_daemon(self, *args: str, child: list[str] | None = None) -> None:
-        extra = [*self.daemon_args, *args]
+        extra = [*self.daemon_args, *(self.child_args if child else []), *args]
         self.daemon = h.start_daemon(self.env, self.app, [self.app], *extra, child=child or [])
         self.track(self.daemon.pid)
 

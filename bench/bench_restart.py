@@ -28,7 +28,8 @@ repetition. Targets: no slower than ``uvicorn --reload`` where it is correct (me
 connections with ``--listen``.
 
 From the repository root: ``.venv/bin/python bench/bench_restart.py`` (``--quick``: one repetition,
-a smoke test; ``--daemon-args`` passes public options to the daemons; ``--app fastapi`` serves a
+a smoke test; ``--daemon-args`` passes public options to the daemons, ``--child-args`` to those
+with an own child only, e.g. ``--cold``; ``--app fastapi`` serves a
 FastAPI + SQLAlchemy + pydantic + httpx app instead of the bare one).
 """
 
@@ -94,7 +95,8 @@ def measure(
 ) -> Sample:
     app = base / "app"
     source = write_app(app, OLD, args.app)
-    stack = stack_type(app, free_port(), env, shlex.split(args.daemon_args))
+    child_args = shlex.split(args.child_args)
+    stack = stack_type(app, free_port(), env, shlex.split(args.daemon_args), child_args)
     deadline: float = args.deadline
     try:
         stack.start()
@@ -187,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
         "--daemon-args", default="", help='e.g. --daemon-args="--reconcile-interval 300"'
     )
     parser.add_argument(
+        "--child-args", default="", help='only the daemons with an own child: --child-args="--cold"'
+    )
+    parser.add_argument(
         "--work", type=Path, default=Path(tempfile.gettempdir()), help="temp dirs go here ($TMPDIR)"
     )  # short: supervisord's socket path must fit in 108 bytes
     args = parser.parse_args(argv)
@@ -199,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         env = h.child_env(Path(tmp) / "home", bytecode=True)  # servers write pycs, as in production
         h.print_header("bench_restart", env, Path(tmp))
         print(f"  the daemons also get: {args.daemon_args or '-'}; app: {args.app}")
+        print(f"  the daemons with an own child also get: {args.child_args or '-'}")
         for rep in range(args.reps):
             for kind in KINDS:
                 for stack in STACKS:
