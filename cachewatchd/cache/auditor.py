@@ -207,7 +207,7 @@ class Auditor(Collector):
         mtime_ns = pst.st_mtime_ns
         if (
             magic is not None
-            and record is None
+            and (record is None or record.state == "fresh")  # fresh either way
             and not untrusted
             and pst.st_size > HEADER_SIZE
             and pst.st_dev == st.st_dev  # one clock stamps both

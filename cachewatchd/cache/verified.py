@@ -116,6 +116,12 @@ class Memory:
             ctime_trusted=not untrusted,
             now_ns=now_ns,
         )
+        if (
+            isinstance(judged, Verdict)
+            and judged.state is State.FRESH
+            and (record is None or record.state == State.FRESH.value)
+        ):
+            return judged  # fresh either way: no fingerprint to compare
         if record is not None and (
             isinstance(judged, Pending) or judged.state in (State.FRESH, State.SUSPECT)
         ):
