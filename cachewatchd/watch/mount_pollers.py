@@ -130,6 +130,11 @@ class MountTable:
         self._probed: dict[Path, bool | None] = {}
         self._file: Any = None
         self._poll: Any = None
+
+    def open(self) -> None:
+        """Start following the mount table (until :meth:`close`)."""
+        if self._file is not None:
+            return
         with contextlib.suppress(OSError, AttributeError):  # no /proc, or no select.poll
             self._file = open("/proc/self/mountinfo", "rb")  # noqa: SIM115 - kept open to poll
             self._poll = select.poll()

@@ -39,7 +39,6 @@ from cachewatchd.watch.coverage import SETTLE, SETTLE_MAX, repair, verify
 from cachewatchd.watch.events import EventMapper, EventSink
 from cachewatchd.watch.mount_pollers import MountPollers, MountTable, dispose, start_observer
 from cachewatchd.watch.mounts import (
-    EventsProbe,
     ObserverChoice,
     PollMode,
     choose_observer,
@@ -124,6 +123,7 @@ class Watcher:
 
     # -- public ----------------------------------------------------------------------------------
     def start(self) -> None:
+        self._table.open()
         with self._lock:
             for root in self._roots.values():
                 self._attach(root)
@@ -275,7 +275,8 @@ class Watcher:
             self._report_once(root, "root missing or not a directory")
             return False
         forced_by = self._forced_by.get(root.path)
-        choice = choose_observer(root.path, self._poll_mode, forced_by, self._probe)
+        probe = self._table.probe if self._poll_mode == "auto" else None
+        choice = choose_observer(root.path, self._poll_mode, forced_by, probe)
         if root.forced is not None and choice.kind == "native":
             choice = ObserverChoice("polling", f"{root.forced}: polling")
         try:
@@ -298,10 +299,6 @@ class Watcher:
         root.reported.clear()
         return True
 
-    @property
-    def _probe(self) -> EventsProbe | None:
-        return self._table.probe if self._poll_mode == "auto" else None
-
     def _start_mounts(self, root: _Root, choice: ObserverChoice) -> ObserverChoice:
         """Start a poller for every mount below *root* that needs one; the choice that says so."""
         if self._poll_mode != "auto":
@@ -310,7 +307,7 @@ class Watcher:
             root.path, self.sink, self.walk_options, self._poll_interval, self.report_denied
         )
         try:
-            choice = pollers.start(choice, self._probe)
+            choice = pollers.start(choice, self._table.probe)
         except OSError as exc:  # psutil reads /proc/self/mounts
             self._report_once(root, f"mounts below unreadable ({exc.strerror or exc})")
         root.mounts = pollers
@@ -325,7 +322,7 @@ class Watcher:
             if root.mounts is None or root.observer is None:
                 continue
             try:
-                choice = root.mounts.refresh(self._probe)
+                choice = root.mounts.refresh(self._table.probe)
             except OSError as exc:
                 self._report_once(root, f"mounts below unreadable ({exc.strerror or exc})")
                 continue
