@@ -184,7 +184,9 @@ class _Outside:
             self._sink.dir_removed(path)
 
     def pyc_written(self, path: Path) -> None:
-        if not self._below(path) and isinstance(self._sink, PycSink):
+        # passed on below the mounts too: their pollers never list __pycache__, and a pyc written
+        # through this machine's kernel raises an inotify event on any mount
+        if isinstance(self._sink, PycSink):
             self._sink.pyc_written(path)
 
     def rescan(self, root: Path, reason: str) -> None:

@@ -82,6 +82,9 @@ def test_the_native_sink_leaves_the_polled_mounts_to_their_pollers(tree: Path) -
         def rescan(self, root: Path, reason: str) -> None:
             self.calls.append(("rescan", root))
 
+        def pyc_written(self, path: Path) -> None:
+            self.calls.append(("pyc", path))
+
     sink = Sink()
     pollers = MountPollers(tree, sink, WalkOptions(), 0.05, lambda p, e: None)
     choice = pollers.start(ObserverChoice("native", "ext4: native events"), None)
@@ -95,9 +98,12 @@ def test_the_native_sink_leaves_the_polled_mounts_to_their_pollers(tree: Path) -
         outside.source_changed(tree / "database.py")
         outside.dir_removed(tree)
         outside.rescan(tree, "x")
+        pyc = tree / "data" / "pkg" / "__pycache__" / "m.cpython-311.pyc"
+        outside.pyc_written(pyc)  # type: ignore[attr-defined]  # pollers never list __pycache__
     finally:
         pollers.stop()
-    assert sink.calls == [("changed", tree / "database.py"), ("dir", tree), ("rescan", tree)]
+    expected = [("changed", tree / "database.py"), ("dir", tree), ("rescan", tree), ("pyc", pyc)]
+    assert sink.calls == expected
 
 
 def test_a_mount_made_while_watching_gets_its_poller(tmp_path: Path) -> None:
