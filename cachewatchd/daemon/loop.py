@@ -321,8 +321,7 @@ class Daemon:
             self._inbox.put("started")
 
     def _invalidate_now(self, changed: Sequence[Path], removed: Sequence[Path]) -> None:
-        """The invalidation thread: the sources' caches go now; the loop wakes for their second
-        look."""
+        """The invalidation thread; the loop wakes for the second look."""
         self._handler.invalidate_now(changed, removed)
         self._inbox.put("recheck")
 
@@ -331,8 +330,7 @@ class Daemon:
         return watching.git_busy(paths) if watching is not None else []
 
     def _restart(self, paths: list[Path]) -> None:
-        """Restart for *paths*, once the invalidations their events asked for are over (batches
-        held while git is at work do not wait for them)."""
+        """Restart for *paths*, once the invalidations their events asked for are over."""
         controller = self._controller
         if controller is not None:
             self._invalidator.sync()
