@@ -181,6 +181,7 @@ def test_events_during_a_slow_batch_go_to_the_next_one(tmp_path: Path) -> None:
         assert not batcher.idle()
         batcher.source_changed(tmp_path / "b.py")
         batcher.source_changed(tmp_path / "c.py")
+        assert batcher.pending() == 2  # what the daemon's restart hold asks
         gate.set()
         wait_until(lambda: len(seen) == 2, 10, message="second batch")
     assert seen[0].changed == {tmp_path / "a.py"}
@@ -236,3 +237,13 @@ def test_stop_from_inside_the_handler_does_not_deadlock(tmp_path: Path) -> None:
     batcher.source_changed(tmp_path / "a.py")
     wait_until(lambda: not batcher._thread.is_alive(), 10, message="thread ended")
     batcher.stop()
+
+
+def test_git_settled_is_carried_once_per_work_tree(tmp_path: Path) -> None:
+    rec = _Recorder()
+    with Batcher(rec, quiet=60, max_window=60) as batcher:
+        batcher.git_settled(tmp_path / "repo")
+        batcher.git_settled(tmp_path / "repo")
+    (batch,) = rec.batches
+    assert batch.git_settled == {tmp_path / "repo"}
+    assert batch  # a batch of its own: the daemon's restart hold is offered again
