@@ -96,11 +96,16 @@ class WarmStarter:
     def spawn(self, launch: Launch, stderr_fd: int) -> WarmProcess | None:
         """Fork the generation *launch* describes, its stderr at *stderr_fd*; ``None``: start it
         cold (why is logged once). Never raises."""
+        began = time.monotonic()
         try:
-            return self._spawn(launch, stderr_fd)
+            proc = self._spawn(launch, stderr_fd)
         except Exception as exc:  # noqa: BLE001 - whatever breaks here, the cold start works
             self._fallback(f"the warm start failed ({type(exc).__name__}: {exc})")
             return None
+        if proc is not None:
+            seconds = round(time.monotonic() - began, 4)
+            self._log.debug("warm-fork", target=self.name, pid=proc.pid, seconds=seconds)
+        return proc
 
     def _spawn(self, launch: Launch, stderr_fd: int) -> WarmProcess | None:
         with self._lock:
@@ -155,7 +160,6 @@ class WarmStarter:
             os.close(write_end)
         self._reports.append((read_end, bytearray(), [0]))
         self.forks += 1
-        self._log.debug("warm-fork", target=self.name, pid=proc.pid, preloader=preloader.pid)
         return proc
 
     def _preloader(self, plan: WarmPlan, env: Mapping[str, str]) -> Preloader:

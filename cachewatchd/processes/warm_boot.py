@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import gc
 import importlib
 import importlib.machinery
 import importlib.util
@@ -187,9 +188,11 @@ def _preload(channel: _Channel, request: dict[str, object]) -> bool:
         if _threads() != 1:
             channel.send({"failed": f"importing {name} started a thread", "culprit": top})
             return False
-    channel.send(
-        {"ready": True, "files": _fingerprint(roots), "skipped": skipped, "pid": os.getpid()}
-    )
+    files = _fingerprint(roots)
+    if hasattr(gc, "freeze"):  # 3.7+: what the forks share is never traversed by their collector
+        gc.collect()
+        gc.freeze()
+    channel.send({"ready": True, "files": files, "skipped": skipped, "pid": os.getpid()})
     return True
 
 
