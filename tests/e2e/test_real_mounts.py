@@ -27,7 +27,7 @@ import psutil
 import pytest
 
 from tests.support import mount_edits
-from tests.support.mount_trees import GuestTree, LocalTree, Side, Tree
+from tests.support.mount_trees import GuestTree, LocalTree, RunningDaemon, Side, Tree
 from tests.support.mounts import bindfs, sshfs
 from tests.support.uml import booted, unavailable
 from tests.support.wait import wait_until
@@ -131,7 +131,9 @@ def _in_guest(proc: psutil.Process) -> bool:
     return False
 
 
-def _all_gone(tree: Tree, pycs: dict[str, list[str]], timeout: float = 30) -> None:
+def _all_gone(
+    tree: Tree, pycs: dict[str, list[str]], daemon: RunningDaemon, timeout: float = 30
+) -> None:
     left: dict[str, list[str]] = {}
 
     def gone() -> bool:
@@ -140,7 +142,8 @@ def _all_gone(tree: Tree, pycs: dict[str, list[str]], timeout: float = 30) -> No
         return not left
 
     if not wait_until(gone, timeout, interval=0.2, raise_on_timeout=False):
-        pytest.fail(f"stale pycs left after {timeout:g} s: {json.dumps(left, indent=1)}")
+        log = daemon.stderr()[-6000:]
+        pytest.fail(f"stale pycs left after {timeout:g} s: {json.dumps(left, indent=1)}\n{log}")
 
 
 def _unchanged_until_the_edit(tree: Tree, pycs: dict[str, list[str]]) -> None:
@@ -158,7 +161,7 @@ def test_daemon_on_a_local_root_polls_the_mounts_below_it(tree: Tree) -> None:
             assert f"{side.fstype} mount {side.client}: polling" in observer["reason"]
         _unchanged_until_the_edit(tree, pycs)
         tree.apply("below")
-        _all_gone(tree, pycs)
+        _all_gone(tree, pycs, daemon)
 
 
 def test_daemon_on_the_mount_itself_polls(tree: Tree) -> None:
@@ -172,7 +175,7 @@ def test_daemon_on_the_mount_itself_polls(tree: Tree) -> None:
             assert (observer["observer"], observer["reason"]) == ("polling", reason)
             _unchanged_until_the_edit(one, pycs)
             one.apply("as-root")
-            _all_gone(one, pycs)
+            _all_gone(one, pycs, daemon)
 
 
 def test_scan_says_what_cpython_does_after_every_edit(tree: Tree) -> None:

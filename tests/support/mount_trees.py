@@ -38,6 +38,7 @@ class Side:
 
 class RunningDaemon(Protocol):
     def ready(self) -> dict[str, Any]: ...
+    def stderr(self) -> str: ...
 
 
 class Tree(Protocol):
@@ -122,6 +123,9 @@ class _GuestDaemon:
             with contextlib.suppress(ValueError):
                 out.append(json.loads(line))
         return out
+
+    def stderr(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
 
     def ready(self) -> dict[str, Any]:
         found: list[dict[str, Any]] = []
