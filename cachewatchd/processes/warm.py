@@ -235,21 +235,28 @@ class WarmStarter:
         """Take *exc* in: leave its culprit out (``True``: worth another build), or count it."""
         if exc.culprit is not None and exc.culprit not in self._excluded:
             self._excluded.add(exc.culprit)
-            self._say("preload-skipped", f"{exc.message}: {exc.culprit} is not preloaded")
+            reason = f"{exc.message}: {exc.culprit} is not preloaded"
+            if self._first(reason):
+                self._log.warning("preload-skipped", target=self.name, reason=reason)
             return True
         self._failures += 1
         if self._failures >= _GIVE_UP:
             self.reason = f"{exc.message} ({self._failures} preloader failures: cold from now on)"
-            self._say("warm-off", self.reason)
+            if self._first(self.reason):
+                self._log.warning("warm-off", target=self.name, reason=self.reason)
         return False
 
     def _fallback(self, why: str) -> None:
-        self._say("warm-fallback", f"{why}: cold start")
+        reason = f"{why}: cold start"
+        if self._first(reason):
+            self._log.warning("warm-fallback", target=self.name, reason=reason)
 
-    def _say(self, event: str, reason: str) -> None:
-        if reason not in self._said:
-            self._said.add(reason)
-            self._log.warning(event, target=self.name, reason=reason)
+    def _first(self, reason: str) -> bool:
+        """Whether *reason* is said for the first time (each is said once)."""
+        if reason in self._said:
+            return False
+        self._said.add(reason)
+        return True
 
     # -- learning -----------------------------------------------------------------------------
     def tick(self) -> None:
