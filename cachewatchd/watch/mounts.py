@@ -257,7 +257,7 @@ def _needs_polling(mount: Mount, probe: EventsProbe | None) -> str | None:
 
 
 _NO_EVENT = "no native event arrived for a probe file"
-_UNPROBED = "events not probed (not writable)"
+_UNPROBED = "events could not be probed (not writable, or no watcher)"
 
 
 def _is_under(target: str, mountpoint: str) -> bool:

@@ -229,7 +229,7 @@ def test_unknown_type_is_probed(monkeypatch: pytest.MonkeyPatch) -> None:
     assert choose_observer(root, probe=lambda p: True).reason == "hostfs: native events (probed)"
     unprobed = choose_observer(root, probe=lambda p: None)
     assert unprobed == ObserverChoice(
-        "polling", "hostfs: events not probed (not writable): polling"
+        "polling", "hostfs: events could not be probed (not writable, or no watcher): polling"
     )
     # known types are never probed: network ones are polled whatever a local write shows
     assert choose_observer(Path("/mnt/app"), probe=silent).kind == "polling"
