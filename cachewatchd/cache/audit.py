@@ -49,16 +49,20 @@ class AuditReport:
         entries: list[Entry] | None = None,
         errors: list[AuditError] | None = None,
         omitted_fresh: int = 0,
+        notes: list[str] | None = None,
     ) -> None:
         self.roots = roots
         self.entries: list[Entry] = [] if entries is None else entries
         self.errors: list[AuditError] = [] if errors is None else errors
         self.omitted_fresh = omitted_fresh
+        self.notes: list[str] = [] if notes is None else notes
+        """What could not be judged exactly, each said once (no CPython X.Y found to check its
+        pycs): those entries keep the verdict their header and times give."""
 
     def __repr__(self) -> str:
         return (
             f"AuditReport(roots={self.roots!r}, entries={self.entries!r}, "
-            f"errors={self.errors!r}, omitted_fresh={self.omitted_fresh!r})"
+            f"errors={self.errors!r}, omitted_fresh={self.omitted_fresh!r}, notes={self.notes!r})"
         )
 
     def summary(self) -> dict[str, int]:
@@ -79,6 +83,7 @@ class AuditReport:
         self.entries += other.entries
         self.errors += other.errors
         self.omitted_fresh += other.omitted_fresh
+        self.notes += [note for note in other.notes if note not in self.notes]
 
 
 def check_root(path: Path) -> Path:
@@ -117,8 +122,9 @@ def build_report(roots: Sequence[Path], results: Sequence[Result]) -> AuditRepor
     report = AuditReport(roots=list(roots))
     paths = _Paths()
     entries = report.entries
-    for rows, errors, fresh in results:
+    for rows, errors, fresh, notes in results:
         report.omitted_fresh += fresh
+        report.notes += [note for note in notes if note not in report.notes]
         for path, source, state, reason, tag, opt, mode, kind in rows:
             source_path = None if source is None else paths(source)
             entries.append(

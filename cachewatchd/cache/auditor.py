@@ -96,6 +96,10 @@ class Auditor(Collector):
         """What was found since the last call."""
         self.settle()
         self.memory.flush()
+        self.notes += [  # the same sentence per version: reports keep each once
+            f"CPython {v[0]}.{v[1]}'s cache entries were judged by their headers only: {why}"
+            for v, why in sorted(self.checks.missing.items())
+        ]
         return super().take()
 
     def tree(self, path: str, rel: str = "", *, root: bool = True) -> None:

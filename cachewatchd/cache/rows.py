@@ -11,8 +11,9 @@ __all__ = ["Collector", "Result", "Row"]
 Row = tuple[str, str | None, str, str, str, str, Mode | None, Kind]
 """One judged entry as plain data: path, source, state value, reason, tag, opt, mode, kind."""
 
-Result = tuple[list[Row], list[tuple[str, str]], int]
-"""What an audit (or a part of one) found: rows, ``(path, error)`` pairs, fresh entries not kept."""
+Result = tuple[list[Row], list[tuple[str, str]], int, list[str]]
+"""What an audit (or a part of one) found: rows, ``(path, error)`` pairs, fresh entries not kept,
+notes (what the audit could not do exactly, each said once: no interpreter of a version found)."""
 
 
 def _error_text(exc: OSError) -> str:
@@ -32,11 +33,12 @@ class Collector:
         self.rows: list[Row] = []
         self.errors: list[tuple[str, str]] = []
         self.fresh = 0
+        self.notes: list[str] = []
 
     def take(self) -> Result:
         """What was collected since the last call."""
-        result = (self.rows, self.errors, self.fresh)
-        self.rows, self.errors, self.fresh = [], [], 0
+        result = (self.rows, self.errors, self.fresh, self.notes)
+        self.rows, self.errors, self.fresh, self.notes = [], [], 0, []
         return result
 
     def on_error(self, path: str, exc: OSError) -> None:

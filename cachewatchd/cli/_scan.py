@@ -245,6 +245,11 @@ def _print_errors(errors: Sequence[tuple[Path, str]]) -> None:
         sys.stderr.write(f"cachewatchd: {path}: {error}\n")
 
 
+def _print_notes(notes: Sequence[str]) -> None:
+    for note in notes:
+        sys.stderr.write(f"cachewatchd: note: {note}\n")
+
+
 def _scan(args: argparse.Namespace) -> int:
     from cachewatchd.cache.parallel import audit_jobs
 
@@ -260,6 +265,7 @@ def _scan(args: argparse.Namespace) -> int:
             "summary": report.summary(),
             "entries": [_entry_json(e) for e in report.non_fresh()],
             "errors": [{"path": str(e.path), "error": e.error} for e in report.errors],
+            "notes": report.notes,
         }
         json.dump(doc, sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -268,6 +274,7 @@ def _scan(args: argparse.Namespace) -> int:
         _print_entries(report.non_fresh())
         _print_errors([(e.path, e.error) for e in report.errors])
         _print_incomplete([e.path for e in report.errors])
+        _print_notes(report.notes)
     if report.dangerous():
         return EXIT_FINDINGS
     return EXIT_FAILURE if report.errors else EXIT_OK
@@ -313,12 +320,14 @@ def _clean(args: argparse.Namespace) -> int:
             "recompiled": [str(p) for p in result.recompiled],
             "errors": [{"path": str(p), "error": err} for p, err in result.errors],
             "summary": result.report.summary(),
+            "notes": result.report.notes,
         }
         json.dump(doc, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
         _print_clean(result)
         _print_errors(result.errors)
+        _print_notes(result.report.notes)
     if result.errors:
         return EXIT_FAILURE
     if any(e.state.value == "sourceless" for e in result.kept):

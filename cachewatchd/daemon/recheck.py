@@ -100,7 +100,7 @@ class Rechecker:
         with Auditor(options, dedup=False) as auditor:
             for pyc in dict.fromkeys(pycs):
                 _verify_one(auditor, str(pyc), prefix)
-            rows, _, _ = auditor.take()
+            rows, _, _, _ = auditor.take()
         return {
             Path(path): Path(source)
             for path, source, state, *_ in rows

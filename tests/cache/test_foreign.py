@@ -19,6 +19,7 @@ from cachewatchd.cache.checks import CheckPool
 from cachewatchd.cache.interpreters import ENV_VAR, Finder, runnable
 from tests.cache.real_import import import_v, interpreter
 from tests.support.pycs import compile_with, restore_mtime_edit, write
+from tests.support.ticks import past_the_tick
 
 RUNNING = f"{sys.version_info[0]}.{sys.version_info[1]}"
 OTHER = "3.12" if RUNNING != "3.12" else "3.11"
@@ -230,3 +231,26 @@ def test_a_relative_path_entry_is_not_searched(
     env = {**nowhere(tmp_path), "PATH": "."}
     assert Finder(env).find(magic_of(exe)) is None
     assert not marker.exists()
+
+
+def test_a_missing_interpreter_is_said_once_per_scan(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Under --deep the unchecked entries may be fresh (not listed): the note still tells."""
+    from cachewatchd.cli import main
+
+    exe = interpreter(OTHER)
+    sources = [write(tmp_path / f"{name}.py", f"{name.upper()} = 1\n") for name in ("a", "b")]
+    past_the_tick(*sources)  # a pyc written within the tick of its source would be suspect
+    for source in sources:
+        compile_with(exe, source)
+    for var, value in nowhere(tmp_path).items():
+        monkeypatch.setenv(var, value)
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    report = audit([tmp_path.resolve()], AuditOptions(deep=True, use_index=False))
+    assert report.non_fresh() == []
+    assert len(report.notes) == 1
+    assert f"CPython {OTHER}'s cache entries were judged by their headers only" in report.notes[0]
+    assert main(["scan", "--deep", "--jobs", "2", str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    assert err.count(f"no CPython {OTHER} found") == 1, err
