@@ -161,12 +161,15 @@ class Listener:
 
     def pending(self) -> int | None:
         """Connections waiting in the accept queue (Linux ``TCP_INFO``), or ``None`` when unknown."""
+        option = getattr(socket, "TCP_INFO", None)
+        if option is None or not sys.platform.startswith("linux"):  # macOS: another struct
+            return None
         with self._lock:
             sock = self._sock
             if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
                 return None
             try:
-                info = sock.getsockopt(socket.IPPROTO_TCP, getattr(socket, "TCP_INFO", 11), 104)
+                info = sock.getsockopt(socket.IPPROTO_TCP, option, 104)
             except OSError:
                 return None
         # struct tcp_info: 8 bytes of u8 fields, then u32 rto, ato, snd_mss, rcv_mss, unacked:

@@ -197,3 +197,24 @@ def test_holding_keeps_the_socket_for_the_block_only() -> None:
     assert _can_listen(port)
     with holding(None) as nothing:
         assert nothing is None
+
+
+def _ipv6() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _ipv6(), reason="no IPv6 loopback on this machine")
+def test_an_ipv6_address() -> None:
+    listener = Listener.bind(parse_address("[::1]:0"))
+    try:
+        assert listener.name.startswith("[::1]:")
+        port = int(listener.name.rsplit(":", 1)[1])
+        with socket.create_connection(("::1", port), timeout=5):
+            assert wait_until(lambda: listener.pending() == 1, 10)
+    finally:
+        listener.close()
