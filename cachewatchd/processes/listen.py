@@ -34,6 +34,7 @@ __all__ = [
     "held",
     "holding",
     "parse_address",
+    "release_held",
 ]
 
 BACKLOG = 2048
@@ -221,6 +222,16 @@ def held(address: Address) -> Listener | None:
     with _held_lock:
         listener = _held.get(str(address))
     return listener if listener is not None and not listener.closed else None
+
+
+def release_held() -> None:
+    """Close the sockets :func:`holding` keeps (a reload moved the own child to another address:
+    the old one is free again at once, not when the daemon stops)."""
+    with _held_lock:
+        listeners = list(_held.values())
+        _held.clear()
+    for listener in listeners:
+        listener.close()
 
 
 def _bound_name(sock: socket.socket, address: Address) -> str:

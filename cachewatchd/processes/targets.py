@@ -25,7 +25,7 @@ from cachewatchd.errors import RuntimeFailure
 from cachewatchd.log import get_logger
 from cachewatchd.processes.gate import Probe, probe_from_command, probe_from_process
 from cachewatchd.processes.handover import not_taken
-from cachewatchd.processes.listen import Listener, held, parse_address
+from cachewatchd.processes.listen import Listener, held, parse_address, release_held
 from cachewatchd.processes.os_procs import alive, send_signal, signal_refusal
 from cachewatchd.processes.own_child import ChildError, OwnChild
 from cachewatchd.processes.spec import ProcessSpec
@@ -177,7 +177,8 @@ class ChildTarget(Target):
         if self._address is not None and self.child.listener is None:
             # the daemon's socket (held by the CLI for its lifetime), else one for this target
             listener = held(self._address)
-            if listener is None:
+            if listener is None:  # after a reload that changed the address, the old one goes
+                release_held()
                 listener = self._own_listener = Listener.bind(self._address)  # ListenError
             self.child.listener = listener
             self._log.info("listening", target=self.spec.name, address=listener.name)

@@ -124,3 +124,20 @@ def test_connections_left_waiting_are_reported_once_per_generation(
     assert entries[1]["pid"] != first
     assert entries[0]["waiting"] == 1
     assert "does the command take the socket of --listen" in entries[0]["error"]
+
+
+def test_a_new_address_frees_the_held_one() -> None:
+    """A reload that moves ``listen`` elsewhere: the daemon's socket on the old address is closed
+    when the new target binds, not when the daemon stops."""
+    old, new = _port(), _port()
+    with holding(parse_address(f"127.0.0.1:{old}")) as kept:
+        assert kept is not None
+        target = ChildTarget(_spec(new))
+        target.start()
+        try:
+            assert kept.closed
+            assert _refused(old)
+            assert not _refused(new)
+        finally:
+            target.stop()
+        assert _refused(new)
