@@ -34,8 +34,11 @@ from cachewatchd.processes.warm_plan import WarmPlan
 __all__ = ["BOOT", "PreloadError", "Preloader", "WarmProcess"]
 
 BOOT = Path(__file__).with_name("warm_boot.py")
+_OLD_PYTHON = 9
+"""The stub's exit code on an interpreter older than 3.7 (the preloader needs 3.7+)."""
 _STUB = (
-    "import sys;p=sys.argv[1];f=open(p,'rb');s=f.read();f.close();"
+    f"import sys;sys.version_info>=(3,7) or sys.exit({_OLD_PYTHON});"
+    "p=sys.argv[1];f=open(p,'rb');s=f.read();f.close();"
     "exec(compile(s,p,'exec'),{'__name__':'__cachewatchd_preloader__','__builtins__':__builtins__})"
 )
 _STOP_WAIT = 2.0
@@ -220,6 +223,8 @@ class Preloader:
             code: int | None = self._popen.wait(_STOP_WAIT)
         except subprocess.TimeoutExpired:
             code = None
+        if code == _OLD_PYTHON:
+            return f"{self.plan.python} is older than Python 3.7"
         return "the preloader exited" + (f" (exit code {code})" if code is not None else "")
 
     def _reply(self, timeout: float) -> dict[str, Any] | None:

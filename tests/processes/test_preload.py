@@ -21,7 +21,7 @@ from cachewatchd.processes.warm import WarmStarter
 from cachewatchd.processes.warm_plan import WarmPlan, warm_plan
 from tests.conftest import child_env
 from tests.support.servers import events
-from tests.support.wait import wait_until
+from tests.support.wait import other_interpreter, wait_until
 
 PY = sys.executable
 SESSION = sys.version_info < (3, 11)  # as the cold child: a session of its own on 3.10
@@ -358,3 +358,28 @@ def test_a_preloader_that_fails_falls_back_to_cold(
     said = [e["reason"] for e in events(logs, "warm-fallback")]
     assert said == ["the preloader exited (exit code 7): cold start"]
     assert len(events(logs, "warm-off")) == 1
+
+
+VERSIONED = "import sys\nprint('ran on', sys.version_info[:2], flush=True)\nsys.exit(4)\n"
+
+
+@pytest.mark.parametrize("version", ["3.6", "3.7", "3.9", "3.12", "3.13"])
+def test_the_apps_own_interpreter_runs_the_preloader(
+    world: World, closing: list[OwnChild | Preloader], version: str
+) -> None:
+    """The preloader runs in the command's interpreter, not the daemon's: 3.7+ forks, an older
+    one starts cold with one line (no traceback of the preloader)."""
+    python = other_interpreter(version)
+    if python is None:
+        pytest.skip(f"CPython {version} is not installed")
+    world.script(VERSIONED)
+    world.env.pop("PYTHONPATH")  # this interpreter's own site-packages
+    child = world.child([python, "app.py"])
+    closing.append(child)
+    with capture_logs() as logs:
+        pid = child.start()
+        warm = _parent(pid) != os.getpid()
+        assert _exit_of(child) == 4
+    assert warm is (version != "3.6")
+    said = [e["reason"] for e in events(logs, "warm-fallback")]
+    assert said == ([] if warm else [f"{python} is older than Python 3.7: cold start"])
