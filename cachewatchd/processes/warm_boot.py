@@ -188,7 +188,7 @@ def _preload(channel: _Channel, request: dict[str, object]) -> bool:
         if _threads() != 1:
             channel.send({"failed": f"importing {name} started a thread", "culprit": top})
             return False
-    files = _fingerprint(roots)
+    files = _fingerprint(roots, path0 if isinstance(path0, str) else None)
     if hasattr(gc, "freeze"):  # 3.7+: what the forks share is never traversed by their collector
         gc.collect()
         gc.freeze()
@@ -213,10 +213,14 @@ def _module_under(module: object, roots: list[str]) -> bool:
     return isinstance(path, str) and _under(path, roots)
 
 
-def _fingerprint(roots: list[str]) -> list[list[object]]:
-    """``[path, mtime_ns, size, inode]`` of every imported file and ``sys.path`` directory."""
+def _fingerprint(roots: list[str], path0: str | None) -> list[list[object]]:
+    """``[path, mtime_ns, size, inode]`` of every imported file and ``sys.path`` directory (a
+    package installed there changes it) but the command's own first one (its cwd or script
+    directory: an editor's swap file there is no reason to rebuild)."""
     paths = {getattr(m, "__file__", None) for m in list(sys.modules.values())}
-    paths.update(p for p in sys.path if p and os.path.isdir(p) and not _under(p, roots))
+    paths.update(
+        p for p in sys.path if p and p != path0 and os.path.isdir(p) and not _under(p, roots)
+    )
     rows: list[list[object]] = []
     for path in sorted(p for p in paths if isinstance(p, str)):
         try:
