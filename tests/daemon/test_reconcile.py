@@ -91,3 +91,23 @@ def test_recent_files_and_a_prefix_tree_are_always_judged(
     prefixed = Sweeper(AuditOptions(pycache_prefix=tmp_path / "prefix"))
     prefixed.audit(tree)
     assert prefixed.judged == -1  # the whole audit, prefix tree included
+
+
+def test_a_pyc_rewritten_in_place_is_found_within_a_rotation(
+    tree: Path, reads: Counter[str]
+) -> None:
+    """No writer of pycs rewrites one in place (CPython renames a new file over it), so the
+    ``__pycache__`` directory's stat stands for its pycs; each rescan still stats the pycs of one
+    directory in ROTATION."""
+    handler = BatchHandler({tree: ()}, pycache_prefix=None, counters=Counters(), eager=True)
+    handler.reconcile(tree, "start")
+    pyc = next((tree / "p1" / "__pycache__").iterdir())
+    with open(pyc, "r+b") as f:  # in place: the directory does not change
+        f.seek(16)
+        f.write(b"\xff" * 8)
+    reads.clear()
+    removed = [handler.reconcile(tree, "reconcile interval") for _ in range(reconcile.ROTATION)]
+    assert removed.count(1) == 1  # found once, in one of the rescans
+    assert not pyc.exists()
+    assert set(reads) == {str(tree / "p1" / "__pycache__")}  # nothing else was read (it is
+    # read once more in the rescan after the removal, which changed its directory)
