@@ -225,7 +225,9 @@ class WarmStarter:
         return f"{changed} changed since it was preloaded" if changed is not None else None
 
     def _build(self, plan: WarmPlan, env: Mapping[str, str]) -> Preloader:
-        names = [n for n in self._learned if n.split(".")[0] not in self._excluded]
+        # the module -m runs is run, never imported, as in a cold start (else runpy warns)
+        main = plan.target if plan.mode == "module" else None
+        names = [n for n in self._learned if n.split(".")[0] not in self._excluded and n != main]
         return Preloader(
             plan, cwd=self.cwd, env=env, names=names, roots=self._roots, session=self._session
         )

@@ -383,3 +383,26 @@ def test_the_apps_own_interpreter_runs_the_preloader(
     assert warm is (version != "3.6")
     said = [e["reason"] for e in events(logs, "warm-fallback")]
     assert said == ([] if warm else [f"{python} is older than Python 3.7: cold start"])
+
+
+def test_the_module_run_by_dash_m_is_never_preloaded(
+    world: World, closing: list[OwnChild | Preloader], capfd: pytest.CaptureFixture[str]
+) -> None:
+    """``python -m tool.cli``: a cold start imports ``tool``, then runs ``tool.cli`` as
+    ``__main__``; a preloader that imported ``tool.cli`` would make runpy warn."""
+    world.package("tool", "")
+    (world.site / "tool" / "cli.py").write_text(
+        "import json, signal\nsignal.pause()\n", encoding="utf-8"
+    )
+    child = world.child([PY, "-W", "always", "-m", "tool.cli"], grace=5)
+    closing.append(child)
+    starter = child.warm
+    assert starter is not None
+    with capture_logs() as logs:
+        child.start()
+        wait_until(lambda: (child.poll(), "tool.cli" in starter.learned)[1])
+        wait_until(lambda: (child.poll(), len(events(logs, "preloaded")))[1] >= 2, 30)
+        pid = child.restart()
+        assert _parent(pid) == starter.preloader_pid
+        child.stop()
+    assert "RuntimeWarning" not in capfd.readouterr().err
