@@ -71,6 +71,7 @@ class Preloader:
         self.env = dict(env)
         self.names = frozenset(names)
         self.cwd = cwd
+        self.started = time.monotonic()
         self._lock = threading.RLock()
         self._buffer = b""
         self._replies: deque[dict[str, Any]] = deque()

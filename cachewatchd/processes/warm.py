@@ -12,6 +12,8 @@ The rules, each falling back to a cold start (the reason logged once as ``warm-f
 - a preloader forks only while it has one thread; a module whose import starts one is left out;
 - before each fork the stat fingerprint of every file the preloader imported is checked (a ``pip
   install`` in the venv): a change rebuilds it (``preload-stale``), as does a changed environment;
+  the rebuild runs in the background and the generations start cold until it is ready (a restart
+  waits only for a preloader that imports nothing, the first one);
 - a preloader that fails in any way is dropped; a module to blame is left out of the next one;
   after :data:`_GIVE_UP` failures nobody can blame, this child starts cold for good.
 """
@@ -36,7 +38,10 @@ __all__ = ["WarmStarter", "warm_starter"]
 _SETTLED = 0.5
 """Seconds without a new module name before a preloader for the new names is built."""
 _BUILD_TIMEOUT = 120.0
-"""Seconds a restart waits for a preloader's imports when no other preloader can serve it."""
+"""Seconds a preloader building in the background may take for its imports (a module that
+blocks at import) before it is dropped as a failure."""
+_EMPTY_TIMEOUT = 30.0
+"""Seconds a restart waits for a preloader that imports nothing (the first generation's)."""
 _GIVE_UP = 3
 """Failures without a module to blame after which this child always starts cold."""
 _REPORT_LIMIT = 1 << 20
@@ -122,6 +127,8 @@ class WarmStarter:
             self._collect()
             try:
                 preloader = self._preloader(plan, env)
+            except _NotYet:
+                return None  # preload-stale said why; the next generation is forked again
             except PreloadError as exc:
                 self._fallback(exc.message)
                 return None
@@ -181,22 +188,23 @@ class WarmStarter:
             if why is not None:
                 self._log.info("preload-stale", target=self.name, reason=why)
                 self._drop(current)
-        for _ in range(_GIVE_UP):
-            if self._current is not None:
-                return self._current
-            if self._candidate is None or not _same(self._candidate, plan, env):
-                self._drop(self._candidate)
-                self._candidate = self._build(plan, env)
-            candidate, self._candidate = self._candidate, None
-            try:
-                _wait_ready(candidate)
-            except PreloadError as exc:
-                self._drop(candidate)
-                if not self._failed(exc):
-                    raise
-                continue
-            self._promote(candidate)
-        raise PreloadError("no preloader could be built")
+        if self._current is not None:
+            return self._current
+        if self._candidate is None or not _same(self._candidate, plan, env):
+            self._drop(self._candidate)
+            self._candidate = self._build(plan, env)
+        candidate = self._candidate
+        if candidate.names:  # its imports take a cold start's time: this generation starts cold
+            raise _NotYet("the preloader is still importing")
+        self._candidate = None
+        try:  # nothing to import (the first generation): ready in a moment
+            _wait_ready(candidate)
+        except PreloadError as exc:
+            self._drop(candidate)
+            self._failed(exc)
+            raise
+        self._promote(candidate)
+        return candidate
 
     def _promote(self, preloader: Preloader) -> None:
         self._current = preloader
@@ -265,29 +273,45 @@ class WarmStarter:
         """Between restarts: read what the generations imported, and once new names have
         settled, build the preloader that will serve the next restart (in the background)."""
         with self._lock:
-            if self.reason is not None or self._current is None:
+            if self.reason is not None:
                 return
             self._collect()
-            candidate = self._candidate
-            if candidate is not None:
-                try:
-                    if candidate.ready():
-                        self._announce(candidate)
-                except PreloadError as exc:
-                    self._drop(candidate)
-                    self._failed(exc)
-            known = self._current.names | (self._candidate.names if self._candidate else set())
+            self._check_candidate()
+            base = self._current or self._candidate
+            if base is None:
+                return
+            known = base.names | (self._candidate.names if self._candidate else set())
             new = [
                 n for n in self._learned if n not in known and n.split(".")[0] not in self._excluded
             ]
             if not new or time.monotonic() - self._learned_at < _SETTLED:
                 return
             self._drop(self._candidate)
-            self._candidate = None
             try:
-                self._candidate = self._build(self._current.plan, self._current.env)
+                self._candidate = self._build(base.plan, base.env)
             except PreloadError as exc:
                 self._failed(exc)
+
+    def _check_candidate(self) -> None:
+        """The background preloader: announced once ready; dropped if it failed, or if its
+        imports take over :data:`_BUILD_TIMEOUT` seconds."""
+        candidate = self._candidate
+        if candidate is None:
+            return
+        try:
+            ready = candidate.ready()
+        except PreloadError as exc:
+            failure = exc
+        else:
+            if ready:
+                self._announce(candidate)
+                return
+            if time.monotonic() - candidate.started <= _BUILD_TIMEOUT:
+                return
+            failure = PreloadError(f"the preloader's imports took over {_BUILD_TIMEOUT:g}s")
+        self._drop(candidate)
+        self._fallback(failure.message)
+        self._failed(failure)
 
     def _collect(self) -> None:
         kept = []
@@ -346,9 +370,13 @@ class WarmStarter:
             self._reports = []
 
 
+class _NotYet(PreloadError):
+    """The preloader is being built: this generation starts cold (nothing to say)."""
+
+
 def _wait_ready(preloader: Preloader) -> None:
-    if not preloader.ready(_BUILD_TIMEOUT):
-        raise PreloadError(f"the preloader's imports took over {_BUILD_TIMEOUT:g}s")
+    if not preloader.ready(_EMPTY_TIMEOUT):
+        raise PreloadError(f"the preloader did not start within {_EMPTY_TIMEOUT:g}s")
 
 
 def _same(preloader: Preloader, plan: WarmPlan, env: Mapping[str, str]) -> bool:

@@ -1,6 +1,7 @@
 """Warm restarts as users run them: the real daemon forks each generation of a uvicorn child from
-its preloaded interpreter (the default), rebuilds the preloader when a module it imported changes
-in site-packages, and starts every generation afresh with ``--cold``."""
+its preloaded interpreter (the default), never serves a site-packages module's old code after it
+changed (the stale preloader is rebuilt: tests/processes/test_preload.py proves that rule alone),
+and starts every generation afresh with ``--cold``."""
 
 from __future__ import annotations
 
@@ -40,6 +41,10 @@ def _generation(daemon: DaemonProc, count: int) -> int:
     return int(pid)
 
 
+def _preloaders(daemon: DaemonProc) -> list[int]:
+    return [int(e["pid"]) for e in daemon.events("preloaded")]
+
+
 def test_generations_are_forked_from_the_preloader_rebuilt_after_a_site_change(
     e2e: E2E, tmp_path: Path
 ) -> None:
@@ -53,25 +58,37 @@ def test_generations_are_forked_from_the_preloader_rebuilt_after_a_site_change(
         set_value(app, "v0", "v1")  # the first generation taught what to preload
         first = _generation(daemon, 1)
         wait_value(port, "v1|one")
-        built = daemon.wait_event("preloaded", lambda e: e["modules"] > 0, timeout=60)
+        daemon.wait_event("preloaded", lambda e: e["modules"] > 0, timeout=60)
         set_value(app, "v1", "v2")
         second = _generation(daemon, 2)
         wait_value(port, "v2|one")
-        assert psutil.Process(second).ppid() == built["pid"] != daemon.pid
+        built = psutil.Process(second).ppid()  # the last preloader built when it was forked
+        assert built in _preloaders(daemon)
         assert psutil.Process(second).cmdline()[1:4] == ["-m", "uvicorn", "app:app"]
         init = tmp_path / "site" / "extpkg" / "__init__.py"
         init.write_text('PART = "two"\n', encoding="utf-8")  # what pip install does
         set_value(app, "v2", "v3")
         third = _generation(daemon, 3)
-        wait_value(port, "v3|two")
-        stale = daemon.wait_event("preload-stale")
-        assert stale["reason"] == f"{init} changed since it was preloaded"
-        rebuilt = daemon.events("preloaded")[-1]
-        assert psutil.Process(third).ppid() == rebuilt["pid"] != built["pid"]
-        assert first != second != third
+        wait_value(port, "v3|two")  # never the preloaded "one": cold, or a preloader built since
+        if daemon.events("preload-stale"):  # the preloader that imported "one" was still current
+            assert daemon.events("preload-stale")[0]["reason"] == (
+                f"{init} changed since it was preloaded"
+            )
+        count = len(_preloaders(daemon))
+        wait_until(
+            lambda: psutil.Process(third).ppid() != daemon.pid or len(_preloaders(daemon)) > count,
+            60,
+        )
+        set_value(app, "v3", "v4")
+        fourth = _generation(daemon, 4)
+        wait_value(port, "v4|two")
+        rebuilt = psutil.Process(fourth).ppid()
+        assert rebuilt in _preloaders(daemon)
+        assert rebuilt != built
+        assert len({first, second, third, fourth}) == 4
     assert daemon.proc is not None
     assert daemon.proc.returncode == 0
-    for pid in (built["pid"], rebuilt["pid"], third):
+    for pid in (built, rebuilt, fourth):
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
     assert "Traceback" not in daemon.stderr()
 

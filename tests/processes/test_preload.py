@@ -329,14 +329,21 @@ def test_rebuilt_when_an_imported_file_changes(
         wait_until(lambda: out.exists() and out.read_text() == "1")
         init.write_text("VALUE = 2\n", encoding="utf-8")  # what pip install does to a module
         out.unlink()
+        pid = child.restart()  # cold, while the new preloader imports in the background
+        assert _parent(pid) == os.getpid()
+        wait_until(lambda: out.exists() and out.read_text() == "2")
+        wait_until(lambda: (child.poll(), len(events(logs, "preloaded")))[1] >= 3, 30)
+        out.unlink()
         pid = child.restart()
         wait_until(lambda: out.exists() and out.read_text() == "2")
         assert starter.preloader_pid not in (None, first)
         assert _parent(pid) == starter.preloader_pid
         assert first is not None
         os.kill(starter.preloader_pid, signal.SIGKILL)  # a preloader that dies: rebuilt too
-        pid = child.restart()
-        assert _parent(pid) == starter.preloader_pid
+        assert _parent(child.restart()) == os.getpid()
+        wait_until(lambda: (child.poll(), len(events(logs, "preloaded")))[1] >= 4, 30)
+        assert _parent(child.restart()) == starter.preloader_pid
+    assert not events(logs, "warm-fallback")  # a rebuild is no fallback: preload-stale said why
     stale = [e["reason"] for e in events(logs, "preload-stale")]
     assert stale == [f"{init} changed since it was preloaded", "the preloader exited"]
 
