@@ -232,10 +232,14 @@ class WarmStarter:
         changed = preloader.stale()
         return f"{changed} changed since it was preloaded" if changed is not None else None
 
-    def _build(self, plan: WarmPlan, env: Mapping[str, str]) -> Preloader:
-        # the module -m runs is run, never imported, as in a cold start (else runpy warns)
+    def _wanted(self, plan: WarmPlan) -> list[str]:
+        """The learned names a preloader for *plan* imports: not the excluded, nor the module
+        ``-m`` runs (run, never imported, as in a cold start: else runpy warns)."""
         main = plan.target if plan.mode == "module" else None
-        names = [n for n in self._learned if n.split(".")[0] not in self._excluded and n != main]
+        return [n for n in self._learned if n.split(".")[0] not in self._excluded and n != main]
+
+    def _build(self, plan: WarmPlan, env: Mapping[str, str]) -> Preloader:
+        names = self._wanted(plan)
         return Preloader(
             plan, cwd=self.cwd, env=env, names=names, roots=self._roots, session=self._session
         )
@@ -277,16 +281,12 @@ class WarmStarter:
                 return
             self._collect()
             self._check_candidate()
-            base = self._current or self._candidate
-            if base is None:
-                return
-            known = base.names | (self._candidate.names if self._candidate else set())
-            new = [
-                n for n in self._learned if n not in known and n.split(".")[0] not in self._excluded
-            ]
+            base = self._current
+            if base is None or self._candidate is not None:
+                return  # one build at a time: names learned meanwhile wait for the next one
+            new = [n for n in self._wanted(base.plan) if n not in base.names]
             if not new or time.monotonic() - self._learned_at < _SETTLED:
                 return
-            self._drop(self._candidate)
             try:
                 self._candidate = self._build(base.plan, base.env)
             except PreloadError as exc:

@@ -15,6 +15,7 @@ import psutil
 import pytest
 from structlog.testing import capture_logs
 
+from cachewatchd.processes import warm as warm_module
 from cachewatchd.processes.own_child import OwnChild
 from cachewatchd.processes.preloader import Preloader, PreloadError
 from cachewatchd.processes.warm import WarmStarter
@@ -393,14 +394,21 @@ def test_the_apps_own_interpreter_runs_the_preloader(
 
 
 def test_the_module_run_by_dash_m_is_never_preloaded(
-    world: World, closing: list[OwnChild | Preloader], capfd: pytest.CaptureFixture[str]
+    world: World,
+    closing: list[OwnChild | Preloader],
+    capfd: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """``python -m tool.cli``: a cold start imports ``tool``, then runs ``tool.cli`` as
     ``__main__``; a preloader that imported ``tool.cli`` would make runpy warn."""
     world.package("tool", "")
     (world.site / "tool" / "cli.py").write_text(
-        "import json, signal\nsignal.pause()\n", encoding="utf-8"
+        "import json, os, signal\nopen(os.environ['MARK'], 'a').write('%d\\n' % os.getpid())\n"
+        "signal.pause()\n",
+        encoding="utf-8",
     )
+    mark = Path(world.env["MARK"])
+    monkeypatch.setattr(warm_module, "_SETTLED", 0.0)
     child = world.child([PY, "-W", "always", "-m", "tool.cli"], grace=5)
     closing.append(child)
     starter = child.warm
@@ -411,5 +419,9 @@ def test_the_module_run_by_dash_m_is_never_preloaded(
         wait_until(lambda: (child.poll(), len(events(logs, "preloaded")))[1] >= 2, 30)
         pid = child.restart()
         assert _parent(pid) == starter.preloader_pid
+        wait_until(lambda: str(pid) in mark.read_text().split())
+        child.poll()  # what it imported is known: nothing new, no other preloader is built
+        assert starter._candidate is None
         child.stop()
     assert "RuntimeWarning" not in capfd.readouterr().err
+    assert len(events(logs, "preloaded")) == 2
