@@ -53,6 +53,7 @@ from cachewatchd.threads import died, on_death
 from cachewatchd.watch.batch import DEFAULT_MAX_WINDOW, DEFAULT_QUIET, Batch, Batcher
 
 __all__ = ["Daemon"]
+_STORM_RECHECK = 0.1  # s: while batches are under way, the second looks wait this long
 
 
 class Daemon:
@@ -201,16 +202,18 @@ class Daemon:
         while True:
             now = time.monotonic()
             recheck = self._handler.rechecker.next_due()
+            storm = not self._batcher.idle()  # the second looks wait until it is over
             wait = min(next_reconcile - now, STATUS_REFRESH)
             if recheck is not None:
-                wait = min(wait, recheck - now)
+                wait = min(wait, max(recheck - now, _STORM_RECHECK if storm else 0.0))
             try:
                 message = self._inbox.get(timeout=max(0.0, wait))
             except queue.Empty:
                 message = "tick"
             if message in ("stop", "fatal"):
                 return
-            self._recheck()
+            if self._batcher.idle():
+                self._recheck()
             if message == "reload":
                 self._reload()
                 next_reconcile = time.monotonic() + self.settings.reconcile_interval
@@ -222,8 +225,7 @@ class Daemon:
                 self._publish()  # a target changed; or roots may have come back
 
     def _shutdown(self) -> None:
-        """Stop everything; a step that fails is reported and the next ones still run (the
-        managed processes are stopped whatever happened before)."""
+        """Stop everything; a step that fails is reported and the next ones still run."""
         with self._state_lock:
             self._state = DaemonState.STOPPING
         self._log.info("stopping")
@@ -326,8 +328,7 @@ class Daemon:
         self._inbox.put("recheck")
 
     def _git_busy(self, paths: Collection[Path]) -> list[Path]:
-        watching = self._watching
-        return watching.git_busy(paths) if watching is not None else []
+        return self._watching.git_busy(paths) if self._watching is not None else []
 
     def _restart(self, paths: list[Path]) -> None:
         """Restart for *paths*, once the invalidations their events asked for are over."""
@@ -387,8 +388,7 @@ class Daemon:
         )
 
     def _publish(self) -> None:
-        """Write the status record, unless it would say what it says already (an idle daemon
-        looks every ``STATUS_REFRESH`` seconds and writes nothing)."""
+        """Write the status record, unless it would say what it says already."""
         if self._registration is not None:
             document = self.status()
             with self._state_lock:
