@@ -66,10 +66,10 @@ def test_generations_are_forked_from_the_preloader_rebuilt_after_a_site_change(
         assert built in _preloaders(daemon)
         assert psutil.Process(second).cmdline()[1:4] == ["-m", "uvicorn", "app:app"]
         init = tmp_path / "site" / "extpkg" / "__init__.py"
-        init.write_text('PART = "two"\n', encoding="utf-8")  # what pip install does
+        init.write_text('PART = "three"\n', encoding="utf-8")  # what pip install does
         set_value(app, "v2", "v3")
         third = _generation(daemon, 3)
-        wait_value(port, "v3|two")  # never the preloaded "one": cold, or a preloader built since
+        wait_value(port, "v3|three")  # never the preloaded "one": cold, or a preloader built since
         if daemon.events("preload-stale"):  # the preloader that imported "one" was still current
             assert daemon.events("preload-stale")[0]["reason"] == (
                 f"{init} changed since it was preloaded"
@@ -81,7 +81,7 @@ def test_generations_are_forked_from_the_preloader_rebuilt_after_a_site_change(
         )
         set_value(app, "v3", "v4")
         fourth = _generation(daemon, 4)
-        wait_value(port, "v4|two")
+        wait_value(port, "v4|three")
         rebuilt = psutil.Process(fourth).ppid()
         assert rebuilt in _preloaders(daemon)
         assert rebuilt != built
