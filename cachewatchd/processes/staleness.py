@@ -41,7 +41,12 @@ __all__ = [
 SLACK = 1.0
 """Seconds a process may predate a change and still count as fresh."""
 
-_HELPERS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver", "semaphore_tracker")
+_HELPERS = (
+    "multiprocessing.resource_tracker",
+    "multiprocessing.forkserver",
+    "semaphore_tracker",
+    "__cachewatchd_preloader__",  # a warm-restart preloader: never imports the project's code
+)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from structlog.testing import capture_logs
 from cachewatchd.processes import warm as warm_module
 from cachewatchd.processes.own_child import OwnChild
 from cachewatchd.processes.preloader import Preloader, PreloadError
+from cachewatchd.processes.staleness import importers
 from cachewatchd.processes.warm import WarmStarter
 from cachewatchd.processes.warm_plan import WarmPlan, warm_plan
 from tests.conftest import child_env
@@ -429,3 +430,18 @@ def test_the_module_run_by_dash_m_is_never_preloaded(
         child.stop()
     assert "RuntimeWarning" not in capfd.readouterr().err
     assert len(events(logs, "preloaded")) == 2
+
+
+def test_a_preloader_is_never_taken_for_a_stale_importer(
+    world: World, closing: list[OwnChild | Preloader]
+) -> None:
+    """It works in the project's directory and predates the edits, but never imports their code
+    (``cachewatchd status``'s and ``doctor``'s stale processes leave it out)."""
+    world.script("pass\n")
+    plan = world.plan([PY, "app.py"])
+    preloader = Preloader(
+        plan, cwd=str(world.root), env=world.env, names=[], roots=[str(world.root)], session=SESSION
+    )
+    closing.append(preloader)
+    assert preloader.ready(30)
+    assert importers([psutil.Process(preloader.pid)]) == []
