@@ -8,14 +8,19 @@ period of a minute: the pyc is gone while the batch is still open.
 from __future__ import annotations
 
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
 
+from cachewatchd.config.settings import CommandLine, build_settings
+from cachewatchd.config.user import Config
 from cachewatchd.daemon.batch_handler import BatchHandler, Counters
 from cachewatchd.daemon.invalidate import Invalidator
+from cachewatchd.daemon.loop import Daemon
+from cachewatchd.errors import EXIT_FAILURE
 from cachewatchd.watch.batch import Batch
 from tests.support.inproc import running_daemon
 from tests.support.pycs import write
@@ -165,3 +170,37 @@ def test_real_inotify_removes_the_pyc_before_the_quiet_period_ends(
         wait_until(lambda: not pyc.exists(), 10, message="the pyc to go")
         assert daemon.status()["counters"]["batches"] == batches  # the batch is still open
         wait_until(lambda: daemon.status()["counters"]["invalidations"] >= 1, 10)
+
+
+class Fault(BaseException):
+    """Kills the thread (no ``except Exception`` keeps it alive)."""
+
+
+def test_the_invalidation_thread_dying_stops_the_daemon(
+    tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    (tmp_path / "run").mkdir(mode=0o700)
+
+    def boom(self: BatchHandler, changed: object, removed: object) -> int:
+        raise Fault("injected")
+
+    settings = build_settings(Config(), CommandLine(paths=(tree,)))
+    ready = threading.Event()
+    daemon = Daemon(settings, on_ready=ready.set)
+    code: list[int] = []
+    with capture_logs() as logs:
+        thread = threading.Thread(target=lambda: code.append(daemon.run()), name="daemon-run")
+        thread.start()
+        try:
+            wait_until(ready.is_set, 30, message="ready")
+            monkeypatch.setattr(BatchHandler, "invalidate_now", boom)
+            (tree / "pkg" / "mod.py").write_text("X = 3\n")
+            wait_until(lambda: bool(code), 30, message="the daemon to exit")
+        finally:
+            daemon.request_stop()
+            thread.join(30)
+    assert code == [EXIT_FAILURE]
+    died = [e for e in logs if e["event"] == "thread-died"]
+    assert [e["thread"] for e in died] == ["cachewatchd-invalidate"]
