@@ -38,8 +38,10 @@ RESTARTS = 3
 _SYSTEMD_SERVER = '''\
 """A server that speaks systemd socket activation (sd_listen_fds) and nothing else."""
 import os
+import signal
 import socket
 import sys
+import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 VALUE = {value!r}
@@ -65,7 +67,10 @@ class Handler(BaseHTTPRequestHandler):
 server = HTTPServer(("127.0.0.1", 0), Handler, bind_and_activate=False)
 server.socket.close()
 server.socket = socket.socket(fileno=3)
-server.serve_forever()
+# Stop as real servers do: the request in hand is answered, the ones not yet accepted stay in the
+# shared socket's queue for the next generation (a plain SIGTERM would cut the one in hand).
+signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
+server.serve_forever(poll_interval=0.02)
 '''
 
 
