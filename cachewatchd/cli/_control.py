@@ -61,7 +61,7 @@ def _stop(args: argparse.Namespace) -> int:
 
     import psutil
 
-    from cachewatchd.config.user import BOUNDS, check_number
+    from cachewatchd.config.reader import BOUNDS, check_number
     from cachewatchd.daemon.registry import find_daemons, process_of
     from cachewatchd.processes.os_procs import owned, wait_gone
 

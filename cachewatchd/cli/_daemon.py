@@ -148,8 +148,8 @@ def _command_line(
 ) -> CommandLine:
     """*config_listen*: the config's ``[child] listen``, which ``--listen`` beats; *config_warm*
     its ``[child] warm``, which ``--cold`` beats."""
+    from cachewatchd.config.reader import BOUNDS, check_number
     from cachewatchd.config.settings import CommandLine
-    from cachewatchd.config.user import BOUNDS, check_number
     from cachewatchd.processes.listen import address_problem, parse_address
     from cachewatchd.processes.spec import ProcessSpec, module_problem, url_problem
 

@@ -62,7 +62,7 @@ def _doctor(args: argparse.Namespace) -> int:
     import json
 
     from cachewatchd.cache.audit import check_root
-    from cachewatchd.config.user import BOUNDS, check_number
+    from cachewatchd.config.reader import BOUNDS, check_number
     from cachewatchd.doctor.report import DoctorOptions, run_doctor
 
     check_number("--probe-timeout", args.probe_timeout, *BOUNDS["probe_timeout"])

@@ -41,7 +41,7 @@ __all__ = [
 DEFAULT_POLL_INTERVAL = 1.0
 POLL_INTERVAL_RANGE = (0.05, 3600.0)
 """Seconds between two passes, lowest and highest (the config's and command line's bounds too:
-:data:`cachewatchd.config.user.BOUNDS`). The highest is far below ``threading.TIMEOUT_MAX``."""
+:data:`cachewatchd.config.reader.BOUNDS`). The highest is far below ``threading.TIMEOUT_MAX``."""
 _RETRY = 1.0
 """Seconds before a pass that failed is tried again, when the interval itself is what failed."""
 

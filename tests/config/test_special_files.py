@@ -12,14 +12,8 @@ from pathlib import Path
 import pytest
 
 from cachewatchd.config.project import PROJECT_FILE_LIMIT, load_project_config
-from cachewatchd.config.user import (
-    BOUNDS,
-    CONFIG_FILE_LIMIT,
-    Config,
-    _Validator,
-    check_number,
-    load_config,
-)
+from cachewatchd.config.reader import BOUNDS, check_number
+from cachewatchd.config.user import CONFIG_FILE_LIMIT, Config, _Validator, load_config
 from cachewatchd.errors import EXIT_USAGE, ConfigError, UsageError
 from tests.support.daemon import DaemonProc, isolated_env
 from tests.support.fifo import RESCUE_AFTER, fifo_at, rescued
