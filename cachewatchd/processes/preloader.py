@@ -29,6 +29,7 @@ from typing import Any
 import psutil
 
 from cachewatchd.errors import RuntimeFailure
+from cachewatchd.processes.handover import LISTEN_VARS
 from cachewatchd.processes.warm_plan import WarmPlan
 
 __all__ = ["BOOT", "PreloadError", "Preloader", "WarmProcess"]
@@ -143,6 +144,14 @@ class Preloader:
             if (st.st_mtime_ns, st.st_size, st.st_ino) != (mtime, size, inode):
                 return path
         return None
+
+    def serves(self, plan: WarmPlan, env: Mapping[str, str]) -> bool:
+        """Whether this preloader was built for *plan*'s interpreter, options and entry and for
+        *env* (``LISTEN_*`` aside: they differ per generation)."""
+        ours = self.plan
+        if (ours.python, ours.options, ours.path0) != (plan.python, plan.options, plan.path0):
+            return False
+        return _stable(self.env) == _stable(env)
 
     @property
     def files(self) -> int:
@@ -315,3 +324,7 @@ class WarmProcess:
                 raise subprocess.TimeoutExpired(f"pid {self.pid}", timeout or 0.0)
             self.returncode = self.preloader._exit_code(self.pid, min(left, 0.5))
         return self.returncode
+
+
+def _stable(env: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in env.items() if k not in LISTEN_VARS}

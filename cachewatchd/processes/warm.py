@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from cachewatchd.log import get_logger
-from cachewatchd.processes.handover import LISTEN_VARS, Launch
+from cachewatchd.processes.handover import Launch
 from cachewatchd.processes.preloader import Preloader, PreloadError, WarmProcess
 from cachewatchd.processes.warm_plan import WarmPlan, warm_plan
 
@@ -190,7 +190,7 @@ class WarmStarter:
                 self._drop(current)
         if self._current is not None:
             return self._current
-        if self._candidate is None or not _same(self._candidate, plan, env):
+        if self._candidate is None or not self._candidate.serves(plan, env):
             self._drop(self._candidate)
             self._candidate = self._build(plan, env)
         candidate = self._candidate
@@ -227,7 +227,7 @@ class WarmStarter:
     def _unusable(self, preloader: Preloader, plan: WarmPlan, env: Mapping[str, str]) -> str | None:
         if not preloader.alive:
             return "the preloader exited"
-        if not _same(preloader, plan, env):
+        if not preloader.serves(plan, env):
             return "the command or its environment changed"
         changed = preloader.stale()
         return f"{changed} changed since it was preloaded" if changed is not None else None
@@ -377,19 +377,6 @@ class _NotYet(PreloadError):
 def _wait_ready(preloader: Preloader) -> None:
     if not preloader.ready(_EMPTY_TIMEOUT):
         raise PreloadError(f"the preloader did not start within {_EMPTY_TIMEOUT:g}s")
-
-
-def _same(preloader: Preloader, plan: WarmPlan, env: Mapping[str, str]) -> bool:
-    """Whether *preloader* was built for this interpreter, entry and environment (``LISTEN_*``,
-    which differ per generation, aside)."""
-    theirs = preloader.plan
-    if (theirs.python, theirs.options, theirs.path0) != (plan.python, plan.options, plan.path0):
-        return False
-    return _stable(preloader.env) == _stable(env)
-
-
-def _stable(env: Mapping[str, str]) -> dict[str, str]:
-    return {k: v for k, v in env.items() if k not in LISTEN_VARS}
 
 
 def warm_starter(
