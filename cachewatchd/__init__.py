@@ -9,7 +9,8 @@ directories, :func:`clean` removes the ones that should go. The names are loaded
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING
+
+TYPE_CHECKING = False  # typing's own: 2 ms of every start-up (mypy honours this name too)
 
 __version__ = "0.1.0"
 

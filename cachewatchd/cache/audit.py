@@ -6,9 +6,9 @@ import errno
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple
 
 from cachewatchd.cache.auditor import Auditor
+from cachewatchd.cache.named import NamedTuple
 from cachewatchd.cache.plan import AuditOptions, plan
 from cachewatchd.cache.pyc import mirror_dir
 from cachewatchd.cache.rows import Result

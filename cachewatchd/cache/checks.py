@@ -31,11 +31,13 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, NamedTuple
 
+from cachewatchd.cache.named import TYPE_CHECKING, NamedTuple
 from cachewatchd.cache.pyc import RUNNING_MAGIC, version_of_magic
 
 if TYPE_CHECKING:
+    from typing import Any
+
     from cachewatchd.cache.check_process import CheckProcess
     from cachewatchd.cache.interpreters import Finder, Interpreter
 

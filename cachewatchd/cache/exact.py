@@ -7,9 +7,9 @@ Pyc bodies and sources are untrusted input, never unmarshalled or compiled in th
 from __future__ import annotations
 
 import errno
-from typing import NamedTuple
 
 from cachewatchd.cache.checks import CheckPool, Outcome
+from cachewatchd.cache.named import NamedTuple
 from cachewatchd.cache.pyc import Mode
 from cachewatchd.cache.states import State, VanishedError, Verdict
 

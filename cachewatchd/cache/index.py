@@ -26,10 +26,12 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+
+from cachewatchd.cache.named import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     import sqlite3
+    from typing import Any
 
 __all__ = [
     "ENV_VAR",

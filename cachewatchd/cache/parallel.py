@@ -23,7 +23,6 @@ import threading
 from collections import deque
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import NoReturn
 
 from cachewatchd.cache.audit import AuditReport, audit, build_report
 from cachewatchd.cache.auditor import Auditor
@@ -32,6 +31,10 @@ from cachewatchd.cache.pyc import LEGACY_SUFFIXES, SOURCE_SUFFIXES
 from cachewatchd.cache.rows import Result
 from cachewatchd.cache.walk import list_directory, subdirectories
 from cachewatchd.errors import RuntimeFailure
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 __all__ = ["PIECES_PER_JOB", "audit_jobs", "default_jobs"]
 

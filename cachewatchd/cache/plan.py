@@ -6,8 +6,8 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple
 
+from cachewatchd.cache.named import NamedTuple
 from cachewatchd.cache.pyc import mirror_dir
 from cachewatchd.cache.walk import WalkOptions
 

@@ -13,7 +13,8 @@ import importlib.util
 import struct
 import sys
 from pathlib import Path
-from typing import Literal, NamedTuple
+
+from cachewatchd.cache.named import TYPE_CHECKING, NamedTuple
 
 __all__ = [
     "HEADER",
@@ -48,7 +49,12 @@ HEADER_SIZE = HEADER.size
 RUNNING_MAGIC: bytes = importlib.util.MAGIC_NUMBER
 _RUNNING_VERSION = sys.version_info[:2]
 
-Mode = Literal["timestamp", "checked-hash", "unchecked-hash"]
+if TYPE_CHECKING:
+    from typing import Literal, TypeAlias
+
+    Mode: TypeAlias = Literal["timestamp", "checked-hash", "unchecked-hash"]
+else:
+    Mode = str  # what type checkers see as the Literal: the importers' name, without typing
 
 # Each CPython 3.x version reserves a range of magic numbers for its alphas, betas, release
 # candidates and releases (Include/internal/pycore_magic_number.h, formerly
@@ -71,13 +77,9 @@ _MAGIC_RANGES: tuple[tuple[int, int, tuple[int, int]], ...] = (
     (3600, 3650, (3, 14)),
     (3650, 3700, (3, 15)),
 )
-_MAGIC_VERSIONS: dict[bytes, tuple[int, int]] = {
-    number.to_bytes(2, "little") + b"\r\n": version
-    for start, end, version in _MAGIC_RANGES
-    for number in range(start, end)
-}
 _PY27_MAGIC = 62211
-_MAGIC_VERSIONS[_PY27_MAGIC.to_bytes(2, "little") + b"\r\n"] = (2, 7)
+_MAGIC_VERSIONS: dict[bytes, tuple[int, int] | None] = {}
+"""Magic -> version, filled as magics are met (the whole table is 700 entries: 0.3 ms of start-up)."""
 # The magic numbers the releases of each version write and read (CPython's table of magic numbers,
 # Include/internal/pycore_magic_number.h): the others of its range belong to its alphas, betas and
 # release candidates, and a release rejects them ("bad magic number"). 3.5.3 changed the magic of
@@ -110,7 +112,22 @@ _PY2_HEADER = struct.Struct("<I")
 def version_of_magic(magic: bytes) -> tuple[int, int] | None:
     """CPython ``(major, minor)`` whose magic-number range holds *magic* (its releases' and its
     pre-releases'), or ``None`` when no CPython 2.7 or 3 does."""
-    return _MAGIC_VERSIONS.get(bytes(magic))
+    magic = bytes(magic)
+    try:
+        return _MAGIC_VERSIONS[magic]
+    except KeyError:
+        pass
+    version = None
+    if len(magic) == 4 and magic[2:] == b"\r\n":
+        number = int.from_bytes(magic[:2], "little")
+        if number == _PY27_MAGIC:
+            version = (2, 7)
+        for start, end, in_range in _MAGIC_RANGES:
+            if start <= number < end:
+                version = in_range
+    if len(_MAGIC_VERSIONS) < 4096:  # garbage magics do not grow it without bound
+        _MAGIC_VERSIONS[magic] = version
+    return version
 
 
 def released_magics(version: tuple[int, int]) -> tuple[bytes, ...] | None:
@@ -157,7 +174,7 @@ def parse_header(data: bytes, *, any_magic: bool = False) -> Header:
     if len(data) < HEADER_SIZE:
         raise HeaderError(f"header truncated ({len(data)} of {HEADER_SIZE} bytes)")
     magic, flags, mtime, size = HEADER.unpack_from(data)
-    version = _MAGIC_VERSIONS.get(magic)
+    version = version_of_magic(magic)
     if version is None and not any_magic:
         raise HeaderError(f"magic {magic.hex()} matches no CPython 3")
     if version is not None and version < (3, 7):

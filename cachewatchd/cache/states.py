@@ -5,9 +5,13 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Literal, NamedTuple
 
-from cachewatchd.cache.pyc import Mode
+from cachewatchd.cache.named import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from typing import Literal, TypeAlias
+
+    from cachewatchd.cache.pyc import Mode
 
 __all__ = ["DANGEROUS", "Entry", "Kind", "State", "VanishedError", "Verdict"]
 
@@ -29,7 +33,10 @@ class State(str, Enum):
 
 DANGEROUS = frozenset({State.STALE, State.SOURCELESS, State.CORRUPT})
 
-Kind = Literal["pycache", "legacy", "prefix"]
+if TYPE_CHECKING:
+    Kind: TypeAlias = Literal["pycache", "legacy", "prefix"]
+else:
+    Kind = str  # what type checkers see as the Literal: the importers' name, without typing
 
 
 class Entry(NamedTuple):

@@ -12,12 +12,12 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator, Sequence
-from typing import NamedTuple
 
 from cachewatchd.cache.checks import CheckPool, Outcome
 from cachewatchd.cache.exact import Pending, finish
 from cachewatchd.cache.index import Record, VerifyIndex, content_hash, fingerprint
 from cachewatchd.cache.judge import TICK_NS, WHOLE_SECOND_NS, prejudge
+from cachewatchd.cache.named import NamedTuple
 from cachewatchd.cache.plan import AuditOptions
 from cachewatchd.cache.pyc import Mode
 from cachewatchd.cache.states import Kind, State, VanishedError, Verdict

@@ -10,7 +10,8 @@ from __future__ import annotations
 import fnmatch
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import NamedTuple
+
+from cachewatchd.cache.named import NamedTuple
 
 __all__ = [
     "DEFAULT_EXCLUDES",

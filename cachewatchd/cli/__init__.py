@@ -15,11 +15,14 @@ import importlib
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any, NoReturn
 
 from cachewatchd import __version__
 from cachewatchd.cli._args import HelpFormatter
 from cachewatchd.errors import EXIT_BROKEN_PIPE, EXIT_FAILURE, EXIT_USAGE, CachewatchdError
+
+TYPE_CHECKING = False  # typing's own: 2 ms of every start-up (mypy honours this name too)
+if TYPE_CHECKING:
+    from typing import Any, NoReturn
 
 __all__ = ["main", "run"]
 

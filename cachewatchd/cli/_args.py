@@ -9,9 +9,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import TYPE_CHECKING, Any
 
+TYPE_CHECKING = False  # typing's own: 2 ms of every start-up (mypy honours this name too)
 if TYPE_CHECKING:
+    from typing import Any
+
     from cachewatchd.watch.mounts import PollMode
 
 __all__ = ["POLL_MODES", "HelpFormatter", "RawDescriptionHelpFormatter", "seconds"]

@@ -9,12 +9,14 @@ import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from cachewatchd.cli._output import colour
 from cachewatchd.errors import EXIT_FAILURE, EXIT_FINDINGS, EXIT_OK
 
+TYPE_CHECKING = False  # typing's own: 2 ms of every start-up (mypy honours this name too)
 if TYPE_CHECKING:
+    from typing import Any
+
     from cachewatchd.cache.audit import AuditOptions, AuditReport, Entry
     from cachewatchd.cache.clean import CleanResult
 

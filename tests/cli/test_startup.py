@@ -47,6 +47,7 @@ NOT_FOR_SCAN = [
     "traceback",
     "subprocess",
     "shutil",  # argparse's help formatter imports it for the width (and bz2, lzma, zlib with it)
+    "typing",  # 2 ms: annotations under TYPE_CHECKING, records by cachewatchd.cache.named
 ]
 
 
