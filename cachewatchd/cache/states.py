@@ -7,11 +7,10 @@ from enum import Enum
 from pathlib import Path
 
 from cachewatchd.cache.named import TYPE_CHECKING, NamedTuple
+from cachewatchd.cache.pyc import Mode  # at run time too: typing.get_type_hints(Entry) finds it
 
 if TYPE_CHECKING:
     from typing import Literal, TypeAlias
-
-    from cachewatchd.cache.pyc import Mode
 
 __all__ = ["DANGEROUS", "Entry", "Kind", "State", "VanishedError", "Verdict"]
 
