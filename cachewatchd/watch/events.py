@@ -24,12 +24,13 @@ _NOT_NORMAL = frozenset(("", os.curdir, os.pardir))
 """Path components that ``os.path.normpath`` would rewrite."""
 
 
-def event_filter(*, attrib: bool = True) -> list[Any]:
+def event_filter(*, attrib: bool = True, dirs_modified: bool = False) -> list[Any]:
     """The watchdog event classes to dispatch (``event_filter=`` of ``observer.schedule``).
 
     *attrib*: also attribute-only changes of files (``chmod``, ``touch``: a source's mtime moved).
     The git watcher leaves them out: it reads ``HEAD`` and the refs itself, and its own reading must
-    not wake it again.
+    not wake it again. *dirs_modified*: also directories modified, for a poller (a ``__pycache__``
+    whose stat moved: a pyc was written there); a native observer raises one per file written.
     """
     from watchdog import events as ev
 
@@ -44,6 +45,7 @@ def event_filter(*, attrib: bool = True) -> list[Any]:
         ev.DirCreatedEvent,
         ev.DirDeletedEvent,
         ev.DirMovedEvent,
+        *([ev.DirModifiedEvent] if dirs_modified else []),
     ]
 
 
@@ -80,6 +82,11 @@ class EventMapper:
     every source below them gone; anything below ``__pycache__`` or an excluded directory is ignored.
     The root itself deleted calls *on_root_gone*. A ``.git`` appearing asks for a rescan (a new
     repository or work tree for the git watcher to find).
+
+    *polled*: fed by a poller, whose snapshots hold each ``__pycache__`` but none of its children
+    (:class:`~cachewatchd.watch.polling.SourceLister`): a ``__pycache__`` created, moved in or
+    modified is listed, and every pyc in it goes to the :class:`PycSink` (those verified already
+    are settled by the verification index). A native observer reports each pyc itself.
     """
 
     def __init__(
@@ -88,8 +95,11 @@ class EventMapper:
         sink: EventSink,
         options: WalkOptions,
         on_root_gone: Callable[[Path], None],
+        *,
+        polled: bool = False,
     ) -> None:
         self.root = root
+        self.polled = polled
         self.sink = sink
         self.excluder = Excluder(options)
         self.on_root_gone = on_root_gone
@@ -108,8 +118,10 @@ class EventMapper:
         name = os.path.basename(dest or src)
         if name == ".git" and kind in {"created", "moved"}:  # a work tree or submodule appeared
             self.sink.rescan(self.root, "new git repository")
-        if self._pycs is not None and kind in {"created", "moved"} and self._is_pyc(dest or src):
-            self._pycs.pyc_written(Path(dest or src))  # importlib writes a pyc, then renames it
+        written = kind in {"created", "moved"} or (self.polled and kind == "modified")
+        if self._pycs is not None and written and self._is_pyc(dest or src):
+            # importlib writes a pyc, then renames it; a poller sees an in-place rewrite as modified
+            self._pycs.pyc_written(Path(dest or src))
         if kind == "moved":
             if self._is_source(src):
                 self.sink.source_removed(Path(src))
@@ -129,6 +141,22 @@ class EventMapper:
             self.sink.dir_removed(Path(src))
         elif kind == "created" and os.path.basename(src) == ".git":
             self.sink.rescan(self.root, "new git repository")
+        if self.polled and self._pycs is not None and kind in {"created", "modified", "moved"}:
+            self._list_pycache(dest or src, self._pycs)
+
+    def _list_pycache(self, directory: str, pycs: PycSink) -> None:
+        """Every pyc in *directory* when it is a ``__pycache__`` of the root, to *pycs*."""
+        if os.path.basename(directory) != "__pycache__":
+            return
+        if self._ignored(os.path.join(os.path.dirname(directory), "x")):
+            return
+        try:
+            with os.scandir(directory) as it:
+                names = [e.name for e in it if e.name.endswith(LEGACY_SUFFIXES)]
+        except OSError:  # gone again, or unreadable: the audits report it
+            return
+        for name in sorted(names):
+            pycs.pyc_written(Path(directory, name))
 
     def _is_pyc(self, path: str) -> bool:
         """A pyc in a ``__pycache__`` or beside its source, not in an excluded directory."""

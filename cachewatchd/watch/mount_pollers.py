@@ -100,7 +100,9 @@ class MountPollers:
                     base=str(self.root),
                     hash_content=not ctime_trusted(mount.fstype),
                 )
-                handler = EventMapper(self.root, self._sink, self._options, _ignore_gone)
+                handler = EventMapper(
+                    self.root, self._sink, self._options, _ignore_gone, polled=True
+                )
                 start_observer(observer, handler, mount.mountpoint)
                 self._observers.append(observer)
         except BaseException:
@@ -184,8 +186,9 @@ class _Outside:
             self._sink.dir_removed(path)
 
     def pyc_written(self, path: Path) -> None:
-        # passed on below the mounts too: their pollers never list __pycache__, and a pyc written
-        # through this machine's kernel raises an inotify event on any mount
+        # passed on below the mounts too: a pyc written through this machine's kernel raises an
+        # inotify event on any mount at once; the mount's poller sees its __pycache__ change only
+        # at its next pass (and reports those written on the other side)
         if isinstance(self._sink, PycSink):
             self._sink.pyc_written(path)
 
@@ -198,8 +201,10 @@ def _ignore_gone(path: Path) -> None:
 
 
 def start_observer(observer: Any, handler: EventMapper, path: Path) -> None:
-    """Schedule *handler* on *path* (recursively, the watchers' event classes) and start."""
-    observer.schedule(handler, str(path), recursive=True, event_filter=event_filter())
+    """Schedule *handler* on *path* (recursively, the watchers' event classes; a poller's handler
+    gets its directories modified too) and start."""
+    events = event_filter(dirs_modified=handler.polled)
+    observer.schedule(handler, str(path), recursive=True, event_filter=events)
     try:
         observer.start()
     except BaseException:

@@ -374,11 +374,11 @@ class Watcher:
             hash_content=not ctime_trusted_at(root.path),
         )
         root.guard = None
-        self._run(root, observer)
+        self._run(root, observer, polled=True)
 
-    def _run(self, root: _Root, observer: Any) -> None:
+    def _run(self, root: _Root, observer: Any, *, polled: bool = False) -> None:
         sink = root.mounts.outside(self.sink) if root.mounts is not None else self.sink
-        handler = EventMapper(root.path, sink, self.walk_options, self.report_gone)
+        handler = EventMapper(root.path, sink, self.walk_options, self.report_gone, polled=polled)
         start_observer(observer, handler, root.path)
         root.observer = observer
 

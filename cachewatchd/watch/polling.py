@@ -7,9 +7,14 @@ Two functions plug into :class:`watchdog.observers.polling.PollingObserverVFS`:
   re-created when ``(st_ino, st_dev)`` differ. ``utime`` cannot set ``st_ctime``, and any write or
   ``utime`` bumps it, so reporting ``max(mtime, ctime)`` as the mtime catches ``cp -p``, ``tar x``,
   ``rsync -t`` and ``touch -r`` edits. The inode already takes part in the comparison.
-- :class:`SourceLister` lists only what matters (directories and sources), leaves out
-  ``__pycache__``, excluded directories and virtual environments, and reports an unreadable
-  sub-directory once instead of failing the pass, so a pass costs little.
+- :class:`SourceLister` lists only what matters (directories and sources), leaves out excluded
+  directories and virtual environments, and reports an unreadable sub-directory once instead of
+  failing the pass, so a pass costs little. A ``__pycache__`` is kept but none of its children
+  are listed: one stat per package tells that a pyc was written, replaced or removed there (its
+  directory's mtime moved), and the event mapper lists that one directory
+  (:class:`~cachewatchd.watch.events.EventMapper`, ``polled``). A legacy pyc is kept only beside
+  its source (``m.pyc`` beside ``m.py``), the one place where it can hold other code than the
+  source's; a sourceless pyc, or a whole prefix tree, costs nothing.
 
 The poller's thread never dies silently: the interval is held within :data:`POLL_INTERVAL_RANGE`
 (a wait beyond ``threading.TIMEOUT_MAX`` raises ``OverflowError``), and a pass that fails with an
@@ -25,7 +30,7 @@ import stat
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from cachewatchd.cache.pyc import SOURCE_SUFFIXES
+from cachewatchd.cache.pyc import LEGACY_SUFFIXES, SOURCE_SUFFIXES
 from cachewatchd.cache.walk import Excluder, WalkOptions
 from cachewatchd.log import get_logger
 
@@ -102,7 +107,8 @@ def change_stat(path: str) -> os.stat_result:
 
 
 class SourceLister:
-    """``os.scandir`` for one root's snapshots: directories and sources only, exclusions pruned.
+    """``os.scandir`` for one root's snapshots: directories, sources and the legacy pycs beside
+    them, exclusions pruned; a ``__pycache__`` is listed as empty (its own stat is kept).
 
     *on_denied* is called with the directory and the error when a sub-directory cannot be listed;
     the pass goes on without it. The root's own errors propagate (watchdog treats a vanished root as
@@ -123,6 +129,8 @@ class SourceLister:
 
     def __call__(self, path: str | None) -> Iterator[os.DirEntry[str]]:
         directory = self._root if path is None else path
+        if directory.endswith(_PYCACHE) and directory != self._root:
+            return iter(())
         try:
             with os.scandir(directory) as it:
                 entries = list(it)
@@ -136,7 +144,10 @@ class SourceLister:
             return iter(())
         below = directory != self._base
         rel = os.path.relpath(directory, self._base).replace(os.sep, "/") if below else ""
-        return iter([e for e in entries if self._keep(e, rel)])
+        kept = [e for e in entries if self._keep(e, rel)]
+        if len(kept) < len(entries) and any(e.name.endswith(LEGACY_SUFFIXES) for e in entries):
+            kept.extend(_legacy_beside_sources(entries))
+        return iter(kept)
 
     def _keep(self, entry: os.DirEntry[str], rel: str) -> bool:
         name = entry.name
@@ -147,8 +158,29 @@ class SourceLister:
         if not is_dir:
             return name.endswith(SOURCE_SUFFIXES)
         if name == "__pycache__":
-            return False
+            return True
         return not self._excluder.excluded(name, f"{rel}/{name}" if rel else name)
+
+
+_PYCACHE = os.sep + "__pycache__"
+
+
+def _legacy_beside_sources(entries: list[os.DirEntry[str]]) -> list[os.DirEntry[str]]:
+    """The legacy pycs among *entries* whose source is among them too (``m.pyc``, ``m.pyo``
+    beside ``m.py``)."""
+    names = {e.name for e in entries}
+    legacy = []
+    for entry in entries:
+        name = entry.name
+        if name.endswith(LEGACY_SUFFIXES) and any(
+            name[:-4] + suffix in names for suffix in SOURCE_SUFFIXES
+        ):
+            try:
+                if entry.is_file(follow_symlinks=False):
+                    legacy.append(entry)
+            except OSError:
+                continue
+    return legacy
 
 
 def make_polling_observer(

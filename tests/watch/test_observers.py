@@ -369,7 +369,7 @@ def test_missing_root_at_start_is_attached_when_it_appears(tmp_path: Path) -> No
     assert sum(1 for e in logs if e["event"] == "error") == 1  # said once, not every second
 
 
-def test_source_lister_keeps_sources_and_directories_only(tmp_path: Path) -> None:
+def test_source_lister_keeps_sources_directories_and_the_pycache_itself(tmp_path: Path) -> None:
     root = _tree(tmp_path)
     (root / "pkg" / "__pycache__").mkdir()
     (root / "node_modules").mkdir()
@@ -378,7 +378,9 @@ def test_source_lister_keeps_sources_and_directories_only(tmp_path: Path) -> Non
     lister = SourceLister(str(root), WalkOptions(), lambda p, e: None)
     assert sorted(e.name for e in lister(str(root))) == ["pkg", "venv"]
     assert list(lister(str(root / "venv"))) == []
-    assert sorted(e.name for e in lister(str(root / "pkg"))) == ["__init__.py", "mod.py", "sub"]
+    listed = sorted(e.name for e in lister(str(root / "pkg")))
+    assert listed == ["__init__.py", "__pycache__", "mod.py", "sub"]
+    assert list(lister(str(root / "pkg" / "__pycache__"))) == []  # its stat only
 
 
 _DENIED_SCRIPT = r"""

@@ -1,0 +1,129 @@
+"""A poller reports the pycs written under its root (issue 9: "The daemon verifies every pyc that
+appears"): its snapshots hold each ``__pycache__`` (one stat, none of its children), a pyc written
+there moves that directory's mtime, and the poller's event mapper lists that one directory. A
+legacy pyc is watched beside its source only. A native observer reports each pyc itself: its
+directory events never make the mapper list a ``__pycache__``."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from pathlib import Path
+
+from cachewatchd.cache.walk import WalkOptions
+from cachewatchd.watch.events import EventMapper, event_filter
+from cachewatchd.watch.observers import Watcher
+from cachewatchd.watch.polling import SourceLister
+from tests.support.daemon import DaemonProc, isolated_env
+from tests.support.pycs import late_writer_pyc, restore_mtime_edit, write
+from tests.support.ticks import past_the_tick
+from tests.support.wait import compile_pyc, wait_until
+
+TAG = sys.implementation.cache_tag
+
+
+class Sink:
+    """An event sink that records the pycs reported (observer threads feed it)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pycs: list[Path] = []
+
+    def source_changed(self, path: Path) -> None: ...
+    def source_removed(self, path: Path) -> None: ...
+    def dir_removed(self, path: Path) -> None: ...
+    def rescan(self, root: Path, reason: str) -> None: ...
+
+    def pyc_written(self, path: Path) -> None:
+        with self._lock:
+            self._pycs.append(path)
+
+    def pycs(self) -> set[Path]:
+        with self._lock:
+            return set(self._pycs)
+
+
+def test_the_lister_keeps_each_pycache_but_none_of_its_children(tmp_path: Path) -> None:
+    pkg = tmp_path / "pkg"
+    compile_pyc(write(pkg / "m.py", "X = 1\n"))
+    compile_pyc(write(pkg / "legacy.py", "L = 1\n"), cfile=pkg / "legacy.pyc")
+    compile_pyc(write(tmp_path / "gone.py", "G = 1\n"), cfile=pkg / "lone.pyc")  # sourceless
+    lister = SourceLister(str(tmp_path), WalkOptions(), lambda path, exc: None)
+    assert {e.name for e in lister(str(pkg))} == {"m.py", "__pycache__", "legacy.py", "legacy.pyc"}
+    assert list(lister(str(pkg / "__pycache__"))) == []
+
+
+class _DirEvent:
+    def __init__(self, kind: str, src: str) -> None:
+        self.event_type = kind
+        self.src_path = src
+        self.dest_path = ""
+        self.is_directory = True
+
+
+def test_only_a_pollers_mapper_lists_a_modified_pycache(tmp_path: Path) -> None:
+    pyc = compile_pyc(write(tmp_path / "pkg" / "m.py", "X = 1\n"))
+    skipped = compile_pyc(write(tmp_path / "skipped" / "s.py", "S = 1\n"))
+    options = WalkOptions(excludes=("skipped",))
+    for polled, expected in ((False, set()), (True, {pyc})):
+        sink = Sink()
+        mapper = EventMapper(tmp_path, sink, options, lambda root: None, polled=polled)
+        for directory in (pyc.parent, skipped.parent, tmp_path / "pkg"):
+            mapper.dispatch(_DirEvent("modified", str(directory)))
+        assert sink.pycs() == expected, polled
+    names = {cls.__name__ for cls in event_filter(dirs_modified=True)}
+    assert "DirModifiedEvent" in names
+    assert "DirModifiedEvent" not in {cls.__name__ for cls in event_filter()}
+
+
+def test_a_polled_root_reports_the_pycs_written_under_it(tmp_path: Path) -> None:
+    """In an existing ``__pycache__``, in one created after the start (a new package), and
+    legacy pycs beside their sources; not a sourceless pyc, not in an excluded directory."""
+    root = tmp_path.resolve()
+    existing = compile_pyc(write(root / "pkg" / "a.py", "A = 1\n"))
+    source = write(root / "pkg" / "b.py", "B = 1\n")
+    skipped = write(root / "skipped" / "s.py", "S = 1\n")
+    legacy_source = write(root / "old.py", "O = 1\n")
+    past_the_tick(existing.parent, root)
+    sink = Sink()
+    watcher = Watcher(
+        [root], poll_mode="always", poll_interval=0.05, batcher=sink, excludes=("skipped",)
+    )
+    watcher.start()
+    try:
+        written = [
+            compile_pyc(source),
+            compile_pyc(write(root / "new" / "n.py", "N = 1\n")),
+            compile_pyc(legacy_source, cfile=root / "old.pyc"),
+        ]
+        compile_pyc(skipped)
+        compile_pyc(legacy_source, cfile=root / "sourceless.pyc")
+        for pyc in written:
+            wait_until(lambda: pyc in sink.pycs(), 10, message=f"{pyc} reported")  # noqa: B023
+        past_the_tick(*written)
+        marker = compile_pyc(write(root / "pkg" / "c.py", "C = 1\n"))
+        wait_until(lambda: marker in sink.pycs(), 10, message="a later pyc reported")
+    finally:
+        watcher.stop()
+    reported = sink.pycs()
+    assert not {p for p in reported if "skipped" in p.parts or p.name == "sourceless.pyc"}
+    assert reported <= {existing, marker, *written}
+
+
+def test_a_polling_daemon_removes_a_pyc_of_old_code_the_moment_it_appears(
+    tmp_path: Path,
+) -> None:
+    """``--poll always`` (a root on NFS or sshfs): the pyc an importer that read the old source
+    writes after the daemon started is compared with the source at the next pass and removed."""
+    root = (tmp_path / "proj").resolve()
+    source = write(root / "m.py", "X = 1\n")
+    restore_mtime_edit(source, "X = 2\n")
+    (root / "__pycache__").mkdir()
+    env = isolated_env(tmp_path / "home")
+    with DaemonProc([str(root), "--poll", "always", "--poll-interval", "0.2"], env) as daemon:
+        daemon.ready()
+        pyc = late_writer_pyc(source, "X = 1\n")
+        wait_until(lambda: not pyc.exists(), 30, message=f"{pyc} of old code to go")
+        event = daemon.wait_event("invalidated", lambda e: e["removed"] == [str(pyc)])
+        assert "checked when it appeared" in event["reason"]
+        assert daemon.stop() == 0
