@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import errno
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from cachewatchd.cache.auditor import Auditor
 from cachewatchd.cache.named import NamedTuple
-from cachewatchd.cache.plan import AuditOptions, plan
+from cachewatchd.cache.parallel import audit_results
+from cachewatchd.cache.plan import AuditOptions, resolve_root
 from cachewatchd.cache.pyc import mirror_dir
-from cachewatchd.cache.rows import Result
+from cachewatchd.cache.rows import Result, count_states
 from cachewatchd.cache.states import DANGEROUS, Entry, State
-from cachewatchd.errors import UsageError
 
 __all__ = [
     "DANGEROUS",
@@ -66,11 +64,7 @@ class AuditReport:
         )
 
     def summary(self) -> dict[str, int]:
-        counts = {state.value: 0 for state in State}
-        counts[State.FRESH.value] = self.omitted_fresh
-        for entry in self.entries:
-            counts[entry.state.value] += 1
-        return counts
+        return count_states((entry.state.value for entry in self.entries), self.omitted_fresh)
 
     def non_fresh(self) -> list[Entry]:
         return [e for e in self.entries if e.state is not State.FRESH]
@@ -87,20 +81,8 @@ class AuditReport:
 
 
 def check_root(path: Path) -> Path:
-    """Resolve a root given by the user; raise :class:`UsageError` when unusable."""
-    try:
-        resolved = path.expanduser().resolve(strict=True)
-    except FileNotFoundError:
-        raise UsageError(f"{path}: no such directory") from None
-    except OSError as exc:
-        raise UsageError(f"{path}: {exc.strerror or exc}") from None
-    except RuntimeError:  # a symlink loop before Python 3.13 (an OSError since)
-        raise UsageError(f"{path}: {os.strerror(errno.ELOOP)}") from None
-    if not resolved.is_dir():
-        raise UsageError(f"{path}: not a directory")
-    if not os.access(resolved, os.R_OK | os.X_OK):
-        raise UsageError(f"{path}: permission denied")
-    return resolved
+    """:func:`~cachewatchd.cache.plan.resolve_root` as a :class:`~pathlib.Path`."""
+    return Path(resolve_root(path))
 
 
 class _Paths:
@@ -137,7 +119,4 @@ def build_report(roots: Sequence[Path], results: Sequence[Result]) -> AuditRepor
 def audit(roots: Sequence[Path], options: AuditOptions | None = None) -> AuditReport:
     """Judge every cache entry under *roots* (already resolved directories)."""
     opts = options if options is not None else AuditOptions()
-    with Auditor(opts) as auditor:
-        for part in plan(roots, opts):
-            auditor.part(part)
-        return build_report(roots, [auditor.take()])
+    return build_report(roots, audit_results(roots, opts, jobs=1))

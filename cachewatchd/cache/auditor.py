@@ -365,9 +365,9 @@ class Auditor(Collector):
     def part(self, part: Part) -> None:
         """Judge one :class:`Part` of an audit."""
         if part.source is None:
-            self.tree(str(part.path))
+            self.tree(part.path)
         else:
-            self.mirror_tree(str(part.path), str(part.source), part.skip)
+            self.mirror_tree(part.path, part.source, part.skip)
 
     def mirror_tree(self, mirror: str, source: str, skip: frozenset[str] = frozenset()) -> None:
         """Judge the prefix-tree directory *mirror* and below as the caches of the sources in

@@ -22,11 +22,9 @@ import struct
 import threading
 from collections import deque
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 
-from cachewatchd.cache.audit import AuditReport, audit, build_report
 from cachewatchd.cache.auditor import Auditor
-from cachewatchd.cache.plan import AuditOptions, Part, plan
+from cachewatchd.cache.plan import AuditOptions, Part, plan, within
 from cachewatchd.cache.pyc import LEGACY_SUFFIXES, SOURCE_SUFFIXES
 from cachewatchd.cache.rows import Result
 from cachewatchd.cache.walk import list_directory, subdirectories
@@ -34,9 +32,13 @@ from cachewatchd.errors import RuntimeFailure
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from pathlib import Path
     from typing import NoReturn
 
-__all__ = ["PIECES_PER_JOB", "audit_jobs", "default_jobs"]
+    from cachewatchd.cache.audit import AuditReport
+    from cachewatchd.cache.pyc import StrPath
+
+__all__ = ["PIECES_PER_JOB", "audit_jobs", "audit_results", "default_jobs"]
 
 PIECES_PER_JOB = 8
 """Subtrees per process before forking: the queue balances their unknown sizes."""
@@ -72,33 +74,44 @@ def default_jobs(*, deep: bool = False) -> int:
 
 
 def audit_jobs(roots: Sequence[Path], options: AuditOptions, jobs: int) -> AuditReport:
-    """:func:`~cachewatchd.cache.audit.audit` over up to *jobs* processes; the same report.
+    """:func:`~cachewatchd.cache.audit.audit` over up to *jobs* processes; the same report."""
+    from cachewatchd.cache.audit import build_report  # the API's report: Entry, pathlib
+
+    return build_report(roots, audit_results(roots, options, jobs))
+
+
+def audit_results(roots: Sequence[StrPath], options: AuditOptions, jobs: int) -> list[Result]:
+    """What the audit of *roots* found, as plain rows in report order, over up to *jobs* processes
+    (``cachewatchd scan`` prints them without building the API's report).
 
     Runs in this process alone when *jobs* is 1, when other threads run, when roots overlap, or
     when the tree is small. Raises :class:`RuntimeFailure` when a worker process fails.
     """
     if jobs <= 1 or threading.active_count() > 1:
-        return audit(roots, options)
+        return [_one_process(roots, options)]
     parts = plan(roots, options)
     if _overlapping(parts):
-        return audit(roots, options)
-    work = _Plan(roots, parts, options, PIECES_PER_JOB * jobs)
+        return [_one_process(roots, options)]
+    work = _Plan(parts, options, PIECES_PER_JOB * jobs)
     with work.auditor:
         if work.worth_forking:
             results = _run_forked(work, min(jobs, len(work.pending)))
         else:
             results = {i: work.run(i) for i in range(len(work.pending))}
-        return work.report(results)
+        return work.results(results)
+
+
+def _one_process(roots: Sequence[StrPath], options: AuditOptions) -> Result:
+    with Auditor(options) as auditor:
+        for part in plan(roots, options):
+            auditor.part(part)
+        return auditor.take()
 
 
 def _overlapping(parts: Sequence[Part]) -> bool:
     """Any part inside another (resolved): one process must judge each entry once."""
-    areas = [Path(os.path.realpath(part.path)) for part in parts]
-    return any(
-        i != j and (a == b or a.is_relative_to(b))
-        for i, a in enumerate(areas)
-        for j, b in enumerate(areas)
-    )
+    areas = [os.path.realpath(part.path) for part in parts]
+    return any(i != j and within(a, b) for i, a in enumerate(areas) for j, b in enumerate(areas))
 
 
 class _Node:
@@ -141,16 +154,13 @@ class _Node:
 class _Plan:
     """The audit cut into pieces: ``pending[i]`` is run by :meth:`run` in any process."""
 
-    def __init__(
-        self, roots: Sequence[Path], parts: Sequence[Part], options: AuditOptions, pieces: int
-    ) -> None:
-        self.roots = list(roots)
+    def __init__(self, parts: Sequence[Part], options: AuditOptions, pieces: int) -> None:
         self.options = options
         self.auditor = Auditor(options, dedup=False)
         self.top: list[_Node] = [
-            _Node(str(part.path), "", 0, root=True)
+            _Node(part.path, "", 0, root=True)
             if part.source is None
-            else _Node(str(part.path), "", 0, mirror=part)
+            else _Node(part.path, "", 0, mirror=part)
             for part in parts
         ]
         self._expand(pieces)
@@ -211,11 +221,11 @@ class _Plan:
             self.auditor.tree(node.path, node.rel, root=node.root)
         return self.auditor.take()
 
-    def report(self, results: dict[int, Result]) -> AuditReport:
+    def results(self, results: dict[int, Result]) -> list[Result]:
+        """The pieces' *results* (by index in ``pending``) in the order of a one-process walk."""
         for index, node in enumerate(self.pending):
             node.result = results[index]
-        parts = [node.result for node in self._walk_order() if node.result is not None]
-        return build_report(self.roots, parts)
+        return [node.result for node in self._walk_order() if node.result is not None]
 
 
 def _run_forked(plan: _Plan, jobs: int) -> dict[int, Result]:

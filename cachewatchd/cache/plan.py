@@ -3,15 +3,21 @@ prefix tree's mirrors of them), in report order."""
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Sequence
-from pathlib import Path
 
-from cachewatchd.cache.named import NamedTuple
-from cachewatchd.cache.pyc import mirror_dir
+from cachewatchd.cache.named import TYPE_CHECKING, NamedTuple
+from cachewatchd.cache.pyc import mirror_path
 from cachewatchd.cache.walk import WalkOptions
+from cachewatchd.errors import UsageError
 
-__all__ = ["AuditOptions", "Part", "plan", "prefix_identity"]
+if TYPE_CHECKING:
+    from pathlib import Path  # the API's type; the engine takes any path (scan's start needs none)
+
+    from cachewatchd.cache.pyc import StrPath
+
+__all__ = ["AuditOptions", "Part", "plan", "prefix_identity", "resolve_root", "within"]
 
 
 class AuditOptions(NamedTuple):
@@ -49,14 +55,31 @@ class AuditOptions(NamedTuple):
 class Part(NamedTuple):
     """A part of an audit: a root walked as a source tree, or a directory of the prefix tree."""
 
-    path: Path
-    source: Path | None = None
+    path: str
+    source: str | None = None
     """For a prefix-tree directory: the source directory it mirrors."""
     skip: frozenset[str] = frozenset()
     """Prefix-tree directories below *path* that other parts judge."""
 
 
-def prefix_identity(prefix: Path | None) -> list[tuple[int, int]]:
+def resolve_root(path: StrPath) -> str:
+    """Resolve a root given by the user; raise :class:`UsageError` when unusable."""
+    try:
+        resolved = os.path.realpath(os.path.expanduser(path), strict=True)
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such directory") from None
+    except OSError as exc:
+        raise UsageError(f"{path}: {exc.strerror or exc}") from None
+    except RuntimeError:  # a symlink loop before Python 3.13 (an OSError since)
+        raise UsageError(f"{path}: {os.strerror(errno.ELOOP)}") from None
+    if not os.path.isdir(resolved):
+        raise UsageError(f"{path}: not a directory")
+    if not os.access(resolved, os.R_OK | os.X_OK):
+        raise UsageError(f"{path}: permission denied")
+    return resolved
+
+
+def prefix_identity(prefix: StrPath | None) -> list[tuple[int, int]]:
     """``(st_dev, st_ino)`` of the prefix tree, which a walk of a root never enters."""
     if prefix is None:
         return []
@@ -67,11 +90,12 @@ def prefix_identity(prefix: Path | None) -> list[tuple[int, int]]:
     return [(st.st_dev, st.st_ino)]
 
 
-def _within(path: str, base: str) -> bool:
+def within(path: str, base: str) -> bool:
+    """*path* is *base* or below it (both absolute and normalised)."""
     return path == base or path.startswith(base.rstrip(os.sep) + os.sep)
 
 
-def plan(roots: Sequence[Path], options: AuditOptions) -> list[Part]:
+def plan(roots: Sequence[StrPath], options: AuditOptions) -> list[Part]:
     """The parts of an audit of *roots*, in report order.
 
     Without a prefix, the roots. With one (CPython 3.8+ keeps every cache at ``<prefix>/<the source
@@ -84,26 +108,27 @@ def plan(roots: Sequence[Path], options: AuditOptions) -> list[Part]:
     """
     prefix = options.pycache_prefix
     if prefix is None:
-        return [Part(root) for root in roots]
+        return [Part(os.fspath(root)) for root in roots]
     real_prefix = os.path.realpath(prefix)
-    aliases = [(os.path.realpath(alias), Path(os.path.abspath(alias))) for alias in options.aliases]
+    aliases = [(os.path.realpath(alias), os.path.abspath(alias)) for alias in options.aliases]
     parts: list[Part] = []
     mirrors: set[str] = set()
     prefix_inside = False
     for root in roots:
         real = os.path.realpath(root)
-        if _within(real, real_prefix):
-            parts.append(Part(root, Path("/", os.path.relpath(real, real_prefix))))
+        if within(real, real_prefix):
+            rel = os.path.relpath(real, real_prefix)
+            parts.append(Part(os.fspath(root), os.sep if rel == os.curdir else os.sep + rel))
             continue
-        parts.append(Part(root))
-        prefix_inside = prefix_inside or _within(real_prefix, real)
-        sources = [Path(os.path.abspath(root)), Path(real)]
-        sources += [alias for real_alias, alias in aliases if _within(real_alias, real)]
+        parts.append(Part(os.fspath(root)))
+        prefix_inside = prefix_inside or within(real_prefix, real)
+        sources = [os.path.abspath(root), real]
+        sources += [alias for real_alias, alias in aliases if within(real_alias, real)]
         for source in sources:
-            mirror = mirror_dir(prefix, source)
-            if str(mirror) not in mirrors:
-                mirrors.add(str(mirror))
+            mirror = mirror_path(prefix, source)
+            if mirror not in mirrors:
+                mirrors.add(mirror)
                 parts.append(Part(mirror, source))
     if prefix_inside:
-        parts.append(Part(prefix, Path("/"), frozenset(mirrors)))
+        parts.append(Part(os.fspath(prefix), os.sep, frozenset(mirrors)))
     return parts

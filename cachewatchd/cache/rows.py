@@ -3,10 +3,12 @@ the collecting of it: fresh entries only counted unless kept, errors, each entry
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from cachewatchd.cache.pyc import Mode
 from cachewatchd.cache.states import Kind, State, Verdict
 
-__all__ = ["Collector", "Result", "Row"]
+__all__ = ["Collector", "Result", "Row", "count_states"]
 
 Row = tuple[str, str | None, str, str, str, str, Mode | None, Kind]
 """One judged entry as plain data: path, source, state value, reason, tag, opt, mode, kind."""
@@ -14,6 +16,16 @@ Row = tuple[str, str | None, str, str, str, str, Mode | None, Kind]
 Result = tuple[list[Row], list[tuple[str, str]], int, list[str]]
 """What an audit (or a part of one) found: rows, ``(path, error)`` pairs, fresh entries not kept,
 notes (what the audit could not do exactly, each said once: no interpreter of a version found)."""
+
+
+def count_states(states: Iterable[str], fresh: int) -> dict[str, int]:
+    """Entries per state value, every state listed in order: *states* of the entries kept, and
+    *fresh* ones judged but not kept."""
+    counts = {state.value: 0 for state in State}
+    counts[State.FRESH.value] = fresh
+    for state in states:
+        counts[state] += 1
+    return counts
 
 
 def _error_text(exc: OSError) -> str:
