@@ -108,13 +108,19 @@ def _within(path: str, bases: Sequence[str]) -> bool:
 
 
 class _Safety:
-    """Decides whether a path may be deleted; the roots are resolved once per removal run."""
+    """Decides whether a path may be deleted. The roots are resolved once per removal run, and
+    what depends only on a file's directory (resolved, inside the prefix tree or a root, a
+    ``__pycache__`` that is no symlink) once per directory: a storm removes many files per
+    directory. Per file: its name, and an ``lstat`` (a regular file)."""
 
     def __init__(self, roots: Sequence[Path], pycache_prefix: Path | None) -> None:
         self.roots = [os.path.realpath(r) for r in roots]
         self.prefix = None if pycache_prefix is None else [os.path.realpath(pycache_prefix)]
         self._real: dict[Path, str] = {}
-        """Resolved parent directories: a storm removes many files per directory."""
+        """Resolved directories."""
+        self._places: dict[Path, str] = {}
+        """Per directory: ``prefix``, ``pycache``, ``beside`` (a legacy pyc beside its source),
+        or why nothing in it may go."""
 
     def _realpath(self, directory: Path) -> str:
         real = self._real.get(directory)
@@ -129,6 +135,21 @@ class _Safety:
         real = self._realpath(directory)
         return real != self.prefix[0] and _within(real, self.prefix)
 
+    def _place(self, directory: Path) -> str:
+        place = self._places.get(directory)
+        if place is None:
+            real = self._realpath(directory)
+            if self.prefix is not None and _within(real, self.prefix):
+                place = "prefix"
+            elif not _within(real, self.roots):
+                place = "outside the watched roots"
+            elif directory.name == "__pycache__":
+                place = "not a cache entry" if os.path.islink(directory) else "pycache"
+            else:
+                place = "beside"
+            self._places[directory] = place
+        return place
+
     def refusal(self, path: Path) -> str | None:
         name = path.name
         if not name.endswith(LEGACY_SUFFIXES):
@@ -141,16 +162,14 @@ class _Safety:
             return exc.strerror or str(exc)
         if not stat.S_ISREG(st.st_mode):
             return "not a regular file"
-        parent = self._realpath(path.parent)
-        if self.prefix is not None and _within(parent, self.prefix):
+        place = self._place(path.parent)
+        if place == "prefix":
             return None if name.endswith(".pyc") else "not a .pyc file"
-        if not _within(parent, self.roots):
-            return "outside the watched roots"
-        if path.parent.name == "__pycache__" and (
-            os.path.islink(path.parent) or parse_cache_name(name) is None
-        ):
-            return "not a cache entry"
-        return None  # a __pycache__ entry, or a legacy m.pyc / m.pyo inside a root
+        if place == "pycache":
+            return None if parse_cache_name(name) is not None else "not a cache entry"
+        if place == "beside":
+            return None  # a legacy m.pyc / m.pyo inside a root
+        return place
 
 
 def is_cache_file(

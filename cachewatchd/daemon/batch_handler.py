@@ -12,7 +12,8 @@
   fresh goes, except sourceless legacy pycs (they may be shipped on purpose): what ``clean``
   removes by default (:func:`~cachewatchd.cache.clean.removed_by_default`).
 
-Logged events: ``invalidated``, ``git-moved``, ``rescan``, ``error``.
+Logged events: ``invalidated`` (one line per directory of sources whose caches went at once),
+``git-moved``, ``rescan``, ``error``.
 """
 
 from __future__ import annotations
@@ -165,11 +166,26 @@ class BatchHandler:
         result = remove_cache_files(owner, self.roots, pycache_prefix=self._prefix)
         self._report(result)
         outcome.removed += len(result.removed)
-        removed: dict[Path, list[str]] = {}
-        for path in result.removed:
-            removed.setdefault(owner[path], []).append(str(path))
-        for source, names in sorted(removed.items()):
-            self._log.info("invalidated", source=str(source), removed=names)
+        self._log_removed(result.removed, owner)
+
+    def _log_removed(self, removed: Sequence[Path], owner: dict[Path, Path]) -> None:
+        """One ``invalidated`` line per directory of sources: ``source`` for one, ``directory``
+        and ``sources`` for several (a 10k-file checkout writes hundreds of lines, not 10k)."""
+        by_dir: dict[Path, dict[Path, list[str]]] = {}
+        for path in removed:
+            source = owner[path]
+            by_dir.setdefault(source.parent, {}).setdefault(source, []).append(str(path))
+        for directory, group in sorted(by_dir.items()):
+            sources = sorted(group)
+            if len(sources) == 1:
+                self._log.info("invalidated", source=str(sources[0]), removed=group[sources[0]])
+            else:
+                self._log.info(
+                    "invalidated",
+                    directory=str(directory),
+                    sources=[str(source) for source in sources],
+                    removed=[name for source in sources for name in group[source]],
+                )
 
     def _prefix_tree(self, directory: Path, outcome: Outcome) -> None:
         if self._prefix is None or not directory.is_absolute():

@@ -73,6 +73,11 @@ class Invalidator:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
+    def idle(self) -> bool:
+        """Every event queued so far is invalidated."""
+        with self._cond:
+            return self._done >= self._queued
+
     def sync(self, timeout: float | None = None) -> bool:
         """Wait until every event queued before this call is invalidated; False on *timeout*
         (or when the thread is not running: nothing would ever happen)."""

@@ -145,8 +145,7 @@ class Daemon:
             self._state = DaemonState.STOPPING
         self._inbox.put("fatal")
 
-    def _failed(self) -> bool:
-        """A thread died."""
+    def _failed(self) -> bool:  # a thread died
         return self._failure is not None
 
     def _start_watching(self, reason: str = "start") -> None:
@@ -202,7 +201,8 @@ class Daemon:
         while True:
             now = time.monotonic()
             recheck = self._handler.rechecker.next_due()
-            storm = not self._batcher.idle()  # the second looks wait until it is over
+            # the second looks wait until the batches and the invalidations behind are over
+            storm = not (self._batcher.idle() and self._invalidator.idle())
             wait = min(next_reconcile - now, STATUS_REFRESH)
             if recheck is not None:
                 wait = min(wait, max(recheck - now, _STORM_RECHECK if storm else 0.0))
@@ -212,7 +212,7 @@ class Daemon:
                 message = "tick"
             if message in ("stop", "fatal"):
                 return
-            if self._batcher.idle():
+            if self._batcher.idle() and self._invalidator.idle():
                 self._recheck()
             if message == "reload":
                 self._reload()
@@ -286,8 +286,7 @@ class Daemon:
         if self._notifier is not None:
             self._notifier.ready(status_line(self.status()))
 
-    def _recheck(self) -> None:
-        """Remove caches written with old code during an edit; restart their importers again."""
+    def _recheck(self) -> None:  # caches written with old code during an edit; restart again
         touched = self._handler.recheck()
         if touched:
             self._hold.offer(touched)

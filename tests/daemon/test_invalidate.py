@@ -91,6 +91,38 @@ def test_a_changed_source_loses_its_caches_before_any_batch(
     assert handler.rechecker.next_due() is not None  # the second look stays
 
 
+def test_sources_of_one_directory_invalidated_at_once_give_one_line(
+    tree: Path, handler: BatchHandler
+) -> None:
+    """A storm's wake-up logs one line per directory: ``directory``, ``sources``, ``removed``;
+    one source alone keeps its ``source`` line."""
+    mod, init, gone = (tree / "pkg" / name for name in ("mod.py", "__init__.py", "gone.py"))
+    pycs = {source: compile_pyc(source) for source in (mod, init, gone)}
+    extra = compile_pyc(mod, optimize=1)
+    with capture_logs() as logs:
+        assert handler.invalidate_now([mod, init], [gone]) == 4
+        write(mod, "X = 2\n")
+        again = compile_pyc(mod)
+        assert handler.invalidate_now([mod], []) == 1
+    assert not any(p.exists() for p in [*pycs.values(), extra, again])
+    removed = logs[0].pop("removed")
+    assert logs[0] == {
+        "event": "invalidated",
+        "log_level": "info",
+        "directory": str(tree / "pkg"),
+        "sources": sorted(str(s) for s in (mod, init, gone)),
+    }
+    assert removed[:2] == [str(pycs[init]), str(pycs[gone])]  # by source
+    assert sorted(removed[2:]) == sorted([str(pycs[mod]), str(extra)])
+    assert logs[1] == {
+        "event": "invalidated",
+        "log_level": "info",
+        "source": str(mod),
+        "removed": [str(again)],
+    }
+    assert len(logs) == 2
+
+
 def test_a_removed_source_leaves_its_legacy_pyc_to_the_batch(
     tree: Path, handler: BatchHandler, invalidator: tuple[Invalidator, Recorder]
 ) -> None:
