@@ -9,9 +9,12 @@ from pathlib import Path
 from cachewatchd.cache.named import NamedTuple
 from cachewatchd.cache.parallel import audit_results
 from cachewatchd.cache.plan import AuditOptions, resolve_root
-from cachewatchd.cache.pyc import mirror_dir
-from cachewatchd.cache.rows import Result, count_states
-from cachewatchd.cache.states import DANGEROUS, Entry, State
+from cachewatchd.cache.pyc import (
+    Mode,  # at run time too: typing.get_type_hints(Entry) finds it
+    mirror_dir,
+)
+from cachewatchd.cache.rows import Result, Row, count_states, merged
+from cachewatchd.cache.states import DANGEROUS, Kind, State
 
 __all__ = [
     "DANGEROUS",
@@ -24,9 +27,23 @@ __all__ = [
     "build_report",
     "check_root",
     "mirror_dir",
+    "row_of",
 ]
 
 _STATES = {state.value: state for state in State}
+
+
+class Entry(NamedTuple):
+    """One judged cache file."""
+
+    path: Path
+    source: Path | None
+    state: State
+    reason: str
+    tag: str
+    opt: str
+    mode: Mode | None
+    kind: Kind = "pycache"
 
 
 class AuditError(NamedTuple):
@@ -101,19 +118,30 @@ class _Paths:
 
 def build_report(roots: Sequence[Path], results: Sequence[Result]) -> AuditReport:
     """The report of *results*, in their order."""
-    report = AuditReport(roots=list(roots))
+    rows, errors, fresh, notes = merged(results)
     paths = _Paths()
-    entries = report.entries
-    for rows, errors, fresh, notes in results:
-        report.omitted_fresh += fresh
-        report.notes += [note for note in notes if note not in report.notes]
-        for path, source, state, reason, tag, opt, mode, kind in rows:
-            source_path = None if source is None else paths(source)
-            entries.append(
-                Entry(paths(path), source_path, _STATES[state], reason, tag, opt, mode, kind)
-            )
-        report.errors += [AuditError(Path(p), error) for p, error in errors]
-    return report
+    entries = [
+        Entry(
+            paths(path),
+            None if source is None else paths(source),
+            _STATES[state],
+            reason,
+            tag,
+            opt,
+            mode,
+            kind,
+        )
+        for path, source, state, reason, tag, opt, mode, kind in rows
+    ]
+    return AuditReport(
+        list(roots), entries, [AuditError(Path(p), error) for p, error in errors], fresh, notes
+    )
+
+
+def row_of(entry: Entry) -> Row:
+    """*entry* as plain data (what :func:`build_report` made it from)."""
+    source = None if entry.source is None else str(entry.source)
+    return (str(entry.path), source, entry.state.value, *entry[3:])
 
 
 def audit(roots: Sequence[Path], options: AuditOptions | None = None) -> AuditReport:

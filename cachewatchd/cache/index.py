@@ -25,12 +25,12 @@ from __future__ import annotations
 import os
 import sys
 import time
-from pathlib import Path
 
 from cachewatchd.cache.named import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     import sqlite3
+    from pathlib import Path
     from typing import Any
 
 __all__ = [
@@ -102,6 +102,8 @@ class Record(NamedTuple):
 
 def default_path() -> Path:
     """Where the index lives: ``$CACHEWATCHD_CACHE_DIR`` or platformdirs' user cache directory."""
+    from pathlib import Path  # not at import: a scan that checks nothing exactly never opens it
+
     override = os.environ.get(ENV_VAR)
     if override:
         return Path(override) / _FILE
@@ -168,7 +170,7 @@ class VerifyIndex:
     """
 
     def __init__(self, path: Path | None = None, *, enabled: bool = True) -> None:
-        self.path = path if path is not None else default_path()
+        self._path = path
         self._enabled = enabled
         self._db: sqlite3.Connection | None = None
         self._pid = os.getpid()
@@ -176,6 +178,12 @@ class VerifyIndex:
         self._pending: list[tuple[Any, ...]] = []
         self._abandoned: list[Any] = []
         """Connections of the parent after a fork: never used nor closed here."""
+
+    @property
+    def path(self) -> Path:
+        if self._path is None:
+            self._path = default_path()
+        return self._path
 
     # -- reading ---------------------------------------------------------------------------------
     def directory(self, cache_dir: str) -> dict[str, Record]:

@@ -11,7 +11,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from pathlib import Path
+
+from cachewatchd.cache.named import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from cachewatchd.cache.pyc import StrPath
 
 __all__ = ["ctime_untrusted_areas"]
 
@@ -33,7 +39,7 @@ def _under(path: str, top: str) -> bool:
 
 
 def ctime_untrusted_areas(
-    roots: Sequence[Path],
+    roots: Sequence[StrPath],
     trusted: Callable[[str], bool],
     table: Sequence[Sequence[str]] | None = None,
 ) -> tuple[Path, ...] | None:
@@ -52,7 +58,7 @@ def ctime_untrusted_areas(
         return fstype in _PLAINLY_LOCAL or trusted(fstype)
 
     mounts = [(_unescape(point), fstype) for point, fstype in table]
-    found: list[Path] = []
+    found: list[str] = []
     for root in roots:
         top = os.path.realpath(root)
         holder, holder_type = "", ""
@@ -60,7 +66,11 @@ def ctime_untrusted_areas(
             if _under(top, point) and len(point) >= len(holder):
                 holder, holder_type = point, fstype  # the last of equal points shadows
             elif point != top and _under(point, top) and not keeps_ctime(fstype):
-                found.append(Path(point))
+                found.append(point)
         if holder and not keeps_ctime(holder_type):
-            found.append(Path(top))
-    return tuple(dict.fromkeys(found))
+            found.append(top)
+    if not found:
+        return ()
+    from pathlib import Path  # only for what was found: none on a local disk
+
+    return tuple(Path(area) for area in dict.fromkeys(found))

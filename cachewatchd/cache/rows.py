@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from cachewatchd.cache.pyc import Mode
 from cachewatchd.cache.states import Kind, State, Verdict
 
-__all__ = ["Collector", "Result", "Row", "count_states"]
+__all__ = ["Collector", "Result", "Row", "count_states", "merged"]
 
 Row = tuple[str, str | None, str, str, str, str, Mode | None, Kind]
 """One judged entry as plain data: path, source, state value, reason, tag, opt, mode, kind."""
@@ -26,6 +26,20 @@ def count_states(states: Iterable[str], fresh: int) -> dict[str, int]:
     for state in states:
         counts[state] += 1
     return counts
+
+
+def merged(results: Iterable[Result]) -> Result:
+    """*results* as one, in their order (each note once)."""
+    rows: list[Row] = []
+    errors: list[tuple[str, str]] = []
+    fresh = 0
+    notes: list[str] = []
+    for part_rows, part_errors, part_fresh, part_notes in results:
+        rows += part_rows
+        errors += part_errors
+        fresh += part_fresh
+        notes += [note for note in part_notes if note not in notes]
+    return rows, errors, fresh, notes
 
 
 def _error_text(exc: OSError) -> str:

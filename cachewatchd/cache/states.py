@@ -1,16 +1,19 @@
 """What a judged cache entry is: the seven states (README, "The states of a cache entry"), a
-verdict, a judged entry, and the error of a file that vanished while being judged."""
+verdict, and the error of a file that vanished while being judged. The judged entry of the API,
+:class:`~cachewatchd.cache.audit.Entry`, is there (its paths are pathlib's, which the engine and
+``cachewatchd scan`` do without); ``states.Entry`` still finds it."""
 
 from __future__ import annotations
 
 from enum import Enum
-from pathlib import Path
 
 from cachewatchd.cache.named import TYPE_CHECKING, NamedTuple
-from cachewatchd.cache.pyc import Mode  # at run time too: typing.get_type_hints(Entry) finds it
 
 if TYPE_CHECKING:
     from typing import Literal, TypeAlias
+
+    from cachewatchd.cache.audit import Entry
+    from cachewatchd.cache.pyc import Mode
 
 __all__ = ["DANGEROUS", "Entry", "Kind", "State", "VanishedError", "Verdict"]
 
@@ -38,23 +41,20 @@ else:
     Kind = str  # what type checkers see as the Literal: the importers' name, without typing
 
 
-class Entry(NamedTuple):
-    """One judged cache file."""
-
-    path: Path
-    source: Path | None
-    state: State
-    reason: str
-    tag: str
-    opt: str
-    mode: Mode | None
-    kind: Kind = "pycache"
-
-
 class Verdict(NamedTuple):
     state: State
     reason: str
     mode: Mode | None = None
+
+
+if not TYPE_CHECKING:
+
+    def __getattr__(name: str) -> object:
+        if name == "Entry":  # where it was defined before; loaded on first use (PEP 562)
+            from cachewatchd.cache.audit import Entry
+
+            return Entry
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class VanishedError(Exception):

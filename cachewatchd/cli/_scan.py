@@ -8,17 +8,19 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 
 from cachewatchd.cli._output import colour
 from cachewatchd.errors import EXIT_FAILURE, EXIT_FINDINGS, EXIT_OK
 
 TYPE_CHECKING = False  # typing's own: 2 ms of every start-up (mypy honours this name too)
 if TYPE_CHECKING:
+    from os import PathLike
+    from pathlib import Path
     from typing import Any
 
-    from cachewatchd.cache.audit import AuditOptions, AuditReport, Entry
+    from cachewatchd.cache.audit import AuditOptions
     from cachewatchd.cache.clean import CleanResult
+    from cachewatchd.cache.rows import Row
 
 __all__ = ["register"]
 
@@ -71,7 +73,6 @@ def _audit_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--pycache-prefix",
-        type=Path,
         metavar="DIR",
         help="also audit this PYTHONPYCACHEPREFIX tree (default: $PYTHONPYCACHEPREFIX)",
     )
@@ -159,24 +160,30 @@ def register(sub: Any) -> None:
     clean.set_defaults(handler=_clean)
 
 
-def _options(args: argparse.Namespace) -> tuple[list[Path], AuditOptions]:
-    from cachewatchd.cache.audit import AuditOptions, check_root
+def _options(args: argparse.Namespace) -> tuple[list[str], AuditOptions]:
+    """The resolved roots and the options of the audit (pathlib only for a prefix tree)."""
+    from cachewatchd.cache.plan import AuditOptions, resolve_root
 
-    given = [Path(p) for p in (args.paths or ["."])]
-    roots = [check_root(p) for p in given]
-    prefix = args.pycache_prefix
-    if prefix is None and os.environ.get("PYTHONPYCACHEPREFIX"):
-        prefix = Path(os.environ["PYTHONPYCACHEPREFIX"])
-    if prefix is not None:
-        prefix = prefix.expanduser().absolute()
+    given: list[str] = args.paths or ["."]
+    roots = [resolve_root(p) for p in given]
+    prefix_text: str | None = args.pycache_prefix
+    if prefix_text is None:
+        prefix_text = os.environ.get("PYTHONPYCACHEPREFIX") or None
+    prefix: Path | None = None
+    aliases: tuple[Path, ...] = ()
+    if prefix_text is not None:
+        from pathlib import Path
+
+        prefix = Path(prefix_text).expanduser().absolute()
+        # CPython mirrors a sys.path entry as written (symlinks unresolved) into the prefix tree
+        aliases = tuple(Path(os.path.abspath(os.path.expanduser(p))) for p in given)
     options = AuditOptions(
         deep=args.deep,
         include_venvs=args.include_venvs,
         excludes=tuple(args.exclude),
         default_excludes=not args.no_default_excludes,
         pycache_prefix=prefix,
-        # CPython mirrors a sys.path entry as written (symlinks unresolved) into the prefix tree
-        aliases=tuple(Path(os.path.abspath(p.expanduser())) for p in given),
+        aliases=aliases,
         # sshfs and the like: content hashes stand in for ctime there
         ctime_untrusted=_ctime_untrusted(roots),
     )
@@ -189,60 +196,64 @@ def _ctime_trusted(fstype: str) -> bool:
     return ctime_trusted(fstype)
 
 
-def _ctime_untrusted(roots: Sequence[Path]) -> tuple[Path, ...]:
+def _ctime_untrusted(roots: Sequence[str]) -> tuple[Path, ...]:
     """Where content hashes stand in for ctime (sshfs and the like), from the mount table."""
     from cachewatchd.cache.mount_table import ctime_untrusted_areas
 
     found = ctime_untrusted_areas(roots, _ctime_trusted)
     if found is None:  # no /proc/self/mounts: psutil's table
+        from pathlib import Path
+
         from cachewatchd.watch.mounts import ctime_trusted_at
 
-        found = tuple(root for root in roots if not ctime_trusted_at(root))
+        found = tuple(Path(root) for root in roots if not ctime_trusted_at(Path(root)))
     return found
 
 
-def _entry_json(entry: Entry) -> dict[str, Any]:
+def _row_json(row: Row) -> dict[str, Any]:
+    path, source, state, reason, tag, opt, mode, _kind = row
     return {
-        "path": str(entry.path),
-        "source": None if entry.source is None else str(entry.source),
-        "state": entry.state.value,
-        "reason": entry.reason,
-        "tag": entry.tag,
-        "opt": entry.opt,
-        "mode": entry.mode,
+        "path": path,
+        "source": source,
+        "state": state,
+        "reason": reason,
+        "tag": tag,
+        "opt": opt,
+        "mode": mode,
     }
 
 
-def _display(path: Path) -> str:
-    try:
-        rel = path.relative_to(Path.cwd())
-    except ValueError:
-        return str(path)
-    return str(rel)
+def _display(path: str | PathLike[str]) -> str:
+    """*path* relative to the working directory when below it (``.`` for it)."""
+    text, cwd = os.fspath(path), os.getcwd()
+    if text == cwd:
+        return "."
+    below = cwd.rstrip(os.sep) + os.sep
+    return text[len(below) :] if text.startswith(below) else text
 
 
-def _print_summary(report: AuditReport) -> None:
-    summary = report.summary()
+def _print_summary(roots: Sequence[str], summary: dict[str, int]) -> None:
     total = sum(summary.values())
-    roots = ", ".join(_display(r) or "." for r in report.roots)
-    print(f"{_count(total, 'cache entry', 'cache entries')} under {roots}")
+    shown = ", ".join(_display(r) for r in roots)
+    print(f"{_count(total, 'cache entry', 'cache entries')} under {shown}")
     for state, count in summary.items():
         label = colour(f"{state:<11}", _STATE_COLOUR[state]) if count else f"{state:<11}"
         print(f"  {label}{count:>7}")
 
 
-def _print_entries(entries: list[Entry]) -> None:
-    for entry in sorted(entries, key=lambda e: (_DANGER_ORDER.index(e.state.value), str(e.path))):
-        state = entry.state.value
+def _print_entries(rows: list[Row]) -> None:
+    for path, source, state, reason, *_ in sorted(
+        rows, key=lambda row: (_DANGER_ORDER.index(row[2]), row[0])
+    ):
         print()
-        print(f"{colour(state, _STATE_COLOUR[state])}  {_display(entry.path)}")
-        if entry.source is not None:
-            print(f"    source: {_display(entry.source)}")
-        print(f"    why:    {entry.reason}")
+        print(f"{colour(state, _STATE_COLOUR[state])}  {_display(path)}")
+        if source is not None:
+            print(f"    source: {_display(source)}")
+        print(f"    why:    {reason}")
         print(f"    do:     {_ADVICE[state]}")
 
 
-def _print_errors(errors: Sequence[tuple[Path, str]]) -> None:
+def _print_errors(errors: Sequence[tuple[str | PathLike[str], str]]) -> None:
     for path, error in errors:
         sys.stderr.write(f"cachewatchd: {path}: {error}\n")
 
@@ -253,36 +264,40 @@ def _print_notes(notes: Sequence[str]) -> None:
 
 
 def _scan(args: argparse.Namespace) -> int:
-    from cachewatchd.cache.parallel import audit_jobs
+    """The audit's plain rows printed: no ``Entry`` nor ``Path`` (pathlib is 2 ms of a start)."""
+    from cachewatchd.cache.parallel import audit_results
+    from cachewatchd.cache.rows import count_states, merged
+    from cachewatchd.cache.states import DANGEROUS, State
 
     roots, options = _options(args)
     with _gc_paused():
-        report = audit_jobs(roots, options, _jobs_of(args))
+        rows, errors, fresh, notes = merged(audit_results(roots, options, _jobs_of(args)))
+    non_fresh = [row for row in rows if row[2] != State.FRESH.value]
     if args.json:
         import json
 
         doc = {
             "version": 1,
-            "roots": [str(r) for r in roots],
-            "summary": report.summary(),
-            "entries": [_entry_json(e) for e in report.non_fresh()],
-            "errors": [{"path": str(e.path), "error": e.error} for e in report.errors],
-            "notes": report.notes,
+            "roots": roots,
+            "summary": count_states((row[2] for row in rows), fresh),
+            "entries": [_row_json(row) for row in non_fresh],
+            "errors": [{"path": path, "error": error} for path, error in errors],
+            "notes": notes,
         }
         json.dump(doc, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
-        _print_summary(report)
-        _print_entries(report.non_fresh())
-        _print_errors([(e.path, e.error) for e in report.errors])
-        _print_incomplete([e.path for e in report.errors])
-        _print_notes(report.notes)
-    if report.dangerous():
+        _print_summary(roots, count_states((row[2] for row in rows), fresh))
+        _print_entries(non_fresh)
+        _print_errors(errors)
+        _print_incomplete([path for path, _ in errors])
+        _print_notes(notes)
+    if any(State(row[2]) in DANGEROUS for row in rows):
         return EXIT_FINDINGS
-    return EXIT_FAILURE if report.errors else EXIT_OK
+    return EXIT_FAILURE if errors else EXIT_OK
 
 
-def _print_incomplete(unread: Sequence[Path]) -> None:
+def _print_incomplete(unread: Sequence[str]) -> None:
     """The closing line of a partial audit: how many directories and files were not read."""
     if not unread:
         return
@@ -296,12 +311,15 @@ def _print_incomplete(unread: Sequence[Path]) -> None:
 
 
 def _clean(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from cachewatchd.cache.audit import row_of
     from cachewatchd.cache.clean import clean
 
     roots, options = _options(args)
     with _gc_paused():
         result = clean(
-            roots,
+            [Path(root) for root in roots],
             options,
             fresh=args.all,
             sourceless=args.sourceless,
@@ -318,7 +336,7 @@ def _clean(args: argparse.Namespace) -> int:
             "dry_run": result.dry_run,
             "removed": [str(p) for p in result.removed],
             "removed_dirs": [str(p) for p in result.removed_dirs],
-            "kept": [_entry_json(e) for e in result.kept],
+            "kept": [_row_json(row_of(e)) for e in result.kept],
             "recompiled": [str(p) for p in result.recompiled],
             "errors": [{"path": str(p), "error": err} for p, err in result.errors],
             "summary": result.report.summary(),

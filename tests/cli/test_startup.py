@@ -48,6 +48,8 @@ NOT_FOR_SCAN = [
     "subprocess",
     "shutil",  # argparse's help formatter imports it for the width (and bz2, lzma, zlib with it)
     "typing",  # 2 ms: annotations under TYPE_CHECKING, records by cachewatchd.cache.named
+    "pathlib",  # 2 ms with urllib.parse and ipaddress: the scan prints the engine's plain rows
+    "cachewatchd.cache.audit",  # the API's report (Entry, Path), which the scan does not build
 ]
 
 
