@@ -209,10 +209,12 @@ class BatchHandler:
 
     def recheck(self) -> set[Path]:
         """Second look at recently invalidated sources; returns those whose caches went."""
+        due = self.rechecker.take_due()
+        listing = cache_files_by_source(due, pycache_prefix=self._prefix)  # once per directory
         owner = {
             pyc: source
-            for source in self.rechecker.take_due()
-            for pyc in self.rechecker.wrong_caches(source)
+            for source in due
+            for pyc in self.rechecker.wrong_caches(source, listing[source])
         }
         if not owner:
             return set()

@@ -107,25 +107,30 @@ class Rechecker:
             if state == State.STALE.value and source is not None
         }
 
-    def wrong_caches(self, source: Path) -> list[Path]:
+    def wrong_caches(self, source: Path, files: list[Path] | None = None) -> list[Path]:
         """Cache files of *source* written by a CPython whose code differs from the source, or
         that CPython cannot load (each compared by its own interpreter, when installed: the app
         may run another version than the daemon). The sources of one :meth:`take_due` share the
-        checking processes."""
+        checking processes. *files*: the source's cache files, when the caller listed them
+        (:func:`~cachewatchd.cache.remove.cache_files_by_source`: one listing per directory)."""
         try:
-            return self._wrong_caches(source)
+            return self._wrong_caches(source, files)
         finally:
             self._burst.discard(source)
             if not self._burst:
                 self._end_burst()
 
-    def _wrong_caches(self, source: Path) -> list[Path]:
+    def _wrong_caches(self, source: Path, files: list[Path] | None) -> list[Path]:
+        if files is None:
+            files = cache_files_for_source(source, pycache_prefix=self._prefix)
+        if not files:
+            return []
         try:
             stat = os.stat(source)
         except OSError:
             return []
         wrong = []
-        for pyc in cache_files_for_source(source, pycache_prefix=self._prefix):
+        for pyc in files:
             parsed = parse_cache_name(pyc.name)
             if parsed is None or not _cpython(pyc):
                 continue
