@@ -136,12 +136,13 @@ class BatchHandler:
     # -- events ----------------------------------------------------------------------------------
     def invalidate_now(self, changed: Sequence[Path], removed: Sequence[Path]) -> int:
         """Remove every cache entry of these sources at once (no legacy pycs: whether a removed
-        source stays gone is the batch's to say); the second look is scheduled for those that
-        exist. Thread-safe; returns how many files went."""
+        source stays gone is the batch's to say); the second look is scheduled for each.
+        Thread-safe; returns how many files went."""
         sources = sorted({*changed, *removed})
         outcome = Outcome()
-        present = [s for s in sources if os.path.lexists(s)]
-        self._invalidate(sources, set(), outcome, present)
+        # every source gets the second look (one that stays gone has no caches to list then):
+        # an lstat per source here costs a 10k-file checkout ~60 ms on the invalidation thread
+        self._invalidate(sources, set(), outcome, sources)
         with self.lock:
             self.counters.invalidations += outcome.removed
             if outcome.removed:
