@@ -1,7 +1,8 @@
 """The watchers of one settings generation: a file watcher and a git watcher per group of roots.
 
 Roots that share their polling mode and exclude globs share one :class:`Watcher` and one
-:class:`GitWatcher`; the file watchers feed *sink* (the daemon's
+:class:`GitWatcher` (and, with a pycache prefix, one
+:class:`~cachewatchd.watch.prefix_watch.PrefixWatcher` of their mirrors in the prefix tree); the file watchers feed *sink* (the daemon's
 :class:`~cachewatchd.daemon.invalidate.Invalidator`, in front of its one batcher), the git
 watchers the batcher; all report problems once through the daemon's one
 :class:`~cachewatchd.log.ReportedPaths`. Rebuilt on every reload.
@@ -20,6 +21,7 @@ from cachewatchd.watch.batch import Batcher
 from cachewatchd.watch.events import EventSink
 from cachewatchd.watch.git import GitWatcher
 from cachewatchd.watch.observers import Watcher
+from cachewatchd.watch.prefix_watch import PrefixWatcher
 
 __all__ = ["ROOT_CHECK", "Watching"]
 
@@ -44,6 +46,7 @@ class Watching:
             groups.setdefault((plan.poll, plan.exclude), []).append(plan)
         self.watchers: list[Watcher] = []
         self.gits: list[GitWatcher] = []
+        self.prefixes: list[PrefixWatcher] = []
         for (_, exclude), plans in groups.items():
             paths, poll = [p.path for p in plans], plans[0].poll
             self.watchers.append(
@@ -58,6 +61,18 @@ class Watching:
                     check_interval=ROOT_CHECK,
                 )
             )
+            if settings.pycache_prefix is not None:
+                self.prefixes.append(
+                    PrefixWatcher(
+                        settings.pycache_prefix,
+                        paths,
+                        batcher if sink is None else sink,
+                        options=WalkOptions(excludes=exclude),
+                        poll_mode=poll,
+                        poll_interval=settings.poll_interval,
+                        check_interval=ROOT_CHECK,
+                    )
+                )
             self.gits.append(
                 GitWatcher(
                     paths,
@@ -73,8 +88,12 @@ class Watching:
             watcher.start()
         for git in self.gits:
             git.start()
+        for prefix in self.prefixes:
+            prefix.start()
 
     def stop(self) -> None:
+        for prefix in self.prefixes:
+            prefix.stop()
         for git in self.gits:
             git.stop()
         for watcher in self.watchers:

@@ -113,6 +113,7 @@ class SourceLister:
     *on_denied* is called with the directory and the error when a sub-directory cannot be listed;
     the pass goes on without it. The root's own errors propagate (watchdog treats a vanished root as
     deleted). *base* is the root that exclusions are relative to when *root* is a mount below it.
+    *pycs*: keep every pyc too (a mirror in a ``PYTHONPYCACHEPREFIX`` tree, where no source is).
     """
 
     def __init__(
@@ -121,7 +122,10 @@ class SourceLister:
         options: WalkOptions,
         on_denied: Callable[[str, OSError], None],
         base: str | None = None,
+        *,
+        pycs: bool = False,
     ) -> None:
+        self._suffixes = SOURCE_SUFFIXES + LEGACY_SUFFIXES if pycs else SOURCE_SUFFIXES
         self._root = root.rstrip(os.sep) or os.sep
         self._base = self._root if base is None else (base.rstrip(os.sep) or os.sep)
         self._excluder = Excluder(options)
@@ -145,7 +149,8 @@ class SourceLister:
         below = directory != self._base
         rel = os.path.relpath(directory, self._base).replace(os.sep, "/") if below else ""
         kept = [e for e in entries if self._keep(e, rel)]
-        if len(kept) < len(entries) and any(e.name.endswith(LEGACY_SUFFIXES) for e in entries):
+        legacy = self._suffixes is SOURCE_SUFFIXES and len(kept) < len(entries)
+        if legacy and any(e.name.endswith(LEGACY_SUFFIXES) for e in entries):
             kept.extend(_legacy_beside_sources(entries))
         return iter(kept)
 
@@ -156,7 +161,7 @@ class SourceLister:
         except OSError:
             return False
         if not is_dir:
-            return name.endswith(SOURCE_SUFFIXES)
+            return name.endswith(self._suffixes)
         if name == "__pycache__":
             return True
         return not self._excluder.excluded(name, f"{rel}/{name}" if rel else name)
@@ -191,12 +196,13 @@ def make_polling_observer(
     on_denied: Callable[[str, OSError], None],
     base: str | None = None,
     hash_content: bool = False,
+    pycs: bool = False,
 ) -> Any:
     """A watchdog observer polling *root* every *interval* seconds (held within
     :data:`POLL_INTERVAL_RANGE`) with :func:`change_stat` and a :class:`SourceLister`; not started,
     nothing scheduled yet. *base*: the watched root when *root* is a mount below it.
     *hash_content*: the filesystem's ctime cannot be trusted, the content is hashed too
-    (:class:`~cachewatchd.watch.content_stat.ContentStat`).
+    (:class:`~cachewatchd.watch.content_stat.ContentStat`). *pycs*: every pyc is listed too.
 
     Like watchdog's ``PollingObserverVFS``, except that the interval is the emitter's own (the
     observer's dispatching thread keeps watchdog's 1 s timeout), and that a pass failing with an
@@ -216,7 +222,7 @@ def make_polling_observer(
         emitter_class,
         stat=stat_fn,
         new_pass=new_pass,
-        listdir=SourceLister(root, options, on_denied, base),
+        listdir=SourceLister(root, options, on_denied, base, pycs=pycs),
         interval=bounded_interval(interval),
     )
     return BaseObserver(emitter)  # type: ignore[arg-type]  # a partial of an emitter class
