@@ -1,8 +1,8 @@
 """Exact checks of the pycs that appear under the daemon's roots, and a second look at the caches
 of sources the daemon just invalidated.
 
-Every pyc written under a root (``__pycache__``, a prefix tree the observers see, a legacy pyc)
-is compared with its source when it appears (:meth:`Rechecker.verify`: an audit of that one file
+Every pyc written under a root (``__pycache__``, a legacy pyc) or in a root's mirror in the
+prefix tree (:mod:`cachewatchd.watch.prefix_watch`) is compared with its source when it appears (:meth:`Rechecker.verify`: an audit of that one file
 with ``deep``, through the verification index), so a pyc written with the old code is caught the
 moment it is written, and its result is remembered for the audits after.
 
