@@ -134,7 +134,10 @@ class PrefixWatcher:
             try:
                 return self._start(Observer(), path, polled=False)
             except OSError as exc:
-                self._log.info("observer-fallback", path=str(path), reason=str(exc))
+                reason = f"prefix tree not watched natively ({exc.strerror or exc}): polling"
+                self._log.warning(
+                    "observer-fallback", root=str(path), observer="polling", reason=reason
+                )
         observer = make_polling_observer(
             str(path),
             self._options,

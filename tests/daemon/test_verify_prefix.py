@@ -164,3 +164,30 @@ def test_the_prefix_watcher_reports_pycs_in_mirrors_as_they_appear(
     finally:
         watcher.stop()
     assert sink.other == 0
+
+
+def test_a_mirror_that_cannot_be_watched_natively_is_polled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The inotify limit reached (a synthetic fault: the native observer cannot be built)."""
+    import watchdog.observers
+
+    class NoInotify:
+        def __init__(self) -> None:
+            raise OSError(28, "inotify watch limit reached")
+
+    monkeypatch.setattr(watchdog.observers, "Observer", NoInotify)
+    base = tmp_path.resolve()
+    mirror = mirror_dir(base / "prefix", base / "a")
+    mirror.mkdir(parents=True)
+    sink = _Sink()
+    watcher = PrefixWatcher(
+        base / "prefix", [base / "a"], sink, options=WalkOptions(), poll_interval=0.05
+    )
+    watcher.start()
+    try:
+        assert watcher.watched() == [mirror]
+        pyc = compile_pyc(write(base / "a" / "m.py", "X = 1\n"), cfile=mirror / f"m.{TAG}.pyc")
+        wait_until(lambda: pyc in sink.pycs(), 10, message="a pyc in a polled mirror")
+    finally:
+        watcher.stop()
