@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from cachewatchd.cache import check_worker
+from cachewatchd.cache import check_worker, interpreters
 from cachewatchd.cache.audit import AuditOptions, Entry, State, audit
 from cachewatchd.cache.checks import CheckPool
 from cachewatchd.cache.interpreters import ENV_VAR, Finder, runnable
@@ -25,6 +25,20 @@ RUNNING = f"{sys.version_info[0]}.{sys.version_info[1]}"
 OTHER = "3.12" if RUNNING != "3.12" else "3.11"
 """A version that is not the running one."""
 COMPILE_ARGV1 = "import sys; compile(open(sys.argv[1]).read(), sys.argv[1], 'exec')"
+
+
+@pytest.fixture(autouse=True)
+def _no_venvs_beside_the_test(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The finder also looks for venvs beside every directory above a pyc: a venv that happens
+    to lie directly in /tmp (beside the test's directory) must not answer for the machine."""
+    real = interpreters._homes_in
+    base = os.path.realpath(tmp_path)
+
+    def homes_in(directory: str) -> list[str]:
+        inside = os.path.realpath(directory) + os.sep
+        return real(directory) if inside.startswith(base + os.sep) else []
+
+    monkeypatch.setattr(interpreters, "_homes_in", homes_in)
 
 
 def magic_of(exe: str) -> bytes:
