@@ -5,7 +5,8 @@ written there moves the directory's mtime and the poller lists that one director
 one pass (snapshot + diff, CPU time, in-process) over the daemon benchmark's 10k-module tree with
 pycs (``bench_daemon.py``'s ``edits-N``), side by side in interleaved rounds:
 
-- ``before``: the ``SourceLister`` of commit ``--ref`` (default ``HEAD``), loaded from git;
+- ``before``: the ``SourceLister`` of commit ``--ref`` (default 13bee82, the last one that left
+  ``__pycache__`` out of the snapshots), loaded from git;
 - ``after``: the working tree's ``SourceLister``.
 
 Medians of ``--reps`` rounds and their ratio. Read-only use of internal names, like
@@ -66,7 +67,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=REPO / "bench" / ".work")
     parser.add_argument("--modules", type=int, default=10_000)
     parser.add_argument("--reps", type=int, default=15)
-    parser.add_argument("--ref", default="HEAD")
+    parser.add_argument("--ref", default="13bee82")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     if args.quick:
