@@ -127,3 +127,28 @@ def test_a_polling_daemon_removes_a_pyc_of_old_code_the_moment_it_appears(
         event = daemon.wait_event("invalidated", lambda e: e["removed"] == [str(pyc)])
         assert "checked when it appeared" in event["reason"]
         assert daemon.stop() == 0
+
+
+def test_a_pyc_written_on_the_other_side_of_a_mount_below_a_native_root(tmp_path: Path) -> None:
+    """A real bindfs mount below a natively watched root gets a poller: a pyc written on the
+    other side raises no inotify event on this side, the poller's listing of its ``__pycache__``
+    reports it."""
+    from tests.support.mounts import bindfs
+
+    root = (tmp_path / "root").resolve()
+    with bindfs(tmp_path / "other", root / "mnt") as mounted:
+        source = write(mounted.other / "pkg" / "m.py", "X = 1\n")
+        compile_pyc(source)  # its __pycache__ there from the start
+        past_the_tick(source.parent / "__pycache__")
+        sink = Sink()
+        watcher = Watcher([root], poll_mode="auto", poll_interval=0.05, batcher=sink)
+        watcher.start()
+        try:
+            choice = watcher.observers()[root]
+            assert choice.kind == "native"
+            assert "polling" in choice.reason, choice.reason
+            other = compile_pyc(write(mounted.other / "pkg" / "n.py", "N = 1\n"))
+            seen = mounted.client / other.relative_to(mounted.other)
+            wait_until(lambda: seen in sink.pycs(), 10, message=f"{seen} reported")
+        finally:
+            watcher.stop()
