@@ -5,9 +5,9 @@ written there moves the directory's mtime and the poller lists that one director
 one pass (snapshot + diff, CPU time, in-process) over the daemon benchmark's 10k-module tree with
 pycs (``bench_daemon.py``'s ``edits-N``), side by side in interleaved rounds:
 
-- ``before``: the ``SourceLister`` of commit ``--ref`` (default 13bee82, the last one that left
+- ``before``: the ``SourceLister`` and ``change_stat`` of commit ``--ref`` (default 13bee82, the last one that left
   ``__pycache__`` out of the snapshots), loaded from git;
-- ``after``: the working tree's ``SourceLister``.
+- ``after``: the working tree's.
 
 Medians of ``--reps`` rounds and their ratio. Read-only use of internal names, like
 ``bench_daemon.py``'s polling phase.
@@ -37,7 +37,7 @@ from cachewatchd.watch.polling import SourceLister, change_stat
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _old_lister(ref: str, tmp: Path) -> Any:
+def _old_polling(ref: str, tmp: Path) -> Any:
     text = subprocess.run(
         ["git", "-C", str(REPO), "show", f"{ref}:cachewatchd/watch/polling.py"],
         capture_output=True, text=True, check=True,
@@ -49,14 +49,15 @@ def _old_lister(ref: str, tmp: Path) -> Any:
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.SourceLister
+    return module
 
 
-def _pass(root: Path, lister: Any, before: Any) -> tuple[float, Any, int]:
+def _pass(root: Path, polling: tuple[Any, Any], before: Any) -> tuple[float, Any, int]:
     from watchdog.utils.dirsnapshot import DirectorySnapshot, DirectorySnapshotDiff
 
     t0 = time.process_time()
-    snap = DirectorySnapshot(str(root), stat=change_stat, listdir=lister)
+    stat, lister = polling
+    snap = DirectorySnapshot(str(root), stat=stat, listdir=lister)
     if before is not None:
         DirectorySnapshotDiff(before, snap)
     return time.process_time() - t0, snap, len(snap.paths)
@@ -77,9 +78,10 @@ def main() -> None:
     root = args.work / f"edits-{args.modules}"
     h.ensure_tree(root, args.modules, "daemon", module_text, False)
     with tempfile.TemporaryDirectory() as tmp:
+        old = _old_polling(args.ref, Path(tmp))
         listers = {
-            "before": _old_lister(args.ref, Path(tmp))(str(root), WalkOptions(), _ignore),
-            "after": SourceLister(str(root), WalkOptions(), _ignore),
+            "before": (old.change_stat, old.SourceLister(str(root), WalkOptions(), _ignore)),
+            "after": (change_stat, SourceLister(str(root), WalkOptions(), _ignore)),
         }
         times: dict[str, list[float]] = {name: [] for name in listers}
         snaps: dict[str, Any] = dict.fromkeys(listers)

@@ -27,6 +27,7 @@ import functools
 import math
 import os
 import stat
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -48,6 +49,9 @@ POLL_INTERVAL_RANGE = (0.05, 3600.0)
 """Seconds between two passes, lowest and highest (the config's and command line's bounds too:
 :data:`cachewatchd.config.reader.BOUNDS`). The highest is far below ``threading.TIMEOUT_MAX``."""
 _RETRY = 1.0
+_TICK_NS = 10_000_000
+_WHOLE_SECOND_NS = 2_000_000_000
+"""The timestamp ticks (:data:`cachewatchd.cache.judge.TICK_NS`, ``WHOLE_SECOND_NS``)."""
 """Seconds before a pass that failed is tried again, when the interval itself is what failed."""
 
 
@@ -73,13 +77,32 @@ def bounded_interval(interval: float, *, what: str = "poll interval") -> float:
 
 
 def change_stat(path: str) -> os.stat_result:
-    """``os.lstat`` whose ``st_mtime`` is ``max(st_mtime, st_ctime)`` for non-directories."""
+    """``os.lstat`` whose ``st_mtime`` is ``max(st_mtime, st_ctime)`` for non-directories.
+
+    A ``__pycache__`` changed within a timestamp tick of now is given an mtime of -1: a pyc
+    written later in the same tick leaves its mtime as it was, so the pass after, which sees the
+    real mtime, reports the directory modified once more (and it is listed again).
+    """
     st = os.lstat(path)
-    if st.st_ctime_ns <= st.st_mtime_ns or stat.S_ISDIR(st.st_mode):
-        # nothing hidden (an ordinary write sets both); a directory's own times only say that an
-        # entry changed, which the listing shows anyway
-        return st
-    stamp_ns = st.st_ctime_ns
+    if st.st_ctime_ns <= st.st_mtime_ns:  # nothing hidden (an ordinary write sets both)
+        if not path.endswith("__pycache__"):  # the common case first: a pass stats 10k files
+            return st
+    elif not stat.S_ISDIR(st.st_mode):
+        return _with_mtime_ns(st, st.st_ctime_ns)
+    # a directory's own times only say that an entry changed, which the listing shows anyway
+    if path.endswith(_PYCACHE) and stat.S_ISDIR(st.st_mode) and _recent(st.st_mtime_ns):
+        return _with_mtime_ns(st, -1)
+    return st
+
+
+def _recent(stamp_ns: int) -> bool:
+    """Within a tick before now (a clock ahead of this one: never; whole seconds: 2 s)."""
+    now = time.time_ns()
+    tick = _WHOLE_SECOND_NS if stamp_ns % 1_000_000_000 == 0 else _TICK_NS
+    return now - tick <= stamp_ns <= now
+
+
+def _with_mtime_ns(st: os.stat_result, stamp_ns: int) -> os.stat_result:
     stamp = stamp_ns / 1e9
     extra = {
         "st_atime": st.st_atime,

@@ -6,9 +6,13 @@ directory events never make the mapper list a ``__pycache__``."""
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from cachewatchd.cache.walk import WalkOptions
 from cachewatchd.watch.events import EventMapper, event_filter
@@ -152,3 +156,44 @@ def test_a_pyc_written_on_the_other_side_of_a_mount_below_a_native_root(tmp_path
             wait_until(lambda: seen in sink.pycs(), 10, message=f"{seen} reported")
         finally:
             watcher.stop()
+
+
+class _Clock:
+    def __init__(self, now_ns: int) -> None:
+        self.now_ns = now_ns
+
+    def time_ns(self) -> int:
+        return self.now_ns
+
+
+def test_a_pyc_written_in_the_tick_of_the_pass_is_seen_at_the_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pass stats a ``__pycache__`` just changed; a pyc written in the same timestamp tick
+    leaves the directory's mtime as the pass saw it. The pass after still reports it modified
+    (the clock is faked, the files and snapshots are real)."""
+    from watchdog.utils.dirsnapshot import DirectorySnapshot, DirectorySnapshotDiff
+
+    from cachewatchd.watch import polling
+
+    root = tmp_path.resolve()
+    compile_pyc(write(root / "pkg" / "a.py", "A = 1\n"))
+    cache = root / "pkg" / "__pycache__"
+    stamp = cache.stat().st_mtime_ns // 1_000_000 * 1_000_000 + 1_000  # not a whole second
+    os.utime(cache, ns=(stamp, stamp))
+    clock = _Clock(stamp + 1_000_000)  # the pass, 1 ms later
+    monkeypatch.setattr(polling, "time", clock, raising=False)
+    lister = SourceLister(str(root), WalkOptions(), lambda path, exc: None)
+
+    def snapshot() -> Any:
+        return DirectorySnapshot(str(root), stat=polling.change_stat, listdir=lister)
+
+    first = snapshot()
+    compile_pyc(write(root / "pkg" / "b.py", "B = 1\n"))
+    os.utime(cache, ns=(stamp, stamp))  # the same tick: the mtime did not move
+    clock.now_ns = stamp + 1_000_000_000
+    second = snapshot()
+    assert str(cache) in DirectorySnapshotDiff(first, second).dirs_modified
+    assert DirectorySnapshotDiff(second, snapshot()).dirs_modified == []
+    clock.now_ns = stamp - 1_000_000_000  # the directory stamped by a clock ahead of this one
+    assert polling.change_stat(str(cache)).st_mtime_ns == stamp
