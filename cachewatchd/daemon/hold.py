@@ -15,6 +15,13 @@ handled: whenever more events wait in the batcher (*draining*) when a batch is o
 waits for the batch that takes them (they would restart again), for at most :data:`DRAIN_MAX`
 seconds. A single edit's batch has nothing behind it and restarts at once.
 
+A restart held by git goes only with the batch that *reports* each repository it waited for
+(its ``git-moved`` or ``git_settled``: the offer's *reported*), not with an offer made while that
+batch is still being handled (the second look offers from the loop's thread; under load the move's
+batch waits for the invalidations behind the checkout, and a restart let go then was followed by
+the move's own: two restarts for one checkout). Should the report never come, the restart goes
+:data:`REPORT_MAX` seconds after git was first found idle.
+
 Logged events: ``restart-held`` (once per hold by git, with the repositories).
 """
 
@@ -27,10 +34,13 @@ from pathlib import Path
 
 from cachewatchd.log import get_logger
 
-__all__ = ["DRAIN_MAX", "RestartHold"]
+__all__ = ["DRAIN_MAX", "REPORT_MAX", "RestartHold"]
 
 DRAIN_MAX = 2.0
 """Seconds after git settled during which held paths wait for the events still arriving."""
+
+REPORT_MAX = 5.0
+"""Seconds a restart held by git waits, once git is idle, for the batch that reports it."""
 
 Busy = Callable[[Collection[Path]], Sequence[Path]]
 """Touched paths -> the work trees where git is at work (empty: go ahead)."""
@@ -57,6 +67,10 @@ class RestartHold:
         self._git_held = False
         """The held paths wait for git (``restart-held`` logged)."""
         self._held: set[Path] = set()
+        self._awaiting: set[Path] = set()
+        """Work trees git was at work in while paths were held: their report is awaited."""
+        self._idle_at: float | None = None
+        """When an offer first found git idle while a report was still awaited."""
         self._lock = threading.Lock()
         self._log = get_logger(__name__)
 
@@ -65,15 +79,24 @@ class RestartHold:
         with self._lock:
             return frozenset(self._held)
 
-    def offer(self, touched: Collection[Path]) -> bool:
-        """Restart for *touched* and whatever is held, unless git is at work where they lie or
-        more events wait for a batch; True when the restart was asked for."""
+    def holding(self) -> bool:
+        """Paths are held (git at work, its report awaited, or more events on their way)."""
         with self._lock:
+            return bool(self._held)
+
+    def offer(self, touched: Collection[Path], reported: Collection[Path] = ()) -> bool:
+        """Restart for *touched* and whatever is held, unless git is at work where they lie, its
+        report (*reported*: the work trees whose move or settling this batch carries) is still
+        awaited, or more events wait for a batch; True when the restart was asked for."""
+        with self._lock:
+            self._awaiting.difference_update(reported)
             if not touched and not self._held:
                 return False
             self._held.update(touched)
             busy = self._busy(self._held)
             if busy:
+                self._awaiting.update(busy)
+                self._idle_at = None
                 if not self._git_held:
                     self._git_held = True
                     self._log.info(
@@ -83,6 +106,12 @@ class RestartHold:
                     )
                 self._settled_at = None
                 return False
+            if self._awaiting:
+                now = self._clock()
+                if self._idle_at is None:
+                    self._idle_at = now
+                if now - self._idle_at < REPORT_MAX:
+                    return False
             if self._draining():
                 now = self._clock()
                 if self._settled_at is None:
@@ -90,7 +119,7 @@ class RestartHold:
                 if now - self._settled_at < DRAIN_MAX:
                     return False
             paths, self._held, self._settled_at = sorted(self._held), set(), None
-            self._git_held = False
+            self._git_held, self._awaiting, self._idle_at = False, set(), None
         self._restart(paths)
         return True
 
@@ -98,5 +127,6 @@ class RestartHold:
         """Forget what is held (the targets are being stopped or rebuilt)."""
         with self._lock:
             self._held.clear()
-            self._settled_at = None
+            self._awaiting.clear()
+            self._settled_at = self._idle_at = None
             self._git_held = False

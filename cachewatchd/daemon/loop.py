@@ -97,8 +97,7 @@ class Daemon:
         self._failure: str | None = None
         """The first thread that died, and of what (set once, under the state lock)."""
         self._state_lock = threading.Lock()
-        self._published: dict[str, Any] | None = None
-        """The last status document written."""
+        self._published: dict[str, Any] | None = None  # the last status document written
         self._log = get_logger(__name__)
 
     # -- requests (any thread, signal handlers included) ------------------------------------------
@@ -201,8 +200,7 @@ class Daemon:
         while True:
             now = time.monotonic()
             recheck = self._handler.rechecker.next_due()
-            # the second looks wait until the batches and the invalidations behind are over
-            storm = not (self._batcher.idle() and self._invalidator.idle())
+            storm = not self._quiet()  # the second looks wait (see _quiet)
             wait = min(next_reconcile - now, STATUS_REFRESH)
             if recheck is not None:
                 wait = min(wait, max(recheck - now, _STORM_RECHECK if storm else 0.0))
@@ -212,7 +210,7 @@ class Daemon:
                 message = "tick"
             if message in ("stop", "fatal"):
                 return
-            if self._batcher.idle() and self._invalidator.idle():
+            if self._quiet():
                 self._recheck()
             if message == "reload":
                 self._reload()
@@ -286,6 +284,9 @@ class Daemon:
         if self._notifier is not None:
             self._notifier.ready(status_line(self.status()))
 
+    def _quiet(self) -> bool:  # no batch, invalidation or held restart (git: pycs merely old)
+        return self._batcher.idle() and self._invalidator.idle() and not self._hold.holding()
+
     def _recheck(self) -> None:  # caches written with old code during an edit; restart again
         touched = self._handler.recheck()
         if touched:
@@ -303,7 +304,8 @@ class Daemon:
             if self._handler.rechecker.next_due() is not None:
                 self._inbox.put("recheck")  # the loop's next wake-up moves to the second look
             if self._controller is not None:
-                self._hold.offer(outcome.touched)  # git at work or more events: held
+                reported = {move.repo for move in batch.git_moves} | batch.git_settled
+                self._hold.offer(outcome.touched, reported)  # git at work, more events: held
         except Exception:  # logged by the batcher, which carries on: the batch is over
             self._count_error()
             self._batch_over(batch)

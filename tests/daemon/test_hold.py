@@ -7,7 +7,7 @@ from pathlib import Path
 
 from structlog.testing import capture_logs
 
-from cachewatchd.daemon.hold import DRAIN_MAX, RestartHold
+from cachewatchd.daemon.hold import DRAIN_MAX, REPORT_MAX, RestartHold
 
 
 class Git:
@@ -35,7 +35,7 @@ def test_touched_paths_wait_for_git_then_restart_once_with_everything() -> None:
     assert hold.held == {Path("/r/b.py"), Path("/r/c.py")}
     assert len(restarts) == 1
     git.at_work = []
-    assert hold.offer(set())  # the batch that says git is done
+    assert hold.offer(set(), reported={Path("/r")})  # the batch that says git is done
     assert restarts[1] == [Path("/r/b.py"), Path("/r/c.py")]
     assert hold.held == frozenset()
     assert not hold.offer(set())  # nothing touched, nothing held: no restart, no question
@@ -66,12 +66,12 @@ def test_a_released_hold_waits_for_the_events_still_arriving_at_most_drain_max()
     now[0] = DRAIN_MAX - 0.1
     assert not hold.offer({Path("/r/c.py")})
     more[0] = False
-    assert hold.offer({Path("/r/d.py")})  # the batch that took them: one restart
+    assert hold.offer({Path("/r/d.py")}, reported={Path("/r")})  # the batch that took them
     assert restarts[1] == [Path("/r/b.py"), Path("/r/c.py"), Path("/r/d.py")]
     git.at_work = [Path("/r")]
     hold.offer({Path("/r/e.py")})
     git.at_work, more[0] = [], True
-    assert not hold.offer(set())
+    assert not hold.offer(set(), reported={Path("/r")})
     now[0] += DRAIN_MAX
     assert hold.offer(set())  # events never stop: released after DRAIN_MAX
 
@@ -85,3 +85,38 @@ def test_a_batch_with_more_events_behind_it_waits_for_them() -> None:
     more[0] = False
     assert hold.offer({Path("/r")})
     assert restarts == [[Path("/r"), Path("/r/a.py")]]
+
+
+def test_a_restart_held_by_git_waits_for_the_batch_that_reports_it() -> None:
+    """git is done, but the batch carrying its move is still being handled (waiting for the
+    invalidations behind the checkout): an offer from elsewhere (the second look) must not let
+    the restart go, or the move's own batch restarts a second time."""
+    git, restarts, now = Git(), list[list[Path]](), [0.0]
+    hold = RestartHold(git.busy, restarts.append, clock=lambda: now[0])
+    git.at_work = [Path("/r")]
+    assert not hold.offer({Path("/r/a.py")})
+    git.at_work = []  # git exited; its move is in the batch being handled
+    now[0] = 1.0
+    assert not hold.offer({Path("/r/b.py")})  # the second look, from the loop's thread
+    assert not hold.offer(set(), reported={Path("/other")})  # another repository's report
+    assert hold.holding()
+    assert hold.offer(set(), reported={Path("/r")})  # the move's batch
+    assert restarts == [[Path("/r/a.py"), Path("/r/b.py")]]
+    assert not hold.holding()
+    assert hold.offer({Path("/r/c.py")})  # an edit afterwards: at once, nothing awaited
+    assert len(restarts) == 2
+
+
+def test_a_report_that_never_comes_holds_at_most_report_max() -> None:
+    git, restarts, now = Git(), list[list[Path]](), [0.0]
+    hold = RestartHold(git.busy, restarts.append, clock=lambda: now[0])
+    git.at_work = [Path("/r")]
+    assert not hold.offer({Path("/r/a.py")})
+    git.at_work = []
+    now[0] = 10.0
+    assert not hold.offer(set())  # git idle from now on: the clock starts
+    now[0] = 10.0 + REPORT_MAX - 0.1
+    assert not hold.offer(set())
+    now[0] = 10.0 + REPORT_MAX
+    assert hold.offer(set())
+    assert restarts == [[Path("/r/a.py")]]
