@@ -112,9 +112,11 @@ class EventMapper:
         kind = event.event_type
         src = os.fsdecode(event.src_path)
         dest = os.fsdecode(event.dest_path) if kind == "moved" and event.dest_path else ""
-        if event.is_directory:
+        if event.is_directory and not (dest and _file_took_over(dest)):
             self._directory(kind, src, dest)
             return
+        if event.is_directory:  # a poller pairs by inode: a new file took a removed directory's
+            self._directory("deleted", src, "")  # (the daemon removes __pycache__ it empties)
         name = os.path.basename(dest or src)
         if name == ".git" and kind in {"created", "moved"}:  # a work tree or submodule appeared
             self.sink.rescan(self.root, "new git repository")
@@ -132,6 +134,8 @@ class EventMapper:
                 self.sink.source_removed(Path(src))
         elif kind in {"created", "modified", "attrib", "closed"} and self._is_source(src):
             self.sink.source_changed(Path(src))
+        if self.polled and self._pycs is not None and kind == "moved":
+            self._list_pycache(dest, self._pycs)  # a new __pycache__ took a removed file's inode
 
     def _directory(self, kind: str, src: str, dest: str) -> None:
         if kind == "deleted" and src == str(self.root):
@@ -200,4 +204,13 @@ class EventMapper:
         for i, name in enumerate(dirs):
             if name == "__pycache__" or self.excluder.excluded(name, "/".join(parts[: i + 1])):
                 return True
+        return False
+
+
+def _file_took_over(dest: str) -> bool:
+    """A directory "moved" to *dest* where a file is now: watchdog's snapshot diff pairs paths by
+    inode, and a file created after a directory was removed may get the directory's inode."""
+    try:
+        return not os.path.isdir(dest) and os.path.lexists(dest)
+    except (OSError, ValueError):
         return False

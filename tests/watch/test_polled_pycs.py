@@ -197,3 +197,48 @@ def test_a_pyc_written_in_the_tick_of_the_pass_is_seen_at_the_next(
     assert DirectorySnapshotDiff(second, snapshot()).dirs_modified == []
     clock.now_ns = stamp - 1_000_000_000  # the directory stamped by a clock ahead of this one
     assert polling.change_stat(str(cache)).st_mtime_ns == stamp
+
+
+class _MovedEvent:
+    def __init__(self, src: str, dest: str, *, is_directory: bool) -> None:
+        self.event_type = "moved"
+        self.src_path = src
+        self.dest_path = dest
+        self.is_directory = is_directory
+
+
+def test_a_new_file_that_took_a_removed_directorys_inode_is_a_creation(tmp_path: Path) -> None:
+    """watchdog's snapshot diff pairs paths by inode and calls the pair a directory move when the
+    old path was a directory: a source created after the daemon removed an emptied
+    ``__pycache__`` may get its inode (seen on NFS: the source's creation was lost). And a new
+    ``__pycache__`` that took a removed file's inode is listed."""
+    sink = _Recorder()
+    mapper = EventMapper(tmp_path, sink, WalkOptions(), lambda root: None, polled=True)
+    source = write(tmp_path / "b" / "n.py", "N = 1\n")
+    gone_cache = tmp_path / "a" / "__pycache__"
+    mapper.dispatch(_MovedEvent(str(gone_cache), str(source), is_directory=True))
+    gone_pkg = tmp_path / "c"
+    mapper.dispatch(_MovedEvent(str(gone_pkg), str(source), is_directory=True))
+    pyc = compile_pyc(write(tmp_path / "d" / "m.py", "M = 1\n"))
+    mapper.dispatch(_MovedEvent(str(tmp_path / "old.py"), str(pyc.parent), is_directory=False))
+    assert sink.changed == [source, source]
+    assert sink.dirs == [gone_pkg]
+    assert sink.removed == [tmp_path / "old.py"]
+    assert sink.pycs() == {pyc}
+
+
+class _Recorder(Sink):
+    def __init__(self) -> None:
+        super().__init__()
+        self.changed: list[Path] = []
+        self.removed: list[Path] = []
+        self.dirs: list[Path] = []
+
+    def source_changed(self, path: Path) -> None:
+        self.changed.append(path)
+
+    def source_removed(self, path: Path) -> None:
+        self.removed.append(path)
+
+    def dir_removed(self, path: Path) -> None:
+        self.dirs.append(path)
