@@ -300,14 +300,25 @@ class VerifyIndex:
         import sqlite3
 
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, timeout=_BUSY_MS / 1000, isolation_level=None)
-        try:
-            _prepare(db)
-        except BaseException:
-            db.close()
-            raise
-        db.isolation_level = "DEFERRED"  # transactions for the writes of flush()
-        return db
+        # Processes creating the index at once (a scan's jobs, four scans, the daemon): switching
+        # a new file to WAL can fail "locked" at once, without sqlite's busy wait; retry until the
+        # busy timeout, else this process's records would be dropped without a word.
+        deadline = time.monotonic() + _BUSY_MS / 1000
+        while True:
+            db = sqlite3.connect(self.path, timeout=_BUSY_MS / 1000, isolation_level=None)
+            try:
+                _prepare(db)
+            except sqlite3.OperationalError as exc:
+                db.close()
+                if not _busy(exc) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.02)
+                continue
+            except BaseException:
+                db.close()
+                raise
+            db.isolation_level = "DEFERRED"  # transactions for the writes of flush()
+            return db
 
     def _rebuild(self, exc: BaseException) -> bool:
         """Set the unusable index aside and start a new one; False when that fails too."""
