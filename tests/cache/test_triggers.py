@@ -153,7 +153,9 @@ def test_where_ctime_is_untrusted_every_pyc_is_checked_once(tmp_path: Path) -> N
     past_the_tick(pyc)
     runs_old_code(tmp_path, pyc)
     untrusted = {"ctime_untrusted": (tmp_path.resolve(),), "use_index": False}
-    assert verdict(tmp_path, use_index=False)[0] is State.FRESH
+    # the times cannot tell (fresh), unless a loaded machine wrote the pyc within a tick of its
+    # source's change: then the trigger checks it already (seen once in CI)
+    assert verdict(tmp_path, use_index=False)[0] in (State.FRESH, State.STALE)
     state, reason = verdict(tmp_path, **untrusted)
     assert state is State.STALE, reason
 
