@@ -14,6 +14,7 @@ import pytest
 from tests.support.wait import wait_until
 
 if TYPE_CHECKING:
+    from tests.support.dockerd import Dockerd
     from tests.support.servers import Reaper
 
 _PR_SET_CHILD_SUBREAPER = 36
@@ -102,6 +103,25 @@ def reaper() -> Iterator[Reaper]:
 
     with Reaper() as r:
         yield r
+
+
+@pytest.fixture(scope="session")
+def _dockerd_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dockerd | str]:
+    """The session's private dockerd and image, or why it cannot run (tests/support/dockerd.py)."""
+    from tests.support.dockerd import session_dockerd
+
+    with session_dockerd(tmp_path_factory.getbasetemp()) as daemon:
+        yield daemon
+
+
+@pytest.fixture
+def dockerd(_dockerd_session: Dockerd | str) -> Iterator[Dockerd]:
+    """A real dockerd (one per session; see tests/support/dockerd.py); skips, saying why, where
+    dockerd cannot run. Every container is removed after the test."""
+    if isinstance(_dockerd_session, str):
+        pytest.skip(_dockerd_session)
+    yield _dockerd_session
+    _dockerd_session.remove_all()
 
 
 @pytest.fixture
