@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.support.dockerd import Dockerd, ask, wait_answer, write_unix_app
+from tests.support.docker_app import ask, wait_answer, write_unix_app
+from tests.support.dockerd import Dockerd
 from tests.support.wait import wait_until
 
 

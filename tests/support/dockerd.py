@@ -29,9 +29,10 @@ The API::
     dockerd.logs(cid)                     # stdout + stderr of the container, as text
     dockerd.restart(cid)                  # docker restart -t 5
 
-and, for the app in the container (it has no network): :func:`write_unix_app` writes a server that
-answers ``answer.VALUE`` on a unix socket in the bind-mounted directory; :func:`ask` connects to it
-from this side (any path length), :func:`wait_answer` waits until it answers a value.
+and, for the app in the container (it has no network), tests/support/docker_app.py:
+:func:`write_unix_app` writes a server that answers ``answer.VALUE`` on a unix socket in the
+bind-mounted directory; :func:`ask` connects to it from this side (any path length),
+:func:`wait_answer` waits until it answers a value.
 """
 
 from __future__ import annotations
@@ -55,47 +56,10 @@ import psutil
 from tests.support.docker_image import PYTHON, write_rootfs
 from tests.support.wait import wait_until
 
-__all__ = [
-    "Dockerd",
-    "DockerdUnavailable",
-    "ask",
-    "session_dockerd",
-    "wait_answer",
-    "write_unix_app",
-]
+__all__ = ["Dockerd", "DockerdUnavailable", "session_dockerd"]
 
 START_TIMEOUT = 30.0
 """Seconds dockerd has to answer ``/_ping`` (it takes about one here)."""
-
-_SERVE = """\
-import os
-import signal
-import socket
-import sys
-
-import answer
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-PATH = os.path.join(HERE, {sock!r})
-
-
-def stop(signum, frame):
-    sys.exit(0)
-
-
-signal.signal(signal.SIGTERM, stop)
-if os.path.exists(PATH):
-    os.unlink(PATH)
-server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-server.bind(PATH + ".new")
-os.rename(PATH + ".new", PATH)
-server.listen(16)
-print("serving", answer.VALUE, flush=True)
-while True:
-    conn, _ = server.accept()
-    with conn:
-        conn.sendall(str(answer.VALUE).encode())
-"""
 
 
 class DockerdUnavailable(Exception):
@@ -307,53 +271,6 @@ def session_dockerd(base: Path) -> Iterator[Dockerd | str]:
     finally:
         daemon.stop()
         shutil.rmtree(root, ignore_errors=True)
-
-
-# -- the app in the container ---------------------------------------------------------------------
-
-
-def write_unix_app(directory: Path, value: str, sock: str = "app.sock") -> Path:
-    """``serve.py`` and ``answer.py`` (``VALUE = value``) in *directory*: run ``python
-    /app/serve.py`` and it answers ``answer.VALUE`` to every connection on ``<directory>/<sock>``.
-    It exits on SIGTERM (as PID 1 it would ignore it otherwise). Returns ``answer.py``."""
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "serve.py").write_text(_SERVE.format(sock=sock), encoding="utf-8")
-    answer = directory / "answer.py"
-    answer.write_text(f"VALUE = {value!r}\n", encoding="utf-8")
-    return answer
-
-
-def ask(sock: Path, timeout: float = 2.0) -> str | None:
-    """What the server on the unix socket *sock* answers, or None when nothing answers. Connects
-    through ``/proc/self/fd`` so that a path longer than a socket address may hold works."""
-    try:
-        fd = os.open(sock.parent, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return None
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
-            client.settimeout(timeout)
-            client.connect(f"/proc/self/fd/{fd}/{sock.name}")
-            chunks = []
-            while chunk := client.recv(65536):
-                chunks.append(chunk)
-            return b"".join(chunks).decode(errors="replace")
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-
-
-def wait_answer(sock: Path, value: str, timeout: float = 30.0) -> None:
-    """Wait until the server on *sock* answers *value*."""
-    last: list[str | None] = [None]
-
-    def answers() -> bool:
-        last[0] = ask(sock)
-        return last[0] == value
-
-    if not wait_until(answers, timeout, raise_on_timeout=False):
-        raise AssertionError(f"{sock} answered {last[0]!r}, expected {value!r}")
 
 
 # -- helpers ----------------------------------------------------------------------------------------
