@@ -31,7 +31,7 @@ def test_a_container_serves_the_bind_mounted_code_and_the_edit_after_a_restart(
 
 
 def test_the_image_has_cachewatchd_and_a_shell(dockerd: Dockerd, tmp_path: Path) -> None:
-    cid = dockerd.run_container("idle", tmp_path, ["sleep", "300"])
+    cid = dockerd.run_container("idle", tmp_path, ["python", "-c", "import signal; signal.pause()"])
     wait_until(lambda: dockerd.inspect(cid)["State"]["Running"], message="the container runs")
     out = dockerd.exec(cid, "python", "-m", "cachewatchd", "--version").stdout
     assert out.startswith("cachewatchd ")
