@@ -338,13 +338,14 @@ class Watcher:
         self._log.warning(
             "observer-fallback", root=str(root.path), observer="polling", reason=reason
         )
-        self.sink.rescan(root.path, "observer fallback")
         ident = _ident(root.path)
         try:
             self._start_polling(root)
         except OSError as exc:
             self._report_once(root, exc.strerror or str(exc))
             return False
+        finally:  # after the poller's first snapshot: what changes meanwhile is in one or the other
+            self.sink.rescan(root.path, "observer fallback")
         root.choice, root.ident = ObserverChoice("polling", f"{reason}: polling"), ident
         return True
 
