@@ -11,20 +11,20 @@ import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from cachewatchd.config.reader import Reader
+from cachewatchd.config.docker_table import DockerTables, docker_options
 from cachewatchd.config.toml import KeyPath, show_value, value_name
 from cachewatchd.processes.spec import SCOPES, ProcessSpec, SupervisorSpec
 
 __all__ = ["ProcessTables"]
 
-_SELECTORS = ("supervisor", "pidfile", "match", "systemd")
+_SELECTORS = ("supervisor", "pidfile", "match", "systemd", "docker", "compose")
 _OPTIONS = ("cwd", "root", "scope", "grace", "import_check", "health_url", "health_timeout", "log")
 _PROCESS_KEYS = ("name", "action", "signal", *_SELECTORS, *_OPTIONS)
 _SUPERVISOR_KEYS = ("url", "program", "username", "password")
 _UNIT_NAME = re.compile(r"[A-Za-z0-9:_.@\\-]+")
 
 
-class ProcessTables(Reader):
+class ProcessTables(DockerTables):
     """A reader that also knows the ``[[process]]`` tables."""
 
     def processes(self, table: Mapping[str, Any]) -> tuple[ProcessSpec, ...]:
@@ -72,6 +72,8 @@ class ProcessTables(Reader):
             "pidfile": self.path,
             "match": self.regex,
             "systemd": self.unit,
+            "docker": self.docker_table,
+            "compose": self.compose_table,
             "cwd": self.path,
             "root": self.path,
             "scope": self.scope,
@@ -83,7 +85,7 @@ class ProcessTables(Reader):
         }
         kwargs = {key: check((*at, key), item[key]) for key, check in checks.items() if key in item}
         kwargs["signal"] = self.signal_name(at, item, action)
-        return ProcessSpec(action=action, **kwargs)  # type: ignore[arg-type]
+        return ProcessSpec(action=action, **docker_options(kwargs))
 
     def signal_name(self, at: KeyPath, item: Mapping[str, Any], action: str) -> str | None:
         if action == "restart":

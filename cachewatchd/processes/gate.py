@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import psutil
 
+from cachewatchd.errors import CachewatchdError
+
 __all__ = [
     "Probe",
     "import_check",
@@ -29,6 +31,9 @@ __all__ = [
     "python_executable",
     "wait_healthy",
 ]
+
+Runner = Callable[[Sequence[str], float], tuple[int, str]]
+"""``(argv, timeout) -> (exit code, output)``; raises a :class:`CachewatchdError` when it cannot run."""
 
 _IMPORT = "import importlib, sys; importlib.import_module(sys.argv[1])"
 _PYTHON_NAME = re.compile(r"(python|pypy)[0-9.]*[a-z]?(\.exe)?")
@@ -41,6 +46,8 @@ class Probe:
     executable: str
     cwd: str | None = None
     env: Mapping[str, str] | None = None
+    run: Runner | None = None
+    """Runs the command somewhere else (inside a container: ``docker exec``) instead of here."""
 
 
 def _which(name: str, cwd: str | None, env: Mapping[str, str] | None) -> str | None:
@@ -130,6 +137,12 @@ def import_check(module: str, probe: Probe, *, timeout: float = 60.0) -> str | N
     """Import *module* with ``python -B`` as the target would; ``None`` on success, else the
     error as one line (exception and location)."""
     argv = [probe.executable, "-B", "-c", _IMPORT, module]
+    if probe.run is not None:
+        try:
+            code, output = probe.run(argv, timeout)
+        except CachewatchdError as exc:
+            return f"cannot run {probe.executable}: {exc.message}"
+        return None if code == 0 else _summarize(output)
     env = dict(probe.env) if probe.env is not None else None
     try:
         done = subprocess.run(

@@ -17,6 +17,7 @@ from typing import Literal
 __all__ = [
     "SCOPES",
     "Action",
+    "DockerSpec",
     "ProcessSpec",
     "Scope",
     "SupervisorSpec",
@@ -44,6 +45,28 @@ class SupervisorSpec:
 
 
 @dataclass(frozen=True)
+class DockerSpec:
+    """A Docker container by name or id (``container``), or the containers of a compose service
+    (``project`` and ``service``), reached over the Engine API
+    (:mod:`cachewatchd.processes.docker_api`)."""
+
+    container: str | None = None
+    project: str | None = None
+    service: str | None = None
+    host: str | None = None
+    """``unix:///path/docker.sock``; ``None``: ``$DOCKER_HOST``, else the default sockets."""
+    stop_timeout: float | None = None
+    """Seconds a restart waits for the container to stop (the target's ``grace`` when the user
+    gave one); ``None``: the container's own stop timeout."""
+
+    def describe(self) -> str:
+        """``container backend`` or ``compose service shop/backend``."""
+        if self.container is not None:
+            return f"container {self.container}"
+        return f"compose service {self.project}/{self.service}"
+
+
+@dataclass(frozen=True)
 class ProcessSpec:
     """One managed target. Exactly one of the selectors is set."""
 
@@ -62,6 +85,8 @@ class ProcessSpec:
     """A systemd *user* unit, e.g. ``app.service``."""
     command: tuple[str, ...] | None = None
     """The daemon's own child (``cachewatchd --foreground PATH -- COMMAND``)."""
+    docker: DockerSpec | None = None
+    """A Docker container, or a compose service's containers (``docker``/``compose`` tables)."""
     # options ---------------------------------------------------------------
     root: Path | None = None
     """Only changes under this root trigger the target; ``None`` means every root."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-__all__ = ["Observed", "TargetState", "TargetStatus", "timestamp"]
+__all__ = ["ContainerStatus", "Observed", "TargetState", "TargetStatus", "timestamp"]
 
 
 class TargetState(str, enum.Enum):
@@ -60,12 +60,45 @@ class Observed:
 
 
 @dataclass(frozen=True)
+class ContainerStatus:
+    """One container of a Docker target, as dockerd last described it."""
+
+    name: str
+    id: str
+    """The short id (12 hex digits)."""
+    state: str
+    """dockerd's word: ``running``, ``restarting``, ``exited (code 1)``..."""
+    started_at: str | None = None
+    """When it last started, as :func:`timestamp` writes it."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "id": self.id,
+            "state": self.state,
+            "started_at": self.started_at,
+        }
+
+    @classmethod
+    def from_json(cls, entry: object) -> ContainerStatus:
+        """The record :meth:`to_json` wrote; :class:`ValueError` when *entry* is not one."""
+        fields = entry if isinstance(entry, dict) else {}
+        name, ident, state = fields.get("name"), fields.get("id"), fields.get("state")
+        started = fields.get("started_at")
+        if not (isinstance(name, str) and isinstance(ident, str) and isinstance(state, str)):
+            raise ValueError("malformed container status")  # noqa: TRY004 - bad data
+        if started is not None and not isinstance(started, str):
+            raise ValueError("malformed container status")
+        return cls(name, ident, state, started)
+
+
+@dataclass(frozen=True)
 class TargetStatus:
     """One managed target as ``cachewatchd status`` shows it."""
 
     name: str
     kind: str
-    """``child``, ``supervisor``, ``process`` or ``systemd``."""
+    """``child``, ``supervisor``, ``process``, ``systemd`` or ``docker``."""
     state: TargetState
     pids: tuple[int, ...] = ()
     restarts: int = 0
@@ -86,6 +119,8 @@ class TargetStatus:
     last_exit: str | None = None
     """The own child: how it last exited on its own, with the last line it wrote to stderr, e.g.
     ``exited with code 1: ERROR: [Errno 98] ... address already in use``; ``None`` until it did."""
+    containers: tuple[ContainerStatus, ...] = ()
+    """A Docker target: its containers' state and start time. Absent from older documents: ()."""
 
     @property
     def stale(self) -> bool:
@@ -108,6 +143,7 @@ class TargetStatus:
             "problem": self.problem,
             "crashes": self.crashes,
             "last_exit": self.last_exit,
+            "containers": [c.to_json() for c in self.containers],
         }
 
     @classmethod
@@ -127,6 +163,7 @@ class TargetStatus:
                 problem=entry["problem"],
                 crashes=entry.get("crashes", 0),
                 last_exit=entry.get("last_exit"),
+                containers=tuple(map(ContainerStatus.from_json, entry.get("containers") or ())),
             )
             stale = entry["stale"]
         except KeyError as exc:

@@ -29,8 +29,8 @@ from cachewatchd.processes.listen import Listener, held, parse_address, release_
 from cachewatchd.processes.os_procs import alive, send_signal, signal_refusal
 from cachewatchd.processes.own_child import ChildError, OwnChild
 from cachewatchd.processes.spec import ProcessSpec
-from cachewatchd.processes.staleness import importers
-from cachewatchd.processes.status import Observed, TargetState
+from cachewatchd.processes.staleness import Change, importers, stale_reason
+from cachewatchd.processes.status import ContainerStatus, Observed, TargetState
 from cachewatchd.processes.supervisord import SupervisorClient
 from cachewatchd.processes.warm import warm_starter
 
@@ -127,6 +127,19 @@ class Target(ABC):
     @abstractmethod
     def processes(self) -> list[psutil.Process]:
         """The target's top-level processes right now (possibly none)."""
+
+    def scope(self, roots: Sequence[Path]) -> Sequence[Path]:
+        """The paths under *roots* (the target's roots) whose changes concern the target: all of
+        them, but for a container, its bind mounts (cheap: called for every batch)."""
+        return roots
+
+    def stale(self, procs: Sequence[psutil.Process], newest: Change | None) -> str | None:
+        """Why the target runs code older than *newest*, or ``None`` (*procs*: :meth:`processes`)."""
+        return stale_reason(procs, newest)
+
+    def containers(self) -> tuple[ContainerStatus, ...]:
+        """A Docker target's containers as last seen (cheap: no request to dockerd)."""
+        return ()
 
     def probe(self) -> Probe | None:
         """How to run the target's Python (for the import gate), from its running processes."""
@@ -366,7 +379,8 @@ class SystemdTarget(Target):
 def make_target(spec: ProcessSpec, roots: Sequence[Path] = ()) -> Target:
     """The backend for *spec*, chosen by its one selector; *roots* are the target's roots (its
     ``root``, else the daemon's): a ``match`` acts only on processes under them (``scope``)."""
-    from cachewatchd.processes.existing import ProcessTarget  # it builds on this module
+    from cachewatchd.processes.docker_target import DockerTarget  # they build on this module
+    from cachewatchd.processes.existing import ProcessTarget
 
     factories: dict[str, Callable[[ProcessSpec, Sequence[Path]], Target]] = {
         "command": lambda spec, roots: ChildTarget(spec, roots=roots),
@@ -374,10 +388,12 @@ def make_target(spec: ProcessSpec, roots: Sequence[Path] = ()) -> Target:
         "pidfile": ProcessTarget,
         "match": ProcessTarget,
         "systemd": lambda spec, roots: SystemdTarget(spec),
+        "docker": DockerTarget,
     }
     for selector, factory in factories.items():
         if getattr(spec, selector) is not None:
             return factory(spec, roots)
     raise TargetError(
-        f"process {spec.name!r} needs one of command, supervisor, pidfile, match or systemd"
+        f"process {spec.name!r} needs one of command, supervisor, pidfile, match, systemd, "
+        "docker or compose"
     )

@@ -36,7 +36,7 @@ from cachewatchd.processes.ready import (
     wait_steady,
 )
 from cachewatchd.processes.spec import ProcessSpec
-from cachewatchd.processes.staleness import SourceClock, importers, stale_reason
+from cachewatchd.processes.staleness import SourceClock, importers
 from cachewatchd.processes.status import TargetState, TargetStatus, timestamp
 from cachewatchd.processes.targets import ActionResult, Target
 from cachewatchd.threads import daemon_thread
@@ -99,7 +99,8 @@ class Worker:
 
     # -- called from other threads ------------------------------------------------------------
     def affected(self, paths: Sequence[Path]) -> bool:
-        return any(is_under(p, r) for p in paths for r in self.roots)
+        roots = self.target.scope(self.roots)
+        return any(is_under(p, r) for p in paths for r in roots)
 
     def request(self) -> None:
         with self._cond:
@@ -135,6 +136,7 @@ class Worker:
                 problem=problem,
                 crashes=seen.crashes if seen is not None else 0,
                 last_exit=seen.last_exit if seen is not None else None,
+                containers=self.target.containers(),
             )
 
     # -- the worker thread --------------------------------------------------------------------
@@ -230,7 +232,7 @@ class Worker:
         absent = not procs and self.target.observed() is None  # else status() reads it live
         if absent and problem is None:
             problem = self.target.check()
-        reason = stale_reason(procs, self._clock.newest(self._scan_roots))
+        reason = self.target.stale(procs, self._clock.newest(self.target.scope(self._scan_roots)))
         with self._cond:
             self.pids = [p.pid for p in procs]
             self.stale = reason

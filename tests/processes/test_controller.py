@@ -221,7 +221,7 @@ def test_status_shape_and_stop_without_start(tmp_path: Path) -> None:
     (status,) = controller.status()
     assert set(status.to_json()) == {
         "name", "kind", "pids", "state", "restarts", "last_action", "last_action_at",
-        "pending", "stale", "stale_reason", "problem", "crashes", "last_exit",
+        "pending", "stale", "stale_reason", "problem", "crashes", "last_exit", "containers",
     }  # fmt: skip
     assert status.state is TargetState.STARTING
     controller.notify({tmp_path / "x.py"})

@@ -62,6 +62,7 @@ def test_to_json_from_json_round_trip() -> None:
         "problem": "pidfile /r/w.pid names pid 9, which is not running",
         "crashes": 0,
         "last_exit": None,
+        "containers": [],
     }
     assert bare.to_json()["stale"] is False
     assert bare.to_json()["pids"] == []
@@ -115,3 +116,18 @@ def test_a_crashing_child_entry_and_an_entry_written_before_crashes_existed() ->
     assert TargetStatus.from_json(entry) == crashed
     older = {k: v for k, v in _entry().items() if k not in ("crashes", "last_exit")}
     assert TargetStatus.from_json(older).crashes == 0  # a daemon of the previous version
+
+
+def test_a_docker_targets_containers_round_trip_and_older_documents_have_none() -> None:
+    from cachewatchd.processes.status import ContainerStatus
+
+    shown = ContainerStatus(
+        "shop-backend-1", "3f2a1b0c9d8e", "running", "2026-12-06T05:00:00+00:00"
+    )
+    status = TargetStatus(name="api", kind="docker", state=TargetState.RUNNING, containers=(shown,))
+    entry = json.loads(json.dumps(status.to_json()))
+    assert TargetStatus.from_json(entry) == status
+    older = {k: v for k, v in entry.items() if k != "containers"}
+    assert TargetStatus.from_json(older).containers == ()
+    with pytest.raises(ValueError, match="malformed container status"):
+        TargetStatus.from_json({**entry, "containers": [{"name": 1}]})
