@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,9 +23,9 @@ ID = "3f2a1b0c9d8e" + "a" * 52
 
 
 @pytest.fixture
-def fake(tmp_path: Path) -> FakeDocker:
+def fake(tmp_path: Path) -> Iterator[FakeDocker]:
     with fake_docker(tmp_path) as server:
-        yield server  # type: ignore[misc]
+        yield server
 
 
 def _client(fake: FakeDocker, timeout: float = 5.0) -> DockerClient:
