@@ -73,6 +73,7 @@ _REMOTE_TYPES = frozenset(
         # host <-> guest shares (VMs, WSL, Docker Desktop)
         "9p",
         "virtiofs",
+        "fakeowner",  # Docker Desktop 4.15+: a container's bind mount, over virtiofs
         "vboxsf",
         "drvfs",
         "prl_fs",
