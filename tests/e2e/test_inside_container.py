@@ -69,6 +69,9 @@ def test_cachewatchd_in_the_container_restarts_its_child_on_an_edit_made_on_the_
     observer = ready["observers"]["/app"]
     assert observer["observer"] == "native", observer
     assert observer["reason"].endswith(": native events"), observer
+    status = dockerd.exec(cid, "cachewatchd", "status").stdout  # the console script, as installed
+    assert "/app: native" in status
+    assert "process child: running" in status
 
     set_value(answer, "one", "two", keep_mtime=True)
     wait_answer(src / "app.sock", "two")

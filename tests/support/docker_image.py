@@ -6,7 +6,8 @@
   compiled extensions of its venv load there too), its standard library without tests, GUI or
   ``ensurepip``, with the stdlib's own pycs, and ``python``/``python3`` in ``/usr/local/bin``;
 * cachewatchd (the package of this checkout) and its run-time dependencies, copied from the running
-  venv into that interpreter's ``site-packages``, as ``pip install cachewatchd`` in an image would;
+  venv into that interpreter's ``site-packages``, and its ``cachewatchd`` console script in
+  ``/usr/local/bin``, as ``pip install cachewatchd`` in an image would;
 * ``/bin/sh`` (a static busybox and a few of its applets, or else dash), every shared library these
   need (found with ``ldd``), ``/etc/passwd``, ``/tmp``.
 
@@ -16,6 +17,7 @@ It is about 70 MB and is written in a few seconds; the session's dockerd imports
 from __future__ import annotations
 
 import importlib.metadata
+import io
 import os
 import re
 import shutil
@@ -44,6 +46,14 @@ _SKIP_DYNLOAD = re.compile(r"^(_test|_xx|xx|_tkinter|_ctypes_test)")
 _APPLETS = ("sh", "cat", "echo", "ls", "sleep", "kill", "ps", "rm", "mkdir", "touch", "true", "env")
 _PASSWD = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"
 _GROUP = "root:x:0:\nnogroup:x:65534:\n"
+_SCRIPT = """\
+#!{python}
+import sys
+
+from cachewatchd.cli import run
+
+sys.exit(run())
+"""
 
 
 @dataclass(frozen=True)
@@ -74,6 +84,7 @@ def write_rootfs(tar_path: Path) -> Rootfs:
         writer.file(base)
         for name in ("python", "python3"):
             writer.symlink(f"usr/local/bin/{name}", str(base))
+        writer.text("usr/local/bin/cachewatchd", _SCRIPT.format(python=base), mode=0o755)
         for path in _stdlib_files(stdlib):
             writer.file(path)
         if dynload.is_dir() and not dynload.is_relative_to(stdlib):
@@ -130,13 +141,11 @@ class _Writer:
         info.linkname = target
         self._tar.addfile(info)
 
-    def text(self, arc: str, content: str) -> None:
-        import io
-
+    def text(self, arc: str, content: str, mode: int = 0o644) -> None:
         data = content.encode()
         info = tarfile.TarInfo(arc)
         info.size = len(data)
-        info.mode = 0o644
+        info.mode = mode
         self._tar.addfile(info, io.BytesIO(data))
         self._seen.add(arc)
 

@@ -18,7 +18,9 @@ The API::
     dockerd.env(**extra)                  # os.environ + DOCKER_HOST (+ DOCKER_CONFIG), no
                                           #   PYTHONDONTWRITEBYTECODE: for cachewatchd subprocesses
     dockerd.image, dockerd.python         # the image's tag; its Python's path ("/usr/local/bin/python")
+                                          #   (``cachewatchd`` is on its PATH too)
     dockerd.docker("ps", "-a")            # the docker CLI against this daemon -> CompletedProcess[str]
+                                          #   (check=True: a failure raises DockerError, with stderr)
     dockerd.api("GET", "/containers/json")  # the Engine API -> (status, decoded JSON or None)
     cid = dockerd.run_container("backend", src, ["python", "/app/serve.py"],
                                 labels={"com.docker.compose.project": "shop"},
@@ -56,7 +58,7 @@ import psutil
 from tests.support.docker_image import PYTHON, write_rootfs
 from tests.support.wait import wait_until
 
-__all__ = ["Dockerd", "DockerdUnavailable", "session_dockerd"]
+__all__ = ["DockerError", "Dockerd", "DockerdUnavailable", "session_dockerd"]
 
 START_TIMEOUT = 30.0
 """Seconds dockerd has to answer ``/_ping`` (it takes about one here)."""
@@ -64,6 +66,13 @@ START_TIMEOUT = 30.0
 
 class DockerdUnavailable(Exception):
     """dockerd cannot run here; the message says why (the tests skip with it)."""
+
+
+class DockerError(subprocess.CalledProcessError):
+    """A docker command failed; its message ends with the command's stderr."""
+
+    def __str__(self) -> str:
+        return f"{super().__str__()}: {(self.stderr or '').strip()}"
 
 
 class Dockerd:
@@ -183,11 +192,14 @@ class Dockerd:
     def docker(
         self, *args: str, check: bool = True, timeout: float = 60.0, input: str | None = None
     ) -> subprocess.CompletedProcess[str]:
-        """The docker CLI against this daemon."""
-        return subprocess.run(
-            ["docker", *args], env=self.env(), capture_output=True, text=True, check=check,
-            timeout=timeout, input=input, stdin=None if input is not None else subprocess.DEVNULL,
+        """The docker CLI against this daemon; a failure raises :exc:`DockerError` (its stderr)."""
+        result = subprocess.run(
+            ["docker", *args], env=self.env(), capture_output=True, text=True, timeout=timeout,
+            input=input, stdin=None if input is not None else subprocess.DEVNULL,
         )  # fmt: skip
+        if check and result.returncode != 0:
+            raise DockerError(result.returncode, result.args, result.stdout, result.stderr)
+        return result
 
     def api(
         self, method: str, path: str, body: object = None, timeout: float = 30.0
