@@ -170,4 +170,12 @@ def _describe_target(entry: Mapping[str, Any]) -> str:
         times = "once" if target.crashes == 1 else f"{target.crashes} times"
         shown = target.last_exit if target.last_exit and target.last_exit != target.problem else ""
         crashes = f", crashed {times}" + (f" (last: {shown})" if shown else "")
-    return f"  process {target.name}: {target.state.value} pid {pids}{problem}{crashes}{stale}"
+    containers = "".join(
+        f", container {c.name} ({c.id}) {c.state}"
+        + (f" since {c.started_at}" if c.started_at else "")
+        for c in target.containers
+    )
+    return (
+        f"  process {target.name}: {target.state.value} pid {pids}{problem}{containers}{crashes}"
+        f"{stale}"
+    )

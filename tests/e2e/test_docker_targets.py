@@ -1,0 +1,163 @@
+"""Docker targets end to end: the daemon on this host, a real dockerd, an app in a container that
+runs the bind-mounted code (tests/support/dockerd.py, tests/support/docker_app.py).
+
+The edits are the trap of containers: a same-size edit within the second of the pyc the
+container's Python wrote, which a plain ``docker restart`` does not fix; cachewatchd removes the
+cache on the host and restarts (or signals) the container's app.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.support.daemon import cli
+from tests.support.docker_app import wait_answer, write_unix_app
+from tests.support.dockerd import Dockerd
+from tests.support.e2e import E2E, toml_config
+from tests.support.servers import Reaper
+
+COMPOSE = {"com.docker.compose.project": "shop", "com.docker.compose.service": "backend"}
+
+_RELOADING = """\
+import importlib
+import os
+import signal
+import socket
+import sys
+
+import answer
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PATH = os.path.join(HERE, "app.sock")
+reload = []
+
+
+def stop(signum, frame):
+    sys.exit(0)
+
+
+signal.signal(signal.SIGTERM, stop)
+signal.signal(signal.SIGHUP, lambda signum, frame: reload.append(1))
+if os.path.exists(PATH):
+    os.unlink(PATH)
+server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+server.bind(PATH + ".new")
+os.rename(PATH + ".new", PATH)
+server.listen(16)
+server.settimeout(0.05)
+print("serving", answer.VALUE, flush=True)
+while True:
+    if reload:
+        reload.clear()
+        importlib.reload(answer)
+        print("reloaded", answer.VALUE, flush=True)
+    try:
+        conn, _ = server.accept()
+    except socket.timeout:
+        continue
+    with conn:
+        conn.sendall(str(answer.VALUE).encode())
+"""
+
+
+@pytest.fixture
+def e2e(tmp_path: Path, reaper: Reaper) -> E2E:
+    return E2E(tmp_path, reaper)
+
+
+def _app(e2e: E2E, dockerd: Dockerd, *, labels: dict[str, str] | None = None) -> tuple[Path, str]:
+    """The app in container ``backend``, serving ``one`` from ``proj/src`` (bind-mounted)."""
+    src = e2e.proj / "src"
+    write_unix_app(src, "one")
+    cid = dockerd.run_container("backend", src, ["python", "/app/serve.py"], labels=labels or {})
+    wait_answer(src / "app.sock", "one", timeout=60)
+    return src, cid
+
+
+def _same_size_edit(src: Path, new: str) -> None:
+    (src / "answer.py").write_text(f"VALUE = {new!r}\n", encoding="utf-8")
+
+
+def _config(e2e: E2E, dockerd: Dockerd, table: dict[str, object]) -> Path:
+    return toml_config(e2e.tmp / "config.toml", [{"name": "backend", "grace": 5, **table}])
+
+
+def _no_tracebacks(text: str) -> None:
+    assert "Traceback" not in text, text
+
+
+def test_a_bind_mounted_edit_restarts_the_containers_app_once_and_it_serves_the_new_code(
+    e2e: E2E, dockerd: Dockerd
+) -> None:
+    src, cid = _app(e2e, dockerd)
+    config = _config(e2e, dockerd, {"docker": {"container": "backend", "host": dockerd.host}})
+    with e2e.daemon(["--config", str(config), str(e2e.proj)]) as daemon:
+        daemon.ready()
+        _same_size_edit(src, "two")
+        restarted = daemon.wait_event("restarted", timeout=60)
+        wait_answer(src / "app.sock", "two", timeout=30)
+        record = e2e.published(daemon)
+        shown = cli(["status"], e2e.env).stdout
+    assert restarted["target"] == "backend"
+    assert len(daemon.events("restarted")) == 1
+    assert restarted["pids"] == [dockerd.inspect(cid)["State"]["Pid"]]
+    (target,) = record["processes"]
+    assert target["kind"] == "docker"
+    (container,) = target["containers"]
+    assert (container["name"], container["state"]) == ("backend", "running")
+    assert not target["stale"]
+    assert f"container backend ({cid[:12]}) running since {container['started_at']}" in shown
+    assert dockerd.logs(cid).split() == ["serving", "one", "serving", "two"]
+    _no_tracebacks(daemon.stderr())
+
+
+def test_a_compose_service_is_found_by_its_labels(e2e: E2E, dockerd: Dockerd) -> None:
+    src, cid = _app(e2e, dockerd, labels=COMPOSE)
+    compose = {"project": "shop", "service": "backend", "host": dockerd.host}
+    config = _config(e2e, dockerd, {"compose": compose})
+    with e2e.daemon(["--config", str(config), str(e2e.proj)]) as daemon:
+        daemon.ready()
+        _same_size_edit(src, "two")
+        daemon.wait_event("restarted", timeout=60)
+        wait_answer(src / "app.sock", "two", timeout=30)
+    assert len(daemon.events("restarted")) == 1
+    assert dockerd.logs(cid).split() == ["serving", "one", "serving", "two"]
+
+
+def test_a_signal_target_sends_hup_to_the_containers_app(e2e: E2E, dockerd: Dockerd) -> None:
+    src = e2e.proj / "src"
+    write_unix_app(src, "one")
+    (src / "serve.py").write_text(_RELOADING, encoding="utf-8")
+    cid = dockerd.run_container("backend", src, ["python", "/app/serve.py"])
+    wait_answer(src / "app.sock", "one", timeout=60)
+    table = {"docker": {"container": "backend", "host": dockerd.host}, "action": "signal",
+             "signal": "HUP", "grace": 1}  # fmt: skip
+    config = _config(e2e, dockerd, table)
+    with e2e.daemon(["--config", str(config), str(e2e.proj)]) as daemon:
+        daemon.ready()
+        started = dockerd.inspect(cid)["State"]["StartedAt"]
+        _same_size_edit(src, "two")
+        daemon.wait_event("signalled", timeout=60)
+        wait_answer(src / "app.sock", "two", timeout=30)
+    assert dockerd.inspect(cid)["State"]["StartedAt"] == started  # not restarted
+    assert dockerd.logs(cid).split() == ["serving", "one", "reloaded", "two"]
+    assert not daemon.events("restarted")
+
+
+def test_a_container_whose_mounts_lie_outside_the_roots_is_refused(
+    e2e: E2E, dockerd: Dockerd
+) -> None:
+    elsewhere = e2e.tmp / "elsewhere"
+    write_unix_app(elsewhere, "one")
+    dockerd.run_container("backend", elsewhere, ["python", "/app/serve.py"])
+    wait_answer(elsewhere / "app.sock", "one", timeout=60)
+    config = _config(e2e, dockerd, {"docker": {"container": "backend", "host": dockerd.host}})
+    with e2e.daemon(["--config", str(config), str(e2e.proj)]) as daemon:
+        code = daemon.wait_exit(timeout=60)
+    assert code == 3
+    stderr = daemon.stderr()
+    assert "has no bind mount under the watched roots" in stderr
+    assert f"{elsewhere} -> /app" in stderr
+    _no_tracebacks(stderr)
