@@ -124,13 +124,17 @@ class _Writer:
         arc = (arc or str(source)).strip("/")
         if arc in self._seen:
             return
-        self.directory(os.path.dirname(arc))
-        self._seen.add(arc)
         real = os.path.realpath(source)
-        info = self._tar.gettarinfo(real, arcname=arc)
-        info.uid = info.gid = 0
-        info.uname = info.gname = "root"
-        with open(real, "rb") as data:
+        try:
+            data = open(real, "rb")  # noqa: SIM115 (closed below; a dangling link is left out)
+        except OSError:
+            return
+        with data:
+            self.directory(os.path.dirname(arc))
+            self._seen.add(arc)
+            info = self._tar.gettarinfo(fileobj=data, arcname=arc)
+            info.uid = info.gid = 0
+            info.uname = info.gname = "root"
             self._tar.addfile(info, data)
 
     def symlink(self, arc: str, target: str) -> None:

@@ -140,7 +140,7 @@ class Dockerd:
         try:
             self.docker(
                 "import", "--change", "ENV PATH=/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                "--change", "WORKDIR /app", str(rootfs.tar), tag, timeout=120,
+                "--change", "WORKDIR /app", str(rootfs.tar), tag, timeout=60,
             )  # fmt: skip
         except subprocess.CalledProcessError as exc:
             raise DockerdUnavailable(f"docker import failed: {exc.stderr.strip()}") from exc
