@@ -24,6 +24,7 @@ from cachewatchd.processes.os_procs import (
     read_pidfile,
     send_signal,
 )
+from cachewatchd.processes.pid_namespace import namespace_refusal
 from cachewatchd.processes.relaunch import restart_process
 from cachewatchd.processes.spec import ProcessSpec
 from cachewatchd.processes.targets import ActionResult, Target, TargetError, _processes, _refusal
@@ -87,7 +88,7 @@ class ProcessTarget(Target):
             return exc.message
         if not found:
             return f"no running process for {self._describe()}"
-        return _refusal(self.spec, found)
+        return namespace_refusal(found) or _refusal(self.spec, found)
 
     def processes(self) -> list[psutil.Process]:
         try:
@@ -99,6 +100,9 @@ class ProcessTarget(Target):
         procs = self._find()
         if not procs:
             raise TargetError(f"no running process for {self._describe()}")
+        refusal = namespace_refusal(procs)  # a container's: never relaunched on this host
+        if refusal is not None:
+            raise TargetError(refusal)
         if self.spec.action == "signal":
             for proc in procs:
                 send_signal(proc, self.spec.signal or "HUP")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.support.daemon import cli
@@ -161,3 +162,34 @@ def test_a_container_whose_mounts_lie_outside_the_roots_is_refused(
     assert "has no bind mount under the watched roots" in stderr
     assert f"{elsewhere} -> /app" in stderr
     _no_tracebacks(stderr)
+
+
+def test_a_match_target_on_a_containerized_process_is_refused_and_never_relaunched_here(
+    e2e: E2E, dockerd: Dockerd
+) -> None:
+    from cachewatchd.processes.pid_namespace import foreign
+
+    src, cid = _app(e2e, dockerd)
+    config = _config(e2e, dockerd, {"match": "/app/serve[.]py", "scope": "any"})
+    e2e.env["DOCKER_HOST"] = dockerd.host  # to name the container
+    with e2e.daemon(["--config", str(config), str(e2e.proj)]) as daemon:
+        daemon.ready()
+        warned = daemon.wait_event("error", lambda e: "PID namespace" in e.get("error", ""))
+        _same_size_edit(src, "two")
+        failed = daemon.wait_event("restart-failed", timeout=60)
+    expected = f"runs in another PID namespace (container backend ({cid[:12]}))"
+    assert expected in warned["error"]
+    assert expected in failed["error"]
+    assert 'docker = { container = "backend" }' in failed["error"]
+    assert dockerd.logs(cid).split() == ["serving", "one"]  # neither restarted nor stopped
+    serving = [p for p in psutil.process_iter() if "/app/serve.py" in " ".join(_cmdline(p))]
+    assert [p.pid for p in serving] == [dockerd.inspect(cid)["State"]["Pid"]]  # nothing here
+    assert all(foreign(p) for p in serving)
+    _no_tracebacks(daemon.stderr())
+
+
+def _cmdline(proc: psutil.Process) -> list[str]:
+    try:
+        return proc.cmdline()
+    except psutil.Error:
+        return []
