@@ -15,7 +15,7 @@ def test_a_container_serves_the_bind_mounted_code_and_the_edit_after_a_restart(
     src = tmp_path / "src"
     answer = write_unix_app(src, "one")
     cid = dockerd.run_container("smoke", src, ["python", "/app/serve.py"])
-    wait_answer(src / "app.sock", "one")
+    wait_answer(src / "app.sock", "one", context=lambda: dockerd.logs(cid))
     state = dockerd.inspect(cid)
     assert state["State"]["Running"]
     assert [m["Source"] for m in state["Mounts"]] == [str(src)]
@@ -26,7 +26,7 @@ def test_a_container_serves_the_bind_mounted_code_and_the_edit_after_a_restart(
     answer.write_text("VALUE = 'three'\n", encoding="utf-8")
     assert ask(src / "app.sock") == "one"  # the running interpreter keeps its module
     dockerd.restart(cid)
-    wait_answer(src / "app.sock", "three")
+    wait_answer(src / "app.sock", "three", context=lambda: dockerd.logs(cid))
     assert dockerd.logs(cid).split() == ["serving", "one", "serving", "three"]
 
 

@@ -47,7 +47,9 @@ def test_a_plain_docker_restart_serves_the_old_code_after_an_edit_cpython_cannot
     src = tmp_path / "src"
     answer = write_unix_app(src, "one")
     cid = dockerd.run_container("plain", src, ["python", "/app/serve.py"])
-    wait_answer(src / "app.sock", "one")  # imported: the container wrote its pyc
+    wait_answer(
+        src / "app.sock", "one", context=lambda: dockerd.logs(cid)
+    )  # imported: the container wrote its pyc
     assert (src / "__pycache__").is_dir()
     set_value(answer, "one", "two", keep_mtime=True)
     dockerd.restart(cid)
@@ -62,7 +64,7 @@ def test_cachewatchd_in_the_container_restarts_its_child_on_an_edit_made_on_the_
     answer = write_unix_app(src, "one")
     cid = dockerd.run_container("inside", src, [*CACHEWATCHD, "python", "/app/serve.py"])
     wait_until(lambda: _events(dockerd, cid, "ready"), 30, message=f"ready: {dockerd.logs(cid)}")
-    wait_answer(src / "app.sock", "one")
+    wait_answer(src / "app.sock", "one", context=lambda: dockerd.logs(cid))
     assert (src / "__pycache__").is_dir()
     # A local bind mount: the host's edits raise inotify events in the container's mount namespace.
     (ready,) = _events(dockerd, cid, "ready")
@@ -74,7 +76,7 @@ def test_cachewatchd_in_the_container_restarts_its_child_on_an_edit_made_on_the_
     assert "process child: running" in status
 
     set_value(answer, "one", "two", keep_mtime=True)
-    wait_answer(src / "app.sock", "two")
+    wait_answer(src / "app.sock", "two", context=lambda: dockerd.logs(cid))
     assert _serving(dockerd, cid) == ["one", "two"]
     (invalidated,) = _events(dockerd, cid, "invalidated")
     # the image's Python is this one (tests/support/docker_image.py)

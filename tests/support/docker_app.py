@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 from tests.support.wait import wait_until
@@ -74,8 +75,11 @@ def ask(sock: Path, timeout: float = 2.0) -> str | None:
         os.close(fd)
 
 
-def wait_answer(sock: Path, value: str, timeout: float = 30.0) -> None:
-    """Wait until the server on *sock* answers *value*."""
+def wait_answer(
+    sock: Path, value: str, timeout: float = 30.0, context: Callable[[], str] | None = None
+) -> None:
+    """Wait until the server on *sock* answers *value*; on failure the message ends with what
+    *context* returns (the container's logs: ``lambda: dockerd.logs(cid)``)."""
     last: list[str | None] = [None]
 
     def answers() -> bool:
@@ -83,4 +87,5 @@ def wait_answer(sock: Path, value: str, timeout: float = 30.0) -> None:
         return last[0] == value
 
     if not wait_until(answers, timeout, raise_on_timeout=False):
-        raise AssertionError(f"{sock} answered {last[0]!r}, expected {value!r}")
+        more = f"\n{context()}" if context is not None else ""
+        raise AssertionError(f"{sock} answered {last[0]!r}, expected {value!r}{more}")
