@@ -29,6 +29,7 @@ from cachewatchd.doctor.code_checks import (
     check_environment,
     check_processes,
 )
+from cachewatchd.doctor.docker_checks import check_containers
 from cachewatchd.doctor.findings import Finding, Severity
 from cachewatchd.doctor.fs_checks import check_inotify, probe_root
 from cachewatchd.errors import CachewatchdError
@@ -85,6 +86,7 @@ def run_doctor(roots: Sequence[Path], options: DoctorOptions | None = None) -> D
     add(_guard("caches", lambda: check_caches(plans, prefix)))
     scan = scan_sources({plan.path: plan.exclude for plan in plans})
     add(_guard("processes", lambda: check_processes(roots, scan)))
+    add(_guard("containers", lambda: check_containers(plans, env)))
     add(check_environment(env))
     for plan in plans:
         add(_guard("filesystem", _bind(probe_root, plan, opts.probe_timeout)))

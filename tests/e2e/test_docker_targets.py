@@ -8,11 +8,14 @@ cache on the host and restarts (or signals) the container's app.
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import psutil
 import pytest
 
+from cachewatchd.processes.docker_model import parse_time
 from tests.support.daemon import cli
 from tests.support.docker_app import wait_answer, write_unix_app
 from tests.support.dockerd import Dockerd
@@ -193,3 +196,30 @@ def _cmdline(proc: psutil.Process) -> list[str]:
         return proc.cmdline()
     except psutil.Error:
         return []
+
+
+def test_a_container_started_before_its_mounted_sources_changed_is_stale_in_doctor_and_status(
+    e2e: E2E, dockerd: Dockerd
+) -> None:
+    src, cid = _app(e2e, dockerd)
+    started = parse_time(dockerd.inspect(cid)["State"]["StartedAt"])
+    assert started is not None
+    later = started + 30  # an edit after the container started (mtime: no waiting here)
+    os.utime(src / "answer.py", (later, later))
+    e2e.env["DOCKER_HOST"] = dockerd.host
+    done = cli(["doctor", "--json", "--probe-timeout", "0.5", str(e2e.proj)], e2e.env)
+    report = json.loads(done.stdout)
+    (stale,) = [f for f in report["findings"] if f["id"] == "stale-containers"]
+    assert done.returncode == 1
+    assert stale["details"][0].startswith(f"container backend ({cid[:12]}): pid ")
+    assert str(src / "answer.py") in stale["details"][0]
+    assert stale["action"].startswith("docker restart backend;")
+    config = _config(e2e, dockerd, {"docker": {"container": "backend"}})
+    with e2e.daemon(["--config", str(config), str(e2e.proj)]) as daemon:
+        daemon.ready()
+        daemon.wait_event("stale-process")
+        (target,) = e2e.published(daemon)["processes"]
+        shown = cli(["status"], e2e.env).stdout
+    assert target["stale"]
+    assert target["stale_reason"].startswith(f"container backend ({cid[:12]}): pid ")
+    assert f"STALE: container backend ({cid[:12]})" in shown
