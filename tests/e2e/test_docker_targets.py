@@ -17,7 +17,7 @@ import pytest
 
 from cachewatchd.processes.docker_model import parse_time
 from tests.support.daemon import cli
-from tests.support.docker_app import wait_answer, write_unix_app
+from tests.support.docker_app import ask, wait_answer, write_unix_app
 from tests.support.dockerd import Dockerd
 from tests.support.e2e import E2E, toml_config
 from tests.support.servers import Reaper
@@ -223,3 +223,23 @@ def test_a_container_started_before_its_mounted_sources_changed_is_stale_in_doct
     assert target["stale"]
     assert target["stale_reason"].startswith(f"container backend ({cid[:12]}): pid ")
     assert f"STALE: container backend ({cid[:12]})" in shown
+
+
+def test_the_import_gate_runs_in_the_container_and_keeps_the_old_app_on_a_syntax_error(
+    e2e: E2E, dockerd: Dockerd
+) -> None:
+    src, cid = _app(e2e, dockerd)
+    table = {"docker": {"container": "backend", "host": dockerd.host}, "import_check": "answer"}
+    config = _config(e2e, dockerd, table)
+    with e2e.daemon(["--config", str(config), str(e2e.proj)]) as daemon:
+        daemon.ready()
+        (src / "answer.py").write_text("VALUE = 'two\n", encoding="utf-8")
+        blocked = daemon.wait_event("restart-blocked", timeout=60)
+        assert ask(src / "app.sock") == "one"  # the old app keeps serving
+        _same_size_edit(src, "fix")
+        daemon.wait_event("restarted", timeout=60)
+        wait_answer(src / "app.sock", "fix", timeout=30)
+    assert "SyntaxError" in blocked["error"]
+    assert "/app/answer.py, line 1" in blocked["error"]  # the container's path: it ran there
+    assert len(daemon.events("restarted")) == 1
+    assert dockerd.logs(cid).split() == ["serving", "one", "serving", "fix"]
