@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import psutil
 
@@ -24,13 +25,16 @@ from cachewatchd.paths import is_under, read_regular
 
 __all__ = [
     "ProcessActionError",
+    "Tree",
     "alive",
     "find_by_match",
     "find_by_pidfile",
+    "kill_tree",
     "owned",
     "read_pidfile",
     "send_signal",
     "signal_refusal",
+    "signal_tree",
     "terminate_tree",
     "top_level",
     "wait_gone",
@@ -235,31 +239,53 @@ def _signal_all(procs: Sequence[psutil.Process], group: int | None, sig: int) ->
             continue
 
 
-def terminate_tree(proc: psutil.Process, grace: float) -> None:
-    """TERM *proc*'s process group (or the process and its descendants), wait *grace*, KILL,
-    then wait until every one of them is gone. Raises :class:`ProcessActionError` if they stay."""
+class Tree(NamedTuple):
+    """A process and its descendants as they were when signalled, and their group if it is
+    theirs alone (:func:`signal_tree`)."""
+
+    procs: list[psutil.Process]
+    group: int | None
+
+
+def signal_tree(proc: psutil.Process, sig: int = signal.SIGTERM) -> Tree | None:
+    """Send *sig* to *proc*'s process group (or the process and its descendants); the tree
+    signalled, or None when *proc* is gone. Raises :class:`ProcessActionError` when it is not
+    ours to touch."""
     if not owned(proc):
         raise ProcessActionError(f"pid {proc.pid} belongs to another user; not touching it")
     try:
         if not proc.is_running():
-            return
-        tree = [proc, *proc.children(recursive=True)]
+            return None
+        procs = [proc, *proc.children(recursive=True)]
         pgid = os.getpgid(proc.pid)
     except (psutil.NoSuchProcess, psutil.ZombieProcess, ProcessLookupError):
-        return
+        return None
     except psutil.AccessDenied:
         raise ProcessActionError(f"pid {proc.pid}: access denied") from None
-    tree = [p for p in tree if owned(p)]
+    procs = [p for p in procs if owned(p)]
     # Signal the whole group only when the process leads it and it is not our own group.
     group = pgid if pgid == proc.pid and pgid != os.getpgrp() else None
-    _signal_all(tree, group, signal.SIGTERM)
-    survivors = wait_gone(tree, grace)
+    _signal_all(procs, group, sig)
+    return Tree(procs, group)
+
+
+def kill_tree(tree: Tree) -> None:
+    """SIGKILL what is left of *tree* and wait until it is gone (:class:`ProcessActionError`)."""
+    survivors = [p for p in tree.procs if alive(p)]
     if survivors:
-        _signal_all(survivors, group, signal.SIGKILL)
+        _signal_all(survivors, tree.group, signal.SIGKILL)
         survivors = wait_gone(survivors, _KILL_WAIT)
     if survivors:
         pids = ", ".join(str(p.pid) for p in survivors)
         raise ProcessActionError(f"pid {pids} still running after SIGKILL")
+
+
+def terminate_tree(proc: psutil.Process, grace: float) -> None:
+    """TERM *proc*'s process group (or the process and its descendants), wait *grace*, KILL,
+    then wait until every one of them is gone. Raises :class:`ProcessActionError` if they stay."""
+    tree = signal_tree(proc)
+    if tree is not None and wait_gone(tree.procs, grace):
+        kill_tree(tree)
 
 
 def _is_uvicorn(cmdline: Sequence[str]) -> bool:

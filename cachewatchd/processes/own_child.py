@@ -27,9 +27,10 @@ import psutil
 
 from cachewatchd.errors import RuntimeFailure
 from cachewatchd.log import get_logger
+from cachewatchd.processes.drain import Draining, retire, socket_inode
 from cachewatchd.processes.handover import plan_launch
 from cachewatchd.processes.listen import Listener, ListenError
-from cachewatchd.processes.os_procs import terminate_tree
+from cachewatchd.processes.os_procs import ProcessActionError, terminate_tree
 from cachewatchd.processes.preloader import WarmProcess
 from cachewatchd.processes.stderr_tee import StderrTee
 from cachewatchd.processes.warm import WarmStarter
@@ -104,6 +105,8 @@ class OwnChild:
         """How COMMAND last ended on its own, e.g. ``exited with code 1: ... address already in
         use`` (its last stderr line); ``None`` until it did."""
         self._tee: StderrTee | None = None
+        self._draining: list[Draining] = []
+        """Old generations that stopped accepting on the held socket and drain (:meth:`restart`)."""
         self._closed = False
         self._log = get_logger(__name__)
 
@@ -181,7 +184,13 @@ class OwnChild:
             self.warm.close()
 
     def stop(self) -> int | None:
-        """TERM the child's group, wait ``grace``, KILL, reap; return its exit code."""
+        """TERM the child's group, wait ``grace``, KILL, reap; return its exit code. The old
+        generations still draining are ended too."""
+        code = self._stop_current()
+        self._finish_draining()
+        return code
+
+    def _stop_current(self) -> int | None:
         with self._lock:
             popen, self._popen = self._popen, None
             tee, self._tee = self._tee, None
@@ -198,9 +207,47 @@ class OwnChild:
         return code
 
     def restart(self) -> int:
-        """Stop, then start again; return the new pid."""
-        self.stop()
+        """Stop, then start again; return the new pid. With ``--listen``, a generation seen
+        accepting on the socket is only waited for until it stopped accepting: it drains while
+        the next one starts (:mod:`cachewatchd.processes.drain`)."""
+        if not self._retire():
+            self._stop_current()
         return self.start()
+
+    def _retire(self) -> bool:
+        with self._lock:
+            popen, tee = self._popen, self._tee
+        if self.listener is None or popen is None or popen.poll() is not None:
+            return False
+        try:
+            inode = socket_inode(self.listener.fileno())
+        except (ListenError, OSError):
+            return False
+        kill_at = time.monotonic() + self.grace
+        tree = retire(popen.pid, inode, self.grace)
+        if tree is None:
+            return False
+        with self._lock:
+            if self._popen is popen:
+                self._popen = self._tee = None
+            self._draining.append(Draining(popen, tee, tree, kill_at))
+        return True
+
+    def _reap_draining(self) -> bool:
+        """Forget the old generations that ended; whether some still drain."""
+        with self._lock:
+            draining = list(self._draining)
+        ended = [d for d in draining if d.done()]
+        with self._lock:
+            self._draining = [d for d in self._draining if d not in ended]
+            return bool(self._draining)
+
+    def _finish_draining(self) -> None:
+        with self._lock:
+            draining, self._draining = self._draining, []
+        for old in draining:
+            with contextlib.suppress(psutil.Error, ProcessActionError):
+                old.finish()
 
     def retry_later(self) -> None:
         """After a start that failed: start again when the backoff delay is over (see :meth:`poll`)."""
@@ -214,12 +261,14 @@ class OwnChild:
         """
         if self.warm is not None:
             self.warm.tick()  # what the running generation imported: the next preloader
+        draining = self._reap_draining()
+        soon = 0.1 if draining else 0.25
         now = time.monotonic()
         with self._lock:
             popen, tee = self._popen, self._tee
             code = popen.poll() if popen is not None else None
             if popen is not None and code is None:
-                return 0.25
+                return soon
         if popen is not None and code is not None:
             if tee is not None:
                 tee.wait(_TEE_DRAIN)  # its last line is the reason; outside the lock
@@ -230,7 +279,7 @@ class OwnChild:
                     self._exited(code, now, tee.last_line if tee is not None else None)
         with self._lock:
             if self._restart_at is None:
-                return None
+                return soon if draining else None
             if now < self._restart_at:
                 return self._restart_at - now
         try:
@@ -241,7 +290,7 @@ class OwnChild:
                 self.start_failures += 1
                 self._schedule(time.monotonic())
                 return self._last_delay
-        return 0.25
+        return soon
 
     def _exited(self, code: int, now: float, line: str | None) -> None:
         how = f"exited with code {code}" if code >= 0 else f"killed by {_signal_name(-code)}"
