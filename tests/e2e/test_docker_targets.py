@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from pathlib import Path
 
 import psutil
@@ -71,11 +72,15 @@ def e2e(tmp_path: Path, reaper: Reaper) -> E2E:
     return E2E(tmp_path, reaper)
 
 
-def _app(e2e: E2E, dockerd: Dockerd, *, labels: dict[str, str] | None = None) -> tuple[Path, str]:
-    """The app in container ``backend``, serving ``one`` from ``proj/src`` (bind-mounted)."""
+def _app(
+    e2e: E2E, dockerd: Dockerd, *, labels: dict[str, str] | None = None, marker: str = ""
+) -> tuple[Path, str]:
+    """The app in container ``backend``, serving ``one`` from ``proj/src`` (bind-mounted); its
+    command line ends with *marker* (serve.py ignores it)."""
     src = e2e.proj / "src"
     write_unix_app(src, "one")
-    cid = dockerd.run_container("backend", src, ["python", "/app/serve.py"], labels=labels or {})
+    argv = ["python", "/app/serve.py", *([marker] if marker else [])]
+    cid = dockerd.run_container("backend", src, argv, labels=labels or {})
     wait_answer(src / "app.sock", "one", timeout=60)
     return src, cid
 
@@ -172,8 +177,9 @@ def test_a_match_target_on_a_containerized_process_is_refused_and_never_relaunch
 ) -> None:
     from cachewatchd.processes.pid_namespace import foreign
 
-    src, cid = _app(e2e, dockerd)
-    config = _config(e2e, dockerd, {"match": "/app/serve[.]py", "scope": "any"})
+    marker = f"cachewatchd-test-{uuid.uuid4().hex}"  # other sessions run /app/serve.py too
+    src, cid = _app(e2e, dockerd, marker=marker)
+    config = _config(e2e, dockerd, {"match": marker, "scope": "any"})
     e2e.env["DOCKER_HOST"] = dockerd.host  # to name the container
     with e2e.daemon(["--config", str(config), str(e2e.proj)]) as daemon:
         daemon.ready()
@@ -185,7 +191,7 @@ def test_a_match_target_on_a_containerized_process_is_refused_and_never_relaunch
     assert expected in failed["error"]
     assert 'docker = { container = "backend" }' in failed["error"]
     assert dockerd.logs(cid).split() == ["serving", "one"]  # neither restarted nor stopped
-    serving = [p for p in psutil.process_iter() if "/app/serve.py" in " ".join(_cmdline(p))]
+    serving = [p for p in psutil.process_iter() if marker in " ".join(_cmdline(p))]
     assert [p.pid for p in serving] == [dockerd.inspect(cid)["State"]["Pid"]]  # nothing here
     assert all(foreign(p) for p in serving)
     _no_tracebacks(daemon.stderr())

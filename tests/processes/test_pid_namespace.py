@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import uuid
 from pathlib import Path
 
 import psutil
@@ -21,10 +22,12 @@ from cachewatchd.processes.targets import TargetError
 from tests.support.servers import Reaper
 from tests.support.wait import wait_until
 
+_MARK = f"ns-{uuid.uuid4().hex}"
+"""On the namespaced process's command line only (other test sessions run this test too)."""
 # the marker is built at run time: unshare's own command line does not match it
 _EXEC = (
     "import os, sys; os.execv(sys.executable, [sys.executable, '-c', "
-    "'import signal; signal.pause()', 'ns-' + 'target'])"
+    f"'import signal; signal.pause()', {_MARK[:5]!r} + {_MARK[5:]!r}])"
 )
 
 
@@ -39,7 +42,7 @@ def _can_unshare() -> str | None:
 
 @pytest.fixture
 def namespaced(reaper: Reaper) -> psutil.Process:
-    """``python -c ... ns-target``, pid 1 of a PID namespace of its own."""
+    """``python -c ... MARK``, pid 1 of a PID namespace of its own."""
     reason = _can_unshare()
     if reason is not None:
         pytest.skip(reason)
@@ -48,7 +51,7 @@ def namespaced(reaper: Reaper) -> psutil.Process:
 
     def started() -> bool:
         found[:] = [
-            p for p in psutil.Process(outer.pid).children() if "ns-target" in " ".join(p.cmdline())
+            p for p in psutil.Process(outer.pid).children() if _MARK in " ".join(p.cmdline())
         ]
         return bool(found)
 
@@ -65,7 +68,7 @@ def test_a_process_in_another_pid_namespace_is_foreign(namespaced: psutil.Proces
 def test_a_match_target_on_it_is_refused_and_nothing_is_relaunched(
     namespaced: psutil.Process, tmp_path: Path
 ) -> None:
-    spec = ProcessSpec(name="app", match="ns-target", scope="any", grace=2)
+    spec = ProcessSpec(name="app", match=_MARK, scope="any", grace=2)
     target = ProcessTarget(spec, [tmp_path])
     problem = target.check()
     assert problem is not None
@@ -75,7 +78,7 @@ def test_a_match_target_on_it_is_refused_and_nothing_is_relaunched(
     with pytest.raises(TargetError, match="another PID namespace"):
         target.act(threading.Event())
     assert namespaced.is_running()  # not stopped
-    matching = [p for p in psutil.process_iter() if "ns-target" in " ".join(_cmdline(p))]
+    matching = [p for p in psutil.process_iter() if _MARK in " ".join(_cmdline(p))]
     assert [p.pid for p in matching] == [namespaced.pid]  # and not started on this host
 
 
