@@ -86,7 +86,13 @@ def _app(
 
 
 def _same_size_edit(src: Path, new: str) -> None:
-    (src / "answer.py").write_text(f"VALUE = {new!r}\n", encoding="utf-8")
+    """``VALUE = NEW`` with the old size and the old mtime: the pyc the container wrote stays valid
+    for its Python (a plain ``docker restart`` serves the old value); cachewatchd removes it."""
+    answer = src / "answer.py"
+    before = answer.stat()
+    answer.write_text(f"VALUE = {new!r}\n", encoding="utf-8")
+    assert answer.stat().st_size == before.st_size
+    os.utime(answer, ns=(before.st_atime_ns, before.st_mtime_ns))
 
 
 def _config(e2e: E2E, dockerd: Dockerd, table: dict[str, object]) -> Path:
@@ -242,7 +248,7 @@ def test_the_import_gate_runs_in_the_container_and_keeps_the_old_app_on_a_syntax
         (src / "answer.py").write_text("VALUE = 'two\n", encoding="utf-8")
         blocked = daemon.wait_event("restart-blocked", timeout=60)
         assert ask(src / "app.sock") == "one"  # the old app keeps serving
-        _same_size_edit(src, "fix")
+        (src / "answer.py").write_text("VALUE = 'fix'\n", encoding="utf-8")
         daemon.wait_event("restarted", timeout=60)
         wait_answer(src / "app.sock", "fix", timeout=30)
     assert "SyntaxError" in blocked["error"]
