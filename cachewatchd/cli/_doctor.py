@@ -21,7 +21,8 @@ Checks: dangerous cache entries (stale, sourceless, corrupt, suspect); Python pr
 before the newest source change; PYTHONDONTWRITEBYTECODE, PYTHONPYCACHEPREFIX, SOURCE_DATE_EPOCH;
 each root's filesystem and whether native events arrive there (a probe file is written and
 removed); clock skew between this machine and the filesystem; inotify limits and use; processes
-holding the project's files open; whether a cachewatchd daemon watches the root.
+holding the project's files open; Docker containers that bind-mount the roots, and those started
+before the newest change to their sources; whether a cachewatchd daemon watches the root.
 
 Exit status: 0 nothing needs action (only info findings); 1 a warning or an error was found;
 2 bad command line, PATH or config (one line on stderr, no report).

@@ -4,7 +4,8 @@ Checks, each giving :class:`Finding` objects with a stable ``id``: dangerous cac
 Python processes started before the newest source change, bytecode-related environment variables, each
 root's filesystem and whether native events really arrive there (a probe file), clock skew between this
 machine and the filesystem (the probe's mtime), inotify limits and use, processes holding the project's
-files open, and whether a cachewatchd daemon watches the root. A check that fails becomes a finding and
+files open, the Docker containers that bind-mount the roots (and those started before the newest change
+to their sources), and whether a cachewatchd daemon watches the root. A check that fails becomes a finding and
 the others still run. Only the CLI prints.
 
 This module runs the checks and collects the report; the checks live in :mod:`cachewatchd.doctor.code_checks`

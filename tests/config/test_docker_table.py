@@ -75,3 +75,14 @@ def test_refusals_are_one_line_with_file_line_and_key(
     assert fragment in error.message
     assert "\n" not in error.message
     assert error.exit_code == EXIT_USAGE
+
+
+def test_the_readmes_docker_example_is_a_valid_config(tmp_path: Path) -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### From the host", 1)[1]
+    block = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    backend, worker = _load(tmp_path, block).processes  # type: ignore[attr-defined]
+    assert backend.docker == DockerSpec(container="backend", stop_timeout=5.0)
+    assert backend.import_check == "app.main"
+    assert worker.docker == DockerSpec(project="shop", service="worker")
+    assert (worker.action, worker.signal) == ("signal", "HUP")
