@@ -191,7 +191,8 @@ class DockerTarget(Target):
                     f"container {container.label} is {container.state} after the restart "
                     f"(exit code {container.exit_code})"
                 )
-        return ActionResult("restarted", [p.pid for c in after for p in host_processes(c)])
+        procs = [p for c in after for p in host_processes(c)]
+        return ActionResult("restarted", [p.pid for p in procs if _readable(p)])
 
     def _signal(self, running: list[Container]) -> ActionResult:
         signame = self.spec.signal or "HUP"
@@ -215,6 +216,17 @@ class DockerTarget(Target):
                 if probe is not None:
                     return probe
         return None
+
+
+def _readable(proc: psutil.Process) -> bool:
+    """Whether this user may read what *proc* listens on (a root container's process, for
+    another user: no). Only then is a restarted container waited for on its ports; else it is up
+    when it runs (or when ``health_url`` answers)."""
+    try:
+        proc.cwd()
+    except (psutil.Error, OSError):
+        return False
+    return True
 
 
 def _probe_inside(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 
 import psutil
@@ -95,7 +96,7 @@ def _same_size_edit(src: Path, new: str) -> None:
     os.utime(answer, ns=(before.st_atime_ns, before.st_mtime_ns))
 
 
-def _config(e2e: E2E, dockerd: Dockerd, table: dict[str, object]) -> Path:
+def _config(e2e: E2E, dockerd: Dockerd, table: Mapping[str, object]) -> Path:
     return toml_config(e2e.tmp / "config.toml", [{"name": "backend", "grace": 5, **table}])
 
 
