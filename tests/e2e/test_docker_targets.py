@@ -23,6 +23,7 @@ from tests.support.docker_app import ask, wait_answer, write_unix_app
 from tests.support.dockerd import Dockerd
 from tests.support.e2e import E2E, toml_config
 from tests.support.servers import Reaper
+from tests.support.wait import git
 
 COMPOSE = {"com.docker.compose.project": "shop", "com.docker.compose.service": "backend"}
 
@@ -256,3 +257,32 @@ def test_the_import_gate_runs_in_the_container_and_keeps_the_old_app_on_a_syntax
     assert "/app/answer.py, line 1" in blocked["error"]  # the container's path: it ran there
     assert len(daemon.events("restarted")) == 1
     assert dockerd.logs(cid).split() == ["serving", "one", "serving", "fix"]
+
+
+def test_a_git_checkout_in_the_bind_mount_restarts_the_container_once(
+    e2e: E2E, dockerd: Dockerd
+) -> None:
+    src = e2e.proj / "src"
+    write_unix_app(src, "one")
+    for n in range(200):  # a checkout that touches many files
+        (src / f"mod{n}.py").write_text(f"N = {n}\n", encoding="utf-8")
+    git(e2e.proj, "init", "-q")
+    git(e2e.proj, "add", "-A")
+    git(e2e.proj, "commit", "-qm", "one")
+    git(e2e.proj, "checkout", "-qb", "two")
+    (src / "answer.py").write_text("VALUE = 'two, from git'\n", encoding="utf-8")
+    for n in range(200):
+        (src / f"mod{n}.py").write_text(f"N = {n + 1}\n", encoding="utf-8")
+    git(e2e.proj, "commit", "-qam", "two")
+    git(e2e.proj, "checkout", "-q", "main")
+    cid = dockerd.run_container("backend", src, ["python", "/app/serve.py"])
+    wait_answer(src / "app.sock", "one", timeout=60)
+    config = _config(e2e, dockerd, {"docker": {"container": "backend", "host": dockerd.host}})
+    with e2e.daemon(["--config", str(config), str(e2e.proj)]) as daemon:
+        daemon.ready()
+        git(e2e.proj, "checkout", "-q", "two")
+        daemon.wait_event("restarted", timeout=60)
+        wait_answer(src / "app.sock", "two, from git", timeout=30)
+        e2e.published(daemon)  # every batch of the checkout handled by now
+    assert len(daemon.events("restarted")) == 1
+    assert dockerd.logs(cid).split("\n")[:2] == ["serving one", "serving two, from git"]

@@ -233,3 +233,30 @@ def test_no_container_and_no_dockerd_are_states_not_crashes(
     assert unreachable.problem is not None
     assert "no.sock does not exist" in unreachable.problem
     assert_one_line_faults(logs)
+
+
+def test_a_container_that_exits_after_the_restart_fails_it_with_dockers_word(
+    tmp_path: Path, fake: FakeDocker, reaper: Reaper
+) -> None:
+    root, src = _project(tmp_path)
+    _running(reaper, fake, FakeContainer(ID, "backend", binds=[(str(src), "/app")]))
+
+    def crash(container: FakeContainer, query: str) -> None:
+        container.state, container.exit_code = "exited", 1
+
+    fake.on_restart = crash
+    controller = Controller([_spec(fake)], [root])
+    with capture_logs() as logs:
+        controller.start()
+        wait_until(lambda: _idle(controller))
+        controller.notify({src / "app.py"})
+        failed = wait_event(logs, "restart-failed")
+        wait_until(lambda: controller.status()[0].state is TargetState.FAILED)
+        status = controller.status()[0]
+        controller.stop()
+    assert (
+        failed["error"]
+        == f"container backend ({ID[:12]}) is exited after the restart (exit code 1)"
+    )
+    assert [c.state for c in status.containers] == ["exited (code 1)"]
+    assert_one_line_faults(logs)
