@@ -17,6 +17,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from cachewatchd.cache.pyc import LEGACY_SUFFIXES, SOURCE_SUFFIXES
 from cachewatchd.cache.walk import Excluder, WalkOptions
+from cachewatchd.watch.polling import drop_listing_cache
 
 __all__ = ["EventMapper", "EventSink", "Poke", "PycSink", "event_filter"]
 
@@ -154,6 +155,7 @@ class EventMapper:
             return
         if self._ignored(os.path.join(os.path.dirname(directory), "x")):
             return
+        drop_listing_cache(directory)  # an NFS client's listing can miss a same-tick write
         try:
             with os.scandir(directory) as it:
                 names = [e.name for e in it if e.name.endswith(LEGACY_SUFFIXES)]

@@ -28,6 +28,7 @@ from cachewatchd.watch.mounts import (
     Mount,
     ObserverChoice,
     ctime_trusted,
+    is_network_fs,
     polled_mounts,
 )
 from cachewatchd.watch.polling import make_polling_observer
@@ -99,6 +100,7 @@ class MountPollers:
                     on_denied=self._on_denied,
                     base=str(self.root),
                     hash_content=not ctime_trusted(mount.fstype),
+                    refetch=is_network_fs(mount.fstype),
                 )
                 handler = EventMapper(
                     self.root, self._sink, self._options, _ignore_gone, polled=True

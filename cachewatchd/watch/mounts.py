@@ -36,6 +36,7 @@ __all__ = [
     "is_network_fs",
     "mount_for",
     "mounts_below",
+    "network_at",
     "polled_mounts",
 ]
 
@@ -173,6 +174,15 @@ def ctime_trusted_at(path: Path) -> bool:
     except OSError:
         return True
     return mount is None or ctime_trusted(mount.fstype)
+
+
+def network_at(path: Path) -> bool:
+    """:func:`is_network_fs` for the filesystem holding *path* (False when it cannot be told)."""
+    try:
+        mount = mount_for(path)
+    except OSError:
+        return False
+    return mount is not None and is_network_fs(mount.fstype)
 
 
 def ctime_untrusted_in(roots: Sequence[Path]) -> tuple[Path, ...]:

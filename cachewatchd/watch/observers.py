@@ -43,6 +43,7 @@ from cachewatchd.watch.mounts import (
     PollMode,
     choose_observer,
     ctime_trusted_at,
+    network_at,
 )
 from cachewatchd.watch.native import LIMITS, Guard, inotify_classes
 from cachewatchd.watch.polling import make_polling_observer
@@ -373,6 +374,7 @@ class Watcher:
             interval=self._poll_interval,
             on_denied=self.report_denied,
             hash_content=not ctime_trusted_at(root.path),
+            refetch=network_at(root.path),
         )
         root.guard = None
         self._run(root, observer, polled=True)

@@ -41,6 +41,7 @@ __all__ = [
     "SourceLister",
     "bounded_interval",
     "change_stat",
+    "drop_listing_cache",
     "make_polling_observer",
 ]
 
@@ -147,17 +148,26 @@ class SourceLister:
         base: str | None = None,
         *,
         pycs: bool = False,
+        refetch: bool = False,
     ) -> None:
         self._suffixes = SOURCE_SUFFIXES + LEGACY_SUFFIXES if pycs else SOURCE_SUFFIXES
         self._root = root.rstrip(os.sep) or os.sep
         self._base = self._root if base is None else (base.rstrip(os.sep) or os.sep)
         self._excluder = Excluder(options)
         self._on_denied = on_denied
+        self._refetch = refetch
+        self._last: dict[str, int] = {}
+        self._this: dict[str, int] = {}
+        """Each directory's ctime in the last pass and in this one."""
+        self._again: set[str] = set()
+        self._next: set[str] = set()
 
     def __call__(self, path: str | None) -> Iterator[os.DirEntry[str]]:
         directory = self._root if path is None else path
         if directory.endswith(_PYCACHE) and directory != self._root:
             return iter(())
+        if self._refetch:
+            self._fresh_listing(directory)
         try:
             with os.scandir(directory) as it:
                 entries = list(it)
@@ -177,6 +187,26 @@ class SourceLister:
             kept.extend(_legacy_beside_sources(entries))
         return iter(kept)
 
+    def _fresh_listing(self, directory: str) -> None:
+        """*refetch* (a network filesystem): a directory that changed is read from the server
+        again on the pass after, not from the client's cache. An NFS client keeps a listing for
+        as long as the directory's change attribute stays the same, and where the server derives
+        it from a coarse ctime (NFSv3; v4 without ``i_version``) an entry made in the same tick
+        as a change the client had listed stays out of every listing until the next change."""
+        if directory == self._root:  # a new pass
+            self._again, self._next = self._next, set()
+            self._last, self._this = self._this, {}
+        try:
+            ctime = os.lstat(directory).st_ctime_ns
+        except OSError:
+            return
+        before = self._last.get(directory)
+        self._this[directory] = ctime
+        if before is not None and before != ctime:
+            self._next.add(directory)
+        if directory in self._again:
+            drop_listing_cache(directory)
+
     def _keep(self, entry: os.DirEntry[str], rel: str) -> bool:
         name = entry.name
         try:
@@ -191,6 +221,25 @@ class SourceLister:
 
 
 _PYCACHE = os.sep + "__pycache__"
+
+
+def drop_listing_cache(directory: str) -> None:
+    """Have the next listing of *directory* read from its filesystem, not from the kernel's cache
+    (``POSIX_FADV_DONTNEED`` on the directory: an NFS client reads it from the server again);
+    nothing where the call does not exist or fails."""
+    advise = getattr(os, "posix_fadvise", None)
+    if advise is None:
+        return
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NONBLOCK)
+    except OSError:
+        return
+    try:
+        advise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _legacy_beside_sources(entries: list[os.DirEntry[str]]) -> list[os.DirEntry[str]]:
@@ -220,12 +269,15 @@ def make_polling_observer(
     base: str | None = None,
     hash_content: bool = False,
     pycs: bool = False,
+    refetch: bool = False,
 ) -> Any:
     """A watchdog observer polling *root* every *interval* seconds (held within
     :data:`POLL_INTERVAL_RANGE`) with :func:`change_stat` and a :class:`SourceLister`; not started,
     nothing scheduled yet. *base*: the watched root when *root* is a mount below it.
     *hash_content*: the filesystem's ctime cannot be trusted, the content is hashed too
     (:class:`~cachewatchd.watch.content_stat.ContentStat`). *pycs*: every pyc is listed too.
+    *refetch*: a network filesystem, whose directories that changed are read again from the
+    server on the pass after (:meth:`SourceLister._fresh_listing`).
 
     Like watchdog's ``PollingObserverVFS``, except that the interval is the emitter's own (the
     observer's dispatching thread keeps watchdog's 1 s timeout), and that a pass failing with an
@@ -245,7 +297,7 @@ def make_polling_observer(
         emitter_class,
         stat=stat_fn,
         new_pass=new_pass,
-        listdir=SourceLister(root, options, on_denied, base, pycs=pycs),
+        listdir=SourceLister(root, options, on_denied, base, pycs=pycs, refetch=refetch),
         interval=bounded_interval(interval),
     )
     return BaseObserver(emitter)  # type: ignore[arg-type]  # a partial of an emitter class

@@ -1,0 +1,79 @@
+"""On a network filesystem the poller reads a directory that changed from the server again on the
+pass after (watch/polling: ``refetch``): an NFS client keeps a listing while the directory's change
+attribute stays the same, and a server that derives it from a coarse ctime (NFSv3, v4 without
+``i_version``) keeps it the same for an entry made in the tick of a change the client had listed.
+Seen in the real-NFS tests: a source created in the tick of its ``__pycache__`` was never listed,
+so its stale pyc stayed. That ``POSIX_FADV_DONTNEED`` on a directory makes a real NFS client read
+it again was checked with the client's READDIR counters (``/proc/self/mountstats``); here, which
+directories get it and when."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from cachewatchd.cache.walk import WalkOptions
+from cachewatchd.watch import polling
+from cachewatchd.watch.polling import SourceLister, drop_listing_cache
+
+
+def _pass(lister: SourceLister, root: Path) -> None:
+    """One snapshot's listings: the root first, then every directory below it."""
+    stack = [str(root)]
+    first = True
+    while stack:
+        directory = stack.pop()
+        entries = list(lister(None if first else directory))
+        first = False
+        stack.extend(e.path for e in entries if e.is_dir(follow_symlinks=False))
+
+
+@pytest.fixture
+def dropped(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    calls: list[str] = []
+    monkeypatch.setattr(polling, "drop_listing_cache", calls.append)
+    return calls
+
+
+def _lister(root: Path, *, refetch: bool) -> SourceLister:
+    return SourceLister(str(root), WalkOptions(), lambda path, exc: None, refetch=refetch)
+
+
+def test_a_changed_directory_is_read_again_on_the_pass_after(
+    tmp_path: Path, dropped: list[str]
+) -> None:
+    root = tmp_path.resolve()
+    pkg = root / "pkg"
+    pkg.mkdir()
+    (pkg / "m.py").write_text("X = 1\n")
+    lister = _lister(root, refetch=True)
+    _pass(lister, root)
+    _pass(lister, root)
+    assert dropped == []  # nothing changed: the cache serves
+    (pkg / "n.py").write_text("N = 1\n")
+    _pass(lister, root)  # sees the change (a listing the client had to fetch anyway)
+    assert dropped == []
+    _pass(lister, root)  # the pass after: from the server again
+    assert dropped == [str(pkg)]
+    _pass(lister, root)
+    assert dropped == [str(pkg)]  # once per change
+
+
+def test_local_pollers_leave_the_cache_alone(tmp_path: Path, dropped: list[str]) -> None:
+    root = tmp_path.resolve()
+    lister = _lister(root, refetch=False)
+    _pass(lister, root)
+    (root / "m.py").write_text("X = 1\n")
+    _pass(lister, root)
+    _pass(lister, root)
+    assert dropped == []
+
+
+def test_dropping_the_cache_never_fails(tmp_path: Path) -> None:
+    drop_listing_cache(str(tmp_path))
+    drop_listing_cache(str(tmp_path / "gone"))
+    (tmp_path / "file").write_text("")
+    drop_listing_cache(str(tmp_path / "file"))
+    assert sorted(os.listdir(tmp_path)) == ["file"]
