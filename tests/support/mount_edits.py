@@ -23,7 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-__all__ = ["KINDS", "SIDES", "apply_all", "cpython_states", "left", "prepare_all"]
+__all__ = ["KINDS", "SIDES", "apply_all", "cpython_states", "evidence", "left", "prepare_all"]
 
 KINDS = (
     "in_place",
@@ -160,6 +160,39 @@ def cpython_states(pycs: dict[str, list[str]]) -> dict[str, str]:
     return states
 
 
+def evidence(pycs: dict[str, list[str]]) -> dict[str, object]:
+    """For a failure's message: per pyc, its directory's listing as this host sees it, and the
+    stat of the pyc and of its source (size, mtime_ns, ctime_ns, inode)."""
+
+    def stat_of(path: Path) -> object:
+        try:
+            st = path.lstat()
+        except OSError as exc:
+            return repr(exc)
+        return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+    def listing_of(directory: Path) -> object:
+        try:
+            return sorted(os.listdir(directory))
+        except OSError as exc:
+            return repr(exc)
+
+    out: dict[str, object] = {}
+    for paths in pycs.values():
+        for text in paths:
+            pyc = Path(text)
+            source = pyc.parent.parent / (pyc.name.split(".")[0] + ".py")
+            out[text] = {
+                "pycs": listing_of(pyc.parent),
+                "sources": listing_of(source.parent),
+                "pyc": stat_of(pyc),
+                "source": stat_of(source),
+                "__pycache__": stat_of(pyc.parent),
+                "package": stat_of(source.parent),
+            }
+    return out
+
+
 def main(argv: list[str]) -> int:
     command, *args = argv
     if command == "prepare":
@@ -170,6 +203,8 @@ def main(argv: list[str]) -> int:
         print(json.dumps(left(json.loads(Path(args[0]).read_text()))))
     elif command == "states":
         print(json.dumps(cpython_states(json.loads(Path(args[0]).read_text()))))
+    elif command == "evidence":
+        print(json.dumps(evidence(json.loads(Path(args[0]).read_text()))))
     else:
         raise SystemExit(f"unknown command {command}")
     return 0

@@ -51,6 +51,7 @@ class Tree(Protocol):
     def apply(self, sub: str) -> None: ...
     def left(self, pycs: dict[str, list[str]]) -> dict[str, list[str]]: ...
     def states(self, pycs: dict[str, list[str]]) -> dict[str, str]: ...
+    def evidence(self, pycs: dict[str, list[str]]) -> dict[str, object]: ...
     def cli(self, args: Sequence[str]) -> tuple[int, str]: ...
     def daemon(self, root: Path) -> contextlib.AbstractContextManager[RunningDaemon]: ...
     def only(self, name: str) -> Tree: ...
@@ -97,6 +98,9 @@ class LocalTree(_Only):
 
     def states(self, pycs: dict[str, list[str]]) -> dict[str, str]:
         return mount_edits.cpython_states(pycs)
+
+    def evidence(self, pycs: dict[str, list[str]]) -> dict[str, object]:
+        return mount_edits.evidence(pycs)
 
     def cli(self, args: Sequence[str]) -> tuple[int, str]:
         done = cli(list(args), self.env)
@@ -190,6 +194,11 @@ class GuestTree(_Only):
     def states(self, pycs: dict[str, list[str]]) -> dict[str, str]:
         out = self._py(f"-m tests.support.mount_edits states {self._json_file(pycs)}")
         result: dict[str, str] = json.loads(out)
+        return result
+
+    def evidence(self, pycs: dict[str, list[str]]) -> dict[str, object]:
+        out = self._py(f"-m tests.support.mount_edits evidence {self._json_file(pycs)}")
+        result: dict[str, object] = json.loads(out)
         return result
 
     def cli(self, args: Sequence[str]) -> tuple[int, str]:
