@@ -12,7 +12,9 @@ its own holding the tiny unix-socket app (``tests/support/docker_app.py``: it an
 - ``docker restart``: after the edit, ``docker restart -t 5`` only.
 
 Each round edits each mode's ``answer.py`` once, in an order rotated every round, after an untimed
-warm-up round. Every edit is the one CPython cannot see: the value changes, the size stays, the
+warm-up round; cachewatchd's next edit waits until its previous restart is logged as done (a
+restart waits for its new generation to stay up one second, ``processes/ready.STEADY``; an edit
+made meanwhile is applied after it: up to one more second). Every edit is the one CPython cannot see: the value changes, the size stays, the
 mtime is put back (nanoseconds). From the moment the edit (and, for the two restart modes, the
 commands after it) began, it asks the socket every 5 ms until the new value comes back; an answer
 of the old value by a new generation, or nothing in 20 s, is a missed edit. Reported per mode:
@@ -57,6 +59,8 @@ class Mode:
     cid: str = ""
     value: int = 0
     after_edit: Callable[[], None] = lambda: None
+    settled: Callable[[], bool] = lambda: True
+    """Whether the previous edit is done with (before the next one)."""
     times: list[float] = field(default_factory=list)
     missed: int = 0
 
@@ -72,11 +76,10 @@ def _value(n: int) -> str:
     return f"v{n:05d}"
 
 
-def _ready(dockerd: Dockerd, cid: str) -> bool:
-    for line in dockerd.logs(cid).splitlines():
-        if line.startswith("{") and json.loads(line).get("event") == "ready":
-            return True
-    return False
+def _count(dockerd: Dockerd, cid: str, event: str) -> int:
+    """How many JSON log lines *event* cachewatchd wrote in the container."""
+    lines = dockerd.logs(cid).splitlines()
+    return sum(1 for x in lines if x.startswith("{") and json.loads(x).get("event") == event)
 
 
 def _wait(predicate: Callable[[], bool], timeout: float) -> bool:
@@ -90,6 +93,8 @@ def _wait(predicate: Callable[[], bool], timeout: float) -> bool:
 
 def one_edit(mode: Mode) -> float | None:
     """Edit, run the mode's commands, wait for the new answer: seconds, or None (missed)."""
+    if not _wait(mode.settled, TIMEOUT):
+        print(f"  {mode.name}: the previous edit did not settle within {TIMEOUT:g} s")
     old, new = _value(mode.value), _value(mode.value + 1)
     mode.value += 1
     sock = mode.src / "app.sock"
@@ -145,7 +150,9 @@ def run(dockerd: Dockerd, tmp: Path, rounds: int) -> int:
 
     wipe.after_edit = wipe_and_restart
     plain.after_edit = lambda: dockerd.restart(plain.cid)
-    if not _wait(lambda: _ready(dockerd, cachewatchd.cid), 60):
+    # an edit made while the previous restart waits for its steady second would wait for that too
+    cachewatchd.settled = lambda: _count(dockerd, cachewatchd.cid, "restarted") >= cachewatchd.value
+    if not _wait(lambda: _count(dockerd, cachewatchd.cid, "ready") > 0, 60):
         print(f"cachewatchd in the container did not start:\n{dockerd.logs(cachewatchd.cid)}")
         return 1
     for mode in modes:
