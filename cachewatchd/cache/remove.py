@@ -9,6 +9,7 @@ from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cachewatchd.cache.listing import drop_listing_cache
 from cachewatchd.cache.pyc import LEGACY_SUFFIXES, mirror_dir, parse_cache_name
 from cachewatchd.paths import is_under
 
@@ -37,6 +38,7 @@ class RemoveResult:
 def _index(directory: Path, stems: Container[str]) -> dict[str, list[Path]]:
     """Cache files in *directory* of the sources named *stems*, by stem
     (``m.cpython-311.opt-1.pyc`` -> ``m``)."""
+    drop_listing_cache(directory)  # an NFS client's cached listing can miss a same-tick pyc
     try:
         names = os.listdir(directory)
     except OSError:

@@ -15,9 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from cachewatchd.cache.listing import drop_listing_cache
 from cachewatchd.cache.pyc import LEGACY_SUFFIXES, SOURCE_SUFFIXES
 from cachewatchd.cache.walk import Excluder, WalkOptions
-from cachewatchd.watch.polling import drop_listing_cache
 
 __all__ = ["EventMapper", "EventSink", "Poke", "PycSink", "event_filter"]
 

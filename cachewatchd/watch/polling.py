@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from cachewatchd.cache.listing import drop_listing_cache
 from cachewatchd.cache.pyc import LEGACY_SUFFIXES, SOURCE_SUFFIXES
 from cachewatchd.cache.walk import Excluder, WalkOptions
 from cachewatchd.log import get_logger
@@ -41,7 +42,6 @@ __all__ = [
     "SourceLister",
     "bounded_interval",
     "change_stat",
-    "drop_listing_cache",
     "make_polling_observer",
 ]
 
@@ -221,25 +221,6 @@ class SourceLister:
 
 
 _PYCACHE = os.sep + "__pycache__"
-
-
-def drop_listing_cache(directory: str) -> None:
-    """Have the next listing of *directory* read from its filesystem, not from the kernel's cache
-    (``POSIX_FADV_DONTNEED`` on the directory: an NFS client reads it from the server again);
-    nothing where the call does not exist or fails."""
-    advise = getattr(os, "posix_fadvise", None)
-    if advise is None:
-        return
-    try:
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NONBLOCK)
-    except OSError:
-        return
-    try:
-        advise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _legacy_beside_sources(entries: list[os.DirEntry[str]]) -> list[os.DirEntry[str]]:

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from cachewatchd.cache.listing import drop_listing_cache
 from cachewatchd.cache.walk import WalkOptions
 from cachewatchd.watch import polling
-from cachewatchd.watch.polling import SourceLister, drop_listing_cache
+from cachewatchd.watch.polling import SourceLister
 
 
 def _pass(lister: SourceLister, root: Path) -> None:
@@ -77,3 +78,21 @@ def test_dropping_the_cache_never_fails(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
     drop_listing_cache(str(tmp_path / "file"))
     assert sorted(os.listdir(tmp_path)) == ["file"]
+
+
+def test_the_invalidation_lists_each_pycache_from_the_filesystem(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The listing that finds a source's pycs (the eager invalidation, the second look) is not
+    served from a cache that may miss a pyc written in the tick of an earlier listing."""
+    from cachewatchd.cache import remove
+
+    calls: list[str] = []
+    monkeypatch.setattr(remove, "drop_listing_cache", lambda d: calls.append(str(d)))
+    source = tmp_path / "m.py"
+    source.write_text("X = 1\n")
+    (tmp_path / "__pycache__").mkdir()
+    pyc = tmp_path / "__pycache__" / "m.cpython-311.pyc"
+    pyc.write_bytes(b"")
+    assert remove.cache_files_for_source(source) == [pyc]
+    assert calls == [str(tmp_path / "__pycache__")]
