@@ -70,9 +70,10 @@ def cache_files_by_source(
     Lists each directory once: a 10k-file checkout must not list a 10k-entry ``__pycache__`` 10k
     times.
     """
-    by_dir: dict[Path, list[Path]] = {}
+    by_name: dict[str, list[Path]] = {}  # by the directory's name: cheaper than Path.parent
     for source in sources:
-        by_dir.setdefault(source.parent, []).append(source)
+        by_name.setdefault(os.path.dirname(source), []).append(source)
+    by_dir = {members[0].parent: members for members in by_name.values()}
     found: dict[Path, list[Path]] = {}
     for directory, members in by_dir.items():
         stems = {_stem(source) for source in members}
@@ -208,8 +209,9 @@ def remove_cache_files(
                 result.errors.append((path, _describe(exc)))
                 continue
         result.removed.append(path)
-        if path.parent.name == "__pycache__" or safety.in_prefix(path.parent):
-            parents.add(path.parent)
+        parent = path.parent
+        if parent.name == "__pycache__" or safety.in_prefix(parent):
+            parents.add(parent)
     if not dry_run:
         _prune(parents, safety, result)
     return result

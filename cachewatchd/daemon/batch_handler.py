@@ -138,7 +138,7 @@ class BatchHandler:
         """Remove every cache entry of these sources at once (no legacy pycs: whether a removed
         source stays gone is the batch's to say); the second look is scheduled for each.
         Thread-safe; returns how many files went."""
-        sources = sorted({*changed, *removed})
+        sources = sorted({*changed, *removed}, key=str)  # str: Path's own order is far slower
         outcome = Outcome()
         # every source gets the second look (one that stays gone has no caches to list then):
         # an lstat per source here costs a 10k-file checkout ~60 ms on the invalidation thread

@@ -118,7 +118,7 @@ class RestartHold:
                     self._settled_at = now
                 if now - self._settled_at < DRAIN_MAX:
                     return False
-            paths, self._held, self._settled_at = sorted(self._held), set(), None
+            paths, self._held, self._settled_at = sorted(self._held, key=str), set(), None
             self._git_held, self._awaiting, self._idle_at = False, set(), None
         self._restart(paths)
         return True
