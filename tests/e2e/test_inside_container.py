@@ -16,6 +16,7 @@ from typing import Any
 
 from tests.support.docker_app import ask, wait_answer, write_unix_app
 from tests.support.dockerd import Dockerd
+from tests.support.mounts import bindfs
 from tests.support.servers import set_value
 from tests.support.wait import wait_until
 
@@ -89,3 +90,35 @@ def test_cachewatchd_in_the_container_restarts_its_child_on_an_edit_made_on_the_
     state = dockerd.inspect(cid)["State"]
     assert (state["Running"], state["ExitCode"]) == (False, 0), state
     assert _events(dockerd, cid, "stopping")
+
+
+def test_on_a_fuse_share_cachewatchd_in_the_container_polls_and_serves_an_edit_made_behind_it(
+    dockerd: Dockerd, tmp_path: Path
+) -> None:
+    """Docker Desktop's shares in miniature: a FUSE mount (bindfs) bind-mounted into the container,
+    edited on its far side, which raises no event in the container: the mount type chooses polling
+    there, and the poll finds the same-size, mtime-restored edit."""
+    with bindfs(tmp_path / "far", tmp_path / "share") as share:
+        answer = write_unix_app(share.other, "one", sock="/sock/app.sock")
+        sock = tmp_path / "sock"
+        sock.mkdir()
+        cid = dockerd.run_container(
+            "share",
+            share.client,
+            [*CACHEWATCHD, "python", "/app/serve.py"],
+            extra=["-v", f"{sock}:/sock"],
+        )
+        try:
+            wait_until(lambda: _events(dockerd, cid, "ready"), 30, message="ready")
+            wait_answer(sock / "app.sock", "one", context=lambda: dockerd.logs(cid))
+            (ready,) = _events(dockerd, cid, "ready")
+            observer = ready["observers"]["/app"]
+            assert observer["observer"] == "polling", observer
+            assert observer["reason"] == f"{share.fstype} mount /app: polling", observer
+            assert (share.other / "__pycache__").is_dir()  # the container wrote its pyc
+
+            set_value(answer, "one", "two", keep_mtime=True)
+            wait_answer(sock / "app.sock", "two", context=lambda: dockerd.logs(cid))
+            assert _serving(dockerd, cid) == ["one", "two"]
+        finally:
+            dockerd.docker("rm", "-f", cid)  # before the share is unmounted
