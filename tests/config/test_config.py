@@ -18,7 +18,7 @@ from cachewatchd.config.settings import RootPlan, plan_root
 from cachewatchd.config.toml import format_key, key_lines
 from cachewatchd.config.user import Config, default_config_path, load_config
 from cachewatchd.errors import EXIT_USAGE, ConfigError
-from cachewatchd.processes.spec import ProcessSpec, SupervisorSpec
+from cachewatchd.processes.spec import DockerSpec, ProcessSpec, SupervisorSpec
 
 
 @pytest.fixture(autouse=True)
@@ -567,8 +567,13 @@ def test_the_documented_example_loads(tmp_path: Path) -> None:
     doc = (Path(__file__).resolve().parents[2] / "docs" / "config.md").read_text(encoding="utf-8")
     example = doc.split("```toml\n", 1)[1].split("```", 1)[0]
     config = load_config(write(tmp_path / "config.toml", example))
-    assert [p.name for p in config.processes] == ["web", "api", "worker", "queue"]
+    names = ["web", "api", "worker", "queue", "backend", "celery"]
+    assert [p.name for p in config.processes] == names
     assert config.processes[1].signal == "HUP"
+    assert config.processes[4].docker == DockerSpec(container="backend", stop_timeout=5.0)
+    assert config.processes[5].docker == DockerSpec(
+        project="shop", service="celery", host="unix:///run/user/1000/docker.sock"
+    )
     trusted = doc.split("```toml\n", 2)[2].split("```", 1)[0]
     write(tmp_path / "project" / "pyproject.toml", trusted)
     project = load_project_config(tmp_path / "project")
