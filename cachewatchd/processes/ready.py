@@ -27,6 +27,8 @@ from typing import Any
 
 import psutil
 
+from cachewatchd.processes.netns_ports import foreign_network, listening_ports_of
+
 __all__ = ["STEADY", "listening_ports", "named_ports", "wait_listening", "wait_steady"]
 
 STEADY = 1.0
@@ -60,10 +62,14 @@ def _connections(proc: psutil.Process) -> list[Any]:
 
 
 def listening_ports(procs: Iterable[psutil.Process]) -> set[int]:
-    """The TCP ports *procs* and their descendants listen on (the sockets psutil can read)."""
+    """The TCP ports *procs* and their descendants listen on (the sockets psutil can read; a
+    process in another network namespace, a container's: :mod:`.netns_ports`)."""
     ports: set[int] = set()
     for proc in _tree(procs):
         try:
+            if foreign_network(proc.pid):  # a container's: psutil reads our namespace only
+                ports.update(listening_ports_of(proc.pid))
+                continue
             connections = _connections(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
             continue

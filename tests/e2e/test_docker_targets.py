@@ -286,3 +286,52 @@ def test_a_git_checkout_in_the_bind_mount_restarts_the_container_once(
         e2e.published(daemon)  # every batch of the checkout handled by now
     assert len(daemon.events("restarted")) == 1
     assert dockerd.logs(cid).split("\n")[:2] == ["serving one", "serving two, from git"]
+
+
+_SLOW_TCP = """\
+import os
+import signal
+import socket
+import sys
+import time
+
+import answer
+
+signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+time.sleep(2)  # a slow start: the restart is not over before it listens
+tcp = socket.socket()
+tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+tcp.bind(("127.0.0.1", 8000))
+tcp.listen(16)
+path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "app.sock")
+if os.path.exists(path):
+    os.unlink(path)
+server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+server.bind(path)
+server.listen(16)
+print("serving", answer.VALUE, flush=True)
+while True:
+    conn, _ = server.accept()
+    with conn:
+        conn.sendall(str(answer.VALUE).encode())
+"""
+
+
+def test_a_restarted_container_is_up_once_its_app_listens_on_its_port_again(
+    e2e: E2E, dockerd: Dockerd
+) -> None:
+    src = e2e.proj / "src"
+    write_unix_app(src, "one")
+    (src / "serve.py").write_text(_SLOW_TCP, encoding="utf-8")
+    cid = dockerd.run_container("backend", src, ["python", "/app/serve.py"])
+    wait_answer(src / "app.sock", "one", timeout=60)
+    config = _config(e2e, dockerd, {"docker": {"container": "backend", "host": dockerd.host}})
+    with e2e.daemon(["--config", str(config), str(e2e.proj)]) as daemon:
+        daemon.ready()
+        _same_size_edit(src, "two")
+        restarted = daemon.wait_event("restarted", timeout=60)
+        wait_answer(src / "app.sock", "two", timeout=30)
+    # the port is read from the container's process (its own network namespace): the wait is
+    # for it, not for the steady second a process without a port gets
+    assert restarted["seconds"] >= 2
+    assert dockerd.logs(cid).split() == ["serving", "one", "serving", "two"]
