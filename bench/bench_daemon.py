@@ -252,7 +252,7 @@ def storm_once(daemon: h.JsonProc, bench: Bench, repo: Path, sources: list[Path]
     cpu = cpu_seconds(daemon.pid) - cpu
     after = bench.counters(daemon.pid)
     handled = max(line.ts for line in storm) - git_end if moved and storm else None
-    restarts = daemon.events("restarted", mark)
+    restarts = daemon.events("restarted", mark) + daemon.events("restart-superseded", mark)
     asked = [line.ts - float(line.data.get("seconds", 0)) - git_end for line in restarts]
     return {
         "to": target, "idle s": f"{settled:.1f}", "git s": f"{git_end - started:.2f}",

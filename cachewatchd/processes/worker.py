@@ -81,6 +81,8 @@ class Worker:
         self._scan_roots = [Path(os.path.abspath(r)) for r in roots]
         self._clock = clock
         self._cancel = cancel
+        self._interrupt = threading.Event()
+        """Set by a new request or a stop: the wait for a restarted process to be up ends."""
         self._log = get_logger(__name__)
         self._cond = threading.Condition()
         self._pending = False
@@ -105,11 +107,13 @@ class Worker:
     def request(self) -> None:
         with self._cond:
             self._pending = True
+            self._interrupt.set()
             self._cond.notify()
 
     def stop(self) -> None:
         with self._cond:
             self._stopping = True
+            self._interrupt.set()
             self._cond.notify()
 
     def status(self) -> TargetStatus:
@@ -167,6 +171,8 @@ class Worker:
                     break
                 run, self._pending = self._pending, False
                 self._busy = run
+                if run:
+                    self._interrupt.clear()
             if run:
                 self._guard(self._changed)  # now "restarting"
                 self._guard(self._handle)
@@ -295,6 +301,17 @@ class Worker:
         if result.event == "signalled":
             self._wait_replaced(old)
         problem = self._wait_up(result, ports)
+        if self._interrupt.is_set():  # a newer change (restarted at once) or a stop: no verdict
+            with self._cond:
+                self.restarts += 1
+            if not self._stopping:
+                self._log.info(
+                    "restart-superseded",
+                    target=name,
+                    pids=result.pids,
+                    seconds=round(time.monotonic() - started, 3),
+                )
+            return
         if problem is not None:
             self._fault("restart-failed", error=problem, pids=result.pids)
             self._record(TargetState.FAILED, f"failed: {problem}")
@@ -322,13 +339,13 @@ class Worker:
 
         if self.spec.health_url:
             url, timeout = self.spec.health_url, self.spec.health_timeout
-            return wait_healthy(url, timeout, cancel=self._cancel, ended=ended)
+            return wait_healthy(url, timeout, cancel=self._interrupt, ended=ended)
         if result.event != "restarted" or not new:
             return None  # a signal: its processes kept running; no pid to watch (systemd)
         ports = old_ports or {port for proc in new for port in _named_ports(proc)}
         if ports:
-            return wait_listening(new, ports, self.spec.health_timeout, self._cancel, ended)
-        return wait_steady(STEADY, self._cancel, ended)
+            return wait_listening(new, ports, self.spec.health_timeout, self._interrupt, ended)
+        return wait_steady(STEADY, self._interrupt, ended)
 
     def _wait_replaced(self, old: Sequence[psutil.Process]) -> None:
         """After a signal, give the processes that ran the old code up to ``grace`` seconds to be

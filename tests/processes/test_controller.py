@@ -39,7 +39,8 @@ def test_a_burst_of_notifies_gives_one_restart(tmp_path: Path) -> None:
         restarts = controller.status()[0].restarts
         controller.stop()
     assert restarts in (1, 2)  # 2 only when the burst straddled the start of the restart
-    assert len(events(logs, "restarted")) == restarts
+    # a straddling notify supersedes the first restart's wait for the process to be up
+    assert len(events(logs, "restarted")) + len(events(logs, "restart-superseded")) == restarts
 
 
 def test_a_batch_during_a_restart_coalesces_into_exactly_one_more(tmp_path: Path) -> None:
@@ -61,12 +62,15 @@ def test_a_batch_during_a_restart_coalesces_into_exactly_one_more(tmp_path: Path
         wait_until(lambda: controller.status()[0].state is TargetState.RESTARTING)
         for _ in range(5):
             controller.notify({script})
-        wait_event(logs, "restarted", 2)
+        wait_event(logs, "restarted")
         wait_until(lambda: _idle(controller))
         status = controller.status()[0]
         controller.stop()
     assert status.restarts == 2
-    assert len(events(logs, "restarted")) == 2
+    # the first restart's wait for its process to be up gave way to the newer change at once
+    (superseded,) = events(logs, "restart-superseded")
+    (restarted,) = events(logs, "restarted")
+    assert superseded["pids"] != restarted["pids"]
 
 
 def test_only_targets_whose_root_was_touched_restart(tmp_path: Path) -> None:
@@ -313,3 +317,37 @@ def test_every_target_fault_is_counted(tmp_path: Path) -> None:
     assert crashes
     # The child's own crash, and its crash restart that could not start it, are errors too.
     assert len(counted) == len(faults) + len(crashes)
+
+
+def test_a_newer_change_cuts_the_wait_for_the_restarted_process(tmp_path: Path) -> None:
+    """While a restarted process is not up yet (here: a health check that never answers), a
+    newer change restarts it again at once instead of waiting for the verdict (health_timeout);
+    a stop ends that wait too, without a ``restart-failed`` line."""
+    spec = ProcessSpec(
+        name="app",
+        command=SLEEP,
+        grace=5,
+        health_url="http://127.0.0.1:9/never",
+        health_timeout=60,
+    )
+    controller = Controller([spec], [tmp_path])
+    with capture_logs() as logs:
+        controller.start()
+        wait_until(lambda: bool(controller.status()[0].pids))
+        first = controller.status()[0].pids
+        controller.notify({tmp_path / "m.py"})
+
+        def waiting_for_health() -> bool:
+            status = controller.status()[0]
+            return status.state is TargetState.RESTARTING and status.pids not in ((), first)
+
+        wait_until(waiting_for_health, 30)
+        second = controller.status()[0].pids
+        controller.notify({tmp_path / "m.py"})
+        wait_event(logs, "restart-superseded")
+        wait_until(lambda: controller.status()[0].pids not in ((), first, second), 30)
+        controller.stop()
+    (superseded,) = events(logs, "restart-superseded")
+    assert tuple(superseded["pids"]) == second
+    assert events(logs, "restart-failed") == []
+    assert events(logs, "restarted") == []
