@@ -37,6 +37,7 @@ def test_inspect_reads_state_start_pid_mounts_and_labels(fake: FakeDocker) -> No
         FakeContainer(
             ID,
             "backend",
+            started_at="2026-12-06T05:00:00.123456789Z",
             pid=4242,
             binds=[("/src/app", "/app")],
             labels={"com.docker.compose.service": "backend"},

@@ -17,10 +17,15 @@ import urllib.parse
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 __all__ = ["FakeContainer", "FakeDocker", "fake_docker"]
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f") + "123Z"
 
 
 @dataclass
@@ -28,7 +33,8 @@ class FakeContainer:
     id: str
     name: str
     state: str = "running"
-    started_at: str = "2026-12-06T05:00:00.123456789Z"
+    started_at: str = field(default_factory=_now)
+    """Docker's format (nanoseconds, ``Z``); by default the moment the container is made."""
     pid: int = 0
     binds: list[tuple[str, str]] = field(default_factory=list)
     """(host source, destination) of each bind mount."""
