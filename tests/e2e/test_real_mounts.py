@@ -142,8 +142,17 @@ def _all_gone(
         return not left
 
     if not wait_until(gone, timeout, interval=0.2, raise_on_timeout=False):
-        log = daemon.stderr()[-6000:]
-        pytest.fail(f"stale pycs left after {timeout:g} s: {json.dumps(left, indent=1)}\n{log}")
+        cases = [path.split("/pkg")[0] + "/" for paths in left.values() for path in paths]
+        log = daemon.stderr().splitlines()
+        lines = [line for line in log if any(c in line for c in cases)]
+        lines += [line for line in log if '"invalidated"' not in line][-40:]
+        about = "\n".join(lines[-80:]) or "\n".join(log[-40:])
+        pytest.fail(
+            f"stale pycs left after {timeout:g} s: {json.dumps(left, indent=1)}\n"
+            f"what CPython makes of them now: {tree.states(left)}\n"
+            f"what this host sees: {json.dumps(tree.evidence(left))}\n"
+            f"the daemon's lines about them:\n{about}"
+        )
 
 
 def _unchanged_until_the_edit(tree: Tree, pycs: dict[str, list[str]]) -> None:
@@ -161,17 +170,7 @@ def test_daemon_on_a_local_root_polls_the_mounts_below_it(tree: Tree) -> None:
             assert f"{side.fstype} mount {side.client}: polling" in observer["reason"]
         _unchanged_until_the_edit(tree, pycs)
         tree.apply("below")
-        _all_gone(tree, _without_known_miss(pycs), daemon)
-
-
-def _without_known_miss(pycs: dict[str, list[str]]) -> dict[str, list[str]]:
-    """KNOWN MISS, open (CHANGELOG, Known issues): on NFS (v3 and v4.2 alike) below a natively
-    watched root, the client-side ``create`` case's pyc (written just before its ``n.py``) was left
-    in 2 of about 10 runs of this test, both on Python 3.13; not yet understood. Left out here so
-    that every other case keeps gating CI; the same case passes on the NFS root itself and on FUSE."""
-    return {
-        c: p for c, p in pycs.items() if not (c.startswith("nfs") and c.endswith(":create-client"))
-    }
+        _all_gone(tree, pycs, daemon)
 
 
 def test_daemon_on_the_mount_itself_polls(tree: Tree) -> None:
