@@ -195,6 +195,12 @@ class OwnChild:
             popen, self._popen = self._popen, None
             tee, self._tee = self._tee, None
             self._restart_at = None
+        return self._end(popen, tee)
+
+    def _end(
+        self, popen: subprocess.Popen[bytes] | WarmProcess | None, tee: StderrTee | None
+    ) -> int | None:
+        """TERM, wait ``grace``, KILL and reap a generation already taken out of ``_popen``."""
         if popen is None:
             return None
         if popen.poll() is None:
@@ -210,13 +216,17 @@ class OwnChild:
         """Stop, then start again; return the new pid. With ``--listen``, a generation seen
         accepting on the socket is only waited for until it stopped accepting: it drains while
         the next one starts (:mod:`cachewatchd.processes.drain`)."""
-        if not self._retire():
-            self._stop_current()
+        with self._lock:  # out of _popen first: its exit must not look like a crash to poll()
+            popen, self._popen = self._popen, None
+            tee, self._tee = self._tee, None
+            self._restart_at = None
+        if not self._retire(popen, tee):
+            self._end(popen, tee)
         return self.start()
 
-    def _retire(self) -> bool:
-        with self._lock:
-            popen, tee = self._popen, self._tee
+    def _retire(
+        self, popen: subprocess.Popen[bytes] | WarmProcess | None, tee: StderrTee | None
+    ) -> bool:
         if self.listener is None or popen is None or popen.poll() is not None:
             return False
         try:
@@ -227,10 +237,14 @@ class OwnChild:
         tree = retire(popen.pid, inode, self.grace)
         if tree is None:
             return False
+        draining = Draining(popen, tee, tree, kill_at)
         with self._lock:
-            if self._popen is popen:
-                self._popen = self._tee = None
-            self._draining.append(Draining(popen, tee, tree, kill_at))
+            closed = self._closed
+            if not closed:
+                self._draining.append(draining)
+        if closed:  # close() ran meanwhile and found nothing draining: end it here
+            with contextlib.suppress(psutil.Error, ProcessActionError):
+                draining.finish()
         return True
 
     def _reap_draining(self) -> bool:

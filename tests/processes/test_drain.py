@@ -97,6 +97,7 @@ def test_the_next_generation_starts_while_the_old_one_drains(
         assert child.pid == new
         (tmp_path / "gate").touch()
         assert wait_until(lambda: child.poll() is not None and not alive(old), 30)
+        assert child.crashes == 0 and child.pid == new  # its exit was no crash
     finally:
         (tmp_path / "gate").touch()
         child.close()
