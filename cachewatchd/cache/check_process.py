@@ -44,6 +44,20 @@ _LOADER = (
     "import sys; p = sys.argv.pop(1); "
     "exec(compile(open(p, 'rb').read(), p, 'exec'), {'__name__': '__main__', '__file__': p})"
 )
+_STUB = """\
+import os, sys
+n = int(sys.argv.pop(1))
+s = b''
+while len(s) < n:
+    c = os.read(0, n - len(s))
+    if not c:
+        sys.exit(4)
+    s += c
+exec(compile(s, 'check_worker.py', 'exec'), {'__name__': '__main__'})
+"""
+"""How an interpreter reached through a command (:mod:`cachewatchd.cache.remote_pythons`) gets
+the worker: its first *n* bytes of standard input, the requests after them (no file is copied)."""
+_PATHS = ("pyc", "source")
 
 
 class ProcessGone(Exception):
@@ -108,16 +122,28 @@ class CheckProcess:
             flags = ["-E", "-s", "-S", "-B", *(["-O"] * optimize)]
         else:
             flags = ["-I", "-S", "-B"]
-        args = [*flags, "-c", _LOADER, str(_WORKER), json.dumps(config)]
+        self._via = None if python is None else python.via
+        script = b""
+        if self._via is None:
+            args = [*flags, "-c", _LOADER, str(_WORKER), json.dumps(config)]
+            commands = [[exe] for exe in (interpreters() if python is None else [python.exe])]
+        else:
+            script = _WORKER.read_bytes()
+            args = [*flags, "-c", _STUB, str(len(script)), json.dumps(config)]
+            commands = [list(self._via.argv)]
         error = "no Python executable"
-        for exe in interpreters() if python is None else [python.exe]:
+        for command in commands:
+            exe = command[0] if self._via is None else f"{self._via.name}: {command[-1]}"
             try:
-                self._spawn([exe, *args])
+                self._spawn([*command, *args])
             except OSError as exc:
                 error = f"{exe}: {exc.strerror or exc}"
                 continue
             try:
-                ready = self.answer(time.monotonic() + STARTUP_TIMEOUT)
+                deadline = time.monotonic() + STARTUP_TIMEOUT
+                if script:
+                    self._write(script, deadline)
+                ready = self.answer(deadline)
             except ProcessGone as gone:
                 ready = {"failed": gone.why}
             if ready == {"ready": True}:
@@ -158,9 +184,20 @@ class CheckProcess:
         return self.proc.pid
 
     def send(self, request: dict[str, Any], deadline: float) -> int:
-        """Write one request by *deadline* (``time.monotonic()``); its size in bytes."""
+        """Write one request by *deadline* (``time.monotonic()``); its size in bytes. The paths
+        of an interpreter reached through a command are the ones it sees."""
+        via = self._via
+        if via is not None:
+            request = {
+                k: via.path(v) if k in _PATHS and isinstance(v, str) else v
+                for k, v in request.items()
+            }
         data = json.dumps(request).encode()
         frame = _LENGTH.pack(len(data)) + data
+        self._write(frame, deadline)
+        return len(frame)
+
+    def _write(self, frame: bytes, deadline: float) -> None:
         view = memoryview(frame)
         while view:
             try:
@@ -172,7 +209,6 @@ class CheckProcess:
                     raise ProcessGone("timed out") from None
             except OSError as exc:
                 raise ProcessGone(self._death(exc.strerror or str(exc))) from None
-        return len(frame)
 
     def receive(self, deadline: float, cap: int = _MAX_ANSWER) -> bytes:
         (size,) = _LENGTH.unpack(self._read(_LENGTH.size, deadline))

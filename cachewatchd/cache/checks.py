@@ -220,7 +220,7 @@ class CheckPool:
 
             version = version_of_magic(magic)
             assert version is not None
-            return Outcome("unchecked", why_missing(version))
+            return Outcome("unchecked", self._finder.missing.get(version) or why_missing(version))
         self._pythons[python.exe] = python
         return python.exe, min(max(optimize, 0), 2) if python.version < (3, 0) else 0
 

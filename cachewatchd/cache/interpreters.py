@@ -16,7 +16,9 @@ order, and asks each candidate its magic number (``importlib.util.MAGIC_NUMBER``
    directory beside one of those (a project's ``.venv``): ``<home>/pythonX.Y``. The tree being
    judged may have written that file, so such an interpreter is run only if it lies outside every
    directory above the pyc and no other user can change it (:func:`runnable`); name any other in
-   ``CACHEWATCHD_PYTHONS``.
+   ``CACHEWATCHD_PYTHONS``;
+6. an interpreter reached through a command that sees the pyc (:mod:`~cachewatchd.cache.remote_pythons`:
+   the Python of a container whose bind mount holds it, run by ``docker exec``).
 
 What is found (or not) is remembered for the life of the finder: one audit, scan or daemon.
 """
@@ -27,11 +29,12 @@ import os
 import shutil
 import subprocess
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
 from cachewatchd.cache.pyc import version_of_magic
+from cachewatchd.cache.remote_pythons import Command, commands_for
 from cachewatchd.paths import read_regular
 
 __all__ = ["ENV_VAR", "Finder", "Interpreter", "runnable", "why_missing"]
@@ -62,6 +65,8 @@ class Interpreter(NamedTuple):
     exe: str
     version: tuple[int, int]
     magic: bytes
+    via: Command | None = None
+    """Run by this command instead of :attr:`exe` (which then only names it); paths mapped."""
 
 
 class Finder:
@@ -92,16 +97,41 @@ class Finder:
             found = self._found[magic]
             if found is None and near is not None:
                 found = self._first(magic, version, self._venv_homes(version, near))
+            whys: list[str] = []
+            if found is None and near is not None:
+                found = self._command(magic, version, near, whys)
             if found is None:
-                self.missing[version] = why_missing(version)
+                self.missing[version] = "; ".join([why_missing(version), *whys])
             return found
+
+    def _command(
+        self, magic: bytes, version: tuple[int, int], near: str, whys: list[str]
+    ) -> Interpreter | None:
+        """The interpreter of a command that sees *near* and reads *magic*; why each other
+        one does not go to *whys*."""
+        for command in commands_for(near):
+            if not command.argv:
+                whys.append(f"{command.name}: {command.why}")
+                continue
+            key = "\0".join(command.argv)
+            if key not in self._asked:
+                self._asked[key] = _ask(command.argv)
+            said = self._asked[key]
+            if said == magic:
+                return Interpreter(" ".join(command.argv), version, magic, command)
+            other = None if said is None else version_of_magic(said)
+            whys.append(
+                f"{command.name}: {command.argv[-1]} "
+                + ("did not answer" if other is None else f"is CPython {other[0]}.{other[1]}")
+            )
+        return None
 
     def _first(
         self, magic: bytes, version: tuple[int, int], candidates: Iterator[str]
     ) -> Interpreter | None:
         for exe in candidates:
             if exe not in self._asked:
-                self._asked[exe] = _ask(exe)
+                self._asked[exe] = _ask([exe])
             if self._asked[exe] == magic:
                 return Interpreter(exe, version, magic)
         return None
@@ -224,11 +254,12 @@ def _home_of(config: str) -> str | None:
     return None
 
 
-def _ask(exe: str) -> bytes | None:
-    """The magic number *exe* reads, if it is a CPython that answers within the timeout."""
+def _ask(command: Sequence[str]) -> bytes | None:
+    """The magic number the interpreter *command* runs reads, if it is a CPython that answers
+    within the timeout."""
     try:
         proc = subprocess.run(
-            [exe, "-E", "-s", "-S", "-c", _ASK],
+            [*command, "-E", "-s", "-S", "-c", _ASK],
             capture_output=True,
             timeout=_ASK_TIMEOUT,
             check=False,

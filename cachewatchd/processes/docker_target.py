@@ -6,7 +6,8 @@ their main process a signal (``POST /containers/{id}/kill``) over the Engine API
 on this host. Which changes concern it is read from the containers: their bind mounts under the
 watched roots (:mod:`cachewatchd.processes.containers`); a container none of whose bind mounts lies
 under a root is refused. The import gate runs the module's import inside the container
-(``docker exec``) with the interpreter its process runs.
+(``docker exec``) with the interpreter its process runs; so does the exact check of the pycs the
+container writes in its bind mounts (:mod:`cachewatchd.processes.container_pythons`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from pathlib import Path
 
 import psutil
 
+from cachewatchd.cache.remote_pythons import Command, provide
 from cachewatchd.paths import read_regular
+from cachewatchd.processes.container_pythons import exec_commands
 from cachewatchd.processes.containers import (
     concerned,
     container_stale,
@@ -110,10 +113,18 @@ class DockerTarget(Target):
         try:
             found = self._look()
         except DockerError:
-            return
+            found = []
         refusal = outside_refusal(found, self.roots)
         if refusal is not None:
             raise TargetError(refusal)
+        provide(self, self._pythons)
+
+    def stop(self) -> None:
+        provide(self, None)
+
+    def _pythons(self, pyc: str) -> list[Command]:
+        """How to run the Python of the containers that bind-mount *pyc*, for its exact check."""
+        return exec_commands(self._seen_now(), pyc, self.docker.host, _main_python)
 
     def check(self) -> str | None:
         try:
@@ -216,6 +227,20 @@ class DockerTarget(Target):
                 if probe is not None:
                     return probe
         return None
+
+
+def _main_python(container: Container) -> str | None:
+    """The interpreter the main process of *container* runs, when this host shows it."""
+    for proc in host_processes(container):
+        try:
+            cmdline = proc.cmdline()
+            env = proc.environ()
+        except (psutil.Error, OSError):
+            continue
+        python = _python_inside(proc.pid, cmdline, env)
+        if python is not None:
+            return python
+    return None
 
 
 def _readable(proc: psutil.Process) -> bool:
