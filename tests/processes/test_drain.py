@@ -97,11 +97,13 @@ def test_the_next_generation_starts_while_the_old_one_drains(
         assert child.pid == new
         (tmp_path / "gate").touch()
         assert wait_until(lambda: child.poll() is not None and not alive(old), 30)
-        assert child.crashes == 0 and child.pid == new  # its exit was no crash
+        assert child.crashes == 0  # its exit was no crash
+        assert child.pid == new
     finally:
         (tmp_path / "gate").touch()
         child.close()
-    assert not alive(old) and not alive(new)
+    assert not alive(old)
+    assert not alive(new)
 
 
 def test_an_old_generation_that_never_ends_is_killed_after_its_grace(
