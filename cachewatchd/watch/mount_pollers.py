@@ -207,6 +207,9 @@ def start_observer(observer: Any, handler: EventMapper, path: Path) -> None:
     gets its directories modified too) and start."""
     events = event_filter(dirs_modified=handler.polled)
     observer.schedule(handler, str(path), recursive=True, event_filter=events)
+    for emitter in observer.emitters:
+        if hasattr(emitter, "direct"):  # a native emitter that can call the handler itself
+            emitter.direct = handler
     try:
         observer.start()
     except BaseException:
