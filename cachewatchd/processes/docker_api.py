@@ -18,7 +18,6 @@ import http.client
 import json
 import math
 import os
-import socket
 import struct
 import threading
 import time
@@ -33,6 +32,7 @@ from cachewatchd.processes.docker_model import (
     Mount,
     parse_time,
 )
+from cachewatchd.processes.unix_http import UnixHTTPConnection
 
 __all__ = [
     "DEFAULT_SOCKET",
@@ -87,22 +87,6 @@ def _one_line(text: str) -> str:
     return line if len(line) <= MESSAGE_LIMIT else line[: MESSAGE_LIMIT - 3] + "..."
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(self.timeout)
-            sock.connect(self._path)
-        except BaseException:
-            sock.close()
-            raise
-        self.sock = sock
-
-
 class DockerClient:
     """Talks to one dockerd. Each request opens its own connection; nothing is shared between
     threads."""
@@ -133,7 +117,7 @@ class DockerClient:
         what = f"{method} {path.partition('?')[0]}"
         payload = None if body is None else json.dumps(body).encode("utf-8")
         headers = {"Content-Type": "application/json"} if payload is not None else {}
-        conn = _UnixConnection(self.path, wait)
+        conn = UnixHTTPConnection(self.path, wait)
         try:
             conn.request(method, path, body=payload, headers=headers)
             deadline = time.monotonic() + wait

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import base64
 import http.client
-import socket
 import urllib.parse
 import xmlrpc.client
 from typing import Any
 
 from cachewatchd.errors import RuntimeFailure
 from cachewatchd.processes.spec import SupervisorSpec
+from cachewatchd.processes.unix_http import UnixHTTPConnection
 
 __all__ = ["SupervisorClient", "SupervisorError"]
 
@@ -30,22 +30,6 @@ class SupervisorError(RuntimeFailure):
     def __init__(self, message: str, *, fault_code: int | None = None) -> None:
         super().__init__(message)
         self.fault_code = fault_code
-
-
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(self.timeout)
-            sock.connect(self._path)
-        except BaseException:
-            sock.close()
-            raise
-        self.sock = sock
 
 
 class _Transport(xmlrpc.client.Transport):
@@ -74,7 +58,7 @@ class _Transport(xmlrpc.client.Transport):
         chost, self._extra_headers, _ = self.get_host_info(host)
         conn: http.client.HTTPConnection
         if self._socket_path is not None:
-            conn = _UnixHTTPConnection(self._socket_path, self._timeout)
+            conn = UnixHTTPConnection(self._socket_path, self._timeout)
         elif self._https:
             conn = http.client.HTTPSConnection(chost, timeout=self._timeout)
         else:
