@@ -18,6 +18,7 @@ Logged events: ``invalidated`` (one line per directory of sources whose caches w
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 from collections.abc import Iterable, Sequence
@@ -161,6 +162,11 @@ class BatchHandler:
         *schedule*: the sources to look at again (:mod:`~cachewatchd.daemon.recheck`)."""
         listing = cache_files_by_source(sources, pycache_prefix=self._prefix, legacy=ghosts)
         owner = {pyc: source for source, files in listing.items() for pyc in files}
+        self._log.debug(
+            "cache-listed",
+            sources=len(listing),
+            found=[str(p) for p in itertools.islice(owner, 20)],
+        )
         self.rechecker.schedule(schedule)
         if not owner:
             return

@@ -121,6 +121,9 @@ class Invalidator:
                     return
                 changed, removed, upto = list(self._changed), list(self._removed), self._queued
                 self._changed, self._removed = {}, {}
+            self._log.debug(
+                "invalidating", changed=_shown(changed), removed=_shown(removed), count=upto
+            )
             try:
                 self._invalidate(changed, removed)
             except Exception as exc:  # noqa: BLE001 - one bad group never stops the daemon
@@ -132,3 +135,8 @@ class Invalidator:
                 with self._cond:
                     self._done = upto
                     self._cond.notify_all()
+
+
+def _shown(paths: Sequence[Path], most: int = 20) -> list[str]:
+    """The first *most* of *paths*, for a debug line (a 10k-file checkout is not logged whole)."""
+    return [str(path) for path in paths[:most]]

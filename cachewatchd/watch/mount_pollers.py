@@ -28,7 +28,7 @@ from cachewatchd.watch.mounts import (
     Mount,
     ObserverChoice,
     ctime_trusted,
-    is_network_fs,
+    is_known_local,
     polled_mounts,
 )
 from cachewatchd.watch.polling import make_polling_observer
@@ -100,7 +100,7 @@ class MountPollers:
                     on_denied=self._on_denied,
                     base=str(self.root),
                     hash_content=not ctime_trusted(mount.fstype),
-                    refetch=is_network_fs(mount.fstype),
+                    refetch=not is_known_local(mount.fstype),
                 )
                 handler = EventMapper(
                     self.root, self._sink, self._options, _ignore_gone, polled=True

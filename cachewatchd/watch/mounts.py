@@ -34,9 +34,9 @@ __all__ = [
     "ctime_untrusted_in",
     "is_known_local",
     "is_network_fs",
+    "known_local_at",
     "mount_for",
     "mounts_below",
-    "network_at",
     "polled_mounts",
 ]
 
@@ -176,13 +176,13 @@ def ctime_trusted_at(path: Path) -> bool:
     return mount is None or ctime_trusted(mount.fstype)
 
 
-def network_at(path: Path) -> bool:
-    """:func:`is_network_fs` for the filesystem holding *path* (False when it cannot be told)."""
+def known_local_at(path: Path) -> bool:
+    """:func:`is_known_local` for the filesystem holding *path* (False when it cannot be told)."""
     try:
         mount = mount_for(path)
     except OSError:
         return False
-    return mount is not None and is_network_fs(mount.fstype)
+    return mount is not None and is_known_local(mount.fstype)
 
 
 def ctime_untrusted_in(roots: Sequence[Path]) -> tuple[Path, ...]:

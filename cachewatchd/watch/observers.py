@@ -43,7 +43,7 @@ from cachewatchd.watch.mounts import (
     PollMode,
     choose_observer,
     ctime_trusted_at,
-    network_at,
+    known_local_at,
 )
 from cachewatchd.watch.native import LIMITS, Guard, inotify_classes
 from cachewatchd.watch.polling import make_polling_observer
@@ -374,7 +374,7 @@ class Watcher:
             interval=self._poll_interval,
             on_denied=self.report_denied,
             hash_content=not ctime_trusted_at(root.path),
-            refetch=network_at(root.path),
+            refetch=not known_local_at(root.path),
         )
         root.guard = None
         self._run(root, observer, polled=True)

@@ -188,7 +188,7 @@ class SourceLister:
         return iter(kept)
 
     def _fresh_listing(self, directory: str) -> None:
-        """*refetch* (a network filesystem): a directory that changed is read from the server
+        """*refetch* (a filesystem not known to be local): a directory that changed is read from the server
         again on the pass after, not from the client's cache. An NFS client keeps a listing for
         as long as the directory's change attribute stays the same, and where the server derives
         it from a coarse ctime (NFSv3; v4 without ``i_version``) an entry made in the same tick
@@ -257,8 +257,9 @@ def make_polling_observer(
     nothing scheduled yet. *base*: the watched root when *root* is a mount below it.
     *hash_content*: the filesystem's ctime cannot be trusted, the content is hashed too
     (:class:`~cachewatchd.watch.content_stat.ContentStat`). *pycs*: every pyc is listed too.
-    *refetch*: a network filesystem, whose directories that changed are read again from the
-    server on the pass after (:meth:`SourceLister._fresh_listing`).
+    *refetch*: a filesystem not known to be local (network, FUSE, an unknown type the probe sent
+    here), whose directories that changed are read again from the server on the pass after
+    (:meth:`SourceLister._fresh_listing`).
 
     Like watchdog's ``PollingObserverVFS``, except that the interval is the emitter's own (the
     observer's dispatching thread keeps watchdog's 1 s timeout), and that a pass failing with an

@@ -87,7 +87,9 @@ def test_a_changed_source_loses_its_caches_before_any_batch(
     assert other.exists()  # only the source's own entries
     assert sink.calls == [("changed", mod)]  # passed on to the batcher as well
     assert handler.counters.invalidations == 2
-    assert [(e["event"], e["source"]) for e in logs] == [("invalidated", str(mod))]
+    assert [(e["event"], e["source"]) for e in logs if e["log_level"] != "debug"] == [
+        ("invalidated", str(mod))
+    ]
     assert handler.rechecker.next_due() is not None  # the second look stays
 
 
@@ -105,6 +107,7 @@ def test_sources_of_one_directory_invalidated_at_once_give_one_line(
         again = compile_pyc(mod)
         assert handler.invalidate_now([mod], []) == 1
     assert not any(p.exists() for p in [*pycs.values(), extra, again])
+    logs = [e for e in logs if e["log_level"] != "debug"]
     removed = logs[0].pop("removed")
     assert logs[0] == {
         "event": "invalidated",

@@ -85,13 +85,16 @@ def test_a_relaunched_process_that_exits_at_once_is_a_failed_restart(
     flag = tmp_path / "broken-config"
     script = tmp_path / "worker.py"
     script.write_text(
-        "import pathlib, signal, sys\n"
+        "import os, pathlib, signal, sys\n"
         "if pathlib.Path(sys.argv[1]).exists():\n"
         "    sys.exit('refusing to start')\n"
+        f"pathlib.Path({str(tmp_path)!r}, f'up-{{os.getpid()}}').touch()\n"
         "signal.pause()\n",
         encoding="utf-8",
     )
     old = reaper.popen([sys.executable, str(script), str(flag)], cwd=tmp_path)
+    # up: past its flag check (a flag set before that would stop the old process, not the new)
+    wait_until((tmp_path / f"up-{old.pid}").exists, 30, message="the old process is up")
     pidfile = tmp_path / "worker.pid"
     pidfile.write_text(f"{old.pid}\n", encoding="ascii")
     controller = Controller([ProcessSpec(name="w", pidfile=pidfile, grace=5)], [tmp_path])
@@ -114,9 +117,10 @@ def test_own_child_that_dies_after_a_restart_fails_it_with_its_reason(tmp_path: 
     flag = tmp_path / "broken-config"
     script = tmp_path / "serve.py"
     script.write_text(
-        "import pathlib, signal, sys\n"
+        "import os, pathlib, signal, sys\n"
         f"if pathlib.Path({str(flag)!r}).exists():\n"
         "    sys.exit('boom: the config is broken')\n"
+        f"pathlib.Path({str(tmp_path)!r}, f'up-{{os.getpid()}}').touch()\n"
         "signal.pause()\n",
         encoding="utf-8",
     )
@@ -125,6 +129,9 @@ def test_own_child_that_dies_after_a_restart_fails_it_with_its_reason(tmp_path: 
     with capture_logs() as logs:
         controller.start()
         wait_until(lambda: controller.status()[0].state is TargetState.RUNNING)
+        (first,) = controller.status()[0].pids
+        # up: past its flag check (a flag set before that would crash the first child instead)
+        wait_until((tmp_path / f"up-{first}").exists, 30, message="the first child is up")
         flag.touch()
         controller.notify({script})
         failed = wait_event(logs, "restart-failed")

@@ -108,7 +108,9 @@ class LocalTree(_Only):
 
     @contextlib.contextmanager
     def daemon(self, root: Path) -> Iterator[RunningDaemon]:
-        with DaemonProc([str(root), "--poll-interval", "0.2"], self.env) as daemon:
+        with DaemonProc(
+            [str(root), "--poll-interval", "0.2", "--log-level", "debug"], self.env
+        ) as daemon:
             yield daemon
             code = daemon.stop()
             assert code == 0, daemon.stderr()
@@ -209,7 +211,7 @@ class GuestTree(_Only):
     @contextlib.contextmanager
     def daemon(self, root: Path) -> Iterator[RunningDaemon]:
         log = self.home / f"daemon-{next(self._count)}.log"
-        args = f"--foreground {root} --poll-interval 0.2 --log-format json"
+        args = f"--foreground {root} --poll-interval 0.2 --log-format json --log-level debug"
         start = f"-m cachewatchd {args} > /dev/null 2> {log} & echo $!"
         pid = int(self._py(start).strip().splitlines()[-1])
         daemon = _GuestDaemon(self.guest, log, pid)

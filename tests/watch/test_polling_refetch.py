@@ -1,4 +1,4 @@
-"""On a network filesystem the poller reads a directory that changed from the server again on the
+"""On a filesystem not known to be local (network, FUSE, unknown) the poller reads a directory that changed from the server again on the
 pass after (watch/polling: ``refetch``): an NFS client keeps a listing while the directory's change
 attribute stays the same, and a server that derives it from a coarse ctime (NFSv3, v4 without
 ``i_version``) keeps it the same for an entry made in the tick of a change the client had listed.
@@ -10,14 +10,18 @@ directories get it and when."""
 from __future__ import annotations
 
 import os
+from collections import namedtuple
 from pathlib import Path
+from typing import Any
 
+import psutil
 import pytest
 
 from cachewatchd.cache.listing import drop_listing_cache
 from cachewatchd.cache.walk import WalkOptions
-from cachewatchd.watch import polling
+from cachewatchd.watch import observers, polling
 from cachewatchd.watch.polling import SourceLister
+from tests.watch.test_observers import watching
 
 
 def _pass(lister: SourceLister, root: Path) -> None:
@@ -96,3 +100,37 @@ def test_the_invalidation_lists_each_pycache_from_the_filesystem(
     pyc.write_bytes(b"")
     assert remove.cache_files_for_source(source) == [pyc]
     assert calls == [str(tmp_path / "__pycache__")]
+
+
+_Part = namedtuple("_Part", "device mountpoint fstype opts")
+
+
+@pytest.mark.parametrize(
+    ("fstype", "refetch"),
+    [("nfs", True), ("fuse.sshfs", True), ("hostfs", True), ("ext4", False), ("tmpfs", False)],
+)
+def test_every_polled_filesystem_not_known_local_reads_changed_directories_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fstype: str, refetch: bool
+) -> None:
+    """hostfs (user-mode Linux's view of its host) is neither known local nor known network: a
+    root the probe sent to polling gets the re-read too (seen in the real-mount tests: a source
+    created on the host in the tick of its ``__pycache__`` stayed unseen)."""
+    root = (tmp_path / "root").resolve()
+    root.mkdir()
+    real = psutil.disk_partitions
+
+    def fake(all: bool = False) -> list[object]:
+        return [*real(all=True), _Part("dev", str(root), fstype, "rw")]
+
+    monkeypatch.setattr(psutil, "disk_partitions", fake)
+    made: list[bool] = []
+    original = polling.make_polling_observer
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        made.append(kwargs["refetch"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(observers, "make_polling_observer", recording)
+    with watching([root], poll_mode="always") as (watcher, _):
+        assert watcher.observers()[root].kind == "polling"
+    assert made == [refetch]
