@@ -22,6 +22,7 @@ import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
 
 import psutil
 import pytest
@@ -131,8 +132,29 @@ def _in_guest(proc: psutil.Process) -> bool:
     return False
 
 
+class _View(Protocol):
+    """Where the pycs are looked at: a tree's client side, or this machine (:class:`_Here`)."""
+
+    def left(self, pycs: dict[str, list[str]]) -> dict[str, list[str]]: ...
+    def states(self, pycs: dict[str, list[str]]) -> dict[str, str]: ...
+    def evidence(self, pycs: dict[str, list[str]]) -> dict[str, object]: ...
+
+
+class _Here:
+    """The pycs as this machine sees them."""
+
+    def left(self, pycs: dict[str, list[str]]) -> dict[str, list[str]]:
+        return mount_edits.left(pycs)
+
+    def states(self, pycs: dict[str, list[str]]) -> dict[str, str]:
+        return mount_edits.cpython_states(pycs)
+
+    def evidence(self, pycs: dict[str, list[str]]) -> dict[str, object]:
+        return mount_edits.evidence(pycs)
+
+
 def _all_gone(
-    tree: Tree, pycs: dict[str, list[str]], daemon: RunningDaemon, timeout: float = 30
+    tree: _View, pycs: dict[str, list[str]], daemon: RunningDaemon, timeout: float = 30
 ) -> None:
     left: dict[str, list[str]] = {}
 
@@ -233,11 +255,4 @@ def test_an_unknown_filesystem_is_probed_and_polled(tree: Tree, tmp_path: Path) 
         reason = "hostfs: no native event arrived for a probe file: polling"
         assert (observer["observer"], observer["reason"]) == ("polling", reason)
         mount_edits.apply_all(root, root, tmp_path)
-        left: dict[str, list[str]] = {}
-
-        def gone() -> bool:
-            left.clear()
-            left.update(mount_edits.left(pycs))
-            return not left
-
-        assert wait_until(gone, 30, raise_on_timeout=False), json.dumps(left, indent=1)
+        _all_gone(_Here(), pycs, daemon)
