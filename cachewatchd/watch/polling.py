@@ -303,11 +303,20 @@ def _emitter_class() -> type[Any]:
             self._interval = interval
             self._new_pass = new_pass
             self._failing = False
+            self._seen: list[Any] = []
+            """The events of the pass under way (for its debug line)."""
+
+        def queue_event(self, event: Any) -> None:
+            self._seen.append(event)
+            super().queue_event(event)
 
         def queue_events(self, timeout: float) -> None:
             self._new_pass()
+            self._seen = []
             try:
                 super().queue_events(self._interval)
+                if self._seen:
+                    _log_pass(self.watch.path, self._seen)
             except Exception as exc:  # noqa: BLE001 - the thread must outlive any one pass
                 if not self._failing:
                     get_logger(__name__).error(
@@ -322,3 +331,10 @@ def _emitter_class() -> type[Any]:
                 self._failing = False
 
     return Emitter
+
+
+def _log_pass(root: str, events: list[Any], most: int = 30) -> None:
+    """One debug line per pass that found changes: what the poller saw, for a report of a change
+    it missed (the first *most* events)."""
+    shown = [f"{e.event_type} {e.src_path}" for e in events[:most]]
+    get_logger(__name__).debug("polled", root=root, count=len(events), events=shown)
