@@ -89,11 +89,11 @@ class Invalidator:
 
     # -- the sink (observer threads) ---------------------------------------------------------------
     def source_changed(self, path: Path) -> None:
-        self._queue(self._changed, path)
+        self._queue(path, removed=False)
         self._sink.source_changed(path)
 
     def source_removed(self, path: Path) -> None:
-        self._queue(self._removed, path)
+        self._queue(path, removed=True)
         self._sink.source_removed(path)
 
     def dir_removed(self, path: Path) -> None:
@@ -106,8 +106,9 @@ class Invalidator:
     def rescan(self, root: Path, reason: str) -> None:
         self._sink.rescan(root, reason)
 
-    def _queue(self, into: dict[Path, None], path: Path) -> None:
-        with self._cond:
+    def _queue(self, path: Path, *, removed: bool) -> None:
+        with self._cond:  # the dict is chosen under the lock: the thread swaps both for new ones
+            into = self._removed if removed else self._changed
             into[path] = None
             self._queued += 1
             self._cond.notify_all()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -185,6 +185,65 @@ def test_an_error_while_invalidating_is_logged_and_the_thread_carries_on(tree: P
     finally:
         inv.stop()
     assert not inv.alive()
+
+
+class _HookedCondition(threading.Condition):
+    """A condition that calls *hook* before each ``with`` acquires it."""
+
+    def __init__(self, hook: Callable[[], None]) -> None:
+        super().__init__()
+        self._hook = hook
+
+    def __enter__(self) -> bool:
+        self._hook()
+        return super().__enter__()
+
+
+@pytest.mark.parametrize("removed", [False, True])
+def test_an_event_that_arrives_while_the_thread_takes_the_queue_is_not_lost(
+    tree: Path, removed: bool
+) -> None:
+    """The race the real-NFS test met (a source's event reached the batcher, never the
+    invalidation): the observer's thread had picked the queue's dict before taking the lock, the
+    invalidation thread took that dict and put a new one in its place, and the event went into
+    the dict already taken. Here the observer's thread is held right before the lock while the
+    invalidation thread takes the queue."""
+    first, queued, late = tree / "first.py", tree / "queued.py", tree / "late.py"
+    calls: list[list[Path]] = []
+    in_first, release, at_lock, taken = (threading.Event() for _ in range(4))
+    observer: list[threading.Thread] = []
+
+    def invalidate(changed: Sequence[Path], gone: Sequence[Path]) -> None:
+        calls.append([*changed, *gone])
+        if len(calls) == 1:
+            in_first.set()
+            assert release.wait(10)
+        elif len(calls) == 2:
+            taken.set()
+
+    def hook() -> None:
+        if observer and threading.current_thread() is observer[0] and not at_lock.is_set():
+            at_lock.set()
+            assert taken.wait(10)
+
+    inv = Invalidator(Recorder(), invalidate)
+    inv._cond = _HookedCondition(hook)  # before the thread starts
+    inv.start()
+    try:
+        inv.source_changed(first)
+        assert in_first.wait(10)  # the thread is busy with the first event
+        inv.source_changed(queued)  # waits in the queue for the thread's next round
+        queue = inv.source_removed if removed else inv.source_changed
+        observer.append(threading.Thread(target=queue, args=(late,)))
+        observer[0].start()
+        assert at_lock.wait(10)  # the observer's thread is at the lock
+        release.set()  # the thread takes the queue (``queued``) while the observer waits
+        observer[0].join(10)
+        assert inv.sync(10)
+        assert late in [path for call in calls for path in call], calls
+    finally:
+        release.set()
+        inv.stop()
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify: Linux only")
