@@ -113,8 +113,8 @@ def test_every_polled_filesystem_not_known_local_reads_changed_directories_again
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fstype: str, refetch: bool
 ) -> None:
     """hostfs (user-mode Linux's view of its host) is neither known local nor known network: a
-    root the probe sent to polling gets the re-read too (seen in the real-mount tests: a source
-    created on the host in the tick of its ``__pycache__`` stayed unseen)."""
+    root the probe sent to polling gets the re-read too, since whether its listings are cached is
+    not known; known local filesystems never need it."""
     root = (tmp_path / "root").resolve()
     root.mkdir()
     real = psutil.disk_partitions
