@@ -55,6 +55,8 @@ class Invalidator:
         self._done = 0
         """Events whose invalidation is over."""
         self._stopping = False
+        self._ended = False
+        """The thread has ended (however): :meth:`sync` waits no more."""
         self._thread = daemon_thread(self._run, name)
         self._log = get_logger(__name__)
 
@@ -84,7 +86,8 @@ class Invalidator:
         with self._cond:
             target = self._queued
             return self._cond.wait_for(
-                lambda: self._done >= target or not self._thread.is_alive(), timeout
+                lambda: self._done >= target or self._ended or not self._thread.is_alive(),
+                timeout,
             ) and (self._done >= target)
 
     # -- the sink (observer threads) ---------------------------------------------------------------
@@ -115,6 +118,14 @@ class Invalidator:
 
     # -- the invalidation thread -------------------------------------------------------------------
     def _run(self) -> None:
+        try:
+            self._loop()
+        finally:  # however it ends, nobody waits in :meth:`sync` for a thread that is gone
+            with self._cond:
+                self._ended = True
+                self._cond.notify_all()
+
+    def _loop(self) -> None:
         while True:
             with self._cond:
                 self._cond.wait_for(lambda: self._queued > self._done or self._stopping)
@@ -122,10 +133,10 @@ class Invalidator:
                     return
                 changed, removed, upto = list(self._changed), list(self._removed), self._queued
                 self._changed, self._removed = {}, {}
-            self._log.debug(
-                "invalidating", changed=_shown(changed), removed=_shown(removed), count=upto
-            )
             try:
+                self._log.debug(
+                    "invalidating", changed=_shown(changed), removed=_shown(removed), count=upto
+                )
                 self._invalidate(changed, removed)
             except Exception as exc:  # noqa: BLE001 - one bad group never stops the daemon
                 self._log.exception(

@@ -298,3 +298,36 @@ def test_the_invalidation_thread_dying_stops_the_daemon(
     assert code == [EXIT_FAILURE]
     died = [e for e in logs if e["event"] == "thread-died"]
     assert [e["thread"] for e in died] == ["cachewatchd-invalidate"]
+
+
+def test_a_sync_waiting_for_later_events_returns_when_the_thread_dies(tree: Path) -> None:
+    """The batcher's ``sync`` waits for events queued after the one that killed the thread: it
+    returns False once the thread is gone, instead of waiting for a wake-up that never comes (the
+    daemon's shutdown would hang in the batcher's stop)."""
+    entered, release = threading.Event(), threading.Event()
+
+    def invalidate(changed: object, removed: object) -> None:
+        entered.set()
+        assert release.wait(10)
+        raise Fault("injected")
+
+    inv = Invalidator(Recorder(), invalidate)
+    with capture_logs() as logs:
+        inv.start()
+        try:
+            inv.source_changed(tree / "a.py")
+            assert entered.wait(10)
+            inv.source_changed(tree / "b.py")  # queued after the event that will kill it
+            result: list[bool] = []
+            waiter = threading.Thread(target=lambda: result.append(inv.sync()), name="sync")
+            waiter.start()
+            # in the condition's wait (the invalidation thread itself is busy, not waiting)
+            wait_until(lambda: len(inv._cond._waiters) == 1, 10)  # type: ignore[attr-defined]
+            release.set()
+            waiter.join(20)
+            assert not waiter.is_alive(), "sync() still waits for a thread that is gone"
+            assert result == [False]
+        finally:
+            release.set()
+            inv.stop()
+    assert [e["thread"] for e in logs if e["event"] == "thread-died"] == ["cachewatchd-invalidate"]
