@@ -6,16 +6,13 @@ source's cache entries the moment its event arrives; the batcher hands every bat
 rescans) and offers the touched paths to the managed processes through
 :class:`~cachewatchd.daemon.hold.RestartHold` (one restart per git operation), which waits for the
 invalidations their events asked for before it asks for a restart. The thread calling :meth:`Daemon.run`
-owns the lifecycle: it waits on an inbox for ``stop`` / ``reload`` requests (posted by signal
-handlers in the CLI through :meth:`request_stop` and :meth:`request_reload`; ``queue.SimpleQueue`` is
-safe to use from a signal handler) and runs the periodic reconciliation and the second looks.
+owns the lifecycle: it waits on an inbox for ``stop`` / ``reload`` (the CLI's signal handlers post
+them: ``queue.SimpleQueue`` is signal-safe) and runs the periodic reconciliation and second looks.
 
-No thread dies silently: every thread of the daemon is made by
-:func:`cachewatchd.threads.daemon_thread`, and while :meth:`Daemon.run` runs, a thread that dies
-(its own or watchdog's) logs ``thread-died`` and posts ``fatal`` to the inbox; so does an
-unexpected error on the loop's own thread. The daemon then stops everything like on ``stop``
-(managed processes included) and :meth:`Daemon.run` returns :data:`~cachewatchd.errors.EXIT_FAILURE`:
-it never stays "ready" while part of it is dead.
+No thread dies silently: every thread is made by :func:`cachewatchd.threads.daemon_thread`; one
+that dies (its own or watchdog's), or an unexpected error on the loop's thread, logs
+``thread-died`` and posts ``fatal``: the daemon stops everything like on ``stop`` and
+:meth:`Daemon.run` returns :data:`~cachewatchd.errors.EXIT_FAILURE`, never "ready" while part of it is dead.
 
 Start: register in the daemon registry (refusing overlapping roots), attach every root, audit every
 root once, and only then start the managed processes, so that none of them imports a stale cache;
@@ -54,6 +51,7 @@ from cachewatchd.watch.batch import DEFAULT_MAX_WINDOW, DEFAULT_QUIET, Batch, Ba
 
 __all__ = ["Daemon"]
 _STORM_RECHECK = 0.1  # s: while batches are under way, the second looks wait this long
+_SETTLE = 10.0  # s: at most, for the invalidations under way before a reload swaps the handler
 
 
 class Daemon:
@@ -267,7 +265,9 @@ class Daemon:
             if self._watching is not None:
                 self._watching.stop()
             self.settings = new
-            self._handler = self._new_handler(new)
+            self._invalidator.sync(_SETTLE)  # the old handler's invalidations and looks are over
+            old_handler, self._handler = self._handler, self._new_handler(new)
+            self._handler.rechecker.adopt(old_handler.rechecker)
             self._start_watching("reload")
             if controller_inputs(new) != controller_inputs(old):
                 if self._controller is not None:

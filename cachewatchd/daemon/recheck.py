@@ -69,6 +69,14 @@ class Rechecker:
             for source in sources:
                 self._due[source] = [start + delay for delay in self._delays]
 
+    def adopt(self, other: Rechecker) -> None:
+        """Take over *other*'s looks still due (a reload replaces the handler that holds them)."""
+        with other._lock:
+            taken, other._due = other._due, {}
+        with self._lock:
+            for source, times in taken.items():
+                self._due.setdefault(source, times)
+
     def next_due(self) -> float | None:
         with self._lock:
             return min((times[0] for times in self._due.values()), default=None)

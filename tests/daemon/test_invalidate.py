@@ -331,3 +331,24 @@ def test_a_sync_waiting_for_later_events_returns_when_the_thread_dies(tree: Path
             release.set()
             inv.stop()
     assert [e["thread"] for e in logs if e["event"] == "thread-died"] == ["cachewatchd-invalidate"]
+
+
+def test_second_looks_due_survive_a_reload_that_replaces_the_handler(
+    tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reload with new settings replaces the batch handler, which holds the second looks: the
+    looks due for the sources invalidated just before stay due (a pyc written with the old code
+    a moment after the reload is still looked for)."""
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    (tmp_path / "run").mkdir(mode=0o700)
+    mod = tree / "pkg" / "mod.py"
+    compile_pyc(mod)
+    new = build_settings(Config(poll_interval=2.0), CommandLine(paths=(tree,)))
+    with running_daemon(tree, reload_settings=lambda: new) as daemon:
+        old_handler = daemon._handler
+        write(mod, "X = 2\n")
+        wait_until(lambda: old_handler.rechecker.next_due() is not None, 10, message="scheduled")
+        daemon.request_reload()
+        wait_until(lambda: daemon._handler is not old_handler, 10, message="the reload")
+        assert daemon._handler.rechecker.next_due() is not None
