@@ -96,6 +96,7 @@ class Daemon:
         """The first thread that died, and of what (set once, under the state lock)."""
         self._state_lock = threading.Lock()
         self._published: dict[str, Any] | None = None  # the last status document written
+        self._publish_lock = threading.Lock()
         self._log = get_logger(__name__)
 
     # -- requests (any thread, signal handlers included) ------------------------------------------
@@ -391,9 +392,8 @@ class Daemon:
     def _publish(self) -> None:
         """Write the status record, unless it would say what it says already."""
         if self._registration is not None:
-            document = self.status()
-            with self._state_lock:
-                if document == self._published:
-                    return
-                self._published = document
-            self._registration.update(document)
+            with self._publish_lock:  # one publisher at a time: the newest document is written last
+                document = self.status()
+                if document != self._published:
+                    self._published = document
+                    self._registration.update(document)
