@@ -102,6 +102,10 @@ class SourceClock:
         self._lock = threading.Lock()
         self._scan_lock = threading.Lock()  # one walk at a time: workers share roots
         self._newest: dict[Path, Change | None] = {}
+        self._walking: Path | None = None
+        self._early: list[Change] = []
+        """Changes touched under the root being walked, while it is walked: the walk may have
+        dated them before they changed."""
 
     def scan(self, root: Path) -> None:
         """Walk *root* once (later calls are free)."""
@@ -109,9 +113,13 @@ class SourceClock:
             with self._lock:
                 if root in self._newest:
                     return
+                self._walking, self._early = root, []
             found = scan_sources({root: self._excludes_of(root)}).newest
             with self._lock:
-                self._newest.setdefault(root, found)
+                changes = [c for c in (found, *self._early) if c is not None]
+                newest = max(changes, key=lambda c: c.time) if changes else None
+                self._newest.setdefault(root, newest)
+                self._walking, self._early = None, []
 
     def _excludes_of(self, root: Path) -> Sequence[str]:
         within = [known for known in self._excludes if is_under(root, known)]
@@ -125,6 +133,8 @@ class SourceClock:
             when = _changed_at(path)
             change = Change(time.time() if when is None else when, path)
             with self._lock:
+                if self._walking is not None and is_under(path, self._walking):
+                    self._early.append(change)
                 for root, known in self._newest.items():
                     if is_under(path, root) and (known is None or change.time > known.time):
                         self._newest[root] = change

@@ -7,16 +7,19 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 from structlog.testing import capture_logs
 
+from cachewatchd.processes import staleness
 from cachewatchd.processes.controller import Controller
 from cachewatchd.processes.spec import ProcessSpec, SupervisorSpec
 from cachewatchd.processes.staleness import SourceClock, importers, scan_sources, stale_reason
 from cachewatchd.processes.status import TargetState
 from tests.support.servers import Reaper, assert_one_line_faults, events, wait_event
+from tests.support.ticks import past_the_tick
 from tests.support.wait import wait_until
 
 SLEEP = (sys.executable, "-c", "import signal; signal.pause()")
@@ -162,6 +165,33 @@ def test_sources_are_dated_by_the_shared_walk_with_the_roots_excludes(
     unexcluded.stop()
     assert not status.stale, status.stale_reason
     assert f"before {src / 'generated' / 'out.py'} changed" in (other.stale_reason or "")
+
+
+def test_a_change_touched_while_its_root_is_first_walked_is_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batcher's thread touches a source while a worker's thread walks its root for the first
+    time, after the walk dated it: the root's newest change is that touch, not the walk's older
+    date (a process started before it would not be called stale)."""
+    a, b = tmp_path / "a.py", tmp_path / "b.py"
+    a.write_text("A = 1\n")
+    b.write_text("B = 1\n")
+    clock = SourceClock()
+    real = staleness.scan_sources
+
+    def walk_then_touch(roots: Any) -> Any:
+        found = real(roots)  # b is dated here, before its change
+        past_the_tick(a, b)
+        b.write_text("B = 2\n")
+        clock.touch([b])  # what the batcher's thread does meanwhile
+        return found
+
+    monkeypatch.setattr(staleness, "scan_sources", walk_then_touch)
+    clock.scan(tmp_path)
+    newest = clock.newest([tmp_path])
+    assert newest is not None
+    assert newest.path == b
+    assert newest.time == max(b.stat().st_mtime, b.stat().st_ctime)
 
 
 def test_source_clock_and_importers(tmp_path: Path, reaper: Reaper) -> None:
