@@ -53,6 +53,9 @@ class Counters:
     events: int = 0
     git_moves: int = 0
     last_event: str | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
+    """Held while they change (status readers take it too): the counters' own, so that the
+    handlers of before and after a reload guard them with one lock."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -100,8 +103,8 @@ class BatchHandler:
         self.counters = counters
         self._reported = ReportedPaths(self._count) if reported is None else reported
         """Paths already reported (shared with the watchers: one report per path)."""
-        self.lock = threading.Lock()
-        """Held while counters change (status readers take it too)."""
+        self.lock = counters.lock
+        """Held while counters change (:attr:`Counters.lock`)."""
         self._untrusted = ctime_untrusted_in(self.roots)
         """Where ctime cannot be trusted (sshfs...): content hashes stand in there."""
         self.rechecker = Rechecker(pycache_prefix=pycache_prefix, ctime_untrusted=self._untrusted)

@@ -76,3 +76,14 @@ def test_the_first_report_callback_runs_outside_the_lock() -> None:
     reported = ReportedPaths(on_first=lambda path: seen.append(reported.first_time(path)))
     assert reported.first_time("/p")
     assert seen == [False]
+
+
+def test_handlers_sharing_counters_guard_them_with_one_lock(tmp_path: Path) -> None:
+    """A reload replaces the handler while the old one may still count (a batch under way): both
+    must take the same lock, or an increment is lost."""
+    counters = Counters()
+    old = BatchHandler({tmp_path: ()}, pycache_prefix=None, counters=counters)
+    new = BatchHandler({tmp_path: ()}, pycache_prefix=None, counters=counters)
+    assert old.lock is new.lock is counters.lock
+    other = BatchHandler({tmp_path: ()}, pycache_prefix=None, counters=Counters())
+    assert other.lock is not counters.lock
