@@ -55,8 +55,7 @@ _SETTLE = 10.0  # s: at most, for the invalidations under way before a reload sw
 
 
 class Daemon:
-    """One daemon run. Construct, then call :meth:`run` (blocks until stopped; returns 0, or 3 when
-    a thread died)."""
+    """One daemon run: construct, then :meth:`run` (blocks until stopped; 0, or 3: a thread died)."""
 
     def __init__(
         self,
@@ -200,7 +199,7 @@ class Daemon:
             now = time.monotonic()
             recheck = self._handler.rechecker.next_due()
             storm = not self._quiet()  # the second looks wait (see _quiet)
-            wait = min(next_reconcile - now, STATUS_REFRESH)
+            wait = min(next_reconcile - now, STATUS_REFRESH if not storm else _STORM_RECHECK * 10)
             if recheck is not None:
                 wait = min(wait, max(recheck - now, _STORM_RECHECK if storm else 0.0))
             try:
@@ -219,6 +218,7 @@ class Daemon:
                     self._batcher.rescan(root, "reconcile interval")
                 next_reconcile = time.monotonic() + self.settings.reconcile_interval
             elif message in ("tick", "publish"):
+                self._hold.offer(())  # a hold whose report never comes goes after REPORT_MAX
                 self._publish()  # a target changed; or roots may have come back
 
     def _shutdown(self) -> None:

@@ -157,3 +157,24 @@ def test_one_restart_per_git_operation(
     git(repo, "checkout", "-q", "topic")
     wait_until(settled(d, 0), 30)  # the edits and checkouts above restarted: not counted here
     once(d, log, lambda: git(repo, "rebase", "-q", "main"), "rebase")
+
+
+def test_a_restart_held_for_a_git_report_that_never_comes_goes_after_report_max(
+    tmp_path: Path, xdg: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Git is at work where a source changed: the restart is held for git's report. When git
+    stops without a batch reporting it (and nothing else changes), the loop offers the hold again
+    itself, so the restart goes :data:`~cachewatchd.daemon.hold.REPORT_MAX` after git went idle,
+    not at the next change, whenever that is."""
+    root = tmp_path.resolve() / "proj"
+    write(root / "pkg" / "mod.py", "X = 1\n")
+    at_work = [True]
+    monkeypatch.setattr(Daemon, "_git_busy", lambda self, paths: [root] if at_work[0] else [])
+    log = tmp_path / "generations.log"
+    with running_daemon(root, child=(sys.executable, "-c", CHILD, str(log))) as daemon:
+        wait_until(lambda: generations(log) == 1, 20, message="the own child")
+        write(root / "pkg" / "mod.py", "X = 2\n")
+        wait_until(lambda: bool(daemon._hold.held), 20, message="the restart held")
+        at_work[0] = False  # git is done; no batch will say so
+        wait_until(lambda: generations(log) == 2, 30, message="the held restart")
+        assert not daemon._hold.held
