@@ -65,29 +65,6 @@ def _other_python() -> str | None:
     return None
 
 
-class _OtherDaemon(DaemonProc):
-    """The daemon run by another Python."""
-
-    def __init__(self, python: str, args: list[str], env: dict[str, str]) -> None:
-        super().__init__(args, env)
-        self.python = python
-
-    def start(self) -> _OtherDaemon:
-        self.proc = subprocess.Popen(
-            [self.python, "-m", "cachewatchd", "--foreground", *self.args, "--log-format", "json"],
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        import threading
-
-        self._reader = threading.Thread(target=self._read, name="daemon-stderr", daemon=True)
-        self._reader.start()
-        return self
-
-
 @pytest.fixture
 def e2e(tmp_path: Path, reaper: Reaper) -> E2E:
     return E2E(tmp_path, reaper)
@@ -198,7 +175,7 @@ def test_a_container_pyc_of_a_version_this_host_lacks_is_checked_in_the_containe
         "docker": {"container": "backend", "host": dockerd.host},
     }
     config = toml_config(e2e.tmp / "config.toml", [table])
-    daemon = _OtherDaemon(other_python, ["--config", str(config), str(e2e.proj)], env)
+    daemon = DaemonProc(["--config", str(config), str(e2e.proj)], env, python=other_python)
     with daemon:
         try:
             daemon.ready(timeout=60)

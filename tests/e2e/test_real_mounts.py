@@ -28,7 +28,7 @@ import psutil
 import pytest
 
 from tests.support import mount_edits
-from tests.support.mount_trees import GuestTree, LocalTree, RunningDaemon, Side, Tree
+from tests.support.mount_trees import GuestTree, HostView, LocalTree, RunningDaemon, Side, Tree
 from tests.support.mounts import bindfs, sshfs
 from tests.support.uml import booted, unavailable
 from tests.support.wait import wait_until
@@ -133,24 +133,11 @@ def _in_guest(proc: psutil.Process) -> bool:
 
 
 class _View(Protocol):
-    """Where the pycs are looked at: a tree's client side, or this machine (:class:`_Here`)."""
+    """Where the pycs are looked at: a tree's client side, or this machine (:class:`HostView`)."""
 
     def left(self, pycs: dict[str, list[str]]) -> dict[str, list[str]]: ...
     def states(self, pycs: dict[str, list[str]]) -> dict[str, str]: ...
     def evidence(self, pycs: dict[str, list[str]]) -> dict[str, object]: ...
-
-
-class _Here:
-    """The pycs as this machine sees them."""
-
-    def left(self, pycs: dict[str, list[str]]) -> dict[str, list[str]]:
-        return mount_edits.left(pycs)
-
-    def states(self, pycs: dict[str, list[str]]) -> dict[str, str]:
-        return mount_edits.cpython_states(pycs)
-
-    def evidence(self, pycs: dict[str, list[str]]) -> dict[str, object]:
-        return mount_edits.evidence(pycs)
 
 
 def _all_gone(
@@ -255,4 +242,4 @@ def test_an_unknown_filesystem_is_probed_and_polled(tree: Tree, tmp_path: Path) 
         reason = "hostfs: no native event arrived for a probe file: polling"
         assert (observer["observer"], observer["reason"]) == ("polling", reason)
         mount_edits.apply_all(root, root, tmp_path)
-        _all_gone(_Here(), pycs, daemon)
+        _all_gone(HostView(), pycs, daemon)

@@ -53,9 +53,16 @@ class DaemonProc:
     """``python -m cachewatchd --foreground ARGS --log-format json`` with its stderr parsed."""
 
     def __init__(
-        self, args: Sequence[str], env: dict[str, str], *, cwd: Path | None = None
+        self,
+        args: Sequence[str],
+        env: dict[str, str],
+        *,
+        cwd: Path | None = None,
+        python: str = sys.executable,
     ) -> None:
         self.args = [*args]
+        self.python = python
+        """The interpreter that runs the daemon (another version's, for some tests)."""
         self.env = env
         self.cwd = cwd
         self.lines: list[dict[str, Any]] = []
@@ -70,7 +77,7 @@ class DaemonProc:
     def start(self) -> DaemonProc:
         own, sep, child = self._split()
         command = [
-            sys.executable,
+            self.python,
             "-m",
             "cachewatchd",
             "--foreground",

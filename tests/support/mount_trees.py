@@ -24,7 +24,7 @@ from tests.support.daemon import REPO, DaemonProc, cli, isolated_env
 from tests.support.uml import Guest
 from tests.support.wait import wait_until
 
-__all__ = ["GuestTree", "LocalTree", "Side", "Tree"]
+__all__ = ["GuestTree", "HostView", "LocalTree", "Side", "Tree"]
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,20 @@ class _Only:
         return one
 
 
-class LocalTree(_Only):
+class HostView:
+    """The pycs as this machine sees them."""
+
+    def left(self, pycs: dict[str, list[str]]) -> dict[str, list[str]]:
+        return mount_edits.left(pycs)
+
+    def states(self, pycs: dict[str, list[str]]) -> dict[str, str]:
+        return mount_edits.cpython_states(pycs)
+
+    def evidence(self, pycs: dict[str, list[str]]) -> dict[str, object]:
+        return mount_edits.evidence(pycs)
+
+
+class LocalTree(HostView, _Only):
     """Mounts on this machine; the daemon and the CLI run here."""
 
     kind = "fuse"
@@ -92,15 +105,6 @@ class LocalTree(_Only):
     def apply(self, sub: str) -> None:
         for side in self.mounts.values():
             mount_edits.apply_all(side.client / sub, side.other / sub, self.scratch)
-
-    def left(self, pycs: dict[str, list[str]]) -> dict[str, list[str]]:
-        return mount_edits.left(pycs)
-
-    def states(self, pycs: dict[str, list[str]]) -> dict[str, str]:
-        return mount_edits.cpython_states(pycs)
-
-    def evidence(self, pycs: dict[str, list[str]]) -> dict[str, object]:
-        return mount_edits.evidence(pycs)
 
     def cli(self, args: Sequence[str]) -> tuple[int, str]:
         done = cli(list(args), self.env)
